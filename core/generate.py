@@ -1,0 +1,148 @@
+"""The generation loop shared by the torch generator (`gen sample`) and the
+onnxruntime generator (`gen run`). It is numpy code and never imports torch.
+
+A *backend* runs the model: given input ids, an attention mask covering past and
+current positions, and the past (the KV cache, or None), it returns the logits of
+the last position and the new past. Because the loop, the context policy and the
+samplers are shared, the same model, sampler and seed give the same text on both.
+
+Context policy (generation past `block_size`): prompts longer than `block_size`
+keep their last `block_size` tokens. With a KV cache, when the cache is full the
+loop keeps the last `block_size // 2` tokens of each row and prefills them again
+(positions restart at 0), then goes on reusing the cache. Without a cache, every
+step feeds the last `block_size` tokens.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Protocol, Sequence
+
+import numpy as np
+
+from gen.core.errors import GenError
+from gen.core.sampling import Sampler
+from gen.core.tokenizer import TextStream, Tokenizer
+
+
+class Backend(Protocol):
+    block_size: int
+    uses_cache: bool
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray, past):
+        """(B, T) int64 ids, (B, P+T) int64 mask, past or None -> ((B, V) float32 logits, past)."""
+
+
+def left_pad(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of different lengths as (B, T) ids and mask, padded on the left with 0s."""
+    width = max(len(row) for row in rows)
+    ids = np.zeros((len(rows), width), dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, row in enumerate(rows):
+        if len(row):
+            ids[i, width - len(row):] = row
+            mask[i, width - len(row):] = 1
+    return ids, mask
+
+
+def generate_ids(
+    backend: Backend,
+    prompts: Sequence[Sequence[int]],
+    sampler: Sampler,
+    rng: np.random.Generator,
+    max_new_tokens: int,
+) -> Iterator[np.ndarray]:
+    """Yield the next token id of every row, (B,) int64, `max_new_tokens` times."""
+    if not prompts or any(len(row) == 0 for row in prompts):
+        raise GenError("every prompt needs at least one token; give a non-empty --prompt")
+    block_size = backend.block_size
+    rows = [list(row)[-block_size:] for row in prompts]  # the context each row conditions on
+    past = None
+    mask = None
+    for _ in range(max_new_tokens):
+        if past is None:
+            window = rows if backend.uses_cache else [row[-block_size:] for row in rows]
+            input_ids, mask = left_pad(window)
+        logits, past = backend(input_ids, mask, past)
+        next_ids = sampler(logits, rng)
+        yield next_ids
+        for row, token in zip(rows, next_ids.tolist()):
+            row.append(token)
+        if not backend.uses_cache:
+            past = None
+            continue
+        if mask.shape[1] + 1 > block_size:  # the cache is full: slide the window
+            keep = max(1, block_size // 2)
+            rows = [row[-keep:] for row in rows]
+            past = None
+        else:
+            input_ids = next_ids.reshape(-1, 1)
+            mask = np.concatenate([mask, np.ones((len(rows), 1), dtype=np.int64)], axis=1)
+
+
+@dataclass
+class _RowText:
+    """The text of one row, held back while it could still turn into a stop string."""
+
+    stream: TextStream
+    stops: Sequence[str]
+    text: str = ""
+    emitted: int = 0
+    finished: bool = False
+
+    def add(self, piece: str) -> str:
+        if self.finished:
+            return ""
+        self.text += piece
+        for stop in self.stops:
+            found = self.text.find(stop, max(0, self.emitted - len(stop)))
+            if found != -1:
+                self.finished = True
+                self.text = self.text[:found]
+                break
+        safe = len(self.text)
+        if not self.finished:
+            for stop in self.stops:  # hold back a tail that is the start of a stop string
+                for size in range(min(len(stop) - 1, len(self.text)), 0, -1):
+                    if stop.startswith(self.text[-size:]):
+                        safe = min(safe, len(self.text) - size)
+                        break
+        out, self.emitted = self.text[self.emitted:safe], max(self.emitted, safe)
+        return out
+
+    def close(self) -> str:
+        if not self.finished:
+            self.add(self.stream.flush())
+        out, self.emitted = self.text[self.emitted:], len(self.text)
+        return out
+
+
+def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
+    if prompt == "":
+        raise GenError("the prompt is empty; give at least one character with --prompt")
+    try:
+        return tokenizer.encode(prompt)
+    except GenError as error:
+        raise GenError(f"cannot encode the prompt: {error}") from None
+
+
+def generate_text(
+    backend: Backend,
+    tokenizer: Tokenizer,
+    prompts: Sequence[str],
+    sampler: Sampler,
+    rng: np.random.Generator,
+    max_new_tokens: int,
+    stop: Sequence[str] = (),
+) -> Iterator[list[str]]:
+    """Stream text: yield, per step, the new piece of text of every row ("" if none).
+
+    A row ends at the first stop string (which is not included); the loop ends
+    when every row has ended or `max_new_tokens` tokens were drawn.
+    """
+    prompt_ids = [encode_prompt(tokenizer, prompt) for prompt in prompts]
+    texts = [_RowText(TextStream(tokenizer), [s for s in stop if s]) for _ in prompts]
+    for next_ids in generate_ids(backend, prompt_ids, sampler, rng, max_new_tokens):
+        yield [row.add(row.stream.push(token)) for row, token in zip(texts, next_ids.tolist())]
+        if all(row.finished for row in texts):
+            break
+    yield [row.close() for row in texts]

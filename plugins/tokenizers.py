@@ -1,0 +1,1 @@
+"""Built-in tokenizers (pure Python, no torch)."""
