@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import os
+import re
 
 from dataclasses import dataclass, field
 
@@ -101,11 +102,16 @@ _failures: list[FailedPlugin] = []
 _providers: dict[str, str] = {}  # plugin name in the manager -> distribution name
 
 
+def _normalized(distribution: str) -> str:
+    # PEP 503: gen-typical, gen_typical and Gen.Typical name the same distribution.
+    return re.sub(r"[-_.]+", "-", distribution).lower()
+
+
 def _allowed_distributions() -> set[str] | None:
     value = os.environ.get("GEN_PLUGINS")
     if value is None:
         return None
-    return {name.strip().lower() for name in value.split(",") if name.strip()}
+    return {_normalized(name.strip()) for name in value.split(",") if name.strip()}
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
@@ -121,7 +127,7 @@ def get_plugin_manager() -> pluggy.PluginManager:
     allowed = _allowed_distributions()
     for entry_point in importlib.metadata.entry_points(group="gen"):
         distribution = entry_point.dist.name if entry_point.dist else "unknown"
-        if allowed is not None and distribution.lower() not in allowed:
+        if allowed is not None and _normalized(distribution) not in allowed:
             continue
         if manager.get_plugin(entry_point.name) is not None:
             continue
@@ -161,7 +167,7 @@ def get_registry() -> Registry:
     registry = Registry(failures=list(_failures))
     for kind in KINDS:
         hook = getattr(manager.hook, _HOOK_OF_KIND[kind])
-        for implementation in reversed(hook.get_hookimpls()):  # registration order
+        for implementation in hook.get_hookimpls():  # registration order: built-ins first
             provider = provider_of(implementation.plugin_name)
 
             def register(name, target, description=None, kind=kind, provider=provider):

@@ -1,0 +1,32 @@
+# `make demo` and `make test` do all the set-up on a fresh machine with Python 3.11 and pip.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of torch; a GPU user sets TORCH to the CUDA build they want (see README).
+TORCH ?= torch==2.13.0
+# A path to a UTF-8 text file, or `shakespeare` (downloaded once into the user cache).
+DATA ?= shakespeare
+OUT ?= out
+
+.PHONY: demo test install clean
+
+install: $(BIN)/.installed
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet '$(TORCH)'
+	$(BIN)/python -m pip install --quiet -e '.[train,test]'
+	touch $@
+
+demo: install
+	$(BIN)/gen train --data $(DATA) --out $(OUT)
+	$(BIN)/gen sample --checkpoint $(OUT) --prompt 'ROMEO:' --max-new-tokens 200 --seed 1
+	$(BIN)/gen export $(OUT).onnx --checkpoint $(OUT)
+	$(BIN)/gen run $(OUT).onnx --prompt 'ROMEO:' --max-new-tokens 200 --seed 1
+
+test: install
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) .venv-runtime $(OUT) build *.egg-info .pytest_cache .hypothesis
