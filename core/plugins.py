@@ -107,6 +107,10 @@ def _normalized(distribution: str) -> str:
     return re.sub(r"[-_.]+", "-", distribution).lower()
 
 
+def _one_line(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}".splitlines()[0]
+
+
 def _allowed_distributions() -> set[str] | None:
     value = os.environ.get("GEN_PLUGINS")
     if value is None:
@@ -129,18 +133,19 @@ def get_plugin_manager() -> pluggy.PluginManager:
         distribution = entry_point.dist.name if entry_point.dist else "unknown"
         if allowed is not None and _normalized(distribution) not in allowed:
             continue
-        if manager.get_plugin(entry_point.name) is not None:
+        # Named by distribution too, so two packages may use the same entry-point name.
+        plugin_name = f"{distribution}:{entry_point.name}"
+        if manager.get_plugin(plugin_name) is not None:
             continue
         try:
             plugin = entry_point.load()
             if manager.is_registered(plugin):  # listed twice (e.g. a stale editable install)
                 continue
-            manager.register(plugin, name=entry_point.name)
+            manager.register(plugin, name=plugin_name)
         except Exception as error:  # a broken plugin must not take the others down
-            message = f"{type(error).__name__}: {error}".splitlines()[0]
-            _failures.append(FailedPlugin(entry_point.name, distribution, message))
+            _failures.append(FailedPlugin(entry_point.name, distribution, _one_line(error)))
             continue
-        _providers[entry_point.name] = distribution
+        _providers[plugin_name] = distribution
     _plugin_manager = manager
     return manager
 
@@ -183,7 +188,15 @@ def get_registry() -> Registry:
                     kind, name, target, provider, _description(target, description)
                 )
 
-            implementation.function(register=register)
+            try:
+                implementation.function(register=register)
+            except GenError:
+                raise
+            except Exception as error:  # report a plugin whose hook breaks; keep the rest
+                failure = FailedPlugin(implementation.plugin_name, provider, _one_line(error))
+                if failure not in _failures:
+                    _failures.append(failure)
+                registry.failures.append(failure)
     return registry
 
 

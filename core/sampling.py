@@ -32,8 +32,11 @@ def check_logits(logits: np.ndarray) -> np.ndarray:
     logits = np.asarray(logits, dtype=np.float32)
     if logits.ndim != 2:
         raise GenError(f"a sampler takes logits of shape (batch, vocab), got shape {logits.shape}")
-    if np.isnan(logits).any():
-        raise GenError("the model produced NaN logits; the checkpoint or export is broken (retrain or re-export)")
+    if np.isnan(logits).any() or np.isposinf(logits).any():  # -inf is a masked token, fine
+        raise GenError(
+            "the model produced NaN or infinite logits; the checkpoint or export is broken "
+            "(retrain or re-export)"
+        )
     return logits
 
 

@@ -102,6 +102,21 @@ def test_a_name_registered_twice_is_a_one_line_error_naming_both_providers(fresh
 # --- installed distributions, built on disk ---------------------------------------
 
 
+class BrokenHookPlugin:
+    @hookimpl
+    def register_samplers(self, register):
+        raise RuntimeError("this plugin's hook is broken")
+
+
+def test_a_plugin_whose_hook_raises_is_reported_and_the_others_keep_working(fresh_plugins):
+    get_plugin_manager().register(BrokenHookPlugin(), name="broken-hook-plugin")
+    result = invoke_gen("plugins")
+    assert result.exit_code == 0, result.output
+    assert "failed: broken-hook-plugin" in result.output
+    assert "this plugin's hook is broken" in result.output
+    assert ["sampler", "greedy", "gen"] in table_rows(result.output)
+
+
 @pytest.fixture
 def site_directory(tmp_path, monkeypatch):
     """A directory on sys.path where a test installs distributions by hand: a module
