@@ -58,8 +58,10 @@ def plugins(as_json):
 def _add_builtin_commands() -> None:
     # Imported here, not at the top, so that `import gen.core.cli` stays light.
     from gen.core import commands
+    from gen.export.cli import export
+    from gen.runtime.cli import run
 
-    for command in commands.COMMANDS:
+    for command in [*commands.COMMANDS, export, run]:
         cli.add_command(command)
 
 

@@ -7,10 +7,12 @@ the last position and the new past. Because the loop, the context policy and the
 samplers are shared, the same model, sampler and seed give the same text on both.
 
 Context policy (generation past `block_size`): prompts longer than `block_size`
-keep their last `block_size` tokens. With a KV cache, when the cache is full the
-loop keeps the last `block_size // 2` tokens of each row and prefills them again
-(positions restart at 0), then goes on reusing the cache. Without a cache, every
-step feeds the last `block_size` tokens.
+keep their last `block_size` tokens. With a KV cache, when a row's cache is full the
+loop keeps the last `block_size // 2` tokens of that row and prefills them again
+(positions restart at 0), then goes on reusing the cache. Rows of a batch slide
+when each would alone (the batch is prefilled again, the other rows with their
+whole context), so a prompt's text in a batch equals its text alone. Without a
+cache, every step feeds the last `block_size` tokens.
 """
 from __future__ import annotations
 
@@ -70,9 +72,12 @@ def generate_ids(
         if not backend.uses_cache:
             past = None
             continue
-        if mask.shape[1] + 1 > block_size:  # the cache is full: slide the window
+        # A row whose cache cannot take its new token slides its window; a shorter,
+        # left-padded row does not, exactly as it would not if it ran alone.
+        full = [len(row) > block_size for row in rows]
+        if any(full):
             keep = max(1, block_size // 2)
-            rows = [row[-keep:] for row in rows]
+            rows = [row[-keep:] if row_is_full else row for row, row_is_full in zip(rows, full)]
             past = None
         else:
             input_ids = next_ids.reshape(-1, 1)

@@ -1,0 +1,336 @@
+"""Training data: the corpus, its tokenizer, and the train/validation token arrays (no torch).
+
+`--data` names a UTF-8 text file or a known corpus (`shakespeare`). A known corpus is
+downloaded once into the user cache, checked against its pinned sha256 and written
+atomically, so an interrupted or wrong download leaves nothing behind.
+
+The tokenizer is trained on the whole corpus, the corpus is encoded once, and the
+token ids are split 90/10 into train and validation (`split_tokens`, shared by
+`gen train` and `gen eval`, so both see the same validation tokens). Trained
+tokenizers and encoded corpora are cached under the user cache, keyed by a hash of
+the text and the tokenizer, so a second run neither retrains nor re-encodes.
+
+Cache layout (`$XDG_CACHE_HOME/gen`, by default `~/.cache/gen`; delete it at will):
+    corpora/tinyshakespeare.txt      downloaded corpora
+    tokenizers/<key>.json            trained tokenizers {"name", "state"}
+    tokens/<key>.npy                 encoded corpora (uint16, or int32 for large vocabularies)
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gen.core.errors import GenError
+from gen.core.tokenizer import Tokenizer, tokenizer_from_dict, tokenizer_to_dict
+
+TRAIN_FRACTION = 0.9  # the first 90% of the tokens train, the last 10% validate
+CACHE_FORMAT = 1  # bump to invalidate every cached tokenizer and token file
+
+
+@dataclass(frozen=True)
+class KnownCorpus:
+    filename: str
+    url: str
+    sha256: str
+    url_variable: str  # an environment variable that overrides the URL (mirrors, tests)
+    description: str
+
+
+KNOWN_CORPORA = {
+    "shakespeare": KnownCorpus(
+        filename="tinyshakespeare.txt",
+        url="https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+        sha256="86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+        url_variable="GEN_SHAKESPEARE_URL",
+        description="Tiny Shakespeare",
+    ),
+}
+
+
+def cache_dir() -> Path:
+    """The user cache of gen: $XDG_CACHE_HOME/gen, by default ~/.cache/gen."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "gen"
+
+
+# --- reading and downloading the corpus -----------------------------------------------
+
+
+def _print_progress(received: int, total: int | None, label: str) -> None:
+    if total:
+        line = f"\rdownloading {label}: {received / 1024:,.0f} of {total / 1024:,.0f} KiB ({100 * received / total:.0f}%)"
+    else:
+        line = f"\rdownloading {label}: {received / 1024:,.0f} KiB"
+    print(line, end="", file=sys.stderr, flush=True)
+
+
+def _fetch(url: str, file, label: str, progress: bool):
+    """Stream `url` into `file`; returns (sha256 digest, bytes received, Content-Length or None)."""
+    digest = hashlib.sha256()
+    received = 0
+    try:
+        response = urllib.request.urlopen(url, timeout=30)
+    except urllib.error.HTTPError as error:
+        raise GenError(
+            f"cannot download {label} from {url}: the server answered {error.code} {error.reason}; "
+            f"pass a local copy with --data PATH"
+        ) from None
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        raise GenError(
+            f"cannot download {label} from {url} ({reason}); are you offline? "
+            f"Get the file another way and pass it with --data PATH"
+        ) from None
+    try:
+        with response:
+            length = response.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            while chunk := response.read(64 * 1024):
+                file.write(chunk)
+                digest.update(chunk)
+                received += len(chunk)
+                if progress:
+                    _print_progress(received, total, label)
+    except (OSError, http.client.HTTPException) as error:  # a reset or a short read
+        raise GenError(
+            f"the download of {label} from {url} broke off after {received:,} bytes ({type(error).__name__}); "
+            f"try again, or pass a local copy with --data PATH"
+        ) from None
+    finally:
+        if progress and received:
+            print(file=sys.stderr)
+    return digest, received, total
+
+
+def download(url: str, destination: Path, sha256: str, label: str = "", progress: bool = True) -> Path:
+    """Fetch `url` into `destination` if its sha256 matches; otherwise leave nothing there.
+
+    The bytes go to a temporary file beside the destination, which is renamed into
+    place only once the whole file arrived and its checksum is right.
+    """
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    label = label or destination.name
+    handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".part", dir=destination.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            digest, received, total = _fetch(url, file, label, progress)
+            if total is not None and received != total:
+                raise GenError(
+                    f"the download of {label} from {url} broke off after {received:,} of {total:,} bytes; "
+                    f"try again, or pass a local copy with --data PATH"
+                )
+            file.flush()
+            os.fsync(file.fileno())
+        if digest.hexdigest() != sha256:
+            raise GenError(
+                f"the download of {label} from {url} has sha256 {digest.hexdigest()}, expected {sha256}; "
+                f"it was not kept; pass a trusted copy with --data PATH"
+            )
+        os.replace(temporary, destination)
+    finally:
+        if os.path.exists(temporary):  # an error above: leave nothing behind
+            os.unlink(temporary)
+    return destination
+
+
+def corpus_path(data: str, progress: bool = True) -> Path:
+    """The file behind `--data`: a known corpus (downloaded once) or a path."""
+    known = KNOWN_CORPORA.get(data)
+    if known is None:
+        return Path(data)
+    path = cache_dir() / "corpora" / known.filename
+    if not path.exists():
+        url = os.environ.get(known.url_variable) or known.url
+        download(url, path, known.sha256, label=known.description, progress=progress)
+    return path
+
+
+def read_text(path: Path) -> str:
+    """The corpus as text, with a clear error for a missing, non-UTF-8 or empty file."""
+    path = Path(path)
+    known = ", ".join(KNOWN_CORPORA)
+    if not path.exists():
+        raise GenError(f"the corpus {str(path)!r} does not exist; give --data a UTF-8 text file or one of: {known}")
+    if path.is_dir():
+        raise GenError(f"the corpus {str(path)!r} is a directory; give --data a UTF-8 text file")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise GenError(
+            f"the corpus {str(path)!r} is not UTF-8 text (byte {error.start}: {error.reason}); convert it to UTF-8"
+        ) from None
+    except OSError as error:
+        raise GenError(f"cannot read the corpus {str(path)!r}: {error.strerror}") from None
+    if not text:
+        raise GenError(f"the corpus {str(path)!r} is empty; give --data a file with some text")
+    return text
+
+
+# --- tokenizers and token caches ------------------------------------------------------
+
+
+def _parse_option_value(text: str):
+    """A tokenizer option's value: true/false, a whole number, a number, else the text."""
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_tokenizer_spec(spec: str) -> tuple[str, dict]:
+    """'bpe:vocab_size=512' -> ('bpe', {'vocab_size': 512}); options go to Tokenizer.train."""
+    name, colon, rest = spec.strip().partition(":")
+    if not name or (colon and not rest):
+        raise GenError(f"malformed tokenizer spec {spec!r}; use NAME[:KEY=VALUE,...], e.g. bpe:vocab_size=512")
+    options = {}
+    for item in rest.split(",") if rest else []:
+        key, equals, value = (part.strip() for part in item.partition("="))
+        if not equals or not key or not value:
+            raise GenError(f"malformed tokenizer spec {spec!r}: {item!r} is not KEY=VALUE; e.g. bpe:vocab_size=512")
+        options[key] = _parse_option_value(value)
+    return name, options
+
+
+def _hash(*parts: str) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode("utf-8", "surrogatepass"))
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _write_atomically(path: Path, write) -> None:
+    """Write a cache file through a temporary sibling, so a reader never sees half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            write(file)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def train_tokenizer(text: str, spec: str, registry=None) -> tuple[Tokenizer, dict]:
+    """The tokenizer named by `spec`, trained on `text` (or taken from the cache).
+
+    Returns the tokenizer and its document {"name", "state"}.
+    """
+    from gen.core.plugins import get_registry
+
+    name, options = parse_tokenizer_spec(spec)
+    cls = (registry or get_registry()).get("tokenizer", name)
+    key = _hash(str(CACHE_FORMAT), _hash(text), name, f"{cls.__module__}.{cls.__qualname__}",
+                json.dumps(options, sort_keys=True))
+    cached = cache_dir() / "tokenizers" / f"{key}.json"
+    if cached.exists():
+        try:
+            document = json.loads(cached.read_text(encoding="utf-8"))
+            return tokenizer_from_dict(document, registry), document
+        except (OSError, ValueError, GenError):
+            pass  # a damaged cache entry: train again and overwrite it
+    try:
+        tokenizer = cls.train(text, **options)
+    except TypeError as error:
+        raise GenError(f"tokenizer {name!r} does not take the options {options}: {error}") from None
+    document = tokenizer_to_dict(name, tokenizer)
+    _write_atomically(cached, lambda file: file.write(json.dumps(document).encode("utf-8")))
+    return tokenizer, document
+
+
+def encode_corpus(text: str, tokenizer: Tokenizer) -> np.ndarray:
+    """The token ids of `text` (1-D, uint16 or int32), encoded once and then cached.
+
+    The cache key is the text and the tokenizer's class and state, so a checkpoint's
+    tokenizer finds the tokens that training cached.
+    """
+    cls = type(tokenizer)
+    key = _hash(str(CACHE_FORMAT), _hash(text), f"{cls.__module__}.{cls.__qualname__}",
+                json.dumps(tokenizer.to_dict(), sort_keys=True))
+    cached = cache_dir() / "tokens" / f"{key}.npy"
+    if cached.exists():
+        try:
+            return np.load(cached, allow_pickle=False)
+        except (OSError, ValueError):
+            pass  # a damaged cache entry: encode again and overwrite it
+    dtype = np.uint16 if tokenizer.vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
+    ids = np.asarray(tokenizer.encode(text), dtype=dtype)
+    _write_atomically(cached, lambda file: np.save(file, ids, allow_pickle=False))
+    return ids
+
+
+def split_tokens(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The train and validation token arrays: the first 90% and the last 10% of `ids`."""
+    boundary = int(len(ids) * TRAIN_FRACTION)
+    return ids[:boundary], ids[boundary:]
+
+
+# --- the data of a run ----------------------------------------------------------------
+
+
+@dataclass
+class Dataset:
+    """A tokenized corpus split for training and validation."""
+
+    source: str  # what --data said
+    tokenizer: Tokenizer
+    tokenizer_document: dict | None  # {"name", "state"}; None for a tokenizer handed in ready
+    train_ids: np.ndarray  # (N_train,) token ids
+    val_ids: np.ndarray  # (N_val,) token ids
+
+    def split(self, name: str) -> np.ndarray:
+        return {"train": self.train_ids, "val": self.val_ids}[name]
+
+
+def check_split_lengths(dataset: Dataset, block_size: int) -> None:
+    """Each split needs at least one window of block_size inputs and their targets."""
+    for name in ("train", "val"):
+        have = len(dataset.split(name))
+        if have < block_size + 1:
+            total = len(dataset.train_ids) + len(dataset.val_ids)
+            raise GenError(
+                f"the {name} split of {dataset.source!r} has {have} tokens, fewer than block_size + 1 = "
+                f"{block_size + 1} (the corpus has {total} tokens, split 90/10); "
+                f"use a longer corpus or a smaller --block-size"
+            )
+
+
+def load_dataset(
+    data: str,
+    tokenizer_spec: str | None = None,
+    tokenizer_document: dict | None = None,
+    tokenizer: Tokenizer | None = None,
+    registry=None,
+    progress: bool = True,
+) -> Dataset:
+    """Read `data`, tokenize it and split it.
+
+    Training passes `tokenizer_spec` (the tokenizer is then trained on the corpus);
+    scoring and resuming pass the `tokenizer_document` stored in a checkpoint, or a
+    ready `tokenizer` (an ONNX file's).
+    """
+    text = read_text(corpus_path(data, progress=progress))
+    if tokenizer is None and tokenizer_document is not None:
+        tokenizer = tokenizer_from_dict(tokenizer_document, registry)
+    elif tokenizer is None:
+        tokenizer, tokenizer_document = train_tokenizer(text, tokenizer_spec or "char", registry)
+    ids = encode_corpus(text, tokenizer)
+    train_ids, val_ids = split_tokens(ids)
+    return Dataset(data, tokenizer, tokenizer_document, train_ids, val_ids)

@@ -1,0 +1,432 @@
+"""The training loop behind `gen train` (torch is imported here, and only when it runs).
+
+Read top to bottom: the run's configuration, the device and precision, the learning
+rate schedule, random batches, the `Trainer` (model, optimizer and one training step),
+and `train`, which adds the output directory, resuming, evaluation, checkpoints,
+the progress bar and the plugin hooks.
+
+Reproducibility: one seed fixes the weights' initialisation (torch's global RNG) and
+the order of the training batches (a torch.Generator of its own). Both RNG states and
+the optimizer state are saved in every checkpoint, so `--resume` continues exactly as
+an uninterrupted run would: on the CPU the weights at step n are bit-identical.
+Evaluation draws its batches from a third generator, seeded afresh at every evaluation,
+so every evaluation measures the same batches and training never depends on it.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from gen.core.checkpoint import (
+    BEST,
+    FIXED_ON_RESUME,
+    LATEST,
+    MODEL_OPTIONS,
+    NOT_SAVED,
+    TrainConfig,
+    build_model,
+    check_config,
+    train_config_from_dict,
+    is_checkpoint,
+    load_checkpoint,
+    load_training_state,
+    read_config,
+    save_checkpoint,
+)
+from gen.core.data import Dataset, check_split_lengths, load_dataset
+from gen.core.errors import GenError
+from gen.core.plugins import call_hook, get_registry
+
+METRICS_FILE = "metrics.jsonl"
+
+
+# --- device and precision -------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    """cpu, cuda[:N], or auto (cuda when there is one)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise GenError(f"unknown device {name!r}; use cpu, cuda or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        build = "this torch is a CPU-only build" if torch.version.cuda is None else "no CUDA GPU was found"
+        raise GenError(f"--device {name}: CUDA is not available ({build}); use --device cpu or auto")
+    if device.type not in ("cpu", "cuda"):
+        raise GenError(f"unsupported device {name!r}; use cpu, cuda or auto")
+    return device
+
+
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU does bfloat16 arithmetic natively (AVX512-BF16 or AMX)."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, check, lambda: False)() for check in checks)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The autocast precision: bfloat16 where the hardware runs it natively, else float32.
+
+    Weights, optimizer state and the loss stay float32 either way (autocast).
+    """
+    if name == "float32":
+        return torch.float32
+    if name == "bfloat16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if cpu_has_bfloat16() else torch.float32
+
+
+def forward_context(device: torch.device, dtype: torch.dtype):
+    """A context for the training and evaluation forwards: autocast, and the attention kernel.
+
+    On the CPU in bfloat16, torch's flash-attention kernel is slow (its backward took
+    four times as long as the rest of a training step at block size 64), so the math
+    kernel is chosen there. The math kernel is built of plain matmuls and a softmax,
+    which autocast runs in bfloat16 and float32 respectively.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def context():
+        stack = contextlib.ExitStack()
+        if dtype != torch.float32:
+            stack.enter_context(torch.autocast(device.type, dtype=dtype))
+            if device.type == "cpu":
+                stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+        return stack
+
+    return context
+
+
+# --- learning rate --------------------------------------------------------------------
+
+
+def learning_rate(step: int, config: TrainConfig) -> float:
+    """Linear warmup to lr, then a cosine decay to min_lr at lr_decay_iters (then flat)."""
+    decay_iters = config.lr_decay_iters or config.max_iters
+    if step < config.warmup_iters:
+        return config.lr * (step + 1) / (config.warmup_iters + 1)
+    if step >= decay_iters:
+        return config.min_lr
+    progress = (step - config.warmup_iters) / (decay_iters - config.warmup_iters)
+    return config.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (config.lr - config.min_lr)
+
+
+# --- batches --------------------------------------------------------------------------
+
+
+class BatchSampler:
+    """Random windows of block_size + 1 tokens from one split: inputs and their next tokens."""
+
+    def __init__(self, ids: np.ndarray, block_size: int, batch_size: int, device: torch.device):
+        self.data = torch.from_numpy(np.asarray(ids, dtype=np.int64))  # (N,)
+        self.offsets = torch.arange(block_size + 1)  # (T+1,)
+        self.block_size = block_size
+        self.batch_size = batch_size
+        self.device = device
+
+    def sample(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        starts = torch.randint(len(self.data) - self.block_size, (self.batch_size,), generator=generator)  # (B,)
+        windows = self.data[starts[:, None] + self.offsets]  # (B, T+1)
+        inputs, targets = windows[:, :-1].contiguous(), windows[:, 1:].contiguous()  # (B, T) each
+        if self.device.type == "cuda":
+            return (inputs.pin_memory().to(self.device, non_blocking=True),
+                    targets.pin_memory().to(self.device, non_blocking=True))
+        return inputs, targets
+
+
+# --- the trainer ----------------------------------------------------------------------
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices (dim >= 2: linear and embedding weights) only.
+
+    The fused implementation is the fastest on CPU and GPU alike (one kernel for all
+    parameters instead of a handful of small ops per parameter).
+    """
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in parameters if p.dim() >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in parameters if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(
+        [group for group in groups if group["params"]],
+        lr=config.lr, betas=(config.beta1, config.beta2), fused=True,
+    )
+
+
+class Trainer:
+    """One run's model, optimizer, batches and random state, and its training step."""
+
+    def __init__(self, config: TrainConfig, dataset: Dataset, model: torch.nn.Module,
+                 device: torch.device, dtype: torch.dtype):
+        self.config = config
+        self.dataset = dataset
+        self.device = device
+        self.dtype = dtype
+        self.model = model.to(device).train()
+        self.optimizer = make_optimizer(self.model, config, device)
+        self.forward = torch.compile(self.model) if config.compile else self.model
+        self.context = forward_context(device, dtype)
+        self.batches = {
+            split: BatchSampler(dataset.split(split), config.block_size, config.batch_size, device)
+            for split in ("train", "val")
+        }
+        self.batch_generator = torch.Generator().manual_seed(config.seed)
+        self.step = 0
+        self.tokens_per_step = config.batch_size * config.block_size * config.grad_accum
+
+    def train_step(self) -> torch.Tensor:
+        """One optimizer step over grad_accum micro-batches; returns the last micro-batch's loss."""
+        lr = learning_rate(self.step, self.config)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        for _ in range(self.config.grad_accum):
+            inputs, targets = self.batches["train"].sample(self.batch_generator)
+            with self.context():
+                _, loss = self.forward(inputs, targets)
+            (loss / self.config.grad_accum).backward()
+        if self.config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return loss.detach()
+
+    @torch.no_grad()
+    def estimate_losses(self) -> dict[str, float]:
+        """Mean loss over eval_iters random batches of each split, the same batches every time."""
+        self.model.eval()
+        losses = {}
+        for split, sampler in self.batches.items():
+            generator = torch.Generator().manual_seed(self.config.seed + 1)
+            total = torch.zeros((), device=self.device)
+            for _ in range(self.config.eval_iters):
+                inputs, targets = sampler.sample(generator)
+                with self.context():
+                    _, loss = self.model(inputs, targets)
+                total += loss.float()
+            losses[split] = total.item() / self.config.eval_iters
+        self.model.train()
+        return losses
+
+    def rng_states(self) -> dict[str, torch.Tensor]:
+        states = {"torch": torch.get_rng_state(), "batches": self.batch_generator.get_state()}
+        if self.device.type == "cuda":
+            states["cuda"] = torch.cuda.get_rng_state(self.device)
+        return states
+
+    def restore(self, checkpoint_path: Path, step: int) -> None:
+        """Continue from a checkpoint: its optimizer state, RNG states and step."""
+        states = load_training_state(checkpoint_path, self.optimizer)
+        try:
+            torch.set_rng_state(states["torch"])
+            self.batch_generator.set_state(states["batches"])
+            if self.device.type == "cuda" and "cuda" in states:
+                torch.cuda.set_rng_state(states["cuda"], self.device)
+        except (KeyError, RuntimeError) as error:
+            raise GenError(f"checkpoint {str(checkpoint_path)!r} has damaged random states ({error})") from None
+        self.step = step
+
+
+# --- the run --------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    step: int
+    best_val_loss: float | None
+    out: Path
+    metrics: list[dict]
+
+
+def _config_for_resume(config: TrainConfig, explicit: set[str], latest: Path) -> TrainConfig:
+    """The saved run's options, with those given now for this session (max_iters, ...)."""
+    saved = read_config(latest)["train_args"]
+    values = {key: value for key, value in saved.items() if key not in NOT_SAVED}
+    for key in explicit:
+        given = getattr(config, key)
+        if key in FIXED_ON_RESUME and key in values and values[key] != given:
+            raise GenError(
+                f"--{key.replace('_', '-')} {given} differs from the run being resumed ({values[key]}); "
+                f"a resumed run keeps its model and data; leave the option out, or train anew into another --out"
+            )
+        values[key] = given
+    values.update(resume=True, overwrite=False, out=config.out)
+    return train_config_from_dict(values, f"the checkpoint {str(latest)!r}")
+
+
+def _model_config(config: TrainConfig, explicit: set[str], vocab_size: int) -> dict:
+    """The model plugin's config: vocab_size from the tokenizer, and the options it takes."""
+    cls = get_registry().get("model", config.model)
+    values = {"vocab_size": vocab_size, **{key: getattr(config, key) for key in MODEL_OPTIONS}}
+    config_class = getattr(cls, "Config", None)
+    if config_class is None or not dataclasses.is_dataclass(config_class):
+        return values
+    accepted = {field.name for field in dataclasses.fields(config_class)}
+    refused = sorted(key for key in explicit if key in MODEL_OPTIONS and key not in accepted)
+    if refused:
+        options = ", ".join("--" + key.replace("_", "-") for key in refused)
+        raise GenError(f"model {config.model!r} takes no {options}; it is configured by: {', '.join(sorted(accepted))}")
+    return {key: value for key, value in values.items() if key in accepted}
+
+
+def _check_out_dir(out: Path, config: TrainConfig) -> None:
+    """Never overwrite an earlier run by accident."""
+    if out.exists() and not out.is_dir():
+        raise GenError(f"--out {str(out)!r} is a file; give a directory")
+    if config.resume:
+        if not is_checkpoint(out / LATEST):
+            raise GenError(f"nothing to resume in {str(out)!r}: it has no {LATEST}/ checkpoint; train without --resume")
+        return
+    earlier = [out / name for name in (LATEST, BEST) if is_checkpoint(out / name)]
+    if earlier and not config.overwrite:
+        step = read_config(earlier[0])["step"]
+        raise GenError(
+            f"{str(out)!r} already holds a run (step {step}); continue it with --resume, "
+            f"start over with --overwrite, or choose another --out"
+        )
+
+
+def _rewrite_metrics(path: Path, up_to_step: int | None) -> None:
+    """Start metrics.jsonl afresh, or keep only the lines up to the step a resume starts at."""
+    kept = []
+    if up_to_step is not None and path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= up_to_step:
+                    kept.append(line)
+            except json.JSONDecodeError:
+                continue
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def train(
+    config: TrainConfig,
+    explicit: set[str] | frozenset[str] = frozenset(),
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+) -> TrainResult:
+    """Run `gen train`. `explicit` names the options the user gave (they win on --resume)."""
+    from tqdm import tqdm
+
+    out = Path(config.out)
+    if config.resume and is_checkpoint(out / LATEST):
+        config = _config_for_resume(config, set(explicit), out / LATEST)
+    check_config(config)
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    _check_out_dir(out, config)
+
+    # Data and model; every check that can fail runs before anything is written.
+    if config.resume:
+        resumed = load_checkpoint(out / LATEST, device="cpu")
+        dataset = load_dataset(config.data, tokenizer_document=resumed.tokenizer_document)
+        check_split_lengths(dataset, config.block_size)
+        model, model_config = resumed.model, resumed.model_config
+    else:
+        dataset = load_dataset(config.data, tokenizer_spec=config.tokenizer)
+        check_split_lengths(dataset, config.block_size)
+        model_config = _model_config(config, set(explicit), dataset.tokenizer.vocab_size)
+        torch.manual_seed(config.seed)  # the initial weights
+        model = build_model(config.model, model_config)
+    trainer = Trainer(config, dataset, model, device, dtype)
+    best_val_loss = None
+    if config.resume:
+        trainer.restore(out / LATEST, resumed.step)
+        best_val_loss = resumed.best_val_loss
+
+    train_args = {key: value for key, value in asdict(config).items() if key not in NOT_SAVED}
+    parameters = sum(p.numel() for p in trainer.model.parameters())
+    dtype_name = str(dtype).removeprefix("torch.")
+    say(
+        f"{config.model}: {parameters / 1e6:.2f}M parameters; {dataset.tokenizer_document['name']} tokenizer, "
+        f"{dataset.tokenizer.vocab_size} tokens; {len(dataset.train_ids):,} train and {len(dataset.val_ids):,} "
+        f"val tokens; {device.type} {dtype_name}" + (", compiled" if config.compile else "")
+    )
+    if config.resume:
+        say(f"resuming {str(out)!r} at step {trainer.step}")
+    call_hook("on_train_start", config={**train_args, "model_config": model_config,
+                                        "device": str(device), "dtype": dtype_name})
+
+    out.mkdir(parents=True, exist_ok=True)
+    metrics_path = out / METRICS_FILE
+    _rewrite_metrics(metrics_path, trainer.step if config.resume else None)
+    metrics_log = []
+    start_step = trainer.step
+    started = time.perf_counter()
+    bar = tqdm(total=config.max_iters, initial=start_step, unit="step", desc="training",
+               disable=None if progress else True, dynamic_ncols=True)
+    window_start, window_steps = time.perf_counter(), 0
+    tokens_per_second = 0.0
+
+    def save(path: Path, val_loss: float) -> None:
+        save_checkpoint(
+            path, model=trainer.model, model_name=config.model, tokenizer_document=dataset.tokenizer_document,
+            train_args=train_args, step=trainer.step, best_val_loss=best_val_loss, val_loss=val_loss,
+            optimizer=trainer.optimizer, rng_states=trainer.rng_states(),
+        )
+        call_hook("on_checkpoint", step=trainer.step, path=str(path))
+
+    try:
+        while True:
+            step = trainer.step
+            evaluate_now = step % config.eval_interval == 0 or step == config.max_iters
+            if evaluate_now and not (config.resume and step == start_step):  # resumed: evaluated before
+                losses = trainer.estimate_losses()
+                metrics = {
+                    "step": step,
+                    "train_loss": losses["train"],
+                    "val_loss": losses["val"],
+                    "lr": learning_rate(min(step, config.max_iters - 1), config),
+                    "tokens": step * trainer.tokens_per_step,
+                    "elapsed_s": round(time.perf_counter() - started, 3),
+                    "tokens_per_s": round(tokens_per_second),
+                }
+                line = f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+                if step == 0:
+                    uniform = math.log(dataset.tokenizer.vocab_size)
+                    metrics["uniform_loss"] = uniform
+                    line += f" (uniform baseline ln({dataset.tokenizer.vocab_size}) = {uniform:.4f})"
+                bar.write(line)
+                metrics_log.append(metrics)
+                with open(metrics_path, "a", encoding="utf-8") as file:
+                    file.write(json.dumps(metrics) + "\n")
+                stop = any(result is True for result in call_hook("on_eval", step=step, metrics=metrics))
+                if step > 0:
+                    improved = best_val_loss is None or losses["val"] < best_val_loss
+                    if improved:
+                        best_val_loss = losses["val"]
+                    save(out / LATEST, losses["val"])
+                    if improved:
+                        save(out / BEST, losses["val"])
+                if stop:
+                    bar.write(f"stopped early at step {step} by a plugin's on_eval hook")
+                    break
+                window_start, window_steps = time.perf_counter(), 0  # tokens/s counts training only
+            if step >= config.max_iters:
+                break
+            loss = trainer.train_step()
+            window_steps += 1
+            bar.update(1)
+            if window_steps == 10 or trainer.step == config.max_iters:
+                now = time.perf_counter()
+                tokens_per_second = window_steps * trainer.tokens_per_step / (now - window_start)
+                window_start, window_steps = now, 0
+                bar.set_postfix(loss=f"{loss.item():.4f}", tok_s=f"{tokens_per_second:,.0f}", refresh=False)
+    finally:
+        bar.close()
+    if config.resume and start_step >= config.max_iters:
+        say(f"the run in {str(out)!r} already reached step {start_step}; raise --max-iters to train further")
+    return TrainResult(trainer.step, best_val_loss, out, metrics_log)

@@ -1,0 +1,30 @@
+"""`gen export OUTPUT.onnx`: a checkpoint to one ONNX file for `gen run`.
+
+Importing this module imports click only; torch, onnx and onnxscript come in when
+the command runs.
+"""
+from __future__ import annotations
+
+import click
+
+
+@click.command()
+@click.argument("output", type=click.Path(dir_okay=False, path_type=str))
+@click.option(
+    "--checkpoint", default="out", show_default=True, type=click.Path(path_type=str),
+    help="A checkpoint directory, or a run directory (its best checkpoint).",
+)
+@click.option("--opset", type=click.IntRange(min=1), default=None, help="ONNX opset, 18 or newer (default: the exporter's).")
+@click.option(
+    "--quantize", type=click.Choice(["int8"]), default=None,
+    help="Write the int8 model (dynamic quantization) and report the validation loss it costs.",
+)
+@click.option(
+    "--verify/--no-verify", default=True, show_default=True,
+    help="Compare onnxruntime with torch on several batch sizes and lengths.",
+)
+def export(output, checkpoint, opset, quantize, verify):
+    """Export a checkpoint to OUTPUT.onnx: graph, weights, tokenizer and config in one file."""
+    from gen.export.onnx_export import export_onnx
+
+    export_onnx(checkpoint, output, opset=opset, quantize=quantize, verify=verify, progress=click.echo)

@@ -1,0 +1,421 @@
+"""Export a gen model to one ONNX file that `gen run` can use on its own.
+
+This module imports torch, onnx and onnxscript (the `train` extra); `gen export`
+imports it only when it runs. The file format is described in
+gen.runtime.artifact and in docs/export.md.
+
+How a model plugin takes part (the built-ins use the same rules, so a third-party
+model needs no registration beyond its `register_models` hook):
+
+- A model with a KV cache defines
+      forward_cached(input_ids, attention_mask, past_key_values) -> (logits, presents)
+      empty_past(batch_size) -> [(key, value), ...]  # zero-length, one pair per layer
+  with input_ids (B, T) int64, attention_mask (B, P+T) int64 (1 = real token,
+  0 = left padding), keys and values (B, heads, P, head_size) float32, logits
+  (B, T, vocab) and presents the pairs grown to P+T. The number of layers, heads and
+  the head size are read off `empty_past(1)`. The graph gets the cache inputs and
+  outputs, and generation reuses the cache.
+- Any other model is exported through `forward(idx) -> (logits, loss)` with inputs
+  `input_ids` and `attention_mask` (kept in the graph so that every gen export takes
+  the same inputs; such a model ignores it) and output `logits`. Generation then
+  feeds the last `block_size` tokens at every step, so the model must not look at
+  positions for left-padded batches to match single prompts (bigram does not).
+- Every model has `config_dict()` (a JSON-serialisable dict with `block_size` and
+  `vocab_size`), as the checkpoint already requires.
+
+Steps, each announced through `progress`: trace with torch.export and translate
+to ONNX (torch.onnx.export(dynamo=True), from a sample with a non-empty past and
+every axis its own Dim), add the gen metadata, run onnx.checker (full check), write
+the file atomically as one file without external data, verify it against torch
+in onnxruntime, and optionally quantize it to int8.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import onnx
+import torch
+
+from gen.core.errors import GenError
+from gen.core.tokenizer import tokenizer_from_dict
+from gen.export.attention import TRANSLATIONS
+from gen.runtime.artifact import (
+    ATTENTION_MASK,
+    FORMAT_KEY,
+    FORMAT_VERSION,
+    INPUT_IDS,
+    LOGITS,
+    MODEL_KEY,
+    TOKENIZER_KEY,
+    past_names,
+    present_names,
+)
+
+Progress = Callable[[str], None]
+_PROTOBUF_LIMIT = 2**31 - 1  # a single-file ONNX model is one protobuf message
+
+
+@dataclass
+class ExportResult:
+    """What an export produced, for callers and tests."""
+
+    path: Path
+    size_bytes: int
+    opset: int
+    max_logits_diff: float | None = None  # None when verification was skipped
+    quantized: dict = field(default_factory=dict)  # sizes and losses when --quantize was given
+
+
+# --- what the graph looks like for a given model -------------------------------------
+
+
+@dataclass
+class CacheShape:
+    """The KV cache layout of a model, read off its empty_past(1)."""
+
+    n_layer: int
+    n_head: int
+    head_size: int
+
+
+def cache_shape(model: torch.nn.Module) -> CacheShape | None:
+    """The model's KV cache layout, or None for a model exported without a cache."""
+    if not (callable(getattr(model, "forward_cached", None)) and callable(getattr(model, "empty_past", None))):
+        return None
+    past = model.empty_past(1)
+    if not past:
+        raise GenError(f"{type(model).__name__}.empty_past(1) returned no layers; it must return one (key, value) pair per layer")
+    key = past[0][0]
+    if key.dim() != 4 or key.size(2) != 0:
+        raise GenError(
+            f"{type(model).__name__}.empty_past(1) must return (1, heads, 0, head_size) tensors, "
+            f"got shape {tuple(key.shape)}"
+        )
+    return CacheShape(n_layer=len(past), n_head=key.size(1), head_size=key.size(3))
+
+
+class CachedStep(torch.nn.Module):
+    """forward_cached with flat tensors in and out, in the order of the graph's inputs and outputs."""
+
+    def __init__(self, model: torch.nn.Module, n_layer: int):
+        super().__init__()
+        self.model = model
+        self.n_layer = n_layer
+
+    def forward(self, input_ids, attention_mask, *past_flat):
+        past = [(past_flat[2 * i], past_flat[2 * i + 1]) for i in range(self.n_layer)]
+        logits, presents = self.model.forward_cached(input_ids, attention_mask, past)
+        return (logits, *[tensor for pair in presents for tensor in pair])
+
+
+class WholeSequence(torch.nn.Module):
+    """forward(idx) for a model without a cache; the mask is an input it does not use."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        logits, _ = self.model(input_ids)
+        return logits
+
+
+def model_config(model: torch.nn.Module) -> dict:
+    config_dict = getattr(model, "config_dict", None)
+    if not callable(config_dict):
+        raise GenError(f"{type(model).__name__} has no config_dict(); a gen model plugin must define it")
+    config = config_dict()
+    for key in ("block_size", "vocab_size"):
+        if not isinstance(config.get(key), int):
+            raise GenError(f"{type(model).__name__}.config_dict() must give an integer {key!r}")
+    return config
+
+
+def registered_model_name(model: torch.nn.Module) -> str:
+    """The name under which a plugin registered the model's class."""
+    from gen.core.plugins import get_registry
+
+    registry = get_registry()
+    for name in registry.names("model"):
+        if registry.get("model", name) is type(model):
+            return name
+    raise GenError(
+        f"{type(model).__name__} is not a registered gen model; register it in a plugin's "
+        f"register_models hook, or pass model_name"
+    )
+
+
+def _sample_inputs(model: torch.nn.Module, cache: CacheShape | None, block_size: int, vocab_size: int):
+    """Inputs to trace with: every dynamic axis at least 2 (torch.export specialises 0 and 1)
+    and each a different size, with a non-empty past so the cache's concatenation is traced."""
+    batch, past_length, length = 2, 3, 2
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(0, vocab_size, (batch, length), generator=generator)
+    if cache is None:
+        return (input_ids, torch.ones(batch, length, dtype=torch.long))
+    total = past_length + length
+    # Left padding keeps every position inside block_size even for a tiny block_size.
+    attention_mask = torch.zeros(batch, total, dtype=torch.long)
+    attention_mask[:, -min(total, block_size):] = 1
+    weight = next(model.parameters())
+    past = [
+        torch.randn(batch, cache.n_head, past_length, cache.head_size, generator=generator).to(weight.dtype)
+        for _ in range(2 * cache.n_layer)
+    ]
+    return (input_ids, attention_mask, *past)
+
+
+def _dynamic_shapes(cache: CacheShape | None):
+    batch = torch.export.Dim("batch")
+    sequence = torch.export.Dim("sequence")
+    if cache is None:
+        return ({0: batch, 1: sequence}, {0: batch, 1: sequence})
+    # The exporter does not accept past + sequence as the mask's length, so the total
+    # gets its own Dim; the graph then works for any past length, zero included.
+    past_sequence = torch.export.Dim("past_sequence")
+    total_sequence = torch.export.Dim("total_sequence")
+    past = tuple({0: batch, 2: past_sequence} for _ in range(2 * cache.n_layer))
+    return ({0: batch, 1: sequence}, {0: batch, 1: total_sequence}, past)  # past: CachedStep's *past_flat
+
+
+# The exporter's own chatter: torchvision not installed, axis names, opset conversion.
+_NOISY_LOGGERS = (
+    "torch.onnx._internal.exporter._registration",
+    "torch.onnx._internal.exporter._compat",
+    "onnxscript.version_converter",
+)
+# torch's exporter writes opset 18 and newer; it converts down with onnx's version
+# converter, which fails on or silently breaks common operators (LayerNormalization, Split).
+OLDEST_OPSET = 18
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Silence the exporter's warnings and log lines; errors still come through."""
+    loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def to_onnx_proto(model: torch.nn.Module, cache: CacheShape | None, opset: int | None) -> onnx.ModelProto:
+    """Trace the model and translate it to an ONNX ModelProto (weights inline)."""
+    config = model_config(model)
+    if opset is not None and opset < OLDEST_OPSET:
+        raise GenError(
+            f"cannot export at opset {opset}: torch's exporter writes opset {OLDEST_OPSET} or newer "
+            f"(its conversion to older opsets breaks common operators); use --opset {OLDEST_OPSET} or newer"
+        )
+    if cache is None:
+        module = WholeSequence(model).eval()
+        input_names = [INPUT_IDS, ATTENTION_MASK]
+        output_names = [LOGITS]
+    else:
+        module = CachedStep(model, cache.n_layer).eval()
+        input_names = [INPUT_IDS, ATTENTION_MASK, *past_names(cache.n_layer)]
+        output_names = [LOGITS, *present_names(cache.n_layer)]
+    sample = _sample_inputs(model, cache, config["block_size"], config["vocab_size"])
+    try:
+        with _quiet_exporter(), torch.no_grad():
+            program = torch.onnx.export(
+                module,
+                sample,
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_shapes=_dynamic_shapes(cache),
+                opset_version=opset,
+                custom_translation_table=TRANSLATIONS,
+                dynamo=True,
+                verbose=False,
+            )
+    except Exception as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise GenError(f"torch could not export {type(model).__name__} to ONNX: {first_line}") from error
+    proto = program.model_proto
+    produced = _default_opset(proto)
+    if opset is not None and produced != opset:
+        raise GenError(
+            f"cannot export at opset {opset}: torch's exporter could not convert this model to it "
+            f"(it fell back to opset {produced}); choose another --opset or leave it out"
+        )
+    return proto
+
+
+def _default_opset(proto: onnx.ModelProto) -> int:
+    return next(entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx"))
+
+
+def add_metadata(proto: onnx.ModelProto, model_document: dict, tokenizer_document: dict) -> None:
+    """Write the three gen metadata_props (replacing any from an earlier pass)."""
+    values = {
+        FORMAT_KEY: str(FORMAT_VERSION),
+        MODEL_KEY: json.dumps(model_document, sort_keys=True),
+        TOKENIZER_KEY: json.dumps(tokenizer_document, sort_keys=True),
+    }
+    kept = [entry for entry in proto.metadata_props if entry.key not in values]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in values.items():
+        proto.metadata_props.add(key=key, value=value)
+
+
+def model_document(model_name: str, config: dict, cache: CacheShape | None) -> dict:
+    return {
+        "name": model_name,
+        "config": config,
+        "block_size": config["block_size"],
+        "vocab_size": config["vocab_size"],
+        "n_layer": cache.n_layer if cache else 0,
+        "n_head": cache.n_head if cache else 0,
+        "head_size": cache.head_size if cache else 0,
+    }
+
+
+def write_single_file(proto: onnx.ModelProto, path: Path) -> None:
+    """Save `proto` at `path` as one self-contained file: weights inline, no .data sidecar."""
+    if proto.ByteSize() > _PROTOBUF_LIMIT:
+        raise GenError(
+            f"the model is {proto.ByteSize() / 2**30:.1f} GiB; a single-file ONNX model must stay under 2 GiB"
+        )
+    for initializer in proto.graph.initializer:
+        if initializer.data_location == onnx.TensorProto.EXTERNAL:
+            raise GenError(f"initializer {initializer.name} points at external data; cannot write one file")
+    onnx.save_model(proto, os.fspath(path), save_as_external_data=False)
+
+
+def export_model(
+    model: torch.nn.Module,
+    path: str | os.PathLike,
+    *,
+    tokenizer_document: dict,
+    model_name: str | None = None,
+    opset: int | None = None,
+    quantize: str | None = None,
+    verify: bool = True,
+    validation_ids: Sequence[int] | None = None,
+    validation_source: str = "",
+    progress: Progress | None = print,
+) -> ExportResult:
+    """Export `model` (with its tokenizer document {"name", "state"}) to `path`.
+
+    `validation_ids` (token ids, described by `validation_source`), when given with
+    `quantize`, are scored by both the fp32 and the int8 model to report the loss the
+    quantization costs. The model is moved to the
+    CPU, float32 and eval mode in place (as `Module.to` does).
+    """
+    say = progress or (lambda message: None)
+    path = Path(path)
+    if quantize not in (None, "int8"):
+        raise GenError(f"unknown quantization {quantize!r}; the one supported is int8")
+    # The file's contract is float32 on any device; the export traces and verifies on the CPU.
+    model = model.to(device="cpu", dtype=torch.float32).eval()
+    config = model_config(model)
+    name = model_name or registered_model_name(model)
+    tokenizer = tokenizer_from_dict(tokenizer_document)  # fails early on a bad document
+    if tokenizer.vocab_size > config["vocab_size"]:
+        raise GenError(
+            f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {config['vocab_size']}"
+        )
+    cache = cache_shape(model)
+    parameters = sum(parameter.numel() for parameter in model.parameters())
+    layout = (
+        f"KV cache of {cache.n_layer} layers x {cache.n_head} heads x {cache.head_size}"
+        if cache else "no KV cache"
+    )
+    say(f"[1/4] tracing {name} ({parameters:,} parameters, {layout}) and translating to ONNX...")
+    proto = to_onnx_proto(model, cache, opset)
+    produced_opset = _default_opset(proto)
+
+    say(f"[2/4] adding gen metadata and checking the graph with onnx.checker (full check, opset {produced_opset})")
+    add_metadata(proto, model_document(name, config, cache), tokenizer_document)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as error:
+        raise GenError(f"the exported graph fails onnx.checker: {str(error).splitlines()[0]}") from None
+
+    # Everything is written in a temporary folder beside the output and moved into place
+    # at the end, so a failed export or verification never leaves a half-written file.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as work:
+        fp32_path = Path(work) / "model.onnx"
+        write_single_file(proto, fp32_path)
+        size = fp32_path.stat().st_size
+        say(f"[3/4] serialised to one file: {size / 1e6:.2f} MB, no external data")
+
+        max_diff = None
+        if verify:
+            from gen.export.verify import verify_export
+
+            past_text = ", with and without a past" if cache else ""
+            say(f"[4/4] verifying onnxruntime against torch (batch 1 and 3, lengths 1, 7 and {config['block_size']}{past_text})")
+            max_diff = verify_export(model, fp32_path, cache, progress=say)
+        else:
+            say("[4/4] verification skipped (--no-verify)")
+
+        quantized = {}
+        final_path = fp32_path
+        if quantize == "int8":
+            from gen.export.quantize import quantize_int8
+
+            int8_path = Path(work) / "model.int8.onnx"
+            quantized = quantize_int8(
+                fp32_path, int8_path, validation_ids=validation_ids,
+                validation_source=validation_source, progress=say,
+            )
+            final_path = int8_path
+        os.replace(final_path, path)
+    result = ExportResult(path, path.stat().st_size, produced_opset, max_diff, quantized)
+    say(f"wrote {path} ({result.size_bytes / 1e6:.2f} MB); run it with: gen run {path}")
+    return result
+
+
+def export_onnx(
+    checkpoint,
+    path: str | os.PathLike,
+    *,
+    opset: int | None = None,
+    quantize: str | None = None,
+    verify: bool = True,
+    progress: Progress | None = print,
+) -> ExportResult:
+    """Export a checkpoint (a directory written by `gen train`, or a loaded checkpoint) to `path`."""
+    say = progress or (lambda message: None)
+    if isinstance(checkpoint, (str, os.PathLike)):
+        from gen.core.checkpoint import load_checkpoint
+
+        checkpoint = load_checkpoint(checkpoint, device="cpu")
+        say(f"loaded checkpoint {checkpoint.path} ({checkpoint.model_name}, step {checkpoint.step})")
+    validation_ids, validation_source = None, ""
+    if quantize:
+        from gen.export.quantize import validation_ids_of
+
+        say("reading the checkpoint's validation data (to measure what int8 costs)")
+        validation_ids, validation_source = validation_ids_of(checkpoint)
+    return export_model(
+        checkpoint.model,
+        path,
+        tokenizer_document=checkpoint.tokenizer_document,
+        model_name=checkpoint.model_name,
+        opset=opset,
+        quantize=quantize,
+        verify=verify,
+        validation_ids=validation_ids,
+        validation_source=validation_source,
+        progress=progress,
+    )
+

@@ -1,0 +1,222 @@
+"""The ONNX artifact contract that `gen export` writes and `gen run` reads (no torch, no onnx).
+
+One `model.onnx` file holds the graph, the weights and three `metadata_props`:
+
+- `gen.format`:    an integer, FORMAT_VERSION when written; the runtime refuses newer ones.
+- `gen.model`:     JSON {"name": model plugin, "config": its config, "block_size",
+                   "vocab_size", "n_layer", "n_head", "head_size"}; the last three describe
+                   the KV cache and are 0 for a model exported without one.
+- `gen.tokenizer`: JSON {"name": tokenizer plugin, "state": its to_dict()}.
+
+Graph inputs are `input_ids` int64 [batch, sequence], `attention_mask` int64
+[batch, past_sequence + sequence] and, for a model with a KV cache,
+`past_key_values.{i}.key` / `.value` float32 [batch, heads, past_sequence, head_size];
+outputs are `logits` float32 [batch, sequence, vocab] and `present.{i}.key` / `.value`.
+
+`read_artifact` checks a file before onnxruntime sees it, so that a wrong file gets
+a one-line error saying what is wrong with it. It walks only the top level of the
+protobuf (a few dozen bytes read, the graph skipped with a seek), which is enough to
+tell "not ONNX" from "truncated" and to read the metadata, without the onnx package.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from gen.core.errors import GenError
+
+FORMAT_VERSION = 1
+FORMAT_KEY = "gen.format"
+MODEL_KEY = "gen.model"
+TOKENIZER_KEY = "gen.tokenizer"
+
+INPUT_IDS = "input_ids"
+ATTENTION_MASK = "attention_mask"
+LOGITS = "logits"
+
+
+def past_names(n_layer: int) -> list[str]:
+    """Graph input names of the KV cache, layer by layer, key before value."""
+    return [f"past_key_values.{i}.{part}" for i in range(n_layer) for part in ("key", "value")]
+
+
+def present_names(n_layer: int) -> list[str]:
+    """Graph output names of the updated KV cache, in the order of `past_names`."""
+    return [f"present.{i}.{part}" for i in range(n_layer) for part in ("key", "value")]
+
+
+@dataclass
+class Artifact:
+    """What `read_artifact` learned about a gen ONNX file."""
+
+    path: str
+    format_version: int
+    model: dict  # the gen.model document
+    tokenizer: dict  # the gen.tokenizer document, {"name", "state"}
+
+    @property
+    def block_size(self) -> int:
+        return int(self.model["block_size"])
+
+
+# --- a minimal reader of the protobuf wire format -----------------------------------
+#
+# A protobuf message is a sequence of fields, each a varint tag (field number << 3 |
+# wire type) followed by a varint (wire type 0), 8 bytes (1), a varint length and that
+# many bytes (2), or 4 bytes (5). ONNX's ModelProto writers put field 1, ir_version,
+# first; its graph is field 7 and its metadata_props field 14.
+
+_VARINT, _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 0, 1, 2, 5
+_IR_VERSION_FIELD, _GRAPH_FIELD, _METADATA_FIELD = 1, 7, 14
+_MAX_PLAUSIBLE_IR_VERSION = 100  # ONNX is at 11 in 2025; random bytes are rarely this small
+
+
+class _NotOnnx(Exception):
+    pass
+
+
+class _Truncated(Exception):
+    pass
+
+
+def _read_varint(file: BinaryIO) -> int | None:
+    """The next varint, or None at a clean end of file."""
+    result = shift = 0
+    while True:
+        byte = file.read(1)
+        if not byte:
+            if shift == 0:
+                return None
+            raise _Truncated
+        result |= (byte[0] & 0x7F) << shift
+        if not byte[0] & 0x80:
+            return result
+        shift += 7
+        if shift > 63:
+            raise _NotOnnx  # no field of a valid message has a varint this long
+
+
+def _read_exactly(file: BinaryIO, size: int) -> bytes:
+    data = file.read(size)
+    if len(data) < size:
+        raise _Truncated
+    return data
+
+
+def _skip(file: BinaryIO, size: int, file_size: int) -> None:
+    if file.tell() + size > file_size:
+        raise _Truncated
+    file.seek(size, os.SEEK_CUR)
+
+
+def _string_pair(entry: bytes) -> tuple[str, str]:
+    """Key and value of a StringStringEntryProto (field 1 key, field 2 value)."""
+    fields = {1: "", 2: ""}
+    reader = io.BytesIO(entry)
+    while (tag := _read_varint(reader)) is not None:
+        if tag & 7 != _LENGTH_DELIMITED:
+            raise _NotOnnx
+        size = _read_varint(reader)
+        if size is None:
+            raise _Truncated
+        fields[tag >> 3] = _read_exactly(reader, size).decode("utf-8", "replace")
+    return fields[1], fields[2]
+
+
+def _walk_model(file: BinaryIO, file_size: int) -> dict[str, str]:
+    """Check the top level of a ModelProto and return its metadata_props."""
+    first_tag = _read_varint(file)
+    if first_tag != (_IR_VERSION_FIELD << 3 | _VARINT):
+        raise _NotOnnx
+    ir_version = _read_varint(file)
+    if ir_version is None:
+        raise _Truncated
+    if not 1 <= ir_version <= _MAX_PLAUSIBLE_IR_VERSION:
+        raise _NotOnnx
+    metadata: dict[str, str] = {}
+    has_graph = False
+    while (tag := _read_varint(file)) is not None:
+        field, wire_type = tag >> 3, tag & 7
+        if field == 0:
+            raise _NotOnnx
+        if wire_type == _VARINT:
+            if _read_varint(file) is None:
+                raise _Truncated
+        elif wire_type == _FIXED64:
+            _skip(file, 8, file_size)
+        elif wire_type == _FIXED32:
+            _skip(file, 4, file_size)
+        elif wire_type == _LENGTH_DELIMITED:
+            size = _read_varint(file)
+            if size is None:
+                raise _Truncated
+            if field == _METADATA_FIELD:
+                key, value = _string_pair(_read_exactly(file, size))
+                metadata[key] = value
+            else:
+                _skip(file, size, file_size)
+                has_graph = has_graph or field == _GRAPH_FIELD
+        else:
+            raise _NotOnnx  # groups (3, 4) and 6, 7 do not occur in ONNX
+    if not has_graph:
+        raise _Truncated  # the file ends before the graph does
+    return metadata
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata_props of the ONNX file at `path`; GenError if it is not a whole ONNX file."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise GenError(f"{path} does not exist; export a model first with `gen export {path}`")
+    if os.path.isdir(path):
+        raise GenError(f"{path} is a directory; give the path of a .onnx file written by `gen export`")
+    file_size = os.path.getsize(path)
+    if file_size == 0:
+        raise GenError(f"{path} is empty; export the model again with `gen export`")
+    try:
+        with open(path, "rb") as file:
+            return _walk_model(file, file_size)
+    except _NotOnnx:
+        raise GenError(f"{path} is not an ONNX model; give a file written by `gen export`") from None
+    except _Truncated:
+        raise GenError(
+            f"{path} is truncated ({file_size} bytes, the ONNX data ends early); export it again"
+        ) from None
+
+
+def read_artifact(path: str | os.PathLike) -> Artifact:
+    """Check that `path` is a whole gen ONNX export this runtime can read, and read its metadata."""
+    path = os.fspath(path)
+    metadata = read_metadata(path)
+    missing = [key for key in (FORMAT_KEY, MODEL_KEY, TOKENIZER_KEY) if key not in metadata]
+    if missing:
+        raise GenError(
+            f"{path} is an ONNX model but not a gen export (it lacks the {', '.join(missing)} "
+            f"metadata); export it with `gen export`"
+        )
+    try:
+        format_version = int(metadata[FORMAT_KEY])
+    except ValueError:
+        raise GenError(f"{path} has a malformed {FORMAT_KEY} ({metadata[FORMAT_KEY]!r}); export it again") from None
+    if format_version > FORMAT_VERSION:
+        raise GenError(
+            f"{path} has gen format version {format_version}, newer than this gen reads "
+            f"(up to {FORMAT_VERSION}); upgrade gen (pip install -U gen)"
+        )
+    documents = {}
+    for key in (MODEL_KEY, TOKENIZER_KEY):
+        try:
+            documents[key] = json.loads(metadata[key])
+        except json.JSONDecodeError:
+            raise GenError(f"{path} has malformed {key} metadata (not JSON); export it again") from None
+        if not isinstance(documents[key], dict):
+            raise GenError(f"{path} has malformed {key} metadata (not a JSON object); export it again")
+    model = documents[MODEL_KEY]
+    for key, smallest in (("block_size", 1), ("vocab_size", 1), ("n_layer", 0), ("n_head", 0), ("head_size", 0)):
+        value = model.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < smallest:
+            raise GenError(f"{path} has {MODEL_KEY} metadata without a valid {key}; export it again")
+    return Artifact(path, format_version, model, documents[TOKENIZER_KEY])

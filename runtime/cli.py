@@ -1,0 +1,50 @@
+"""`gen run MODEL.onnx`: stream text from an export with onnxruntime, without torch.
+
+Importing this module imports click only; onnxruntime and numpy come in when the
+command runs, so that the `gen` command line starts fast.
+"""
+from __future__ import annotations
+
+import click
+
+SAMPLE_SEPARATOR = "-" * 15
+
+
+@click.command()
+@click.argument("model", type=click.Path(dir_okay=True, path_type=str))
+@click.option("--prompt", default="\n", show_default="a newline", help="Text to continue.")
+@click.option(
+    "--sampler", "samplers", multiple=True, metavar="SPEC",
+    help="NAME[:KEY=VALUE,...], e.g. top_p:p=0.9; repeat to chain filters (default: multinomial).",
+)
+@click.option("--max-new-tokens", type=click.IntRange(min=0), default=500, show_default=True)
+@click.option("--num-samples", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--seed", type=int, default=None, help="Seed of the one random stream of the whole run.")
+@click.option("--stop", multiple=True, metavar="TEXT", help="End a sample at this text (repeatable).")
+@click.option(
+    "--provider", default=None, metavar="NAME",
+    help="onnxruntime execution provider, e.g. cuda or CUDAExecutionProvider (default: CPU).",
+)
+def run(model, prompt, samplers, max_new_tokens, num_samples, seed, stop, provider):
+    """Generate text from MODEL.onnx (written by `gen export`) on onnxruntime."""
+    import numpy as np
+
+    from gen.core.generate import encode_prompt
+    from gen.runtime.generator import Generator, resolve_sampler
+
+    sampler = resolve_sampler(list(samplers))
+    generator = Generator(model, provider=provider)
+    encode_prompt(generator.tokenizer, prompt)  # a prompt it cannot encode fails before any output
+    # One random stream for the whole run, as `gen sample` uses: the same seed gives
+    # the same samples on both, one after another.
+    rng = np.random.default_rng(seed)
+    try:
+        for _ in range(num_samples):
+            click.echo(prompt, nl=False)
+            for piece in generator.stream(prompt, sampler, max_new_tokens=max_new_tokens, stop=stop, rng=rng):
+                click.echo(piece, nl=False)
+            click.echo()
+            click.echo(SAMPLE_SEPARATOR)
+    except KeyboardInterrupt:  # Ctrl-C ends the stream, not with a traceback
+        click.echo()
+        raise SystemExit(130) from None

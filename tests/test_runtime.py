@@ -1,0 +1,400 @@
+"""`gen run` and gen.runtime: generation on onnxruntime, its parity with torch, bad files, no torch.
+
+The models are exported once per module; every test runs real onnxruntime sessions.
+"""
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+from click.testing import CliRunner
+
+from gen.core.checkpoint import save_checkpoint
+from gen.core.cli import GenGroup
+from gen.core.commands import sample
+from gen.core.errors import GenError
+from gen.core.generate import generate_text
+from gen.core.sampling import build_sampler_chain
+from gen.core.scoring import exact_loss
+from gen.core.tokenizer import tokenizer_to_dict
+from gen.core.torch_backend import TorchBackend
+from gen.export.cli import export
+from gen.export.onnx_export import export_model
+from gen.plugins.bigram import BigramLanguageModel
+from gen.plugins.gpt import GPT
+from gen.plugins.tokenizers import CharTokenizer
+from gen.runtime.artifact import FORMAT_VERSION
+from gen.runtime.cli import SAMPLE_SEPARATOR, run
+from gen.runtime.generator import Generator
+from gen.runtime.scoring import onnx_logits_function
+
+SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+BLOCK_SIZE = 16
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Step-by-step torch generation of a tiny model is fastest on one thread, and on a
+    busy two-core machine a second, spinning OpenMP thread makes it 100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def text() -> str:
+    return SHAKESPEARE.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(text):
+    return CharTokenizer.train(text)
+
+
+@pytest.fixture(scope="module")
+def gpt(tokenizer):
+    """A small GPT with random weights, drawn wider than GPT's init so that the
+    next-token distribution is peaked and greedy choices are not near-ties."""
+    torch.manual_seed(0)
+    model = GPT.from_config(dict(vocab_size=tokenizer.vocab_size, block_size=BLOCK_SIZE, n_layer=2, n_head=2, n_embd=32))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() >= 2:
+                torch.nn.init.normal_(parameter, std=0.3)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def checkpoint_dir(gpt, tokenizer, tmp_path_factory):
+    return save_checkpoint(
+        tmp_path_factory.mktemp("run") / "checkpoint", model=gpt, model_name="gpt",
+        tokenizer_document=tokenizer_to_dict("char", tokenizer), train_args={"data": str(SHAKESPEARE)}, step=0,
+    )
+
+
+@pytest.fixture(scope="module")
+def gpt_path(checkpoint_dir, tmp_path_factory):
+    """The checkpoint exported with `gen export`, as a user would."""
+    path = tmp_path_factory.mktemp("gpt") / "model.onnx"
+    result = CliRunner().invoke(cli_group(), ["export", str(path), "--checkpoint", str(checkpoint_dir)])
+    assert result.exit_code == 0, result.output
+    return path
+
+
+@pytest.fixture(scope="module")
+def generator(gpt_path):
+    return Generator(gpt_path)
+
+
+@pytest.fixture(scope="module")
+def bigram(tokenizer):
+    torch.manual_seed(0)
+    model = BigramLanguageModel.from_config({"vocab_size": tokenizer.vocab_size, "block_size": 8})
+    with torch.no_grad():
+        torch.nn.init.normal_(model.token_embedding_table.weight, std=3.0)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def bigram_path(bigram, tokenizer, tmp_path_factory):
+    path = tmp_path_factory.mktemp("bigram") / "bigram.onnx"
+    export_model(bigram, path, tokenizer_document=tokenizer_to_dict("char", tokenizer), progress=None)
+    return path
+
+
+def torch_text(model, tokenizer, prompts, sampler_specs, seed, max_new_tokens, use_cache=True):
+    """What the torch generator writes: the shared loop on a TorchBackend."""
+    backend = TorchBackend(model, device="cpu", use_cache=use_cache)
+    texts = [[] for _ in prompts]
+    rng = np.random.default_rng(seed)
+    sampler = build_sampler_chain(sampler_specs)
+    for pieces in generate_text(backend, tokenizer, prompts, sampler, rng, max_new_tokens):
+        for text, piece in zip(texts, pieces):
+            text.append(piece)
+    return ["".join(text) for text in texts]
+
+
+# --- parity with torch ----------------------------------------------------------------
+
+
+def test_greedy_text_equals_torch_for_600_tokens_past_block_size(gpt, tokenizer, generator):
+    prompts = ["ROMEO:", "\n"]
+    expected = torch_text(gpt, tokenizer, prompts, ["greedy"], seed=0, max_new_tokens=600)
+    got = generator.generate(prompts, sampler="greedy", max_new_tokens=600)
+    assert got == expected
+    assert all(len(text) == 600 for text in got)  # char tokens: one character each, no stop
+
+
+@pytest.mark.parametrize("specs", [["multinomial"], ["top_p:p=0.9"], ["top_k:k=5", "temperature:t=0.8"]])
+def test_sampled_text_equals_torch_with_the_same_seed(gpt, tokenizer, generator, specs):
+    expected = torch_text(gpt, tokenizer, ["JULIET:"], specs, seed=7, max_new_tokens=300)
+    assert generator.generate(["JULIET:"], sampler=specs, seed=7, max_new_tokens=300) == expected
+    other_seed = generator.generate(["JULIET:"], sampler=specs, seed=8, max_new_tokens=300)
+    assert other_seed != expected  # the seed matters
+
+
+def test_bigram_text_equals_torch_without_a_cache(bigram, tokenizer, bigram_path):
+    generator = Generator(bigram_path)
+    assert not generator.uses_cache and generator.block_size == 8
+    expected = torch_text(bigram, tokenizer, ["to be"], ["top_k:k=3"], seed=3, max_new_tokens=100, use_cache=False)
+    assert generator.generate(["to be"], sampler="top_k:k=3", seed=3, max_new_tokens=100) == expected
+
+
+def test_exported_model_scores_like_torch(gpt, gpt_path, tokenizer, text):
+    logits_of, block_size, onnx_tokenizer = onnx_logits_function(gpt_path)
+    ids = onnx_tokenizer.encode(text[:2000])
+    assert block_size == BLOCK_SIZE
+    onnx_loss, tokens = exact_loss(logits_of, ids, block_size)
+
+    def torch_logits(batch):
+        with torch.no_grad():
+            return gpt(torch.from_numpy(batch))[0].numpy()
+
+    torch_loss, _ = exact_loss(torch_logits, tokenizer.encode(text[:2000]), BLOCK_SIZE)
+    assert tokens == 1999
+    assert abs(onnx_loss - torch_loss) < 1e-5
+
+
+@pytest.mark.parametrize("sampler_options", [
+    ["--sampler", "greedy", "--max-new-tokens", "600"],
+    ["--seed", "5", "--max-new-tokens", "200", "--num-samples", "2"],  # multinomial
+    ["--sampler", "top_p:p=0.9", "--seed", "6", "--max-new-tokens", "200", "--num-samples", "2"],
+])
+def test_gen_sample_and_gen_run_write_the_same_text(checkpoint_dir, gpt_path, sampler_options):
+    common = ["--prompt", "ROMEO:", *sampler_options]
+    sampled = CliRunner().invoke(cli_group(), ["sample", "--checkpoint", str(checkpoint_dir), *common])
+    ran = CliRunner().invoke(cli_group(), ["run", str(gpt_path), *common])
+    assert sampled.exit_code == 0 and ran.exit_code == 0, (sampled.output, ran.output)
+    assert ran.output == sampled.output
+    assert ran.output.startswith("ROMEO:") and len(ran.output) > 200
+
+
+# --- the Generator API ----------------------------------------------------------------------
+
+
+def test_a_batch_of_prompts_of_different_lengths_equals_each_prompt_alone(generator):
+    prompts = ["a", "KING RICHARD III:\nNow is the winter", "\n\n", "What, ho!"]
+    together = generator.generate(prompts, sampler="greedy", max_new_tokens=80)
+    alone = [generator.generate([prompt], sampler="greedy", max_new_tokens=80)[0] for prompt in prompts]
+    assert together == alone
+    assert len(set(together)) > 1
+
+
+def test_a_prompt_longer_than_block_size_keeps_its_last_block_size_tokens(generator):
+    tail = "the last sixteen"
+    assert len(tail) == BLOCK_SIZE
+    long = generator.generate(["x" * 50 + tail], sampler="greedy", max_new_tokens=40)
+    assert long == generator.generate([tail], sampler="greedy", max_new_tokens=40)
+
+
+def test_stream_yields_the_text_generate_returns(generator):
+    pieces = list(generator.stream("ROMEO:", sampler="top_p:p=0.8", seed=5, max_new_tokens=120))
+    assert len(pieces) > 1
+    assert "".join(pieces) == generator.generate(["ROMEO:"], sampler="top_p:p=0.8", seed=5, max_new_tokens=120)[0]
+
+
+def test_stop_strings_end_the_text_before_them(generator):
+    full = generator.generate(["ROMEO:"], sampler="greedy", max_new_tokens=200)[0]
+    stop = full[30:32]
+    first = full.find(stop)
+    stopped = "".join(generator.stream("ROMEO:", sampler="greedy", max_new_tokens=200, stop=[stop]))
+    assert stopped == full[:first]
+
+
+def test_one_rng_shared_by_several_calls_continues_one_stream(generator):
+    rng = np.random.default_rng(11)
+    first = "".join(generator.stream("\n", max_new_tokens=50, rng=rng))
+    second = "".join(generator.stream("\n", max_new_tokens=50, rng=rng))
+    assert first != second
+    rng = np.random.default_rng(11)
+    assert "".join(generator.stream("\n", max_new_tokens=50, rng=rng)) == first
+
+
+def test_wrong_arguments_are_clear_errors(generator):
+    with pytest.raises(GenError, match="takes a list of prompts"):
+        generator.generate("one prompt")
+    with pytest.raises(GenError, match="max_new_tokens must be a whole number"):
+        generator.generate(["a"], max_new_tokens=-1)
+    with pytest.raises(GenError, match="the prompt is empty"):
+        generator.generate([""])
+    with pytest.raises(GenError, match="unknown sampler 'nucleus'"):
+        generator.generate(["a"], sampler="nucleus")
+    with pytest.raises(GenError, match="not in the tokenizer's vocabulary"):
+        generator.generate(["日本"])
+
+
+# --- bad files and providers -----------------------------------------------------------------
+
+
+def rewrite_metadata(source: Path, target: Path, **changes) -> Path:
+    """A copy of an export with metadata entries changed (None removes one)."""
+    proto = onnx.load(str(source))
+    values = {entry.key: entry.value for entry in proto.metadata_props}
+    for key, value in changes.items():
+        key = key.replace("_", ".")
+        if value is None:
+            values.pop(key, None)
+        else:
+            values[key] = value
+    del proto.metadata_props[:]
+    for key, value in values.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(target))
+    return target
+
+
+def bad_files(gpt_path: Path, folder: Path) -> dict:
+    random_bytes = folder / "random.onnx"
+    random_bytes.write_bytes(np.random.default_rng(0).bytes(5000))
+    truncated = folder / "truncated.onnx"
+    truncated.write_bytes(gpt_path.read_bytes()[: gpt_path.stat().st_size // 2])
+    return {
+        "random bytes": (random_bytes, "is not an ONNX model"),
+        "text file": (_write(folder / "notes.onnx", "hello, I am not a model\n"), "is not an ONNX model"),
+        "empty file": (_write(folder / "empty.onnx", ""), "is empty"),
+        "truncated": (truncated, r"is truncated \(\d+ bytes, the ONNX data ends early\)"),
+        "no gen metadata": (
+            rewrite_metadata(gpt_path, folder / "plain.onnx", gen_format=None, gen_model=None, gen_tokenizer=None),
+            "is an ONNX model but not a gen export",
+        ),
+        "newer format": (
+            rewrite_metadata(gpt_path, folder / "newer.onnx", gen_format=str(FORMAT_VERSION + 1)),
+            f"has gen format version {FORMAT_VERSION + 1}, newer than this gen reads",
+        ),
+        "missing file": (folder / "nothing.onnx", "does not exist"),
+    }
+
+
+def _write(path: Path, content: str) -> Path:
+    path.write_text(content)
+    return path
+
+
+@pytest.fixture(scope="module")
+def bad(gpt_path, tmp_path_factory):
+    return bad_files(gpt_path, tmp_path_factory.mktemp("bad"))
+
+
+@pytest.mark.parametrize(
+    "kind", ["random bytes", "text file", "empty file", "truncated", "no gen metadata", "newer format", "missing file"]
+)
+def test_a_bad_file_is_a_one_line_error_saying_what_is_wrong(bad, kind):
+    path, message = bad[kind]
+    with pytest.raises(GenError, match=message) as error:
+        Generator(path)
+    assert "\n" not in str(error.value)
+    result = CliRunner().invoke(cli_group(), ["run", str(path)])
+    assert result.exit_code == 1
+    assert result.output.strip().count("\n") == 0
+    assert result.output.startswith("Error: ")
+
+
+def test_an_unavailable_provider_names_the_available_ones(gpt_path):
+    with pytest.raises(GenError, match="execution provider 'NoSuchExecutionProvider' is not available") as error:
+        Generator(gpt_path, provider="NoSuchExecutionProvider")
+    for name in onnxruntime.get_available_providers():
+        assert name in str(error.value)
+
+
+def test_providers_are_named_in_full_or_short(gpt_path):
+    assert Generator(gpt_path, provider="cpu").session.get_providers() == ["CPUExecutionProvider"]
+    assert Generator(gpt_path, provider="CPUExecutionProvider").session.get_providers() == ["CPUExecutionProvider"]
+
+
+# --- `gen run` -------------------------------------------------------------------------------
+
+
+def cli_group() -> click.Group:
+    """A gen-style group (GenError -> one line) with the commands under test."""
+    return GenGroup(commands=[run, export, sample])
+
+
+def test_gen_run_streams_samples_separated_by_dashes_with_one_rng(generator, gpt_path):
+    result = CliRunner().invoke(
+        cli_group(), ["run", str(gpt_path), "--prompt", "ROMEO:", "--num-samples", "2", "--seed", "3",
+                      "--max-new-tokens", "40", "--sampler", "top_k:k=10"],
+    )
+    assert result.exit_code == 0, result.output
+    rng = np.random.default_rng(3)
+    first, second = (generator.generate(["ROMEO:"], sampler="top_k:k=10", max_new_tokens=40, rng=rng)[0] for _ in range(2))
+    assert result.output == f"ROMEO:{first}\n{SAMPLE_SEPARATOR}\nROMEO:{second}\n{SAMPLE_SEPARATOR}\n"
+
+
+def test_gen_run_stop_and_defaults(gpt_path, generator):
+    result = CliRunner().invoke(cli_group(), ["run", str(gpt_path), "--sampler", "greedy", "--max-new-tokens", "30"])
+    assert result.exit_code == 0, result.output
+    expected = generator.generate(["\n"], sampler="greedy", max_new_tokens=30)[0]
+    assert result.output == f"\n{expected}\n{SAMPLE_SEPARATOR}\n"  # the default prompt is a newline
+    stop = expected[5:7]
+    stopped = CliRunner().invoke(cli_group(), ["run", str(gpt_path), "--sampler", "greedy", "--max-new-tokens", "30",
+                                               "--stop", stop])
+    assert stopped.output == f"\n{expected[:expected.find(stop)]}\n{SAMPLE_SEPARATOR}\n"
+
+
+def test_gen_run_reports_a_bad_sampler_option_in_one_line(gpt_path):
+    result = CliRunner().invoke(cli_group(), ["run", str(gpt_path), "--sampler", "top_k:kk=2"])
+    assert result.exit_code == 1
+    assert result.output == "Error: unknown option 'kk' for sampler 'top_k'; accepted options: k (int=40)\n"
+
+
+def test_gen_run_refuses_a_prompt_it_cannot_encode_before_printing_anything(gpt_path):
+    result = CliRunner().invoke(cli_group(), ["run", str(gpt_path), "--prompt", "ROMEO 日本"])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: cannot encode the prompt: character '日' at position 6")
+    assert result.output.count("\n") == 1
+
+
+# --- the torch line --------------------------------------------------------------------------
+
+
+TORCH_FREE_SCRIPT = """
+import sys
+sys.modules["torch"] = None  # any `import torch` now raises ImportError
+import click
+from click.testing import CliRunner
+import gen.runtime
+from gen.runtime import Generator, onnx_logits_function
+from gen.runtime.cli import run
+from gen.core.checkpoint import save_checkpoint
+from gen.core.cli import GenGroup
+from gen.core.commands import sample
+
+generator = Generator(sys.argv[1])
+text = generator.generate(["ROMEO:"], sampler="greedy", max_new_tokens=100)[0]
+logits_of, block_size, _ = onnx_logits_function(sys.argv[1])
+assert logits_of(__import__("numpy").zeros((2, block_size), dtype="int64")).shape[:2] == (2, block_size)
+result = CliRunner().invoke(GenGroup(commands=[run]), ["run", sys.argv[1], "--sampler", "greedy",
+                                                       "--max-new-tokens", "100", "--prompt", "ROMEO:"])
+assert result.exit_code == 0, result.output
+assert result.output.startswith("ROMEO:" + text), (result.output, text)
+loaded = sorted(name for name in sys.modules if name.split(".")[0] in ("torch", "onnx", "onnxscript") and sys.modules[name] is not None)
+assert not loaded, loaded
+print(text, end="")
+"""
+
+
+def test_the_runtime_runs_with_torch_blocked(gpt_path, generator):
+    completed = subprocess.run(
+        [sys.executable, "-c", TORCH_FREE_SCRIPT, str(gpt_path)],
+        capture_output=True, text=True, timeout=120, cwd=REPOSITORY,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout == generator.generate(["ROMEO:"], sampler="greedy", max_new_tokens=100)[0]
+
+
+def test_importing_the_cli_commands_stays_light():
+    script = (
+        "import sys; import gen.runtime.cli, gen.export.cli, gen.runtime, gen.export; "
+        "heavy = [m for m in ('torch', 'onnx', 'onnxruntime', 'onnxscript', 'numpy') if m in sys.modules]; "
+        "print(heavy)"
+    )
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=REPOSITORY)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "[]"

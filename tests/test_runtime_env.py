@@ -1,0 +1,83 @@
+"""The torch line, end to end: a fresh virtual environment with only `pip install .`.
+
+There torch cannot be imported, `gen plugins` lists the samplers and tokenizers,
+and a model trained and exported in the main environment generates with `gen run`
+and with the Python `Generator` API the same greedy text as in the main environment.
+Set GEN_RUNTIME_VENV to keep the environment at a path of your choosing.
+"""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+CORPUS = REPOSITORY.parent / "shared" / "data" / "tinyshakespeare.txt"
+MAIN_BIN = Path(sys.executable).parent
+PROMPT = "ROMEO:"
+GENERATE_ARGUMENTS = ["--prompt", PROMPT, "--sampler", "greedy", "--max-new-tokens", "120", "--seed", "0"]
+
+
+def run(command, **kwargs):
+    result = subprocess.run([str(part) for part in command], capture_output=True, text=True, **kwargs)
+    assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def runtime_python(tmp_path_factory) -> Path:
+    """A fresh virtual environment with the plain (runtime) install of this repository."""
+    location = os.environ.get("GEN_RUNTIME_VENV")
+    venv = Path(location).resolve() if location else tmp_path_factory.mktemp("runtime") / "venv"
+    shutil.rmtree(venv, ignore_errors=True)
+    run([sys.executable, "-m", "venv", venv])
+    build_copy = tmp_path_factory.mktemp("source") / "gen"  # build outside the work tree
+    shutil.copytree(REPOSITORY, build_copy, ignore=shutil.ignore_patterns(".venv*", ".git", "out*", "*.onnx"))
+    run([venv / "bin" / "python", "-m", "pip", "install", "--quiet", build_copy])
+    return venv / "bin" / "python"
+
+
+@pytest.fixture(scope="module")
+def exported_model(tmp_path_factory) -> Path:
+    """A small GPT trained for a few steps and exported, in the main environment."""
+    work = tmp_path_factory.mktemp("export")
+    corpus = work / "corpus.txt"
+    corpus.write_text(CORPUS.read_text(encoding="utf-8")[:60_000], encoding="utf-8")
+    run([MAIN_BIN / "gen", "train", "--data", corpus, "--out", work / "checkpoint", "--n-layer", "2",
+         "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "8",
+         "--max-iters", "40", "--eval-interval", "20", "--seed", "1"])
+    run([MAIN_BIN / "gen", "export", work / "model.onnx", "--checkpoint", work / "checkpoint"])
+    return work / "model.onnx"
+
+
+def test_torch_is_absent_in_the_runtime_environment(runtime_python):
+    result = subprocess.run([runtime_python, "-c", "import torch"], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "No module named 'torch'" in result.stderr
+
+
+def test_gen_plugins_lists_samplers_and_tokenizers_without_torch(runtime_python):
+    listing = run([runtime_python.parent / "gen", "plugins"])
+    rows = {tuple(line.split()[:2]) for line in listing.splitlines()[1:]}
+    for sampler in ("greedy", "multinomial", "temperature", "top_k", "top_p"):
+        assert ("sampler", sampler) in rows
+    for tokenizer in ("char", "byte", "bpe"):
+        assert ("tokenizer", tokenizer) in rows
+
+
+def test_an_export_runs_without_torch_and_matches_the_main_environment(runtime_python, exported_model):
+    in_main = run([MAIN_BIN / "gen", "run", exported_model, *GENERATE_ARGUMENTS])
+    in_runtime = run([runtime_python.parent / "gen", "run", exported_model, *GENERATE_ARGUMENTS])
+    assert in_runtime == in_main
+    assert in_main.startswith(PROMPT) and len(in_main) > len(PROMPT) + 50
+
+    through_api = run([runtime_python, "-c", (
+        "import sys, gen.runtime\n"
+        "generator = gen.runtime.Generator(sys.argv[1])\n"
+        f"text = generator.generate([{PROMPT!r}], sampler='greedy', max_new_tokens=120)[0]\n"
+        "assert 'torch' not in sys.modules\n"
+        "sys.stdout.write(text)\n"
+    ), exported_model])
+    assert PROMPT + through_api in in_main

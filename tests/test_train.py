@@ -1,0 +1,336 @@
+"""`gen train`, `gen sample` and `gen eval` end to end: short real runs of a tiny model
+on a slice of Tiny Shakespeare, exact reproducibility and resuming, the plugin hooks,
+and bad input (a one-line error, a non-zero exit, nothing already written destroyed)."""
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from gen.core import hookimpl
+from gen.core.cli import cli
+from gen.core.plugins import get_plugin_manager
+
+SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+GEN_SCRIPT = Path(sys.executable).parent / "gen"
+TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "8",
+        "--eval-iters", "4", "--warmup-iters", "5"]
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """The first 40,000 characters of Tiny Shakespeare."""
+    path = tmp_path_factory.mktemp("corpus") / "shakespeare-slice.txt"
+    path.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:40_000], encoding="utf-8")
+    return path
+
+
+def gen(*arguments) -> "click.testing.Result":
+    return CliRunner().invoke(cli, [str(argument) for argument in arguments])
+
+
+def train(corpus, out, *arguments, max_iters=40, eval_interval=20):
+    result = gen("train", "--data", corpus, "--out", out, *TINY, "--max-iters", max_iters,
+                 "--eval-interval", eval_interval, *arguments)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(path: Path) -> dict:
+    return load_file(str(path / "model.safetensors"))
+
+
+def assert_one_line_error(result, *fragments):
+    """A clean failure: exit status 1 from click, one `Error:` line, no traceback."""
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)  # not an uncaught exception
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("Error: "), result.output
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[-1], lines[-1]
+
+
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory):
+    """A run of 60 steps, shared by the tests that only read it."""
+    out = tmp_path_factory.mktemp("trained") / "out"
+    train(corpus, out, max_iters=60, eval_interval=30)
+    return out
+
+
+# --- training ---------------------------------------------------------------------
+
+
+def test_loss_starts_near_uniform_and_falls(trained):
+    logged = metrics(trained)
+    assert [entry["step"] for entry in logged] == [0, 30, 60]
+    first, last = logged[0], logged[-1]
+    vocab_size = json.loads((trained / "best" / "config.json").read_text())["model"]["config"]["vocab_size"]
+    assert first["uniform_loss"] == pytest.approx(math.log(vocab_size))
+    assert abs(first["val_loss"] - math.log(vocab_size)) < 0.3
+    assert last["train_loss"] < first["train_loss"] - 0.8
+    assert last["val_loss"] < first["val_loss"] - 0.8
+
+
+def test_step_zero_prints_the_uniform_baseline(corpus, tmp_path):
+    result = train(corpus, tmp_path / "out", max_iters=1, eval_interval=1)
+    assert "step 0: train loss" in result.output and "uniform baseline ln(" in result.output
+
+
+def test_run_directory_holds_latest_best_and_metrics(trained):
+    assert sorted(p.name for p in trained.iterdir()) == ["best", "latest", "metrics.jsonl"]
+    latest = json.loads((trained / "latest" / "config.json").read_text())
+    assert latest["step"] == 60 and latest["model"]["name"] == "gpt"
+    assert latest["tokenizer"]["name"] == "char"
+    assert latest["train_args"]["max_iters"] == 60 and "resume" not in latest["train_args"]
+    best_loss = min(entry["val_loss"] for entry in metrics(trained)[1:])
+    assert json.loads((trained / "best" / "config.json").read_text())["val_loss"] == best_loss
+
+
+def test_the_same_seed_gives_bit_identical_weights(corpus, tmp_path):
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        train(corpus, tmp_path / name, "--seed", seed, "--dropout", "0.1", max_iters=15, eval_interval=15)
+    a, b, c = (weights(tmp_path / name / "latest") for name in "abc")
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    assert not all(torch.equal(a[key], c[key]) for key in a)  # the seed matters
+
+
+class StopAtStep:
+    """A plugin whose on_eval hook ends training at a given step."""
+
+    def __init__(self, step):
+        self.step = step
+
+    @hookimpl
+    def on_eval(self, step, metrics):
+        return step >= self.step
+
+
+def test_resume_continues_bit_for_bit(corpus, tmp_path):
+    options = ["--dropout", "0.1", "--grad-accum", "2"]  # dropout: the global RNG must resume too
+    train(corpus, tmp_path / "straight", *options, max_iters=40, eval_interval=10)
+
+    stopper = StopAtStep(20)
+    get_plugin_manager().register(stopper, name="stop-at-20")
+    try:
+        result = train(corpus, tmp_path / "resumed", *options, max_iters=40, eval_interval=10)
+    finally:
+        get_plugin_manager().unregister(stopper)
+    assert "stopped early at step 20" in result.output
+    assert json.loads((tmp_path / "resumed" / "latest" / "config.json").read_text())["step"] == 20
+
+    result = gen("train", "--out", tmp_path / "resumed", "--resume")
+    assert result.exit_code == 0, result.output
+    assert "resuming" in result.output
+    straight, resumed = weights(tmp_path / "straight" / "latest"), weights(tmp_path / "resumed" / "latest")
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[key], resumed[key]) for key in straight)
+    assert [m["step"] for m in metrics(tmp_path / "resumed")] == [0, 10, 20, 30, 40]
+    assert [m["val_loss"] for m in metrics(tmp_path / "resumed")] == [m["val_loss"] for m in metrics(tmp_path / "straight")]
+
+
+def test_resume_refuses_to_change_the_model(trained, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(trained, out)
+    assert_one_line_error(gen("train", "--out", out, "--resume", "--n-embd", "64"), "--n-embd 64 differs")
+    assert_one_line_error(gen("train", "--out", tmp_path / "nothing", "--resume"), "nothing to resume")
+
+
+class Recorder:
+    def __init__(self):
+        self.events = []
+
+    @hookimpl
+    def on_train_start(self, config):
+        self.events.append(("start", config["max_iters"], config["model_config"]["n_embd"]))
+
+    @hookimpl
+    def on_eval(self, step, metrics):
+        self.events.append(("eval", step, sorted(metrics)))
+
+    @hookimpl
+    def on_checkpoint(self, step, path):
+        self.events.append(("checkpoint", step, Path(path).name))
+
+
+def test_training_calls_the_plugin_hooks(corpus, tmp_path):
+    recorder = Recorder()
+    get_plugin_manager().register(recorder, name="recorder")
+    try:
+        train(corpus, tmp_path / "out", max_iters=4, eval_interval=2)
+    finally:
+        get_plugin_manager().unregister(recorder)
+    keys = ["elapsed_s", "lr", "step", "tokens", "tokens_per_s", "train_loss", "val_loss"]
+    assert recorder.events[0] == ("start", 4, 32)
+    assert recorder.events[1] == ("eval", 0, sorted(keys + ["uniform_loss"]))
+    assert [event for event in recorder.events if event[0] == "checkpoint"][0][:2] == ("checkpoint", 2)
+    assert ("eval", 4, keys) in recorder.events
+    assert {event[2] for event in recorder.events if event[0] == "checkpoint"} <= {"latest", "best"}
+
+
+def test_bigram_trains(corpus, tmp_path):
+    out = tmp_path / "out"
+    result = gen("train", "--model", "bigram", "--data", corpus, "--out", out, "--block-size", "16",
+                 "--max-iters", "60", "--eval-interval", "30", "--lr", "0.02")
+    assert result.exit_code == 0, result.output
+    logged = metrics(out)
+    assert logged[-1]["val_loss"] < logged[0]["val_loss"] - 0.5
+    saved = json.loads((out / "best" / "config.json").read_text())
+    vocab_size = len(saved["tokenizer"]["state"]["characters"])
+    assert saved["model"] == {"name": "bigram", "config": {"vocab_size": vocab_size, "block_size": 16}}
+
+
+def test_options_from_a_toml_file_with_the_command_line_winning(corpus, tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text(f'data = "{corpus}"\nmax-iters = 3\neval_interval = 3\nn_embd = 16\nn-head = 2\n'
+                      f'n_layer = 1\nblock_size = 16\nbatch_size = 4\nlr = 0.01\n')
+    result = gen("train", "--config", config, "--out", tmp_path / "out", "--lr", "0.005")
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "out" / "latest" / "config.json").read_text())
+    assert saved["train_args"]["max_iters"] == 3 and saved["train_args"]["lr"] == 0.005
+    assert saved["model"]["config"]["n_embd"] == 16
+
+
+# --- sample and eval ----------------------------------------------------------------
+
+
+def test_sample_is_deterministic_for_a_seed(trained):
+    arguments = ["sample", "--checkpoint", trained, "--prompt", "ROMEO:", "--max-new-tokens", 80]
+    first = gen(*arguments, "--seed", 3, "--num-samples", 2)
+    again = gen(*arguments, "--seed", 3, "--num-samples", 2)
+    other = gen(*arguments, "--seed", 4, "--num-samples", 2)
+    assert first.exit_code == 0, first.output
+    assert first.output == again.output != other.output
+    samples = first.output.split("\n---------------\n")
+    assert len(samples) == 3 and samples[2] == ""  # each sample ends with the separator line
+    assert all(sample.startswith("ROMEO:") and len(sample) == len("ROMEO:") + 80 for sample in samples[:2])
+    assert samples[0] != samples[1]  # one random stream runs on from sample to sample
+
+
+def test_sample_with_and_without_the_cache_agree_within_the_block(trained):
+    arguments = ["sample", "--checkpoint", trained, "--sampler", "greedy", "--max-new-tokens", 20]
+    cached, uncached = gen(*arguments), gen(*arguments, "--no-cache")
+    assert cached.exit_code == 0 and cached.output == uncached.output
+
+
+def test_sample_stops_at_a_stop_string(trained):
+    result = gen("sample", "--checkpoint", trained, "--seed", 1, "--max-new-tokens", 300, "--stop", "\n\n")
+    assert result.exit_code == 0
+    assert "\n\n" not in result.output.removeprefix("\n").split("\n---------------")[0]
+
+
+def test_eval_scores_the_validation_split_exactly(trained):
+    result = gen("eval", "--checkpoint", trained, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["split"] == "val" and report["tokens"] == 4_000 - 1  # 10% of 40,000 char tokens
+    assert report["bits_per_token"] == pytest.approx(report["loss"] / math.log(2))
+    assert report["bits_per_character"] == pytest.approx(report["bits_per_token"])  # one char per token
+    estimated = json.loads((trained / "best" / "config.json").read_text())["val_loss"]
+    assert abs(report["loss"] - estimated) < 0.25  # the exact loss is near the training estimate
+    train_report = json.loads(gen("eval", trained, "--split", "train", "--json").output)
+    assert train_report["tokens"] == 36_000 - 1 and train_report["loss"] < report["loss"]
+    text = gen("eval", "--checkpoint", trained)
+    assert "nats/token" in text.output and "bits/char" in text.output
+
+
+# --- bad input ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (b"", "is empty"),
+    (b"\xff\xfe not utf-8", "not UTF-8"),
+    (b"Too short a corpus for a block of 32.\n" * 2, "fewer than block_size + 1"),
+])
+def test_bad_corpus(tmp_path, content, fragment):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(content)
+    assert_one_line_error(gen("train", "--data", corpus, "--out", tmp_path / "out", *TINY), fragment)
+    assert not (tmp_path / "out").exists()
+
+
+def test_n_embd_not_divisible_by_n_head(corpus, tmp_path):
+    result = gen("train", "--data", corpus, "--out", tmp_path / "out", "--n-embd", "30", "--n-head", "4")
+    assert_one_line_error(result, "divisible")
+
+
+def test_options_the_model_does_not_take(corpus, tmp_path):
+    result = gen("train", "--model", "bigram", "--data", corpus, "--out", tmp_path / "out", "--n-layer", "2")
+    assert_one_line_error(result, "bigram", "--n-layer")
+
+
+def test_unknown_key_in_the_config_file(tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text("learning_rate = 0.1\n")
+    assert_one_line_error(gen("train", "--config", config), "unknown option 'learning_rate'")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda(corpus, tmp_path):
+    assert_one_line_error(gen("train", "--data", corpus, "--out", tmp_path / "out", "--device", "cuda"), "CUDA is not available")
+
+
+def test_missing_checkpoint(tmp_path):
+    assert_one_line_error(gen("sample", "--checkpoint", tmp_path / "nowhere"), "does not exist")
+    assert_one_line_error(gen("eval", "--checkpoint", tmp_path / "nowhere"), "does not exist")
+
+
+@pytest.mark.parametrize("file, content, fragment", [
+    ("model.safetensors", b"garbage" * 100, "model.safetensors"),
+    ("config.json", b"{garbage", "config.json"),
+    ("config.json", None, "unknown model 'no-such-model'"),
+])
+def test_damaged_or_foreign_checkpoint(trained, tmp_path, file, content, fragment):
+    out = tmp_path / "out"
+    shutil.copytree(trained, out)
+    for checkpoint in ("best", "latest"):
+        target = out / checkpoint / file
+        if content is None:
+            config = json.loads(target.read_text())
+            config["model"]["name"] = "no-such-model"
+            target.write_text(json.dumps(config))
+        else:
+            target.write_bytes(content)
+    assert_one_line_error(gen("sample", "--checkpoint", out), fragment)
+    assert_one_line_error(gen("eval", "--checkpoint", out), fragment)
+
+
+def test_prompt_the_tokenizer_cannot_encode(trained):
+    assert_one_line_error(gen("sample", "--checkpoint", trained, "--prompt", "naïve ☃"), "cannot encode the prompt")
+
+
+def test_an_existing_run_is_never_destroyed(trained, corpus, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(trained, out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert_one_line_error(gen("train", "--data", corpus, "--out", out, *TINY), "already holds a run", "--resume")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert_one_line_error(gen("train", "--data", empty, "--out", out, "--overwrite"), "is empty")
+    assert_one_line_error(gen("train", "--data", corpus, "--out", out, "--overwrite", "--n-embd", "30"), "divisible")
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_the_gen_command_prints_one_line_without_a_traceback(tmp_path):
+    """The real console script, in a process of its own."""
+    completed = subprocess.run([str(GEN_SCRIPT), "sample", "--checkpoint", str(tmp_path / "nowhere")],
+                               capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 1
+    assert "Traceback" not in completed.stderr
+    assert completed.stderr.strip().startswith("Error: no checkpoint") and completed.stderr.count("\n") == 1
