@@ -4,11 +4,13 @@
 downloaded once into the user cache, checked against its pinned sha256 and written
 atomically, so an interrupted or wrong download leaves nothing behind.
 
-The tokenizer is trained on the whole corpus, the corpus is encoded once, and the
-token ids are split 90/10 into train and validation (`split_tokens`, shared by
-`gen train` and `gen eval`, so both see the same validation tokens). Trained
-tokenizers and encoded corpora are cached under the user cache, keyed by a hash of
-the text and the tokenizer, so a second run neither retrains nor re-encodes.
+The tokenizer is trained on the whole corpus (as nanoGPT does: a char vocabulary
+taken from the first 90% alone could miss a character of the last 10%), the corpus
+is encoded once, and the token ids are split 90/10 into train and validation
+(`split_tokens`, shared by `gen train` and `gen eval`, so both see the same
+validation tokens). Trained tokenizers and encoded corpora are cached under the user
+cache, keyed by a hash of the text and the tokenizer, so a second run neither
+retrains nor re-encodes.
 
 Cache layout (`$XDG_CACHE_HOME/gen`, by default `~/.cache/gen`; delete it at will):
     corpora/tinyshakespeare.txt      downloaded corpora
@@ -68,7 +70,8 @@ def cache_dir() -> Path:
 
 def _print_progress(received: int, total: int | None, label: str) -> None:
     if total:
-        line = f"\rdownloading {label}: {received / 1024:,.0f} of {total / 1024:,.0f} KiB ({100 * received / total:.0f}%)"
+        percent = 100 * received / total
+        line = f"\rdownloading {label}: {received / 1024:,.0f} of {total / 1024:,.0f} KiB ({percent:.0f}%)"
     else:
         line = f"\rdownloading {label}: {received / 1024:,.0f} KiB"
     print(line, end="", file=sys.stderr, flush=True)
@@ -228,7 +231,7 @@ def _write_atomically(path: Path, write) -> None:
             os.unlink(temporary)
 
 
-def train_tokenizer(text: str, spec: str, registry=None) -> tuple[Tokenizer, dict]:
+def train_tokenizer(text: str, spec: str, registry=None, progress: bool = False) -> tuple[Tokenizer, dict]:
     """The tokenizer named by `spec`, trained on `text` (or taken from the cache).
 
     Returns the tokenizer and its document {"name", "state"}.
@@ -246,6 +249,8 @@ def train_tokenizer(text: str, spec: str, registry=None) -> tuple[Tokenizer, dic
             return tokenizer_from_dict(document, registry), document
         except (OSError, ValueError, GenError):
             pass  # a damaged cache entry: train again and overwrite it
+    if progress:
+        print(f"training the {spec} tokenizer on {len(text):,} characters (cached for later runs)", file=sys.stderr)
     try:
         tokenizer = cls.train(text, **options)
     except TypeError as error:
@@ -255,7 +260,7 @@ def train_tokenizer(text: str, spec: str, registry=None) -> tuple[Tokenizer, dic
     return tokenizer, document
 
 
-def encode_corpus(text: str, tokenizer: Tokenizer) -> np.ndarray:
+def encode_corpus(text: str, tokenizer: Tokenizer, progress: bool = False) -> np.ndarray:
     """The token ids of `text` (1-D, uint16 or int32), encoded once and then cached.
 
     The cache key is the text and the tokenizer's class and state, so a checkpoint's
@@ -270,6 +275,8 @@ def encode_corpus(text: str, tokenizer: Tokenizer) -> np.ndarray:
             return np.load(cached, allow_pickle=False)
         except (OSError, ValueError):
             pass  # a damaged cache entry: encode again and overwrite it
+    if progress:
+        print(f"encoding {len(text):,} characters (cached for later runs)", file=sys.stderr)
     dtype = np.uint16 if tokenizer.vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
     ids = np.asarray(tokenizer.encode(text), dtype=dtype)
     _write_atomically(cached, lambda file: np.save(file, ids, allow_pickle=False))
@@ -330,7 +337,7 @@ def load_dataset(
     if tokenizer is None and tokenizer_document is not None:
         tokenizer = tokenizer_from_dict(tokenizer_document, registry)
     elif tokenizer is None:
-        tokenizer, tokenizer_document = train_tokenizer(text, tokenizer_spec or "char", registry)
-    ids = encode_corpus(text, tokenizer)
+        tokenizer, tokenizer_document = train_tokenizer(text, tokenizer_spec or "char", registry, progress)
+    ids = encode_corpus(text, tokenizer, progress)
     train_ids, val_ids = split_tokens(ids)
     return Dataset(data, tokenizer, tokenizer_document, train_ids, val_ids)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 import torch
 from click.testing import CliRunner
@@ -23,9 +24,12 @@ TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32
         "--eval-iters", "4", "--warmup-iters", "5"]
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "cache"))
+@pytest.fixture(scope="module", autouse=True)
+def private_cache(tmp_path_factory):
+    """A user cache of this module's own, set before the module-scoped runs below."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +40,7 @@ def corpus(tmp_path_factory) -> Path:
     return path
 
 
-def gen(*arguments) -> "click.testing.Result":
+def gen(*arguments):
     return CliRunner().invoke(cli, [str(argument) for argument in arguments])
 
 
@@ -142,7 +146,8 @@ def test_resume_continues_bit_for_bit(corpus, tmp_path):
     assert straight.keys() == resumed.keys()
     assert all(torch.equal(straight[key], resumed[key]) for key in straight)
     assert [m["step"] for m in metrics(tmp_path / "resumed")] == [0, 10, 20, 30, 40]
-    assert [m["val_loss"] for m in metrics(tmp_path / "resumed")] == [m["val_loss"] for m in metrics(tmp_path / "straight")]
+    resumed_losses = [m["val_loss"] for m in metrics(tmp_path / "resumed")]
+    assert resumed_losses == [m["val_loss"] for m in metrics(tmp_path / "straight")]
 
 
 def test_resume_refuses_to_change_the_model(trained, tmp_path):
@@ -238,13 +243,13 @@ def test_sample_stops_at_a_stop_string(trained):
 def test_eval_scores_the_validation_split_exactly(trained):
     result = gen("eval", "--checkpoint", trained, "--json")
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert report["split"] == "val" and report["tokens"] == 4_000 - 1  # 10% of 40,000 char tokens
     assert report["bits_per_token"] == pytest.approx(report["loss"] / math.log(2))
     assert report["bits_per_character"] == pytest.approx(report["bits_per_token"])  # one char per token
     estimated = json.loads((trained / "best" / "config.json").read_text())["val_loss"]
     assert abs(report["loss"] - estimated) < 0.25  # the exact loss is near the training estimate
-    train_report = json.loads(gen("eval", trained, "--split", "train", "--json").output)
+    train_report = json.loads(gen("eval", trained, "--split", "train", "--json").stdout)
     assert train_report["tokens"] == 36_000 - 1 and train_report["loss"] < report["loss"]
     text = gen("eval", "--checkpoint", trained)
     assert "nats/token" in text.output and "bits/char" in text.output
@@ -275,6 +280,15 @@ def test_options_the_model_does_not_take(corpus, tmp_path):
     assert_one_line_error(result, "bigram", "--n-layer")
 
 
+@pytest.mark.parametrize("recipe", sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.toml")),
+                         ids=lambda path: path.name)
+def test_example_recipes_hold_only_known_options(recipe):
+    from gen.core.commands import _options_from_file, train as train_command
+
+    options = _options_from_file(str(recipe), train_command, click.Context(train_command))
+    assert options and "max_iters" in options
+
+
 def test_unknown_key_in_the_config_file(tmp_path):
     config = tmp_path / "run.toml"
     config.write_text("learning_rate = 0.1\n")
@@ -283,7 +297,8 @@ def test_unknown_key_in_the_config_file(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_without_cuda(corpus, tmp_path):
-    assert_one_line_error(gen("train", "--data", corpus, "--out", tmp_path / "out", "--device", "cuda"), "CUDA is not available")
+    result = gen("train", "--data", corpus, "--out", tmp_path / "out", "--device", "cuda")
+    assert_one_line_error(result, "CUDA is not available")
 
 
 def test_missing_checkpoint(tmp_path):
@@ -334,3 +349,18 @@ def test_the_gen_command_prints_one_line_without_a_traceback(tmp_path):
     assert completed.returncode == 1
     assert "Traceback" not in completed.stderr
     assert completed.stderr.strip().startswith("Error: no checkpoint") and completed.stderr.count("\n") == 1
+
+
+def test_eval_of_an_export_matches_its_checkpoint(trained, corpus, tmp_path):
+    """`gen eval MODEL.onnx --data ...` scores the same split as the checkpoint it came from."""
+    from gen.export.onnx_export import export_onnx
+
+    path = tmp_path / "model.onnx"
+    export_onnx(trained, path, verify=False, progress=None)
+    from_checkpoint = json.loads(gen("eval", "--checkpoint", trained, "--json").stdout)
+    result = gen("eval", path, "--data", corpus, "--json")
+    assert result.exit_code == 0, result.output
+    from_export = json.loads(result.stdout)
+    assert from_export["tokens"] == from_checkpoint["tokens"]
+    assert from_export["loss"] == pytest.approx(from_checkpoint["loss"], abs=1e-4)
+    assert_one_line_error(gen("eval", path), "--data")
