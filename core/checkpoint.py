@@ -159,6 +159,8 @@ def is_checkpoint(path: Path) -> bool:
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """The checkpoint directory that `path` names: itself, or a run directory's best."""
     path = Path(path)
+    for candidate in (path, path / BEST, path / LATEST):
+        recover_interrupted_replace(candidate)
     if is_checkpoint(path):
         return path
     for inside in (BEST, LATEST):
@@ -177,6 +179,16 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 # --- writing --------------------------------------------------------------------------
 
 
+def recover_interrupted_replace(path: Path) -> None:
+    """Put back the old directory if a crash came between the two renames below."""
+    path = Path(path)
+    if path.exists() or not path.parent.is_dir():
+        return
+    aside = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if aside:
+        os.rename(aside[-1], path)
+
+
 def write_directory_atomically(path: Path, fill) -> None:
     """Call fill(temporary_dir) and then put that directory at `path`.
 
@@ -185,6 +197,7 @@ def write_directory_atomically(path: Path, fill) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    recover_interrupted_replace(path)
     temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.new-", dir=path.parent))
     try:
         fill(temporary)

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import click
 
 from gen.core.errors import GenError
-from gen.core.plugins import KINDS, get_plugin_manager, get_registry, plugin_warnings
+from gen.core.plugins import KINDS, get_plugin_manager, get_registry, plugin_warnings, record_failure
 
 
 class GenGroup(click.Group):
@@ -66,11 +65,13 @@ def _add_builtin_commands() -> None:
 
 
 def _add_plugin_commands() -> None:
-    try:
-        get_plugin_manager().hook.register_commands(cli=cli)
-    except GenError as error:
-        click.echo(f"Error: {error}", err=True)
-        sys.exit(1)
+    # Each plugin's hook on its own, so that one that raises is reported (as a
+    # warning, and by `gen plugins`) and the others' commands still arrive.
+    for implementation in get_plugin_manager().hook.register_commands.get_hookimpls():
+        try:
+            implementation.function(cli=cli)
+        except Exception as error:
+            record_failure(implementation.plugin_name, error)
 
 
 _add_builtin_commands()

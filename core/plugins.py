@@ -193,16 +193,23 @@ def get_registry() -> Registry:
             except GenError:
                 raise
             except Exception as error:  # report a plugin whose hook breaks; keep the rest
-                failure = FailedPlugin(implementation.plugin_name, provider, _one_line(error))
-                if failure not in _failures:
-                    _failures.append(failure)
-                registry.failures.append(failure)
+                failure = record_failure(implementation.plugin_name, error)
+                if failure not in registry.failures:
+                    registry.failures.append(failure)
     return registry
 
 
+def record_failure(plugin_name: str, error: Exception) -> FailedPlugin:
+    """Remember a plugin whose hook raised, to report it like one that failed to import."""
+    failure = FailedPlugin(plugin_name, provider_of(plugin_name), _one_line(error))
+    if failure not in _failures:
+        _failures.append(failure)
+    return failure
+
+
 def plugin_warnings() -> list[str]:
-    """One line per plugin that failed to import."""
-    get_plugin_manager()
+    """One line per plugin that failed to import or whose register hook raised."""
+    get_registry()  # calling the register hooks records the ones that raise
     return [
         f"Warning: plugin {failure.name!r} from {failure.provider} failed to load "
         f"({failure.error}); the other plugins still work"

@@ -40,6 +40,7 @@ from gen.core.checkpoint import (
     load_checkpoint,
     load_training_state,
     read_config,
+    recover_interrupted_replace,
     save_checkpoint,
     train_config_from_dict,
 )
@@ -348,6 +349,8 @@ def train(
     out = Path(config.out)
     if config.resume and config.overwrite:
         raise GenError("--resume continues the run in --out and --overwrite starts it over; give one of them")
+    for name in (LATEST, BEST):
+        recover_interrupted_replace(out / name)
     if config.resume and is_checkpoint(out / LATEST):
         config = _config_for_resume(config, set(explicit), out / LATEST)
     check_config(config)
@@ -388,8 +391,9 @@ def train(
 
     out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / METRICS_FILE
-    _rewrite_metrics(metrics_path, trainer.step if config.resume else None)
     metrics_log = []
+    metrics_written = 0  # how many of metrics_log are in metrics.jsonl
+    checkpoint_written = False
     start_step = trainer.step
     started = time.perf_counter()
     bar = tqdm(total=config.max_iters, initial=start_step, unit="step", desc="training",
@@ -397,7 +401,21 @@ def train(
     window_start, window_steps = time.perf_counter(), 0
     tokens_per_second = 0.0
 
+    def write_metrics() -> None:
+        # An earlier run's log (under --overwrite) stays until this run's first
+        # checkpoint replaces that run's checkpoints.
+        nonlocal metrics_written
+        if not checkpoint_written:
+            return
+        if metrics_written == 0:
+            _rewrite_metrics(metrics_path, start_step if config.resume else None)
+        with open(metrics_path, "a", encoding="utf-8") as file:
+            file.writelines(json.dumps(metrics) + "\n" for metrics in metrics_log[metrics_written:])
+        metrics_written = len(metrics_log)
+
     def save(path: Path, val_loss: float) -> None:
+        nonlocal checkpoint_written
+        checkpoint_written = True
         save_checkpoint(
             path, model=trainer.model, model_name=config.model, tokenizer_document=dataset.tokenizer_document,
             train_args=train_args, step=trainer.step, best_val_loss=best_val_loss, val_loss=val_loss,
@@ -427,8 +445,6 @@ def train(
                     line += f" (uniform baseline ln({dataset.tokenizer.vocab_size}) = {uniform:.4f})"
                 bar.write(line)
                 metrics_log.append(metrics)
-                with open(metrics_path, "a", encoding="utf-8") as file:
-                    file.write(json.dumps(metrics) + "\n")
                 stop = any(result is True for result in call_hook("on_eval", step=step, metrics=metrics))
                 if step > 0:
                     improved = best_val_loss is None or losses["val"] < best_val_loss
@@ -437,6 +453,7 @@ def train(
                     save(out / LATEST, losses["val"])
                     if improved:
                         save(out / BEST, losses["val"])
+                write_metrics()
                 if stop:
                     bar.write(f"stopped early at step {step} by a plugin's on_eval hook")
                     break

@@ -101,6 +101,17 @@ def test_a_failed_write_keeps_the_old_checkpoint(tmp_path, tokenizer):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
+def test_a_crash_between_the_two_renames_loses_nothing(tmp_path, tokenizer):
+    write(tmp_path / "out" / "best", small_gpt(tokenizer.vocab_size), tokenizer)
+    before = (tmp_path / "out" / "best" / "model.safetensors").read_bytes()
+    # The old directory was moved aside, and the process died before the new one moved in.
+    (tmp_path / "out" / "best").rename(tmp_path / "out" / ".best.old-1a2b3c4d")
+    loaded = ckpt.load_checkpoint(tmp_path / "out")
+    assert loaded.path == tmp_path / "out" / "best"
+    assert (tmp_path / "out" / "best" / "model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["best"]
+
+
 def test_a_run_directory_resolves_to_its_best_checkpoint(tmp_path, tokenizer):
     write(tmp_path / "out" / "latest", small_gpt(tokenizer.vocab_size), tokenizer)
     assert ckpt.resolve_checkpoint(tmp_path / "out") == tmp_path / "out" / "latest"

@@ -9,6 +9,7 @@ import textwrap
 from importlib import metadata
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -115,6 +116,46 @@ def test_a_plugin_whose_hook_raises_is_reported_and_the_others_keep_working(fres
     assert "failed: broken-hook-plugin" in result.output
     assert "this plugin's hook is broken" in result.output
     assert ["sampler", "greedy", "gen"] in table_rows(result.output)
+
+
+def test_a_broken_register_hook_is_a_one_line_warning_in_other_commands(fresh_plugins):
+    get_plugin_manager().register(BrokenHookPlugin(), name="broken-hook-plugin")
+    result = invoke_gen("run", "--help")
+    assert result.exit_code == 0, result.output
+    assert "Warning: plugin 'broken-hook-plugin'" in result.output
+    assert "Traceback" not in result.output
+
+
+class BrokenCommandsPlugin:
+    @hookimpl
+    def register_commands(self, cli):
+        raise RuntimeError("no commands today")
+
+
+class HelloCommandPlugin:
+    @hookimpl
+    def register_commands(self, cli):
+        @cli.command(name="hello-from-plugin")
+        def hello():
+            """Say hello (a command for these tests)."""
+            click.echo("hello")
+
+
+def test_a_broken_register_commands_is_reported_and_other_plugins_commands_arrive(fresh_plugins):
+    from gen.core import cli as cli_module
+
+    manager = get_plugin_manager()
+    manager.register(BrokenCommandsPlugin(), name="broken-commands")
+    manager.register(HelloCommandPlugin(), name="hello-commands")
+    cli_module._add_plugin_commands()
+    try:
+        result = invoke_gen("hello-from-plugin")
+        assert result.exit_code == 0, result.output
+        assert "hello" in result.output
+        assert "Warning: plugin 'broken-commands'" in result.output
+        assert "no commands today" in result.output
+    finally:
+        cli.commands.pop("hello-from-plugin", None)
 
 
 @pytest.fixture
