@@ -25,7 +25,11 @@ SAMPLE_SEPARATOR = "-" * 15
     "--provider", default=None, metavar="NAME",
     help="onnxruntime execution provider, e.g. cuda or CUDAExecutionProvider (default: CPU).",
 )
-def run(model, prompt, samplers, max_new_tokens, num_samples, seed, stop, provider):
+@click.option(
+    "--threads", type=click.IntRange(min=1), default=None,
+    help="onnxruntime intra-op threads (default 1: fastest for one prompt on a busy machine).",
+)
+def run(model, prompt, samplers, max_new_tokens, num_samples, seed, stop, provider, threads):
     """Generate text from MODEL.onnx (written by `gen export`) on onnxruntime."""
     import numpy as np
 
@@ -33,7 +37,7 @@ def run(model, prompt, samplers, max_new_tokens, num_samples, seed, stop, provid
     from gen.runtime.generator import Generator, resolve_sampler
 
     sampler = resolve_sampler(list(samplers))
-    generator = Generator(model, provider=provider)
+    generator = Generator(model, provider=provider, threads=threads)
     encode_prompt(generator.tokenizer, prompt)  # a prompt it cannot encode fails before any output
     # One random stream for the whole run, as `gen sample` uses: the same seed gives
     # the same samples on both, one after another.

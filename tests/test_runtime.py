@@ -338,6 +338,14 @@ def test_gen_run_stop_and_defaults(gpt_path, generator):
     assert stopped.output == f"\n{expected[:expected.find(stop)]}\n{SAMPLE_SEPARATOR}\n"
 
 
+def test_gen_run_threads_change_speed_not_text(gpt_path):
+    common = ["run", str(gpt_path), "--sampler", "top_p:p=0.9", "--max-new-tokens", "40", "--seed", "5"]
+    one = CliRunner().invoke(cli_group(), [*common, "--threads", "1"])
+    two = CliRunner().invoke(cli_group(), [*common, "--threads", "2"])
+    assert one.exit_code == 0 and two.exit_code == 0, one.output + two.output
+    assert one.output == two.output
+
+
 def test_gen_run_reports_a_bad_sampler_option_in_one_line(gpt_path):
     result = CliRunner().invoke(cli_group(), ["run", str(gpt_path), "--sampler", "top_k:kk=2"])
     assert result.exit_code == 1
