@@ -12,7 +12,6 @@ from click.core import ParameterSource
 from gen.core.checkpoint import TrainConfig
 from gen.core.errors import GenError
 
-SAMPLE_SEPARATOR = "-" * 15  # between samples, as `gen run` writes them
 
 
 # --- gen train ------------------------------------------------------------------------
@@ -171,7 +170,7 @@ def sample(checkpoint, prompt, samplers, max_new_tokens, num_samples, seed, stop
     import numpy as np
 
     from gen.core.checkpoint import load_checkpoint
-    from gen.core.generate import encode_prompt, generate_text
+    from gen.core.generate import echo_samples
     from gen.core.sampling import build_sampler_chain
     from gen.core.torch_backend import TorchBackend
     from gen.core.train import resolve_device
@@ -179,19 +178,9 @@ def sample(checkpoint, prompt, samplers, max_new_tokens, num_samples, seed, stop
     sampler = build_sampler_chain(list(samplers))
     torch_device = str(resolve_device(device))
     loaded = load_checkpoint(checkpoint, device=torch_device)
-    encode_prompt(loaded.tokenizer, prompt)  # a prompt it cannot encode fails before any output
     backend = TorchBackend(loaded.model, device=torch_device, use_cache=not no_cache)
-    rng = np.random.default_rng(seed)  # one stream for all samples, as `gen run` uses
-    try:
-        for _ in range(num_samples):
-            click.echo(prompt, nl=False)
-            for pieces in generate_text(backend, loaded.tokenizer, [prompt], sampler, rng, max_new_tokens, stop):
-                click.echo(pieces[0], nl=False)
-            click.echo()
-            click.echo(SAMPLE_SEPARATOR)
-    except KeyboardInterrupt:  # Ctrl-C ends the stream, not with a traceback
-        click.echo()
-        raise SystemExit(130) from None
+    echo_samples(backend, loaded.tokenizer, prompt, sampler, np.random.default_rng(seed),
+                 max_new_tokens, num_samples, stop)
 
 
 # --- gen eval -------------------------------------------------------------------------

@@ -151,3 +151,36 @@ def generate_text(
         if all(row.finished for row in texts):
             break
     yield [row.close() for row in texts]
+
+
+SAMPLE_SEPARATOR = "-" * 15  # the line between samples on the terminal
+
+
+def echo_samples(
+    backend: Backend,
+    tokenizer: Tokenizer,
+    prompt: str,
+    sampler: Sampler,
+    rng: np.random.Generator,
+    max_new_tokens: int,
+    num_samples: int,
+    stop: Sequence[str] = (),
+) -> None:
+    """Stream `num_samples` continuations of `prompt` to the terminal, one after another.
+
+    `gen sample` (torch) and `gen run` (onnxruntime) both print through this, with one
+    random stream for the whole run, so the same seed prints the same text on both.
+    """
+    import click
+
+    encode_prompt(tokenizer, prompt)  # a prompt it cannot encode fails before any output
+    try:
+        for _ in range(num_samples):
+            click.echo(prompt, nl=False)
+            for pieces in generate_text(backend, tokenizer, [prompt], sampler, rng, max_new_tokens, stop):
+                click.echo(pieces[0], nl=False)
+            click.echo()
+            click.echo(SAMPLE_SEPARATOR)
+    except KeyboardInterrupt:  # Ctrl-C ends the stream, not with a traceback
+        click.echo()
+        raise SystemExit(130) from None

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import click
 
-SAMPLE_SEPARATOR = "-" * 15
-
 
 @click.command()
 @click.argument("model", type=click.Path(dir_okay=True, path_type=str))
@@ -33,22 +31,10 @@ def run(model, prompt, samplers, max_new_tokens, num_samples, seed, stop, provid
     """Generate text from MODEL.onnx (written by `gen export`) on onnxruntime."""
     import numpy as np
 
-    from gen.core.generate import encode_prompt
+    from gen.core.generate import echo_samples
     from gen.runtime.generator import Generator, resolve_sampler
 
     sampler = resolve_sampler(list(samplers))
     generator = Generator(model, provider=provider, threads=threads)
-    encode_prompt(generator.tokenizer, prompt)  # a prompt it cannot encode fails before any output
-    # One random stream for the whole run, as `gen sample` uses: the same seed gives
-    # the same samples on both, one after another.
-    rng = np.random.default_rng(seed)
-    try:
-        for _ in range(num_samples):
-            click.echo(prompt, nl=False)
-            for piece in generator.stream(prompt, sampler, max_new_tokens=max_new_tokens, stop=stop, rng=rng):
-                click.echo(piece, nl=False)
-            click.echo()
-            click.echo(SAMPLE_SEPARATOR)
-    except KeyboardInterrupt:  # Ctrl-C ends the stream, not with a traceback
-        click.echo()
-        raise SystemExit(130) from None
+    echo_samples(generator, generator.tokenizer, prompt, sampler, np.random.default_rng(seed),
+                 max_new_tokens, num_samples, stop)

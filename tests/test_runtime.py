@@ -18,7 +18,7 @@ from gen.core.checkpoint import save_checkpoint
 from gen.core.cli import GenGroup
 from gen.core.commands import sample
 from gen.core.errors import GenError
-from gen.core.generate import generate_text
+from gen.core.generate import SAMPLE_SEPARATOR, generate_text
 from gen.core.sampling import build_sampler_chain
 from gen.core.scoring import exact_loss
 from gen.core.tokenizer import tokenizer_to_dict
@@ -29,7 +29,7 @@ from gen.plugins.bigram import BigramLanguageModel
 from gen.plugins.gpt import GPT
 from gen.plugins.tokenizers import CharTokenizer
 from gen.runtime.artifact import FORMAT_VERSION
-from gen.runtime.cli import SAMPLE_SEPARATOR, run
+from gen.runtime.cli import run
 from gen.runtime.generator import Generator
 from gen.runtime.scoring import onnx_logits_function
 
