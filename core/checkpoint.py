@@ -24,16 +24,13 @@ checkpoint directory or a run directory; a run directory means its best checkpoi
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import shutil
-import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from gen.core.errors import GenError
+from gen.core.files import recover_interrupted_replace, replace_directory_atomically
 from gen.core.tokenizer import Tokenizer, tokenizer_from_dict
 
 FORMAT = "gen.checkpoint"
@@ -60,93 +57,6 @@ class Checkpoint:
     step: int
     best_val_loss: float | None
     val_loss: float | None
-
-
-# --- the training arguments recorded in a checkpoint ----------------------------------
-
-
-@dataclass
-class TrainConfig:
-    """Everything `gen train` takes, recorded in every checkpoint as "train_args".
-
-    It lives here, beside the format that records it, and not in gen.core.train,
-    so that the command line shows the defaults without importing torch.
-
-    The defaults are the quick recipe for a 2-core CPU: nanoGPT's CPU model and batch
-    (4 layers, 4 heads, 128 wide, block 64, batch 12) with three times its learning
-    rate, a short warmup and a cosine decay over 1,500 steps instead of 2,000. On Tiny
-    Shakespeare (char tokens) it reaches an exact validation loss of about 1.84-1.87
-    (three seeds) in about a minute on 2 CPU cores; benchmarks/time_to_loss.py measures it.
-    """
-
-    # data
-    data: str = "shakespeare"
-    tokenizer: str = "char"  # NAME[:KEY=VALUE,...], e.g. bpe:vocab_size=512
-    # model (options the chosen model does not take are left out)
-    model: str = "gpt"
-    block_size: int = 64
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    dropout: float = 0.0
-    bias: bool = False
-    # optimisation
-    max_iters: int = 1500
-    batch_size: int = 12
-    grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float = 3e-3
-    min_lr: float = 1e-4
-    warmup_iters: int = 50
-    lr_decay_iters: int | None = None  # the cosine reaches min_lr here; None: at max_iters
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0  # 0 turns clipping off
-    # evaluation and output
-    eval_interval: int = 500
-    eval_iters: int = 20
-    out: str = "out"
-    resume: bool = False
-    overwrite: bool = False
-    # execution
-    device: str = "auto"  # cpu | cuda | cuda:N | auto
-    dtype: str = "auto"  # float32 | bfloat16 | auto (bfloat16 where the hardware has it)
-    compile: bool = False
-    seed: int = 1337
-
-
-MODEL_OPTIONS = ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bias")
-# What a resumed run cannot change: the model, its data and its tokens.
-FIXED_ON_RESUME = ("data", "tokenizer", "model") + MODEL_OPTIONS
-# What saying --resume or --overwrite on the command line does not store in a checkpoint.
-NOT_SAVED = ("resume", "overwrite")
-
-
-def train_config_from_dict(values: dict, source: str) -> TrainConfig:
-    fields = {field.name for field in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - fields)
-    if unknown:
-        raise GenError(f"{source} has unknown training option(s): {', '.join(unknown)}")
-    return TrainConfig(**values)
-
-
-def check_config(config: TrainConfig) -> None:
-    """Reject values no run can use, before anything is read or written."""
-    at_least_one = ("block_size", "max_iters", "batch_size", "grad_accum", "eval_interval", "eval_iters")
-    for name in at_least_one:
-        if getattr(config, name) < 1:
-            raise GenError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
-    for name in ("lr", "min_lr", "weight_decay", "grad_clip", "warmup_iters"):
-        if getattr(config, name) < 0:
-            raise GenError(f"--{name.replace('_', '-')} must not be negative, got {getattr(config, name)}")
-    if config.min_lr > config.lr:
-        raise GenError(f"--min-lr ({config.min_lr}) is above --lr ({config.lr})")
-    if config.lr_decay_iters is not None and config.lr_decay_iters <= config.warmup_iters:
-        raise GenError(
-            f"--lr-decay-iters ({config.lr_decay_iters}) must come after --warmup-iters ({config.warmup_iters})"
-        )
-    if config.dtype not in ("auto", "float32", "bfloat16"):
-        raise GenError(f"--dtype must be auto, float32 or bfloat16, got {config.dtype!r}")
 
 
 # --- finding a checkpoint -------------------------------------------------------------
@@ -177,43 +87,6 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 
 # --- writing --------------------------------------------------------------------------
-
-
-def recover_interrupted_replace(path: Path) -> None:
-    """Put back the old directory if a crash came between the two renames below."""
-    path = Path(path)
-    if path.exists() or not path.parent.is_dir():
-        return
-    aside = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime)
-    if aside:
-        os.rename(aside[-1], path)
-
-
-def write_directory_atomically(path: Path, fill) -> None:
-    """Call fill(temporary_dir) and then put that directory at `path`.
-
-    The old directory at `path` stays until the new one is complete and in place,
-    so an error or a crash while writing never loses what was there.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    recover_interrupted_replace(path)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.new-", dir=path.parent))
-    try:
-        fill(temporary)
-        for file in temporary.iterdir():  # on disk before the rename makes them visible
-            with open(file, "rb") as handle:
-                os.fsync(handle.fileno())
-        if path.exists():
-            aside = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(path, aside)
-            os.rename(temporary, path)
-            shutil.rmtree(aside, ignore_errors=True)
-        else:
-            os.rename(temporary, path)
-    finally:
-        if temporary.exists():
-            shutil.rmtree(temporary, ignore_errors=True)
 
 
 def _optimizer_to_files(optimizer) -> tuple[dict, dict]:
@@ -264,7 +137,7 @@ def save_checkpoint(
         "torch_version": torch.__version__,
     }
 
-    def fill(directory: Path) -> None:
+    with replace_directory_atomically(path) as directory:
         (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         # save_model stores a tied weight (wte = lm_head) once; save_file would refuse it.
         save_model(model, str(directory / WEIGHTS_FILE))
@@ -274,8 +147,6 @@ def save_checkpoint(
                 tensors[f"rng.{name}"] = state.detach().contiguous().cpu()
             save_file(tensors, str(directory / STATE_TENSORS_FILE))
             (directory / STATE_JSON_FILE).write_text(json.dumps(document) + "\n", encoding="utf-8")
-
-    write_directory_atomically(Path(path), fill)
     return Path(path)
 
 
@@ -305,15 +176,14 @@ def read_config(path: str | os.PathLike) -> dict:
     return config
 
 
-def build_model(model_name: str, model_config: dict, registry=None):
-    """A fresh model from its plugin name and config."""
+def build_model(model_name: str, model_config: dict):
+    """A fresh model from its plugin name and config (see gen.core.model)."""
     from gen.core.plugins import get_registry
 
-    cls = (registry or get_registry()).get("model", model_name)
-    return cls.from_config(model_config)
+    return get_registry().get("model", model_name).from_config(model_config)
 
 
-def load_checkpoint(path: str | os.PathLike, device: str = "cpu", registry=None) -> Checkpoint:
+def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> Checkpoint:
     """Load the checkpoint at `path` (a checkpoint or run directory) with its model in eval mode."""
     from safetensors import SafetensorError
     from safetensors.torch import load_model
@@ -322,7 +192,7 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu", registry=None)
     config = read_config(directory)
     model_name = config["model"]["name"]
     try:
-        model = build_model(model_name, config["model"]["config"], registry)
+        model = build_model(model_name, config["model"]["config"])
     except GenError as error:
         raise GenError(f"checkpoint {str(directory)!r}: {error}") from None
     try:
@@ -338,7 +208,7 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu", registry=None)
             f"checkpoint {str(directory)!r}: the weights in {WEIGHTS_FILE} do not fit the {model_name} "
             f"config in {CONFIG_FILE} ({message})"
         ) from None
-    tokenizer = tokenizer_from_dict(config["tokenizer"], registry)
+    tokenizer = tokenizer_from_dict(config["tokenizer"])
     return Checkpoint(
         path=directory,
         model=model.to(device).eval(),

@@ -1,4 +1,9 @@
-"""The `gen` command line. Commands that train or export import torch only when run."""
+"""The `gen` command line. Commands that train or export import torch only when run.
+
+The group itself holds only `gen plugins`; every other command (train, sample, run,
+eval, export, and any a third-party plugin adds) arrives through the
+`register_commands` hook when this module is imported.
+"""
 from __future__ import annotations
 
 import json
@@ -6,7 +11,8 @@ import json
 import click
 
 from gen.core.errors import GenError
-from gen.core.plugins import KINDS, get_plugin_manager, get_registry, plugin_warnings, record_failure
+from gen.core.plugins import KINDS, get_plugins, get_registry
+from gen.core.specs import REQUIRED
 
 
 class GenGroup(click.Group):
@@ -25,24 +31,43 @@ class GenGroup(click.Group):
 def cli(ctx):
     """gen: train small language models, export them to ONNX, generate text."""
     if ctx.invoked_subcommand != "plugins":
-        for line in plugin_warnings():
+        for line in get_plugins().warnings():
             click.echo(line, err=True)
+
+
+def _options_row(entry) -> tuple[dict | None, str]:
+    """An entry's options as JSON ({name: {type, default}}) and as text for the table.
+
+    A model's options come from its class, so a model whose module cannot be imported
+    (torch missing in a runtime-only install) shows why instead.
+    """
+    try:
+        options = entry.options()
+    except GenError as error:
+        return None, f"(unavailable: {error})"
+    as_json = {
+        name: {"type": option.type.__name__, "default": None if option.default is REQUIRED else option.default}
+        for name, option in options.items()
+    }
+    return as_json, ", ".join(option.describe() for option in options.values()) or "none"
 
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of a table.")
 def plugins(as_json):
-    """List registered models, samplers and tokenizers, and plugins that failed to load."""
+    """List registered models, samplers and tokenizers with their options, and plugins that failed to load."""
     registry = get_registry()
-    rows = [
-        {"kind": kind, "name": name, "provider": entry.provider, "description": entry.description}
-        for kind in KINDS
-        for name in registry.names(kind)
-        for entry in [registry.entry(kind, name)]
-    ]
-    failed = [{"name": f.name, "provider": f.provider, "error": f.error} for f in registry.failures]
+    rows = []
+    for kind in KINDS:
+        for name in registry.names(kind):
+            entry = registry.entry(kind, name)
+            options, options_text = _options_row(entry)
+            rows.append({"kind": kind, "name": name, "provider": entry.provider,
+                         "description": entry.description, "options": options, "options_text": options_text})
+    failed = [{"name": f.name, "provider": f.provider, "error": f.error} for f in get_plugins().failures]
     if as_json:
-        click.echo(json.dumps({"plugins": rows, "failed": failed}, indent=2))
+        documents = [{key: value for key, value in row.items() if key != "options_text"} for row in rows]
+        click.echo(json.dumps({"plugins": documents, "failed": failed}, indent=2))
         return
     widths = [max([len(h)] + [len(row[h]) for row in rows]) for h in ("kind", "name", "provider")]
     header = ("KIND", "NAME", "PROVIDER")
@@ -50,32 +75,12 @@ def plugins(as_json):
     for row in rows:
         cells = [row["kind"], row["name"], row["provider"]]
         click.echo("  ".join(c.ljust(w) for c, w in zip(cells, widths)) + "  " + row["description"])
+        click.echo(" " * (widths[0] + 2) + "options: " + row["options_text"])
     for failure in failed:
         click.echo(f"failed: {failure['name']} from {failure['provider']}: {failure['error']}")
 
 
-def _add_builtin_commands() -> None:
-    # Imported here, not at the top, so that `import gen.core.cli` stays light.
-    from gen.core import commands
-    from gen.export.cli import export
-    from gen.runtime.cli import run
-
-    for command in [*commands.COMMANDS, export, run]:
-        cli.add_command(command)
-
-
-def _add_plugin_commands() -> None:
-    # Each plugin's hook on its own, so that one that raises is reported (as a
-    # warning, and by `gen plugins`) and the others' commands still arrive.
-    for implementation in get_plugin_manager().hook.register_commands.get_hookimpls():
-        try:
-            implementation.function(cli=cli)
-        except Exception as error:
-            record_failure(implementation.plugin_name, error)
-
-
-_add_builtin_commands()
-_add_plugin_commands()
+get_plugins().add_commands(cli)
 
 
 def main() -> None:

@@ -24,7 +24,6 @@ import http.client
 import json
 import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -33,6 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from gen.core.errors import GenError
+from gen.core.files import replace_file_atomically
+from gen.core.specs import call_with_options, convert_options, describe_options, parse_spec
 from gen.core.tokenizer import Tokenizer, tokenizer_from_dict, tokenizer_to_dict
 
 TRAIN_FRACTION = 0.9  # the first 90% of the tokens train, the last 10% validate
@@ -116,35 +117,22 @@ def _fetch(url: str, file, label: str, progress: bool):
 
 
 def download(url: str, destination: Path, sha256: str, label: str = "", progress: bool = True) -> Path:
-    """Fetch `url` into `destination` if its sha256 matches; otherwise leave nothing there.
-
-    The bytes go to a temporary file beside the destination, which is renamed into
-    place only once the whole file arrived and its checksum is right.
-    """
-    destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    label = label or destination.name
-    handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".part", dir=destination.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
+    """Fetch `url` into `destination` if its sha256 matches; otherwise leave nothing there."""
+    label = label or Path(destination).name
+    with replace_file_atomically(destination) as temporary:
+        with open(temporary, "wb") as file:
             digest, received, total = _fetch(url, file, label, progress)
-            if total is not None and received != total:
-                raise GenError(
-                    f"the download of {label} from {url} broke off after {received:,} of {total:,} bytes; "
-                    f"try again, or pass a local copy with --data PATH"
-                )
-            file.flush()
-            os.fsync(file.fileno())
+        if total is not None and received != total:
+            raise GenError(
+                f"the download of {label} from {url} broke off after {received:,} of {total:,} bytes; "
+                f"try again, or pass a local copy with --data PATH"
+            )
         if digest.hexdigest() != sha256:
             raise GenError(
                 f"the download of {label} from {url} has sha256 {digest.hexdigest()}, expected {sha256}; "
                 f"it was not kept; pass a trusted copy with --data PATH"
             )
-        os.replace(temporary, destination)
-    finally:
-        if os.path.exists(temporary):  # an error above: leave nothing behind
-            os.unlink(temporary)
-    return destination
+    return Path(destination)
 
 
 def corpus_path(data: str, progress: bool = True) -> Path:
@@ -183,33 +171,6 @@ def read_text(path: Path) -> str:
 # --- tokenizers and token caches ------------------------------------------------------
 
 
-def _parse_option_value(text: str):
-    """A tokenizer option's value: true/false, a whole number, a number, else the text."""
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def parse_tokenizer_spec(spec: str) -> tuple[str, dict]:
-    """'bpe:vocab_size=512' -> ('bpe', {'vocab_size': 512}); options go to Tokenizer.train."""
-    name, colon, rest = spec.strip().partition(":")
-    if not name or (colon and not rest):
-        raise GenError(f"malformed tokenizer spec {spec!r}; use NAME[:KEY=VALUE,...], e.g. bpe:vocab_size=512")
-    options = {}
-    for item in rest.split(",") if rest else []:
-        key, equals, value = (part.strip() for part in item.partition("="))
-        if not equals or not key or not value:
-            raise GenError(f"malformed tokenizer spec {spec!r}: {item!r} is not KEY=VALUE; e.g. bpe:vocab_size=512")
-        options[key] = _parse_option_value(value)
-    return name, options
-
-
 def _hash(*parts: str) -> str:
     digest = hashlib.sha256()
     for part in parts:
@@ -218,45 +179,32 @@ def _hash(*parts: str) -> str:
     return digest.hexdigest()
 
 
-def _write_atomically(path: Path, write) -> None:
-    """Write a cache file through a temporary sibling, so a reader never sees half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-
-
-def train_tokenizer(text: str, spec: str, registry=None, progress: bool = False) -> tuple[Tokenizer, dict]:
-    """The tokenizer named by `spec`, trained on `text` (or taken from the cache).
-
-    Returns the tokenizer and its document {"name", "state"}.
-    """
+def train_tokenizer(text: str, spec: str, progress: bool = False) -> tuple[Tokenizer, dict]:
+    """The tokenizer named by `spec` (e.g. 'bpe:vocab_size=512'), trained on `text` or
+    taken from the cache. Returns the tokenizer and its document {"name", "state"}."""
     from gen.core.plugins import get_registry
 
-    name, options = parse_tokenizer_spec(spec)
-    cls = (registry or get_registry()).get("tokenizer", name)
+    name, raw_options = parse_spec(spec, "tokenizer")
+    entry = get_registry().entry("tokenizer", name)
+    accepted = entry.options()
+    options = convert_options(raw_options, accepted, f"tokenizer {name!r}")
+    cls = entry.load()
     key = _hash(str(CACHE_FORMAT), _hash(text), name, f"{cls.__module__}.{cls.__qualname__}",
                 json.dumps(options, sort_keys=True))
     cached = cache_dir() / "tokenizers" / f"{key}.json"
     if cached.exists():
         try:
             document = json.loads(cached.read_text(encoding="utf-8"))
-            return tokenizer_from_dict(document, registry), document
+            return tokenizer_from_dict(document), document
         except (OSError, ValueError, GenError):
             pass  # a damaged cache entry: train again and overwrite it
     if progress:
         print(f"training the {spec} tokenizer on {len(text):,} characters (cached for later runs)", file=sys.stderr)
-    try:
-        tokenizer = cls.train(text, **options)
-    except TypeError as error:
-        raise GenError(f"tokenizer {name!r} does not take the options {options}: {error}") from None
+    tokenizer = call_with_options(lambda **kwargs: cls.train(text, **kwargs), options,
+                                  f"tokenizer {spec!r}", describe_options(accepted))
     document = tokenizer_to_dict(name, tokenizer)
-    _write_atomically(cached, lambda file: file.write(json.dumps(document).encode("utf-8")))
+    with replace_file_atomically(cached) as temporary:
+        temporary.write_text(json.dumps(document), encoding="utf-8")
     return tokenizer, document
 
 
@@ -279,7 +227,8 @@ def encode_corpus(text: str, tokenizer: Tokenizer, progress: bool = False) -> np
         print(f"encoding {len(text):,} characters (cached for later runs)", file=sys.stderr)
     dtype = np.uint16 if tokenizer.vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
     ids = np.asarray(tokenizer.encode(text), dtype=dtype)
-    _write_atomically(cached, lambda file: np.save(file, ids, allow_pickle=False))
+    with replace_file_atomically(cached) as temporary, open(temporary, "wb") as file:
+        np.save(file, ids, allow_pickle=False)
     return ids
 
 
@@ -324,7 +273,6 @@ def load_dataset(
     tokenizer_spec: str | None = None,
     tokenizer_document: dict | None = None,
     tokenizer: Tokenizer | None = None,
-    registry=None,
     progress: bool = True,
 ) -> Dataset:
     """Read `data`, tokenize it and split it.
@@ -335,9 +283,9 @@ def load_dataset(
     """
     text = read_text(corpus_path(data, progress=progress))
     if tokenizer is None and tokenizer_document is not None:
-        tokenizer = tokenizer_from_dict(tokenizer_document, registry)
+        tokenizer = tokenizer_from_dict(tokenizer_document)
     elif tokenizer is None:
-        tokenizer, tokenizer_document = train_tokenizer(text, tokenizer_spec or "char", registry, progress)
+        tokenizer, tokenizer_document = train_tokenizer(text, tokenizer_spec or "char", progress)
     ids = encode_corpus(text, tokenizer, progress)
     train_ids, val_ids = split_tokens(ids)
     return Dataset(data, tokenizer, tokenizer_document, train_ids, val_ids)

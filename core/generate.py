@@ -2,8 +2,8 @@
 onnxruntime generator (`gen run`). It is numpy code and never imports torch.
 
 A *backend* runs the model: given input ids, an attention mask covering past and
-current positions, and the past (the KV cache, or None), it returns the logits of
-the last position and the new past. Because the loop, the context policy and the
+current positions, and the past (the KV cache, or None), its `step` returns the
+logits of the last position and the new past. Because the loop, the context policy and the
 samplers are shared, the same model, sampler and seed give the same text on both.
 
 Context policy (generation past `block_size`): prompts longer than `block_size`
@@ -27,11 +27,43 @@ from gen.core.tokenizer import TextStream, Tokenizer
 
 
 class Backend(Protocol):
-    block_size: int
-    uses_cache: bool
+    """A model that the generation loop and the scorer can run: a torch checkpoint
+    (gen.core.torch_backend) or an ONNX export (gen.runtime.generator)."""
 
-    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray, past):
-        """(B, T) int64 ids, (B, P+T) int64 mask, past or None -> ((B, V) float32 logits, past)."""
+    block_size: int  # the longest context the model reads
+    vocab_size: int
+    uses_cache: bool  # whether step() returns a past worth feeding back
+
+    def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, past):
+        """(B, T) int64 ids, (B, P+T) int64 mask, past or None -> ((B, T, V) float32 logits, past)."""
+
+    def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, past):
+        """Like forward, with only the last position's logits: ((B, V) float32, past)."""
+
+    def logits(self, input_ids: np.ndarray) -> np.ndarray:
+        """(B, T) int64 ids, T <= block_size -> (B, T, V) float32 logits, every position attended."""
+
+    def empty_past(self, batch_size: int):
+        """The zero-length past of a prefill."""
+
+
+class BackendBase:
+    """`step` and `logits` for a backend that implements `forward` and `empty_past`."""
+
+    block_size: int
+
+    def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, past):
+        logits, past = self.forward(input_ids, attention_mask, past)
+        return logits[:, -1, :], past
+
+    def logits(self, input_ids: np.ndarray) -> np.ndarray:
+        input_ids = np.ascontiguousarray(input_ids, dtype=np.int64)
+        if input_ids.ndim != 2 or input_ids.shape[1] == 0:
+            raise GenError(f"logits need a (batch, length) array of token ids, got shape {input_ids.shape}")
+        if input_ids.shape[1] > self.block_size:
+            raise GenError(f"cannot score {input_ids.shape[1]} tokens at once; block_size is {self.block_size}")
+        logits, _ = self.forward(input_ids, np.ones_like(input_ids), None)
+        return logits
 
 
 def left_pad(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -64,7 +96,7 @@ def generate_ids(
         if past is None:
             window = rows if backend.uses_cache else [row[-block_size:] for row in rows]
             input_ids, mask = left_pad(window)
-        logits, past = backend(input_ids, mask, past)
+        logits, past = backend.step(input_ids, mask, past)
         next_ids = sampler(logits, rng)
         yield next_ids
         for row, token in zip(rows, next_ids.tolist()):

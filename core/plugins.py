@@ -1,9 +1,12 @@
-"""The plugin manager and the registry of models, samplers and tokenizers.
+"""The plugins: the pluggy manager, what the plugins registered, and the ones that failed.
 
 Built-in plugins are modules registered exactly like third-party ones; third-party
 plugins come from the `gen` entry-point group of installed distributions. The
 `GEN_PLUGINS` environment variable (comma-separated distribution names) is an
 allowlist for third-party plugins; built-ins always load.
+
+All of it lives in one `Plugins` object, built on first use by `get_plugins()` and
+kept for the life of the process (`reset_plugins()` forgets it, for tests).
 """
 from __future__ import annotations
 
@@ -11,19 +14,22 @@ import importlib
 import importlib.metadata
 import os
 import re
-
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pluggy
 
 from gen.core import hookspecs
 from gen.core.errors import GenError
+from gen.core.specs import Option, options_of
 
 BUILTIN_PROVIDER = "gen"
 BUILTIN_PLUGINS = (
     "gen.plugins.tokenizers",
     "gen.plugins.samplers",
     "gen.plugins.models",
+    "gen.core.commands",
+    "gen.export.cli",
+    "gen.runtime.cli",
 )
 KINDS = ("model", "sampler", "tokenizer")
 _HOOK_OF_KIND = {
@@ -56,22 +62,32 @@ class PluginEntry:
                 f"installed ({error}); install the training extra: pip install 'gen[train]'"
             ) from None
 
+    def options(self) -> dict[str, Option]:
+        """The options a spec may give (see gen.core.specs for where each kind keeps them)."""
+        target = self.load()
+        if self.kind == "sampler":
+            return options_of(target)
+        if self.kind == "tokenizer":
+            return options_of(target.train, skip=("text",))
+        from gen.core.model import model_options
+
+        return model_options(target)
+
 
 @dataclass
 class FailedPlugin:
-    """A plugin module that could not be imported; the others keep working."""
+    """A plugin that could not be imported, or whose hook raised; the others keep working."""
 
     name: str
     provider: str
     error: str
 
 
-@dataclass
 class Registry:
     """Everything the loaded plugins registered, looked up by kind and name."""
 
-    entries: dict[tuple[str, str], PluginEntry] = field(default_factory=dict)
-    failures: list[FailedPlugin] = field(default_factory=list)
+    def __init__(self):
+        self.entries: dict[tuple[str, str], PluginEntry] = {}
 
     def names(self, kind: str) -> list[str]:
         return sorted(name for entry_kind, name in self.entries if entry_kind == kind)
@@ -87,6 +103,15 @@ class Registry:
         """The registered class (or factory) for `name`."""
         return self.entry(kind, name).load()
 
+    def add(self, entry: PluginEntry) -> None:
+        existing = self.entries.get((entry.kind, entry.name))
+        if existing is not None:
+            raise GenError(
+                f"{entry.kind} {entry.name!r} is registered twice: by {existing.provider} and by "
+                f"{entry.provider}; uninstall one of them or limit plugins with GEN_PLUGINS"
+            )
+        self.entries[(entry.kind, entry.name)] = entry
+
 
 def _description(target, given: str | None) -> str:
     if given:
@@ -95,11 +120,6 @@ def _description(target, given: str | None) -> str:
         return ""
     doc = (getattr(target, "__doc__", None) or "").strip()
     return doc.splitlines()[0] if doc else ""
-
-
-_plugin_manager: pluggy.PluginManager | None = None
-_failures: list[FailedPlugin] = []
-_providers: dict[str, str] = {}  # plugin name in the manager -> distribution name
 
 
 def _normalized(distribution: str) -> str:
@@ -118,105 +138,127 @@ def _allowed_distributions() -> set[str] | None:
     return {_normalized(name.strip()) for name in value.split(",") if name.strip()}
 
 
-def get_plugin_manager() -> pluggy.PluginManager:
-    """The process-wide plugin manager, with built-in and installed plugins loaded."""
-    global _plugin_manager
-    if _plugin_manager is not None:
-        return _plugin_manager
-    manager = pluggy.PluginManager("gen")
-    manager.add_hookspecs(hookspecs)
-    for module_name in BUILTIN_PLUGINS:
-        manager.register(importlib.import_module(module_name), name=module_name)
-        _providers[module_name] = BUILTIN_PROVIDER
-    allowed = _allowed_distributions()
-    for entry_point in importlib.metadata.entry_points(group="gen"):
-        distribution = entry_point.dist.name if entry_point.dist else "unknown"
-        if allowed is not None and _normalized(distribution) not in allowed:
-            continue
-        # Named by distribution too, so two packages may use the same entry-point name.
-        plugin_name = f"{distribution}:{entry_point.name}"
-        if manager.get_plugin(plugin_name) is not None:
-            continue
-        try:
-            plugin = entry_point.load()
-            if manager.is_registered(plugin):  # listed twice (e.g. a stale editable install)
+class Plugins:
+    """The plugin manager with the built-in and installed plugins, and what they registered."""
+
+    def __init__(self):
+        self.manager = pluggy.PluginManager("gen")
+        self.manager.add_hookspecs(hookspecs)
+        self.failures: list[FailedPlugin] = []
+        self._providers: dict[str, str] = {}  # plugin name in the manager -> distribution
+        self._registry: Registry | None = None
+        for module_name in BUILTIN_PLUGINS:
+            self.register(importlib.import_module(module_name), module_name, BUILTIN_PROVIDER)
+        self._load_entry_points()
+
+    def _load_entry_points(self) -> None:
+        allowed = _allowed_distributions()
+        for entry_point in importlib.metadata.entry_points(group="gen"):
+            distribution = entry_point.dist.name if entry_point.dist else "unknown"
+            if allowed is not None and _normalized(distribution) not in allowed:
                 continue
-            manager.register(plugin, name=plugin_name)
-        except Exception as error:  # a broken plugin must not take the others down
-            _failures.append(FailedPlugin(entry_point.name, distribution, _one_line(error)))
-            continue
-        _providers[plugin_name] = distribution
-    _plugin_manager = manager
-    return manager
+            # Named by distribution too, so two packages may use the same entry-point name.
+            plugin_name = f"{distribution}:{entry_point.name}"
+            if self.manager.get_plugin(plugin_name) is not None:
+                continue
+            try:
+                plugin = entry_point.load()
+                if self.manager.is_registered(plugin):  # listed twice (e.g. a stale editable install)
+                    continue
+                self.register(plugin, plugin_name, distribution)
+            except Exception as error:  # a broken plugin must not take the others down
+                self._record_failure(FailedPlugin(entry_point.name, distribution, _one_line(error)))
+
+    def register(self, plugin, name: str, provider: str | None = None) -> None:
+        """Add a plugin (a module or any object with @hookimpl functions); tests use it in-process."""
+        self.manager.register(plugin, name=name)
+        self._providers[name] = provider or name
+        self._registry = None  # what is registered changed
+
+    def unregister(self, plugin) -> None:
+        self.manager.unregister(plugin)
+        self._registry = None
+
+    def is_registered(self, plugin) -> bool:
+        return self.manager.is_registered(plugin)
+
+    def _record_failure(self, failure: FailedPlugin) -> None:
+        if failure not in self.failures:
+            self.failures.append(failure)
+
+    def _hook_failed(self, plugin_name: str, error: Exception) -> None:
+        provider = self._providers.get(plugin_name, plugin_name)
+        self._record_failure(FailedPlugin(plugin_name, provider, _one_line(error)))
+
+    @property
+    def registry(self) -> Registry:
+        """What every plugin's register hooks registered, collected once.
+
+        Each plugin's hook is called on its own so that every entry knows its provider,
+        a name registered twice can name both, and a hook that raises is reported
+        while the others still count.
+        """
+        if self._registry is not None:
+            return self._registry
+        registry = Registry()
+        for kind in KINDS:
+            hook = getattr(self.manager.hook, _HOOK_OF_KIND[kind])
+            for implementation in hook.get_hookimpls():  # registration order: built-ins first
+                provider = self._providers.get(implementation.plugin_name, implementation.plugin_name)
+
+                def register(name, target, description=None, kind=kind, provider=provider):
+                    if not isinstance(name, str) or not name:
+                        raise GenError(f"{provider} registered a {kind} with an invalid name {name!r}")
+                    registry.add(PluginEntry(kind, name, target, provider, _description(target, description)))
+
+                try:
+                    implementation.function(register=register)
+                except GenError:
+                    raise
+                except Exception as error:  # report a plugin whose hook breaks; keep the rest
+                    self._hook_failed(implementation.plugin_name, error)
+        self._registry = registry
+        return registry
+
+    def add_commands(self, cli) -> None:
+        """Call every plugin's register_commands(cli), each on its own, reporting those that raise."""
+        for implementation in self.manager.hook.register_commands.get_hookimpls():
+            try:
+                implementation.function(cli=cli)
+            except Exception as error:
+                self._hook_failed(implementation.plugin_name, error)
+
+    def warnings(self) -> list[str]:
+        """One line per plugin that failed to import or whose register hook raised."""
+        self.registry  # calling the register hooks records the ones that raise
+        return [
+            f"Warning: plugin {failure.name!r} from {failure.provider} failed to load "
+            f"({failure.error}); the other plugins still work"
+            for failure in self.failures
+        ]
+
+    def call_hook(self, name: str, **kwargs) -> list:
+        """Call a notification hook (on_eval, ...) on every plugin; returns their results."""
+        return getattr(self.manager.hook, name)(**kwargs)
+
+
+_plugins: Plugins | None = None
+
+
+def get_plugins() -> Plugins:
+    """The process-wide plugins, loaded on first use."""
+    global _plugins
+    if _plugins is None:
+        _plugins = Plugins()
+    return _plugins
 
 
 def reset_plugins() -> None:
     """Forget the loaded plugins (tests use it after changing GEN_PLUGINS or installing)."""
-    global _plugin_manager
-    _plugin_manager = None
-    _failures.clear()
-    _providers.clear()
-
-
-def provider_of(plugin_name: str) -> str:
-    return _providers.get(plugin_name, plugin_name)
+    global _plugins
+    _plugins = None
 
 
 def get_registry() -> Registry:
-    """Call every plugin's register hooks and collect what they register.
-
-    Each plugin's hook is called on its own so that every entry knows its provider,
-    and a name registered twice can name both.
-    """
-    manager = get_plugin_manager()
-    registry = Registry(failures=list(_failures))
-    for kind in KINDS:
-        hook = getattr(manager.hook, _HOOK_OF_KIND[kind])
-        for implementation in hook.get_hookimpls():  # registration order: built-ins first
-            provider = provider_of(implementation.plugin_name)
-
-            def register(name, target, description=None, kind=kind, provider=provider):
-                if not isinstance(name, str) or not name:
-                    raise GenError(f"{provider} registered a {kind} with an invalid name {name!r}")
-                existing = registry.entries.get((kind, name))
-                if existing is not None:
-                    raise GenError(
-                        f"{kind} {name!r} is registered twice: by {existing.provider} and by "
-                        f"{provider}; uninstall one of them or limit plugins with GEN_PLUGINS"
-                    )
-                registry.entries[(kind, name)] = PluginEntry(
-                    kind, name, target, provider, _description(target, description)
-                )
-
-            try:
-                implementation.function(register=register)
-            except GenError:
-                raise
-            except Exception as error:  # report a plugin whose hook breaks; keep the rest
-                failure = record_failure(implementation.plugin_name, error)
-                if failure not in registry.failures:
-                    registry.failures.append(failure)
-    return registry
-
-
-def record_failure(plugin_name: str, error: Exception) -> FailedPlugin:
-    """Remember a plugin whose hook raised, to report it like one that failed to import."""
-    failure = FailedPlugin(plugin_name, provider_of(plugin_name), _one_line(error))
-    if failure not in _failures:
-        _failures.append(failure)
-    return failure
-
-
-def plugin_warnings() -> list[str]:
-    """One line per plugin that failed to import or whose register hook raised."""
-    get_registry()  # calling the register hooks records the ones that raise
-    return [
-        f"Warning: plugin {failure.name!r} from {failure.provider} failed to load "
-        f"({failure.error}); the other plugins still work"
-        for failure in _failures
-    ]
-
-
-def call_hook(name: str, **kwargs) -> list:
-    """Call a notification hook (on_eval, ...) on every plugin; returns their results."""
-    return getattr(get_plugin_manager().hook, name)(**kwargs)
+    """What the plugins registered: models, samplers and tokenizers by name."""
+    return get_plugins().registry

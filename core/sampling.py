@@ -11,13 +11,12 @@ applies both and then draws from the result.
 """
 from __future__ import annotations
 
-import inspect
-import math
 from typing import Protocol, Sequence
 
 import numpy as np
 
 from gen.core.errors import GenError
+from gen.core.specs import call_with_options, convert_options, describe_options, parse_spec
 
 
 class Sampler(Protocol):
@@ -66,6 +65,23 @@ def draw(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.minimum(ids, probs.shape[-1] - 1).astype(np.int64)
 
 
+def mask_beyond_mass(logits: np.ndarray, probs: np.ndarray, order: np.ndarray, p: float) -> np.ndarray:
+    """`logits` with the tokens masked that come after mass `p` is reached in `order`.
+
+    `order` (batch, vocab) lists each row's ids best first (most likely for top-p,
+    most typical for typical sampling). A token is removed when the tokens before it
+    already reach `p` without it; the first has nothing before it, so every row keeps
+    at least one token.
+    """
+    sorted_probs = np.take_along_axis(probs, order, axis=-1)
+    cumulative = np.cumsum(sorted_probs, axis=-1)
+    mass_before = np.concatenate([np.zeros_like(cumulative[:, :1]), cumulative[:, :-1]], axis=-1)
+    remove_sorted = mass_before >= p
+    remove = np.empty_like(remove_sorted)
+    np.put_along_axis(remove, order, remove_sorted, axis=-1)
+    return mask_logits(logits, remove)
+
+
 def argmax(logits: np.ndarray) -> np.ndarray:
     """The most likely id per row, as int64."""
     return np.asarray(logits).argmax(axis=-1).astype(np.int64)
@@ -102,108 +118,26 @@ class SamplerChain:
 # --- `--sampler` specs ------------------------------------------------------------
 
 
-def _option_types(cls) -> dict[str, inspect.Parameter]:
-    parameters = inspect.signature(cls.__init__ if inspect.isclass(cls) else cls).parameters
-    return {
-        name: parameter
-        for name, parameter in parameters.items()
-        if name != "self" and parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
-    }
-
-
-def _describe_options(options: dict[str, inspect.Parameter]) -> str:
-    if not options:
-        return "it takes no options"
-    described = []
-    for name, parameter in options.items():
-        kind = _parameter_type(parameter).__name__
-        default = "" if parameter.default is parameter.empty else f"={parameter.default!r}"
-        described.append(f"{name} ({kind}{default})")
-    return "accepted options: " + ", ".join(described)
-
-
-def _parameter_type(parameter: inspect.Parameter) -> type:
-    annotation = parameter.annotation
-    if isinstance(annotation, str):  # from __future__ import annotations
-        annotation = {"int": int, "float": float, "bool": bool, "str": str}.get(annotation, None)
-    if annotation in (int, float, bool, str):
-        return annotation
-    if parameter.default is not parameter.empty and parameter.default is not None:
-        return type(parameter.default)
-    return str
-
-
-def _convert(text: str, kind: type, name: str, spec: str, accepted: str):
-    try:
-        if kind is bool:
-            lowered = text.lower()
-            if lowered not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError
-            return lowered in ("true", "1", "yes")
-        if kind is int:
-            return int(text)
-        if kind is float:
-            value = float(text)
-            if math.isnan(value):
-                raise ValueError
-            return value
-        return kind(text)
-    except ValueError:
-        raise GenError(
-            f"sampler option {name}={text!r} in {spec!r} is not a valid {kind.__name__}; {accepted}"
-        ) from None
-
-
-def parse_sampler_spec(spec: str) -> tuple[str, dict[str, str]]:
-    """Split 'NAME[:KEY=VALUE[,KEY=VALUE...]]' into the name and raw option strings."""
-    name, colon, rest = spec.strip().partition(":")
-    if not name or (colon and not rest):
-        raise GenError(f"malformed sampler spec {spec!r}; use NAME[:KEY=VALUE[,KEY=VALUE...]], e.g. top_k:k=40")
-    options: dict[str, str] = {}
-    for item in rest.split(",") if rest else []:
-        key, equals, value = item.partition("=")
-        key, value = key.strip(), value.strip()
-        if not equals or not key or not value:
-            raise GenError(f"malformed sampler spec {spec!r}: {item!r} is not KEY=VALUE; e.g. top_p:p=0.9")
-        if key in options:
-            raise GenError(f"malformed sampler spec {spec!r}: option {key!r} given twice")
-        options[key] = value
-    return name, options
-
-
-def build_sampler(spec: str, registry=None):
-    """One sampler object from a spec string, with its options typed from __init__."""
+def build_sampler(spec: str):
+    """One sampler object from a spec string like 'top_k:k=40' (see gen.core.specs)."""
     from gen.core.plugins import get_registry
 
-    registry = registry or get_registry()
-    name, raw_options = parse_sampler_spec(spec)
-    cls = registry.get("sampler", name)
-    options = _option_types(cls)
-    accepted = _describe_options(options)
-    kwargs = {}
-    for key, text in raw_options.items():
-        if key not in options:
-            raise GenError(f"unknown option {key!r} for sampler {name!r}; {accepted}")
-        kwargs[key] = _convert(text, _parameter_type(options[key]), key, spec, accepted)
-    try:
-        return cls(**kwargs)
-    except GenError:
-        raise
-    except (TypeError, ValueError) as error:
-        raise GenError(f"sampler {spec!r}: {error}; {accepted}") from None
+    name, raw_options = parse_spec(spec, "sampler")
+    entry = get_registry().entry("sampler", name)
+    options = entry.options()
+    what = f"sampler {name!r}"
+    kwargs = convert_options(raw_options, options, what)
+    return call_with_options(entry.load(), kwargs, f"sampler {spec!r}", describe_options(options))
 
 
-def build_sampler_chain(specs: Sequence[str], registry=None) -> Sampler:
+def build_sampler_chain(specs: Sequence[str]) -> Sampler:
     """The sampler for repeated --sampler options: filters in order, then the final draw.
 
     No spec means multinomial sampling from the model's distribution. A chain
     ending in a filter draws with multinomial; a sampler that is not a filter
     (greedy, multinomial, a plugin's) may only stand last.
     """
-    from gen.core.plugins import get_registry
-
-    registry = registry or get_registry()
-    samplers = [build_sampler(spec, registry) for spec in specs] or [build_sampler("multinomial", registry)]
+    samplers = [build_sampler(spec) for spec in specs] or [build_sampler("multinomial")]
     *leading, last = samplers
     for spec, sampler in zip(specs, leading):
         if not isinstance(sampler, LogitsFilter):
@@ -213,5 +147,5 @@ def build_sampler_chain(specs: Sequence[str], registry=None) -> Sampler:
     if not leading:
         return last
     if isinstance(last, LogitsFilter):
-        return SamplerChain(leading + [last], build_sampler("multinomial", registry))
+        return SamplerChain(leading + [last], build_sampler("multinomial"))
     return SamplerChain(leading, last)

@@ -29,7 +29,7 @@ def tokenizer_to_dict(name: str, tokenizer: Tokenizer) -> dict:
     return {"name": name, "state": tokenizer.to_dict()}
 
 
-def tokenizer_from_dict(document: dict | str, registry=None) -> Tokenizer:
+def tokenizer_from_dict(document: dict | str) -> Tokenizer:
     """Rebuild a tokenizer from `{"name": ..., "state": ...}` (a dict or its JSON)."""
     from gen.core.plugins import get_registry
 
@@ -40,7 +40,7 @@ def tokenizer_from_dict(document: dict | str, registry=None) -> Tokenizer:
             raise GenError(f"the stored tokenizer is not valid JSON ({error})") from None
     if not isinstance(document, dict) or "name" not in document or "state" not in document:
         raise GenError('the stored tokenizer must be {"name": ..., "state": ...}')
-    cls = (registry or get_registry()).get("tokenizer", document["name"])
+    cls = get_registry().get("tokenizer", document["name"])
     return cls.from_dict(document["state"])
 
 

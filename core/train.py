@@ -1,10 +1,10 @@
 """The training loop behind `gen train` (torch is imported here, and only when it runs).
 
-The run's options are `TrainConfig` (in gen.core.checkpoint, which records them).
-Read top to bottom: the device and precision, the learning rate schedule, random
-batches, the `Trainer` (model, optimizer and one training step), and `train`, which
-adds the output directory, resuming, evaluation, checkpoints, the progress bar and
-the plugin hooks.
+The run's options are `TrainConfig` (gen.core.train_config). Read top to bottom:
+the device and precision, the learning rate schedule, random batches, the `Trainer`
+(model, optimizer and one training step), the `Run` (the run directory: evaluation,
+checkpoints, metrics), `prepare_run` (options, data, model, resume) and `train`, the
+loop itself.
 
 Reproducibility: one seed fixes the weights' initialisation (torch's global RNG) and
 the order of the training batches (a torch.Generator of its own). Both RNG states and
@@ -16,7 +16,6 @@ so every evaluation measures the same batches and training never depends on it.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import time
@@ -29,24 +28,29 @@ import torch
 
 from gen.core.checkpoint import (
     BEST,
-    FIXED_ON_RESUME,
     LATEST,
-    MODEL_OPTIONS,
-    NOT_SAVED,
-    TrainConfig,
     build_model,
-    check_config,
     is_checkpoint,
     load_checkpoint,
     load_training_state,
     read_config,
-    recover_interrupted_replace,
     save_checkpoint,
-    train_config_from_dict,
 )
 from gen.core.data import Dataset, check_split_lengths, load_dataset
 from gen.core.errors import GenError
-from gen.core.plugins import call_hook, get_registry
+from gen.core.files import recover_interrupted_replace
+from gen.core.plugins import get_plugins
+from gen.core.train_config import (
+    FIXED_ON_RESUME,
+    NOT_SAVED,
+    TrainConfig,
+    check_config,
+    given_options,
+    model_spec,
+    option_flag,
+    train_config_from_dict,
+    with_model_defaults,
+)
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -204,13 +208,14 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, config)
         self.forward = compile_model(self.model, device, dtype) if config.compile else self.model
         self.context = forward_context(device, dtype)
+        self.block_size = model.config_dict()["block_size"]
         self.batches = {
-            split: BatchSampler(dataset.split(split), config.block_size, config.batch_size, device)
+            split: BatchSampler(dataset.split(split), self.block_size, config.batch_size, device)
             for split in ("train", "val")
         }
         self.batch_generator = torch.Generator().manual_seed(config.seed)
         self.step = 0
-        self.tokens_per_step = config.batch_size * config.block_size * config.grad_accum
+        self.tokens_per_step = config.batch_size * self.block_size * config.grad_accum
 
     def train_step(self) -> torch.Tensor:
         """One optimizer step over grad_accum micro-batches; returns the last micro-batch's loss."""
@@ -276,35 +281,20 @@ class TrainResult:
     metrics: list[dict]
 
 
-def _config_for_resume(config: TrainConfig, explicit: set[str], latest: Path) -> TrainConfig:
+def _config_for_resume(config: TrainConfig, given: set[str], latest: Path) -> TrainConfig:
     """The saved run's options, with those given now for this session (max_iters, ...)."""
     saved = read_config(latest)["train_args"]
     values = {key: value for key, value in saved.items() if key not in NOT_SAVED}
-    for key in explicit:
-        given = getattr(config, key)
-        if key in FIXED_ON_RESUME and key in values and values[key] != given:
+    for key in given:
+        value = getattr(config, key)
+        if key in FIXED_ON_RESUME and key in values and values[key] != value:
             raise GenError(
-                f"--{key.replace('_', '-')} {given} differs from the run being resumed ({values[key]}); "
+                f"{option_flag(key)} {value} differs from the run being resumed ({values[key]}); "
                 f"a resumed run keeps its model and data; leave the option out, or train anew into another --out"
             )
-        values[key] = given
+        values[key] = value
     values.update(resume=True, overwrite=False, out=config.out)
     return train_config_from_dict(values, f"the checkpoint {str(latest)!r}")
-
-
-def _model_config(config: TrainConfig, explicit: set[str], vocab_size: int) -> dict:
-    """The model plugin's config: vocab_size from the tokenizer, and the options it takes."""
-    cls = get_registry().get("model", config.model)
-    values = {"vocab_size": vocab_size, **{key: getattr(config, key) for key in MODEL_OPTIONS}}
-    config_class = getattr(cls, "Config", None)
-    if config_class is None or not dataclasses.is_dataclass(config_class):
-        return values
-    accepted = {field.name for field in dataclasses.fields(config_class)}
-    refused = sorted(key for key in explicit if key in MODEL_OPTIONS and key not in accepted)
-    if refused:
-        options = ", ".join("--" + key.replace("_", "-") for key in refused)
-        raise GenError(f"model {config.model!r} takes no {options}; it is configured by: {', '.join(sorted(accepted))}")
-    return {key: value for key, value in values.items() if key in accepted}
 
 
 def _check_out_dir(out: Path, config: TrainConfig) -> None:
@@ -324,6 +314,108 @@ def _check_out_dir(out: Path, config: TrainConfig) -> None:
         )
 
 
+class Run:
+    """One `gen train` run: its trainer, its run directory, and what it has logged.
+
+    Built by `prepare_run`, driven by `train`. The run directory's metrics.jsonl is
+    only touched once this run has written its first checkpoint, so an interrupted
+    `--overwrite` run leaves the earlier run's checkpoints and log consistent.
+    """
+
+    def __init__(self, config: TrainConfig, trainer: Trainer, model_name: str, out: Path,
+                 best_val_loss: float | None):
+        self.config = config
+        self.trainer = trainer
+        self.model_name = model_name
+        self.out = out
+        self.best_val_loss = best_val_loss
+        self.start_step = trainer.step
+        self.train_args = {key: value for key, value in asdict(config).items() if key not in NOT_SAVED}
+        self.metrics: list[dict] = []
+        self.metrics_written = 0  # how many of self.metrics are in metrics.jsonl
+        self.checkpoint_written = False
+        self.started = time.perf_counter()
+
+    @property
+    def tokenizer(self):
+        return self.trainer.dataset.tokenizer
+
+    def summary(self) -> str:
+        """The first line of a run: the model, the tokens, the device."""
+        parameters = sum(p.numel() for p in self.trainer.model.parameters())
+        dataset = self.trainer.dataset
+        line = (
+            f"{self.model_name}: {parameters / 1e6:.2f}M parameters; {dataset.tokenizer_document['name']} "
+            f"tokenizer, {self.tokenizer.vocab_size} tokens; {len(dataset.train_ids):,} train and "
+            f"{len(dataset.val_ids):,} val tokens; {self.trainer.device.type} {self.dtype_name}"
+        )
+        return line + (", compiled" if self.config.compile else "")
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.trainer.dtype).removeprefix("torch.")
+
+    def start(self) -> None:
+        get_plugins().call_hook("on_train_start", config={
+            **self.train_args, "model_config": self.trainer.model.config_dict(),
+            "device": str(self.trainer.device), "dtype": self.dtype_name,
+        })
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    def evaluation_due(self) -> bool:
+        step = self.trainer.step
+        due = step % self.config.eval_interval == 0 or step == self.config.max_iters
+        return due and not (self.config.resume and step == self.start_step)  # resumed: evaluated before
+
+    def evaluate(self, tokens_per_second: float) -> dict:
+        """Both splits' losses at this step, as the metrics line of metrics.jsonl."""
+        step = self.trainer.step
+        losses = self.trainer.estimate_losses()
+        metrics = {
+            "step": step,
+            "train_loss": losses["train"],
+            "val_loss": losses["val"],
+            "lr": learning_rate(step, self.config),
+            "tokens": step * self.trainer.tokens_per_step,
+            "elapsed_s": round(time.perf_counter() - self.started, 3),
+            "tokens_per_s": round(tokens_per_second),
+        }
+        if step == 0:
+            metrics["uniform_loss"] = math.log(self.tokenizer.vocab_size)
+        self.metrics.append(metrics)
+        return metrics
+
+    def save_checkpoints(self, val_loss: float) -> None:
+        """latest/ always, best/ when the validation loss improved; then the on_checkpoint hooks."""
+        improved = self.best_val_loss is None or val_loss < self.best_val_loss
+        if improved:
+            self.best_val_loss = val_loss
+        for name in (LATEST, BEST) if improved else (LATEST,):
+            path = self.out / name
+            save_checkpoint(
+                path, model=self.trainer.model, model_name=self.model_name,
+                tokenizer_document=self.trainer.dataset.tokenizer_document, train_args=self.train_args,
+                step=self.trainer.step, best_val_loss=self.best_val_loss, val_loss=val_loss,
+                optimizer=self.trainer.optimizer, rng_states=self.trainer.rng_states(),
+            )
+            self.checkpoint_written = True
+            get_plugins().call_hook("on_checkpoint", step=self.trainer.step, path=str(path))
+
+    def write_metrics(self) -> None:
+        """Append the new metrics lines (after this run's first checkpoint; see the class)."""
+        if not self.checkpoint_written:
+            return
+        path = self.out / METRICS_FILE
+        if self.metrics_written == 0:
+            _rewrite_metrics(path, self.start_step if self.config.resume else None)
+        with open(path, "a", encoding="utf-8") as file:
+            file.writelines(json.dumps(metrics) + "\n" for metrics in self.metrics[self.metrics_written:])
+        self.metrics_written = len(self.metrics)
+
+    def result(self) -> TrainResult:
+        return TrainResult(self.trainer.step, self.best_val_loss, self.out, self.metrics)
+
+
 def _rewrite_metrics(path: Path, up_to_step: int | None) -> None:
     """Start metrics.jsonl afresh, or keep only the lines up to the step a resume starts at."""
     kept = []
@@ -337,142 +429,117 @@ def _rewrite_metrics(path: Path, up_to_step: int | None) -> None:
     path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
-def train(
-    config: TrainConfig,
-    explicit: set[str] | frozenset[str] = frozenset(),
-    progress: bool = True,
-    say: Callable[[str], None] = print,
-) -> TrainResult:
-    """Run `gen train`. `explicit` names the options the user gave (they win on --resume)."""
-    from tqdm import tqdm
+def prepare_run(config: TrainConfig, given: set[str]) -> Run:
+    """Settle the options, load the data and the model, and check the run directory.
 
+    Every check that can fail runs here, before anything is written.
+    """
     out = Path(config.out)
     if config.resume and config.overwrite:
         raise GenError("--resume continues the run in --out and --overwrite starts it over; give one of them")
     for name in (LATEST, BEST):
         recover_interrupted_replace(out / name)
     if config.resume and is_checkpoint(out / LATEST):
-        config = _config_for_resume(config, set(explicit), out / LATEST)
+        config = _config_for_resume(config, given, out / LATEST)
+    else:
+        config = with_model_defaults(config, given)
     check_config(config)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     _check_out_dir(out, config)
 
-    # Data and model; every check that can fail runs before anything is written.
     if config.resume:
         resumed = load_checkpoint(out / LATEST, device="cpu")
         dataset = load_dataset(config.data, tokenizer_document=resumed.tokenizer_document)
-        check_split_lengths(dataset, config.block_size)
-        model, model_config = resumed.model, resumed.model_config
+        model_name, model = resumed.model_name, resumed.model
     else:
+        model_name, model_options = model_spec(config)  # a wrong option fails before the data loads
         dataset = load_dataset(config.data, tokenizer_spec=config.tokenizer)
-        check_split_lengths(dataset, config.block_size)
-        model_config = _model_config(config, set(explicit), dataset.tokenizer.vocab_size)
         torch.manual_seed(config.seed)  # the initial weights
-        model = build_model(config.model, model_config)
+        model = build_model(model_name, {**model_options, "vocab_size": dataset.tokenizer.vocab_size})
+    check_split_lengths(dataset, model.config_dict()["block_size"])
     trainer = Trainer(config, dataset, model, device, dtype)
-    best_val_loss = None
     if config.resume:
         trainer.restore(out / LATEST, resumed.step)
-        best_val_loss = resumed.best_val_loss
+    return Run(config, trainer, model_name, out, resumed.best_val_loss if config.resume else None)
 
-    train_args = {key: value for key, value in asdict(config).items() if key not in NOT_SAVED}
-    parameters = sum(p.numel() for p in trainer.model.parameters())
-    dtype_name = str(dtype).removeprefix("torch.")
-    say(
-        f"{config.model}: {parameters / 1e6:.2f}M parameters; {dataset.tokenizer_document['name']} tokenizer, "
-        f"{dataset.tokenizer.vocab_size} tokens; {len(dataset.train_ids):,} train and {len(dataset.val_ids):,} "
-        f"val tokens; {device.type} {dtype_name}" + (", compiled" if config.compile else "")
-    )
+
+class Throughput:
+    """Training tokens per second, over windows of a few steps (evaluation not counted)."""
+
+    def __init__(self, tokens_per_step: int, window: int = 10):
+        self.tokens_per_step = tokens_per_step
+        self.window = window
+        self.tokens_per_second = 0.0
+        self.restart()
+
+    def restart(self) -> None:
+        self.window_start, self.steps = time.perf_counter(), 0
+
+    def tick(self, last_step: bool) -> bool:
+        """Count one step; True when a window closed and tokens_per_second is new."""
+        self.steps += 1
+        if self.steps < self.window and not last_step:
+            return False
+        now = time.perf_counter()
+        self.tokens_per_second = self.steps * self.tokens_per_step / (now - self.window_start)
+        self.window_start, self.steps = now, 0
+        return True
+
+
+def train(
+    config: TrainConfig,
+    given: set[str] | None = None,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+) -> TrainResult:
+    """Run `gen train`. `given` names the options the user gave: they win over the model's
+    training defaults and, on --resume, over the saved ones. By default, those that
+    differ from TrainConfig's defaults."""
+    from tqdm import tqdm
+
+    run = prepare_run(config, given_options(config) if given is None else set(given))
+    config, trainer = run.config, run.trainer
+    say(run.summary())
     if config.resume:
-        say(f"resuming {str(out)!r} at step {trainer.step}")
-    call_hook("on_train_start", config={**train_args, "model_config": model_config,
-                                        "device": str(device), "dtype": dtype_name})
-
-    out.mkdir(parents=True, exist_ok=True)
-    metrics_path = out / METRICS_FILE
-    metrics_log = []
-    metrics_written = 0  # how many of metrics_log are in metrics.jsonl
-    checkpoint_written = False
-    start_step = trainer.step
-    started = time.perf_counter()
-    bar = tqdm(total=config.max_iters, initial=start_step, unit="step", desc="training",
+        say(f"resuming {str(run.out)!r} at step {trainer.step}")
+    run.start()
+    bar = tqdm(total=config.max_iters, initial=trainer.step, unit="step", desc="training",
                disable=None if progress else True, dynamic_ncols=True)
-    window_start, window_steps = time.perf_counter(), 0
-    tokens_per_second = 0.0
-
-    def write_metrics() -> None:
-        # An earlier run's log (under --overwrite) stays until this run's first
-        # checkpoint replaces that run's checkpoints.
-        nonlocal metrics_written
-        if not checkpoint_written:
-            return
-        if metrics_written == 0:
-            _rewrite_metrics(metrics_path, start_step if config.resume else None)
-        with open(metrics_path, "a", encoding="utf-8") as file:
-            file.writelines(json.dumps(metrics) + "\n" for metrics in metrics_log[metrics_written:])
-        metrics_written = len(metrics_log)
-
-    def save(path: Path, val_loss: float) -> None:
-        nonlocal checkpoint_written
-        checkpoint_written = True
-        save_checkpoint(
-            path, model=trainer.model, model_name=config.model, tokenizer_document=dataset.tokenizer_document,
-            train_args=train_args, step=trainer.step, best_val_loss=best_val_loss, val_loss=val_loss,
-            optimizer=trainer.optimizer, rng_states=trainer.rng_states(),
-        )
-        call_hook("on_checkpoint", step=trainer.step, path=str(path))
-
+    speed = Throughput(trainer.tokens_per_step)
     try:
         while True:
-            step = trainer.step
-            evaluate_now = step % config.eval_interval == 0 or step == config.max_iters
-            if evaluate_now and not (config.resume and step == start_step):  # resumed: evaluated before
-                losses = trainer.estimate_losses()
-                metrics = {
-                    "step": step,
-                    "train_loss": losses["train"],
-                    "val_loss": losses["val"],
-                    "lr": learning_rate(step, config),
-                    "tokens": step * trainer.tokens_per_step,
-                    "elapsed_s": round(time.perf_counter() - started, 3),
-                    "tokens_per_s": round(tokens_per_second),
-                }
-                line = f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
-                if step == 0:
-                    uniform = math.log(dataset.tokenizer.vocab_size)
-                    metrics["uniform_loss"] = uniform
-                    line += f" (uniform baseline ln({dataset.tokenizer.vocab_size}) = {uniform:.4f})"
-                bar.write(line)
-                metrics_log.append(metrics)
-                stop = any(result is True for result in call_hook("on_eval", step=step, metrics=metrics))
-                if step > 0:
-                    improved = best_val_loss is None or losses["val"] < best_val_loss
-                    if improved:
-                        best_val_loss = losses["val"]
-                    save(out / LATEST, losses["val"])
-                    if improved:
-                        save(out / BEST, losses["val"])
-                write_metrics()
+            if run.evaluation_due():
+                metrics = run.evaluate(speed.tokens_per_second)
+                bar.write(_describe(metrics, run.tokenizer.vocab_size))
+                stop = any(result is True for result in get_plugins().call_hook(
+                    "on_eval", step=trainer.step, metrics=metrics))
+                if trainer.step > 0:
+                    run.save_checkpoints(metrics["val_loss"])
+                run.write_metrics()
                 if stop:
-                    bar.write(f"stopped early at step {step} by a plugin's on_eval hook")
+                    bar.write(f"stopped early at step {trainer.step} by a plugin's on_eval hook")
                     break
-                window_start, window_steps = time.perf_counter(), 0  # tokens/s counts training only
-            if step >= config.max_iters:
+                speed.restart()
+            if trainer.step >= config.max_iters:
                 break
             loss = trainer.train_step()
-            window_steps += 1
             bar.update(1)
-            if window_steps == 10 or trainer.step == config.max_iters:
-                now = time.perf_counter()
-                tokens_per_second = window_steps * trainer.tokens_per_step / (now - window_start)
-                window_start, window_steps = now, 0
-                bar.set_postfix(loss=f"{loss.item():.4f}", tok_s=f"{tokens_per_second:,.0f}", refresh=False)
+            if speed.tick(last_step=trainer.step == config.max_iters):
+                bar.set_postfix(loss=f"{loss.item():.4f}", tok_s=f"{speed.tokens_per_second:,.0f}", refresh=False)
     finally:
         bar.close()
-    if config.resume and start_step >= config.max_iters:
-        say(f"the run in {str(out)!r} already reached step {start_step}; raise --max-iters to train further")
-    elif best_val_loss is not None:
-        say(f"wrote {out / LATEST} (step {trainer.step}) and {out / BEST} (val loss {best_val_loss:.4f}); "
-            f"took {time.perf_counter() - started:.1f} s")
-    return TrainResult(trainer.step, best_val_loss, out, metrics_log)
+    if config.resume and run.start_step >= config.max_iters:
+        say(f"the run in {str(run.out)!r} already reached step {run.start_step}; raise --max-iters to train further")
+    elif run.best_val_loss is not None:
+        say(f"wrote {run.out / LATEST} (step {trainer.step}) and {run.out / BEST} "
+            f"(val loss {run.best_val_loss:.4f}); took {time.perf_counter() - run.started:.1f} s")
+    return run.result()
+
+
+def _describe(metrics: dict, vocab_size: int) -> str:
+    """The line an evaluation prints."""
+    line = f"step {metrics['step']}: train loss {metrics['train_loss']:.4f}, val loss {metrics['val_loss']:.4f}"
+    if "uniform_loss" in metrics:
+        line += f" (uniform baseline ln({vocab_size}) = {metrics['uniform_loss']:.4f})"
+    return line

@@ -1,11 +1,14 @@
 """`gen export OUTPUT.onnx`: a checkpoint to one ONNX file for `gen run`.
 
 Importing this module imports click only; torch, onnx and onnxscript come in when
-the command runs.
+the command runs. The command reaches `gen` through the `register_commands` hook,
+as a third-party plugin's would.
 """
 from __future__ import annotations
 
 import click
+
+from gen.core import hookimpl
 
 
 @click.command()
@@ -28,3 +31,8 @@ def export(output, checkpoint, opset, quantize, verify):
     from gen.export.onnx_export import export_onnx
 
     export_onnx(checkpoint, output, opset=opset, quantize=quantize, verify=verify, progress=click.echo)
+
+
+@hookimpl
+def register_commands(cli):
+    cli.add_command(export)

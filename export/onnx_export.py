@@ -4,24 +4,17 @@ This module imports torch, onnx and onnxscript (the `train` extra); `gen export`
 imports it only when it runs. The file format is described in
 gen.runtime.artifact and in docs/export.md.
 
-How a model plugin takes part (the built-ins use the same rules, so a third-party
-model needs no registration beyond its `register_models` hook):
+How a model plugin takes part: through the model contract of gen.core.model and
+nothing else, so a third-party model needs no registration beyond its
+`register_models` hook.
 
-- A model with a KV cache defines
-      forward_cached(input_ids, attention_mask, past_key_values) -> (logits, presents)
-      empty_past(batch_size) -> [(key, value), ...]  # zero-length, one pair per layer
-  with input_ids (B, T) int64, attention_mask (B, P+T) int64 (1 = real token,
-  0 = left padding), keys and values (B, heads, P, head_size) float32, logits
-  (B, T, vocab) and presents the pairs grown to P+T. The number of layers, heads and
-  the head size are read off `empty_past(1)`. The graph gets the cache inputs and
-  outputs, and generation reuses the cache.
-- Any other model is exported through `forward(idx) -> (logits, loss)` with inputs
-  `input_ids` and `attention_mask` (kept in the graph so that every gen export takes
-  the same inputs; such a model ignores it) and output `logits`. Generation then
-  feeds the last `block_size` tokens at every step, so the model must not look at
-  positions for left-padded batches to match single prompts (bigram does not).
-- Every model has `config_dict()` (a JSON-serialisable dict with `block_size` and
-  `vocab_size`), as the checkpoint already requires.
+- A model with a KV cache (`has_kv_cache`) is traced through `forward_cached`; the
+  number of layers, heads and the head size are read off `empty_past(1)`. The graph
+  gets the cache inputs and outputs, and generation reuses the cache.
+- Any other model is traced through `forward(idx)`, with inputs `input_ids` and
+  `attention_mask` (kept so that every gen export takes the same inputs; such a
+  model ignores it) and output `logits`. Generation then feeds the last
+  `block_size` tokens at every step.
 
 Steps, each announced through `progress`: trace with torch.export and translate
 to ONNX (torch.onnx.export(dynamo=True), from a sample with a non-empty past and
@@ -35,7 +28,6 @@ import contextlib
 import json
 import logging
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +37,8 @@ import onnx
 import torch
 
 from gen.core.errors import GenError
+from gen.core.files import replace_file_atomically
+from gen.core.model import has_kv_cache
 from gen.core.tokenizer import tokenizer_from_dict
 from gen.export.attention import TRANSLATIONS
 from gen.runtime.artifact import (
@@ -88,7 +82,7 @@ class CacheShape:
 
 def cache_shape(model: torch.nn.Module) -> CacheShape | None:
     """The model's KV cache layout, or None for a model exported without a cache."""
-    if not (callable(getattr(model, "forward_cached", None)) and callable(getattr(model, "empty_past", None))):
+    if not has_kv_cache(model):
         return None
     past = model.empty_past(1)
     if not past:
@@ -348,14 +342,11 @@ def export_model(
     except onnx.checker.ValidationError as error:
         raise GenError(f"the exported graph fails onnx.checker: {str(error).splitlines()[0]}") from None
 
-    # Everything is written in a temporary folder beside the output and moved into place
-    # at the end, so a failed export or verification never leaves a half-written file.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as work:
-        fp32_path = Path(work) / "model.onnx"
-        write_single_file(proto, fp32_path)
-        size = fp32_path.stat().st_size
-        say(f"[3/4] serialised to one file: {size / 1e6:.2f} MB, no external data")
+    # The file is written under a temporary name beside the output and renamed into
+    # place at the end, so a failed export or verification never leaves half a file.
+    with replace_file_atomically(path) as output:
+        write_single_file(proto, output)
+        say(f"[3/4] serialised to one file: {output.stat().st_size / 1e6:.2f} MB, no external data")
 
         max_diff = None
         if verify:
@@ -363,22 +354,19 @@ def export_model(
 
             past_text = ", with and without a past" if cache else ""
             say(f"[4/4] verifying onnxruntime against torch (batch 1 and 3, lengths 1, 7 and {config['block_size']}{past_text})")
-            max_diff = verify_export(model, fp32_path, cache, progress=say)
+            max_diff = verify_export(model, output, progress=say)
         else:
             say("[4/4] verification skipped (--no-verify)")
 
         quantized = {}
-        final_path = fp32_path
         if quantize == "int8":
             from gen.export.quantize import quantize_int8
 
-            int8_path = Path(work) / "model.int8.onnx"
-            quantized = quantize_int8(
-                fp32_path, int8_path, validation_ids=validation_ids,
-                validation_source=validation_source, progress=say,
-            )
-            final_path = int8_path
-        os.replace(final_path, path)
+            with replace_file_atomically(output) as int8_output:  # the int8 file takes the fp32 one's place
+                quantized = quantize_int8(
+                    output, int8_output, validation_ids=validation_ids,
+                    validation_source=validation_source, progress=say,
+                )
     result = ExportResult(path, path.stat().st_size, produced_opset, max_diff, quantized)
     say(f"wrote {path} ({result.size_bytes / 1e6:.2f} MB); run it with: gen run {path}")
     return result

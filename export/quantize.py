@@ -87,8 +87,8 @@ def quantize_int8(
 
 
 def _loss(path: Path, ids: Sequence[int]) -> tuple[float, int]:
-    from gen.runtime.scoring import onnx_logits_function
+    from gen.runtime.generator import Generator
 
-    logits_of, block_size, _ = onnx_logits_function(path)
-    loss, tokens = exact_loss(logits_of, ids, block_size)
+    generator = Generator(path)
+    loss, tokens = exact_loss(generator.logits, ids, generator.block_size)
     return float(loss), tokens

@@ -4,9 +4,9 @@ Cases: batch sizes 1 and 3; prompt lengths 1, 7 and block_size; for a model with
 KV cache each length also with a past that fills the rest of the context (the last
 decode step before the cache slides, the case where positions are largest). Rows of
 the batch of 3 are left-padded by different amounts, so the attention mask and the
-positions derived from it are exercised too. The past comes from torch's own prefill
-of a random prefix, as in real generation. Both sides see the same inputs; the
-largest absolute difference of the logits (and of the returned cache) must stay
+positions derived from it are exercised too. Each side's past comes from its own
+prefill of a random prefix, as in real generation. Both sides see the same inputs;
+the largest absolute difference of the logits (and of the returned cache) must stay
 under the tolerance.
 """
 from __future__ import annotations
@@ -15,11 +15,9 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import onnxruntime
 import torch
 
 from gen.core.errors import GenError
-from gen.runtime.artifact import ATTENTION_MASK, INPUT_IDS, past_names
 
 TOLERANCE = 1e-4
 BATCH_SIZES = (1, 3)
@@ -44,55 +42,55 @@ def _cases(block_size: int, cached: bool):
                 yield batch, length, block_size - length
 
 
+def _as_numpy(past) -> list[np.ndarray]:
+    """A backend's past as flat numpy arrays: torch's (key, value) pairs or onnxruntime's list."""
+    if past is None:
+        return []
+    flat = [tensor for pair in past for tensor in pair] if past and isinstance(past[0], tuple) else past
+    return [tensor.numpy() if isinstance(tensor, torch.Tensor) else tensor for tensor in flat]
+
+
 def verify_export(
     model: torch.nn.Module,
     path: str | Path,
-    cache,
     tolerance: float = TOLERANCE,
     progress: Callable[[str], None] | None = print,
 ) -> float:
     """Compare the file at `path` with `model`; return the max abs logits difference.
 
-    `cache` is the model's CacheShape, or None for a model exported without a cache.
-    Raises GenError naming the first case over `tolerance`.
+    Both sides run through their generation backends (gen.core.torch_backend and
+    gen.runtime.generator), so what is verified is what `gen sample` and `gen run`
+    execute. Raises GenError naming the first case over `tolerance`.
     """
+    from gen.core.torch_backend import TorchBackend
+    from gen.runtime.generator import Generator
+
     say = progress or (lambda message: None)
-    config = model.config_dict()
-    block_size, vocab_size = config["block_size"], config["vocab_size"]
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
+    expected_backend = TorchBackend(model)
     try:
-        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as error:  # onnxruntime raises its own exception types
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise GenError(f"verification failed: onnxruntime {onnxruntime.__version__} cannot load the export: {first_line}") from None
+        exported_backend = Generator(path)
+    except GenError as error:
+        raise GenError(f"verification failed: {error}") from None
+    block_size, vocab_size = expected_backend.block_size, expected_backend.vocab_size
+    cached = expected_backend.has_cache
     generator = torch.Generator().manual_seed(1234)
     worst = 0.0
-    for batch, length, past_length in _cases(block_size, cache is not None):
-        ids = torch.randint(0, vocab_size, (batch, past_length + length), generator=generator)
-        mask = _mask(batch, past_length + length)
-        input_ids, past_ids = ids[:, past_length:], ids[:, :past_length]
-        with torch.no_grad():
-            if cache is None:
-                expected_logits, _ = model(input_ids)
-                expected_cache = []
-                feed = {INPUT_IDS: input_ids.numpy(), ATTENTION_MASK: mask.numpy()}
-            else:
-                past = model.empty_past(batch)
-                if past_length:
-                    _, past = model.forward_cached(past_ids, mask[:, :past_length], past)
-                expected_logits, presents = model.forward_cached(input_ids, mask, past)
-                expected_cache = [tensor for pair in presents for tensor in pair]
-                feed = {INPUT_IDS: input_ids.numpy(), ATTENTION_MASK: mask.numpy()}
-                feed.update(zip(past_names(cache.n_layer), (t.numpy() for pair in past for t in pair)))
-        outputs = session.run(None, feed)
-        logits_diff = float(np.abs(outputs[0] - expected_logits.numpy()).max())
-        cache_diff = max(
-            (float(np.abs(got - want.numpy()).max()) for got, want in zip(outputs[1:], expected_cache)),
-            default=0.0,
-        )
-        past_text = f", past {past_length}" if cache is not None else ""
-        cache_text = f", KV cache {cache_diff:.2e}" if cache is not None else ""
+    for batch, length, past_length in _cases(block_size, cached):
+        ids = torch.randint(0, vocab_size, (batch, past_length + length), generator=generator).numpy()
+        mask = _mask(batch, past_length + length).numpy()
+        differences = []
+        for backend in (expected_backend, exported_backend):
+            # A past from the backend's own prefill of the first past_length tokens, as in generation.
+            past = backend.empty_past(batch)
+            if past_length:
+                _, past = backend.forward(ids[:, :past_length], mask[:, :past_length], past)
+            logits, presents = backend.forward(ids[:, past_length:], mask, past)
+            differences.append((logits, _as_numpy(presents)))
+        (expected_logits, expected_cache), (logits, cache) = differences
+        logits_diff = float(np.abs(logits - expected_logits).max())
+        cache_diff = max((float(np.abs(got - want).max()) for got, want in zip(cache, expected_cache)), default=0.0)
+        past_text = f", past {past_length}" if cached else ""
+        cache_text = f", KV cache {cache_diff:.2e}" if cached else ""
         say(f"      batch {batch}, length {length}{past_text}: max |logits diff| {logits_diff:.2e}{cache_text}")
         if not (logits_diff <= tolerance and cache_diff <= tolerance):  # also catches NaN
             raise GenError(

@@ -1,40 +1,35 @@
 """The classic bigram language model: each token's row of a table is the next-token logits."""
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from gen.core.config import config_from_dict
 from gen.core.errors import GenError
+from gen.core.model import LanguageModel
 
 
 @dataclass
 class BigramConfig:
     vocab_size: int = 65
-    block_size: int = 8  # training context; the model itself only looks at the last token
+    block_size: int = 64  # training context; the model itself only looks at the last token
 
     def __post_init__(self):
         if self.vocab_size < 1 or self.block_size < 1:
             raise GenError("bigram needs vocab_size >= 1 and block_size >= 1")
 
 
-class BigramLanguageModel(nn.Module):
+class BigramLanguageModel(LanguageModel, nn.Module):
     """A vocab x vocab table of next-token logits."""
 
     Config = BigramConfig
+    # A table of N(0, 1) logits learns far faster with a large learning rate than a
+    # transformer does: 0.1 reaches the bigram's floor (about 2.48) in 1,500 steps.
+    training_defaults = {"lr": 0.1}
 
     def __init__(self, config: BigramConfig):
         super().__init__()
         self.config = config
         self.token_embedding_table = nn.Embedding(config.vocab_size, config.vocab_size)
-
-    @classmethod
-    def from_config(cls, values: dict) -> "BigramLanguageModel":
-        return cls(config_from_dict(BigramConfig, values))
-
-    def config_dict(self) -> dict:
-        return asdict(self.config)
 
     def forward(self, idx, targets=None):
         logits = self.token_embedding_table(idx)  # (B, T, vocab)

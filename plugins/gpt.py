@@ -11,14 +11,14 @@ Two forwards share every weight and every line of the trunk:
   triangle top-left, which is wrong as soon as the cache holds earlier positions.
 """
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from gen.core.config import config_from_dict
 from gen.core.errors import GenError
+from gen.core.model import LanguageModel
 
 
 @dataclass
@@ -107,7 +107,7 @@ class Block(nn.Module):
         return x, present
 
 
-class GPT(nn.Module):
+class GPT(LanguageModel, nn.Module):
     """A decoder-only transformer in the nanoGPT lineage, with a KV cache."""
 
     Config = GPTConfig
@@ -128,13 +128,6 @@ class GPT(nn.Module):
         for name, parameter in self.named_parameters():
             if name.endswith("c_proj.weight"):  # scaled init of residual projections (GPT-2)
                 torch.nn.init.normal_(parameter, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-
-    @classmethod
-    def from_config(cls, values: dict) -> "GPT":
-        return cls(config_from_dict(GPTConfig, values))
-
-    def config_dict(self) -> dict:
-        return asdict(self.config)
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
@@ -190,7 +183,7 @@ class GPT(nn.Module):
         return self._trunk(input_ids, positions, attn_mask, past_key_values)
 
     def empty_past(self, batch_size: int, device=None):
-        """A zero-length cache for a prefill."""
+        """A zero-length cache for a prefill, on `device` (default: the model's)."""
         shape = (batch_size, self.config.n_head, 0, self.config.head_size)
         weight = self.lm_head.weight
         return [

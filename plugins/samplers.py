@@ -12,7 +12,17 @@ import math
 
 import numpy as np
 
-from gen.core import GenError, LogitsFilter, argmax, check_logits, draw, hookimpl, mask_logits, softmax
+from gen.core import (
+    GenError,
+    LogitsFilter,
+    argmax,
+    check_logits,
+    draw,
+    hookimpl,
+    mask_beyond_mass,
+    mask_logits,
+    softmax,
+)
 
 
 class Greedy:
@@ -76,15 +86,7 @@ class TopP(LogitsFilter):
             return logits  # the whole distribution; rounding in the sums must not drop a token
         probs = softmax(logits)
         most_likely_first = np.argsort(-probs, axis=-1, kind="stable")
-        sorted_probs = np.take_along_axis(probs, most_likely_first, axis=-1)
-        # A token is dropped when the more likely tokens already reach p without it.
-        # The most likely token has nothing before it, so at least one is always kept.
-        cumulative = np.cumsum(sorted_probs, axis=-1)
-        mass_before = np.concatenate([np.zeros_like(cumulative[:, :1]), cumulative[:, :-1]], axis=-1)
-        remove_sorted = mass_before >= self.p
-        remove = np.empty_like(remove_sorted)
-        np.put_along_axis(remove, most_likely_first, remove_sorted, axis=-1)
-        return mask_logits(logits, remove)
+        return mask_beyond_mass(logits, probs, most_likely_first, self.p)
 
 
 class MinP(LogitsFilter):

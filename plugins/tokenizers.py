@@ -72,17 +72,6 @@ def _check_ids(ids: Sequence[int], vocab_size: int) -> None:
         )
 
 
-def _reject_unknown_options(tokenizer_name: str, options: dict, accepted: Sequence[str]) -> None:
-    """Training options come from the command line; a typo must be an error, not ignored."""
-    if options:
-        unknown = ", ".join(sorted(options))
-        known = ", ".join(accepted) or "none"
-        raise GenError(
-            f"unknown option(s) for the {tokenizer_name} tokenizer: {unknown}; "
-            f"accepted options: {known}"
-        )
-
-
 def _check_state(tokenizer_name: str, state, expected_keys: Sequence[str]) -> None:
     """A state must be a dict with exactly the expected keys (catches a state of another kind)."""
     if not isinstance(state, dict):
@@ -128,8 +117,7 @@ class CharTokenizer:
         self._id_of = {character: index for index, character in enumerate(characters)}
 
     @classmethod
-    def train(cls, text: str, **options) -> "CharTokenizer":
-        _reject_unknown_options("char", options, accepted=())
+    def train(cls, text: str) -> "CharTokenizer":
         if not text:
             raise GenError(
                 "the corpus is empty; the char tokenizer needs some text to take its "
@@ -192,9 +180,8 @@ class ByteTokenizer:
     vocab_size = 256
 
     @classmethod
-    def train(cls, text: str = "", **options) -> "ByteTokenizer":
+    def train(cls, text: str = "") -> "ByteTokenizer":
         """The vocabulary is fixed, so the text is accepted and not used."""
-        _reject_unknown_options("byte", options, accepted=())
         return cls()
 
     def encode(self, text: str) -> list[int]:
@@ -286,7 +273,7 @@ class BPETokenizer:
 
     @classmethod
     def train(
-        cls, text: str, vocab_size: int = DEFAULT_BPE_VOCAB_SIZE, **options
+        cls, text: str, vocab_size: int = DEFAULT_BPE_VOCAB_SIZE
     ) -> "BPETokenizer":
         """Learn merges from `text` until the vocabulary has `vocab_size` tokens.
 
@@ -299,7 +286,6 @@ class BPETokenizer:
         words (about a second for 4,096 tokens on Shakespeare) but grows with very long
         chunks, such as unsegmented Chinese or Japanese paragraphs.
         """
-        _reject_unknown_options("bpe", options, accepted=("vocab_size",))
         if not _is_int(vocab_size) or not BYTE_TOKENS <= vocab_size <= MAX_BPE_VOCAB_SIZE:
             raise GenError(
                 f"the bpe vocab_size must be a whole number from {BYTE_TOKENS} (the bytes "

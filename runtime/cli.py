@@ -1,11 +1,17 @@
-"""`gen run MODEL.onnx`: stream text from an export with onnxruntime, without torch.
+"""`gen run MODEL.onnx` and `gen eval`: generate from an export with onnxruntime, without
+torch, and score an export or a checkpoint.
 
-Importing this module imports click only; onnxruntime and numpy come in when the
-command runs, so that the `gen` command line starts fast.
+Importing this module imports click only; onnxruntime and numpy (and torch, for
+`gen eval` of a checkpoint) come in when a command runs, so that the `gen` command
+line starts fast. The commands reach `gen` through the `register_commands` hook,
+as a third-party plugin's would.
 """
 from __future__ import annotations
 
 import click
+
+from gen.core import hookimpl
+from gen.core.errors import GenError
 
 
 @click.command()
@@ -38,3 +44,62 @@ def run(model, prompt, samplers, max_new_tokens, num_samples, seed, stop, provid
     generator = Generator(model, provider=provider, threads=threads)
     echo_samples(generator, generator.tokenizer, prompt, sampler, np.random.default_rng(seed),
                  max_new_tokens, num_samples, stop)
+
+
+@click.command(name="eval")
+@click.argument("model", required=False, default=None)
+@click.option("--checkpoint", default=None, help="A checkpoint or run directory (default: out).")
+@click.option("--data", default=None, help="The corpus (default: the one the checkpoint was trained on).")
+@click.option("--split", type=click.Choice(["val", "train"]), default="val", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Windows scored at once.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto (checkpoints only).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of a sentence.")
+def evaluate(model, checkpoint, data, split, batch_size, device, as_json):
+    """Exact loss of a checkpoint, or of MODEL.onnx, over a whole data split.
+
+    The split is cut into non-overlapping block_size windows, so every token but the
+    first is scored once; the split is the same one training used (same tokenizer,
+    same 90/10 cut). Prints nats and bits per token and bits per character.
+    """
+    import json
+
+    from gen.core.data import load_dataset
+    from gen.core.scoring import exact_loss, loss_report
+    from gen.runtime.backends import open_backend
+
+    if model is not None and checkpoint is not None:
+        raise GenError("give either MODEL or --checkpoint, not both")
+    path = model or checkpoint or "out"
+    backend = open_backend(path, device=device)
+    checkpoint = getattr(backend, "checkpoint", None)  # None for an ONNX file
+    if checkpoint is None:
+        if data is None:
+            raise GenError("an ONNX file does not record its training data; give --data (e.g. --data shakespeare)")
+        source = path
+    else:
+        data = data or checkpoint.train_args.get("data")
+        if not data:
+            raise GenError(f"checkpoint {str(checkpoint.path)!r} does not record its data; give --data")
+        source = f"{checkpoint.path} (step {checkpoint.step})"
+    dataset = load_dataset(data, tokenizer=backend.tokenizer)
+    ids = dataset.split(split)
+    loss, tokens = exact_loss(backend.logits, ids, backend.block_size, batch_size=batch_size)
+    # Every token but the first is scored; bits per character counts their characters.
+    characters = len(dataset.tokenizer.decode(ids[1:].tolist()))
+    report = loss_report(loss, tokens, characters)
+    report.update(split=split, data=data, model=source)
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    click.echo(f"{source} on the {split} split of {data!r} ({tokens:,} tokens scored)")
+    click.echo(
+        f"{split} loss {report['loss']:.4f} nats/token, {report['bits_per_token']:.4f} bits/token, "
+        f"{report['bits_per_character']:.4f} bits/char"
+    )
+
+
+@hookimpl
+def register_commands(cli):
+    cli.add_command(run)
+    cli.add_command(evaluate)

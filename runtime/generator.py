@@ -7,7 +7,8 @@
         print(piece, end="", flush=True)
     generator.generate(["ROMEO:", "JULIET:"], sampler="greedy", max_new_tokens=100)
 
-A Generator is a backend of gen.core.generate: the generation loop, the context
+A Generator is a backend of gen.core.generate (as gen.core.torch_backend.TorchBackend
+is for a checkpoint; `gen.runtime.open_backend` opens either): the generation loop, the context
 policy past `block_size`, the stop strings and the samplers are the very code the
 torch generator (`gen sample`) runs, so the same export, sampler and seed give the
 same text on both. This module supplies only the model step: it prefills the prompt
@@ -34,7 +35,7 @@ import numpy as np
 import onnxruntime
 
 from gen.core.errors import GenError
-from gen.core.generate import generate_text
+from gen.core.generate import BackendBase, generate_text
 from gen.core.sampling import Sampler, build_sampler_chain
 from gen.core.tokenizer import tokenizer_from_dict
 from gen.runtime.artifact import (
@@ -82,7 +83,7 @@ def resolve_sampler(sampler: Sampler | str | Sequence[str] | None) -> Sampler:
     return sampler
 
 
-class Generator:
+class Generator(BackendBase):
     """A gen ONNX export loaded in onnxruntime: a generation backend and a text API."""
 
     def __init__(self, model_path: str | os.PathLike, provider: str | None = None, threads: int | None = None):
@@ -111,33 +112,22 @@ class Generator:
         self._cache_dims = (model["n_head"], model["head_size"])
         self.vocab_size = model["vocab_size"]
 
-    # --- the Backend protocol of gen.core.generate ----------------------------------
+    # --- the Backend protocol of gen.core.generate (step and logits from BackendBase) ---
 
-    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray, past):
-        """(B, T) ids, (B, P+T) mask, past or None -> ((B, vocab) logits of the last position, past)."""
+    def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, past):
+        """(B, T) ids, (B, P+T) mask, past or None -> ((B, T, vocab) logits, past)."""
         if past is None:
             past = self.empty_past(input_ids.shape[0])
         feed = {INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask}
         feed.update(zip(self._past_names, past))
         outputs = self.session.run(self._output_names, feed)
-        return outputs[0][:, -1, :], outputs[1:]
+        return outputs[0], outputs[1:]
 
     def empty_past(self, batch_size: int) -> list[np.ndarray]:
         """A zero-length KV cache for a prefill (an empty list for a model without a cache)."""
         n_head, head_size = self._cache_dims
         empty = np.zeros((batch_size, n_head, 0, head_size), dtype=np.float32)
         return [empty] * len(self._past_names)
-
-    def logits(self, input_ids: np.ndarray) -> np.ndarray:
-        """(B, T) int64 ids -> (B, T, vocab) float32 logits, with an empty past and a full mask."""
-        input_ids = np.ascontiguousarray(input_ids, dtype=np.int64)
-        if input_ids.ndim != 2 or input_ids.shape[1] == 0:
-            raise GenError(f"logits need a (batch, length) array of token ids, got shape {input_ids.shape}")
-        if input_ids.shape[1] > self.block_size:
-            raise GenError(f"cannot score {input_ids.shape[1]} tokens at once; block_size is {self.block_size}")
-        feed = {INPUT_IDS: input_ids, ATTENTION_MASK: np.ones_like(input_ids)}
-        feed.update(zip(self._past_names, self.empty_past(input_ids.shape[0])))
-        return self.session.run([LOGITS], feed)[0]
 
     # --- text ------------------------------------------------------------------------
 

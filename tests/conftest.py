@@ -1,6 +1,14 @@
+"""Fixtures shared by the test modules: the in-repository corpus, a tokenizer, a small GPT."""
+from pathlib import Path
+
 import pytest
 
 from gen.core.plugins import reset_plugins
+
+# The first 59,804 characters of Tiny Shakespeare (public domain): the suite's corpus,
+# inside the repository so that a bare clone passes its tests.
+SHAKESPEARE = Path(__file__).resolve().parent / "data" / "tinyshakespeare-excerpt.txt"
+SMALL_GPT = dict(block_size=16, n_layer=2, n_head=2, n_embd=32)
 
 
 @pytest.fixture
@@ -10,3 +18,53 @@ def fresh_plugins():
     reset_plugins()
     yield
     reset_plugins()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one torch thread; on a busy two-core machine a second,
+    spinning OpenMP thread makes step-by-step generation many times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def text() -> str:
+    return SHAKESPEARE.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(text):
+    from gen.plugins.tokenizers import CharTokenizer
+
+    return CharTokenizer.train(text)
+
+
+@pytest.fixture(scope="session")
+def make_gpt():
+    """make_gpt(vocab_size, seed=0): a small GPT (SMALL_GPT) with random weights, drawn
+    wider than GPT's init so that the next-token distribution is peaked and greedy
+    choices are not near-ties."""
+    import torch
+
+    from gen.plugins.gpt import GPT
+
+    def make(vocab_size: int, seed: int = 0):
+        torch.manual_seed(seed)
+        model = GPT.from_config(dict(SMALL_GPT, vocab_size=vocab_size))
+        with torch.no_grad():
+            for parameter in model.parameters():
+                if parameter.dim() >= 2:
+                    torch.nn.init.normal_(parameter, std=0.3)
+        return model.eval()
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def gpt(make_gpt, tokenizer):
+    return make_gpt(tokenizer.vocab_size)

@@ -1,5 +1,6 @@
 """Training data: the downloader (against a local HTTP server), reading the corpus,
 the tokenizer and token caches, and the 90/10 split."""
+import dataclasses
 import hashlib
 import http.server
 import threading
@@ -12,7 +13,7 @@ from gen.core import data
 from gen.core.errors import GenError
 from gen.core.plugins import get_registry
 
-SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+SHAKESPEARE = Path(__file__).resolve().parent / "data" / "tinyshakespeare-excerpt.txt"  # its first 59,804 characters
 GOOD_BODY = b"To be, or not to be, that is the question.\n" * 200
 GOOD_SHA256 = hashlib.sha256(GOOD_BODY).hexdigest()
 
@@ -107,6 +108,10 @@ def test_http_error_is_reported(server, tmp_path):
 
 
 def test_shakespeare_is_downloaded_once_into_the_user_cache(server, monkeypatch, private_cache):
+    # The server serves the repository's excerpt, so the pinned checksum becomes the excerpt's.
+    excerpt_sha256 = hashlib.sha256(SHAKESPEARE.read_bytes()).hexdigest()
+    monkeypatch.setitem(data.KNOWN_CORPORA, "shakespeare",
+                        dataclasses.replace(data.KNOWN_CORPORA["shakespeare"], sha256=excerpt_sha256))
     monkeypatch.setenv("GEN_SHAKESPEARE_URL", f"{server}/shakespeare")
     CorpusServer.requests.clear()
     path = data.corpus_path("shakespeare", progress=False)
@@ -177,7 +182,7 @@ def test_tokenizer_options_reach_the_tokenizer(tmp_path):
     assert dataset.tokenizer.vocab_size == 300
     assert dataset.tokenizer_document["name"] == "bpe"
     with pytest.raises(GenError, match="malformed tokenizer spec"):
-        data.parse_tokenizer_spec("bpe:vocab_size")
+        data.load_dataset(str(corpus), tokenizer_spec="bpe:vocab_size")
     with pytest.raises(GenError, match="unknown tokenizer"):
         data.load_dataset(str(corpus), tokenizer_spec="nonesuch")
 

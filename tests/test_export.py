@@ -18,7 +18,7 @@ from gen.core import hookimpl
 from gen.core.checkpoint import save_checkpoint
 from gen.core.cli import GenGroup
 from gen.core.errors import GenError
-from gen.core.plugins import get_plugin_manager
+from gen.core.plugins import get_plugins
 from gen.core.tokenizer import tokenizer_from_dict, tokenizer_to_dict
 from gen.export.cli import export
 from gen.export.attention import TRANSLATIONS
@@ -26,49 +26,12 @@ from gen.export.onnx_export import _quiet_exporter, cache_shape, export_model
 from gen.export.verify import verify_export
 from gen.plugins.bigram import BigramLanguageModel
 from gen.plugins.gpt import GPT
-from gen.plugins.tokenizers import CharTokenizer
+
 from gen.runtime.artifact import FORMAT_VERSION, past_names, present_names
 
-SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
-BLOCK_SIZE = 16
+BLOCK_SIZE = 16  # conftest's small GPT
 GPT_CONFIG = dict(block_size=BLOCK_SIZE, n_layer=2, n_head=2, n_embd=32)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run fastest on one torch thread; on a busy two-core machine a second,
-    spinning OpenMP thread makes them many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def text() -> str:
-    return SHAKESPEARE.read_text(encoding="utf-8")
-
-
-@pytest.fixture(scope="module")
-def tokenizer(text):
-    return CharTokenizer.train(text)
-
-
-def make_gpt(vocab_size: int, seed: int = 0) -> GPT:
-    """A small GPT with random weights, drawn wider than GPT's init so that the
-    next-token distribution is peaked and greedy choices are not near-ties."""
-    torch.manual_seed(seed)
-    model = GPT.from_config(dict(GPT_CONFIG, vocab_size=vocab_size))
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.dim() >= 2:
-                torch.nn.init.normal_(parameter, std=0.3)
-    return model.eval()
-
-
-@pytest.fixture(scope="module")
-def gpt(tokenizer):
-    return make_gpt(tokenizer.vocab_size)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -181,11 +144,11 @@ def test_the_graph_runs_at_any_batch_size(gpt, session):
         assert np.abs(outputs[0] - expected.numpy()).max() <= 1e-4
 
 
-def test_verification_fails_loudly_when_the_file_does_not_match_the_model(gpt_export, tokenizer):
+def test_verification_fails_loudly_when_the_file_does_not_match_the_model(gpt_export, tokenizer, make_gpt):
     result, _ = gpt_export
     other = make_gpt(tokenizer.vocab_size, seed=1)
     with pytest.raises(GenError, match=r"verification failed: batch 1, length 1.*> 0.0001"):
-        verify_export(other, result.path, cache_shape(other), progress=None)
+        verify_export(other, result.path, progress=None)
 
 
 class Attention(torch.nn.Module):
@@ -293,7 +256,7 @@ def test_another_supported_opset_is_written_and_verified(gpt, tokenizer, tmp_pat
 
 def test_a_tokenizer_larger_than_the_model_vocabulary_is_refused(tokenizer, tmp_path):
     small = GPT.from_config(dict(GPT_CONFIG, vocab_size=10))
-    with pytest.raises(GenError, match="the tokenizer has 65 tokens but the model only 10"):
+    with pytest.raises(GenError, match="the tokenizer has 59 tokens but the model only 10"):
         export_model(small, tmp_path / "x.onnx", tokenizer_document=tokenizer_to_dict("char", tokenizer))
 
 
@@ -305,7 +268,7 @@ def checkpoint_with_data(gpt, tokenizer, text, tmp_path, monkeypatch):
     """A checkpoint whose training arguments name a corpus file that is at hand."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # load_dataset caches token files there
     corpus = tmp_path / "corpus.txt"
-    corpus.write_text(text[:100_000], encoding="utf-8")
+    corpus.write_text(text[:50_000], encoding="utf-8")
     return save_checkpoint(
         tmp_path / "run" / "best", model=gpt, model_name="gpt",
         tokenizer_document=tokenizer_to_dict("char", tokenizer), train_args={"data": str(corpus)}, step=10,
@@ -325,8 +288,8 @@ def test_gen_export_int8_from_a_run_directory_reports_size_and_validation_loss(c
     assert any(line.startswith("[4/4] verifying onnxruntime against torch") for line in lines)
     assert any("verified: max abs logits difference" in line for line in lines)
     assert any(re.search(r"size: fp32 [\d.]+ MB -> int8 [\d.]+ MB", line) for line in lines)
-    # 10% of 100,000 characters is the validation split: 10,000 tokens, 9,999 scored.
-    assert any(re.search(r"validation loss on 9,999 tokens of the validation split of '.*corpus.txt': "
+    # 10% of 50,000 characters is the validation split: 5,000 tokens, 4,999 scored.
+    assert any(re.search(r"validation loss on 4,999 tokens of the validation split of '.*corpus.txt': "
                          r"fp32 [\d.]+, int8 [\d.]+ \([+-][\d.]+ nats/token", line) for line in lines)
     assert lines[-1] == f"wrote {output} ({output.stat().st_size / 1e6:.2f} MB); run it with: gen run {output}"
     assert sorted(path.name for path in output.parent.iterdir()) == ["model.int8.onnx"]  # no leftovers
@@ -377,7 +340,7 @@ def register_models(register):
 def third_party_model(fresh_plugins):
     plugin = types.ModuleType("gen_previous_two")  # what an installed plugin module would be
     plugin.register_models = register_models
-    get_plugin_manager().register(plugin, name="gen-previous-two")
+    get_plugins().register(plugin, "gen-previous-two")
 
 
 def test_a_third_party_model_without_a_cache_exports_through_forward(third_party_model, tokenizer, tmp_path):
@@ -406,8 +369,8 @@ def test_a_third_party_model_with_a_cache_exports_its_kv_inputs(tokenizer, tmp_p
         def forward_cached(self, input_ids, attention_mask, past_key_values):
             return self.inner.forward_cached(input_ids, attention_mask, past_key_values)
 
-        def empty_past(self, batch_size):
-            return self.inner.empty_past(batch_size)
+        def empty_past(self, batch_size, device=None):
+            return self.inner.empty_past(batch_size, device)
 
     model = WrappedGPT(GPT.from_config(dict(block_size=8, n_layer=1, n_head=4, n_embd=16, vocab_size=tokenizer.vocab_size)))
     result = export_model(

@@ -102,7 +102,7 @@ def test_torch_backend_returns_float32_logits_of_the_last_position():
     backend = TorchBackend(model)
     assert backend.uses_cache and backend.block_size == BLOCK_SIZE
     input_ids, mask = left_pad([[1, 2, 3]])
-    logits, past = backend(input_ids, mask, None)
+    logits, past = backend.step(input_ids, mask, None)
     assert logits.dtype == np.float32 and logits.shape == (1, VOCAB)
     with torch.no_grad():
         expected, _ = model(torch.tensor([[1, 2, 3]]))

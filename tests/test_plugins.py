@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from gen.core import GenError, hookimpl
 from gen.core.cli import cli
-from gen.core.plugins import get_plugin_manager, get_registry, plugin_warnings, reset_plugins
+from gen.core.plugins import get_plugins, get_registry, reset_plugins
 from gen.core.sampling import build_sampler_chain
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -60,7 +60,7 @@ def environment_without_allowlist() -> dict:
 
 
 def test_gen_plugins_lists_an_in_process_plugin_with_its_provider(fresh_plugins):
-    get_plugin_manager().register(FirstTokenPlugin(), name="first-token-plugin")
+    get_plugins().register(FirstTokenPlugin(), "first-token-plugin")
 
     result = invoke_gen("plugins")
 
@@ -73,7 +73,7 @@ def test_gen_plugins_lists_an_in_process_plugin_with_its_provider(fresh_plugins)
 
 
 def test_gen_plugins_json_parses(fresh_plugins):
-    get_plugin_manager().register(FirstTokenPlugin(), name="first-token-plugin")
+    get_plugins().register(FirstTokenPlugin(), "first-token-plugin")
 
     result = invoke_gen("plugins", "--json")
 
@@ -88,7 +88,7 @@ def test_gen_plugins_json_parses(fresh_plugins):
 
 
 def test_a_name_registered_twice_is_a_one_line_error_naming_both_providers(fresh_plugins):
-    get_plugin_manager().register(SecondGreedyPlugin(), name="second-greedy-plugin")
+    get_plugins().register(SecondGreedyPlugin(), "second-greedy-plugin")
 
     result = invoke_gen("plugins")
 
@@ -110,7 +110,7 @@ class BrokenHookPlugin:
 
 
 def test_a_plugin_whose_hook_raises_is_reported_and_the_others_keep_working(fresh_plugins):
-    get_plugin_manager().register(BrokenHookPlugin(), name="broken-hook-plugin")
+    get_plugins().register(BrokenHookPlugin(), "broken-hook-plugin")
     result = invoke_gen("plugins")
     assert result.exit_code == 0, result.output
     assert "failed: broken-hook-plugin" in result.output
@@ -119,7 +119,7 @@ def test_a_plugin_whose_hook_raises_is_reported_and_the_others_keep_working(fres
 
 
 def test_a_broken_register_hook_is_a_one_line_warning_in_other_commands(fresh_plugins):
-    get_plugin_manager().register(BrokenHookPlugin(), name="broken-hook-plugin")
+    get_plugins().register(BrokenHookPlugin(), "broken-hook-plugin")
     result = invoke_gen("run", "--help")
     assert result.exit_code == 0, result.output
     assert "Warning: plugin 'broken-hook-plugin'" in result.output
@@ -144,10 +144,10 @@ class HelloCommandPlugin:
 def test_a_broken_register_commands_is_reported_and_other_plugins_commands_arrive(fresh_plugins):
     from gen.core import cli as cli_module
 
-    manager = get_plugin_manager()
-    manager.register(BrokenCommandsPlugin(), name="broken-commands")
-    manager.register(HelloCommandPlugin(), name="hello-commands")
-    cli_module._add_plugin_commands()
+    plugins = get_plugins()
+    plugins.register(BrokenCommandsPlugin(), "broken-commands")
+    plugins.register(HelloCommandPlugin(), "hello-commands")
+    plugins.add_commands(cli_module.cli)
     try:
         result = invoke_gen("hello-from-plugin")
         assert result.exit_code == 0, result.output
@@ -215,7 +215,7 @@ def test_a_plugin_that_fails_to_import_is_reported_and_the_others_keep_working(f
     failed = json.loads(invoke_gen("plugins", "--json").output)["failed"]
     assert [entry["name"] for entry in failed] == ["gen_tests_broken"]
     # Other commands warn in one line and go on.
-    [warning] = plugin_warnings()
+    [warning] = get_plugins().warnings()
     assert "'gen_tests_broken' from gen-tests-broken failed to load" in warning
     ids = build_sampler_chain(["last_token"])(np.zeros((2, 7), dtype=np.float32), np.random.default_rng(0))
     np.testing.assert_array_equal(ids, [6, 6])
@@ -229,13 +229,13 @@ def test_gen_plugins_allowlist_excludes_other_third_party_plugins(fresh_plugins,
     registry = get_registry()
     assert "last_token" not in registry.names("sampler")
     assert "greedy" in registry.names("sampler")
-    assert registry.failures == []  # an excluded plugin is not even imported
+    assert get_plugins().failures == []  # an excluded plugin is not even imported
 
     reset_plugins()  # GEN_PLUGINS is read when the plugins are loaded
     monkeypatch.setenv("GEN_PLUGINS", "gen_tests_working")  # any spelling of the name
     registry = get_registry()
     assert registry.entry("sampler", "last_token").provider == "gen-tests-working"
-    assert registry.failures == []
+    assert get_plugins().failures == []
     assert "gen_tests_broken" not in sys.modules
 
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from conftest import SHAKESPEARE
 from gen.core.checkpoint import save_checkpoint
 from gen.core.cli import GenGroup
 from gen.core.commands import sample
@@ -26,49 +27,14 @@ from gen.core.torch_backend import TorchBackend
 from gen.export.cli import export
 from gen.export.onnx_export import export_model
 from gen.plugins.bigram import BigramLanguageModel
-from gen.plugins.gpt import GPT
-from gen.plugins.tokenizers import CharTokenizer
 from gen.runtime.artifact import FORMAT_VERSION
 from gen.runtime.cli import run
+from gen.runtime.backends import open_backend
 from gen.runtime.generator import Generator
-from gen.runtime.scoring import onnx_logits_function
 
-SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
-BLOCK_SIZE = 16
+BLOCK_SIZE = 16  # conftest's small GPT
 REPOSITORY = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Step-by-step torch generation of a tiny model is fastest on one thread, and on a
-    busy two-core machine a second, spinning OpenMP thread makes it 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def text() -> str:
-    return SHAKESPEARE.read_text(encoding="utf-8")
-
-
-@pytest.fixture(scope="module")
-def tokenizer(text):
-    return CharTokenizer.train(text)
-
-
-@pytest.fixture(scope="module")
-def gpt(tokenizer):
-    """A small GPT with random weights, drawn wider than GPT's init so that the
-    next-token distribution is peaked and greedy choices are not near-ties."""
-    torch.manual_seed(0)
-    model = GPT.from_config(dict(vocab_size=tokenizer.vocab_size, block_size=BLOCK_SIZE, n_layer=2, n_head=2, n_embd=32))
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.dim() >= 2:
-                torch.nn.init.normal_(parameter, std=0.3)
-    return model.eval()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -148,10 +114,10 @@ def test_bigram_text_equals_torch_without_a_cache(bigram, tokenizer, bigram_path
 
 
 def test_exported_model_scores_like_torch(gpt, gpt_path, tokenizer, text):
-    logits_of, block_size, onnx_tokenizer = onnx_logits_function(gpt_path)
-    ids = onnx_tokenizer.encode(text[:2000])
-    assert block_size == BLOCK_SIZE
-    onnx_loss, tokens = exact_loss(logits_of, ids, block_size)
+    backend = open_backend(gpt_path)
+    ids = backend.tokenizer.encode(text[:2000])
+    assert backend.block_size == BLOCK_SIZE
+    onnx_loss, tokens = exact_loss(backend.logits, ids, backend.block_size)
 
     def torch_logits(batch):
         with torch.no_grad():
@@ -368,7 +334,7 @@ sys.modules["torch"] = None  # any `import torch` now raises ImportError
 import click
 from click.testing import CliRunner
 import gen.runtime
-from gen.runtime import Generator, onnx_logits_function
+from gen.runtime import Generator, open_backend
 from gen.runtime.cli import run
 from gen.core.checkpoint import save_checkpoint
 from gen.core.cli import GenGroup
@@ -376,8 +342,8 @@ from gen.core.commands import sample
 
 generator = Generator(sys.argv[1])
 text = generator.generate(["ROMEO:"], sampler="greedy", max_new_tokens=100)[0]
-logits_of, block_size, _ = onnx_logits_function(sys.argv[1])
-assert logits_of(__import__("numpy").zeros((2, block_size), dtype="int64")).shape[:2] == (2, block_size)
+backend = open_backend(sys.argv[1])
+assert backend.logits(__import__("numpy").zeros((2, backend.block_size), dtype="int64")).shape[:2] == (2, backend.block_size)
 result = CliRunner().invoke(GenGroup(commands=[run]), ["run", sys.argv[1], "--sampler", "greedy",
                                                        "--max-new-tokens", "100", "--prompt", "ROMEO:"])
 assert result.exit_code == 0, result.output
@@ -400,7 +366,7 @@ def test_the_runtime_runs_with_torch_blocked(gpt_path, generator):
 def test_importing_the_cli_commands_stays_light():
     script = (
         "import sys; import gen.runtime.cli, gen.export.cli, gen.runtime, gen.export; "
-        "heavy = [m for m in ('torch', 'onnx', 'onnxruntime', 'onnxscript', 'numpy') if m in sys.modules]; "
+        "heavy = [m for m in ('torch', 'onnx', 'onnxruntime', 'onnxscript') if m in sys.modules]; "
         "print(heavy)"
     )
     completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=REPOSITORY)

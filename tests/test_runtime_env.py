@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 REPOSITORY = Path(__file__).resolve().parents[1]
-CORPUS = REPOSITORY.parent / "shared" / "data" / "tinyshakespeare.txt"
+CORPUS = REPOSITORY / "tests" / "data" / "tinyshakespeare-excerpt.txt"
 MAIN_BIN = Path(sys.executable).parent
 PROMPT = "ROMEO:"
 GENERATE_ARGUMENTS = ["--prompt", PROMPT, "--sampler", "greedy", "--max-new-tokens", "120", "--seed", "0"]

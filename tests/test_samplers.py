@@ -222,7 +222,7 @@ def test_no_sampler_means_multinomial():
     [
         (["nucleus:p=0.9"], "unknown sampler 'nucleus'; known samplers: " + ", ".join(BUILTIN_SAMPLERS)),
         (["top_k:n=3"], "unknown option 'n' for sampler 'top_k'; accepted options: k (int=40)"),
-        (["top_k:k=abc"], "k='abc' in 'top_k:k=abc' is not a valid int"),
+        (["top_k:k=abc"], "sampler 'top_k' option k='abc' is not a valid int"),
         (["top_p:p=high"], "is not a valid float"),
         (["top_k:"], "malformed sampler spec 'top_k:'"),
         (["top_k:k"], "malformed sampler spec 'top_k:k'"),

@@ -16,9 +16,9 @@ from safetensors.torch import load_file
 
 from gen.core import hookimpl
 from gen.core.cli import cli
-from gen.core.plugins import get_plugin_manager
+from gen.core.plugins import get_plugins
 
-SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+SHAKESPEARE = Path(__file__).resolve().parent / "data" / "tinyshakespeare-excerpt.txt"  # its first 59,804 characters
 GEN_SCRIPT = Path(sys.executable).parent / "gen"
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "8",
         "--eval-iters", "4", "--warmup-iters", "5"]
@@ -131,11 +131,11 @@ def test_resume_continues_bit_for_bit(corpus, tmp_path):
     train(corpus, tmp_path / "straight", *options, max_iters=40, eval_interval=10)
 
     stopper = StopAtStep(20)
-    get_plugin_manager().register(stopper, name="stop-at-20")
+    get_plugins().register(stopper, "stop-at-20")
     try:
         result = train(corpus, tmp_path / "resumed", *options, max_iters=40, eval_interval=10)
     finally:
-        get_plugin_manager().unregister(stopper)
+        get_plugins().unregister(stopper)
     assert "stopped early at step 20" in result.output
     assert json.loads((tmp_path / "resumed" / "latest" / "config.json").read_text())["step"] == 20
 
@@ -176,11 +176,11 @@ class Recorder:
 
 def test_training_calls_the_plugin_hooks(corpus, tmp_path):
     recorder = Recorder()
-    get_plugin_manager().register(recorder, name="recorder")
+    get_plugins().register(recorder, "recorder")
     try:
         train(corpus, tmp_path / "out", max_iters=4, eval_interval=2)
     finally:
-        get_plugin_manager().unregister(recorder)
+        get_plugins().unregister(recorder)
     keys = ["elapsed_s", "lr", "step", "tokens", "tokens_per_s", "train_loss", "val_loss"]
     assert recorder.events[0] == ("start", 4, 32)
     assert recorder.events[1] == ("eval", 0, sorted(keys + ["uniform_loss"]))

@@ -6,7 +6,7 @@ distribution), smallest gap first, until their mass reaches p.
 """
 import numpy as np
 
-from gen.core import GenError, LogitsFilter, hookimpl, mask_logits
+from gen.core import GenError, LogitsFilter, hookimpl, mask_beyond_mass
 
 
 class Typical(LogitsFilter):
@@ -30,15 +30,7 @@ class Typical(LogitsFilter):
         surprise_gap = np.abs(-log_probs - entropy)
 
         most_typical_first = np.argsort(surprise_gap, axis=-1, kind="stable")
-        sorted_probs = np.take_along_axis(probs, most_typical_first, axis=-1)
-        cumulative = np.cumsum(sorted_probs, axis=-1)
-        # Drop a token when the more typical ones already reach p without it; the
-        # most typical token has nothing before it, so one token always survives.
-        mass_before = np.concatenate([np.zeros_like(cumulative[:, :1]), cumulative[:, :-1]], axis=-1)
-        remove_sorted = mass_before >= self.p
-        remove = np.empty_like(remove_sorted)
-        np.put_along_axis(remove, most_typical_first, remove_sorted, axis=-1)
-        return mask_logits(logits, remove)
+        return mask_beyond_mass(logits, probs, most_typical_first, self.p)
 
 
 @hookimpl

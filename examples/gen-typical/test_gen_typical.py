@@ -6,7 +6,7 @@ from click.testing import CliRunner
 import gen_typical
 from gen.core import GenError
 from gen.core.cli import cli
-from gen.core.plugins import get_plugin_manager, reset_plugins
+from gen.core.plugins import get_plugins, reset_plugins
 from gen.core.sampling import build_sampler_chain
 
 
@@ -14,9 +14,9 @@ from gen.core.sampling import build_sampler_chain
 def typical_registered():
     """gen's plugins with this module registered, as if the package were installed."""
     reset_plugins()
-    manager = get_plugin_manager()
-    if not manager.is_registered(gen_typical):  # already loaded when the package is installed
-        manager.register(gen_typical, name="gen-typical")
+    plugins = get_plugins()
+    if not plugins.is_registered(gen_typical):  # already loaded when the package is installed
+        plugins.register(gen_typical, "gen-typical")
     yield
     reset_plugins()  # the next test starts from the installed plugins only
 
