@@ -27,13 +27,13 @@ import torch
 from gen.core.generate import generate_text
 from gen.core.sampling import build_sampler_chain
 from gen.core.tokenizer import tokenizer_from_dict, tokenizer_to_dict
+from gen.core.data import corpus_path, read_text
 from gen.core.torch_backend import TorchBackend
 from gen.export.onnx_export import export_model
 from gen.plugins.gpt import GPT
 from gen.plugins.tokenizers import CharTokenizer
 from gen.runtime.generator import Generator
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 CPU_RECIPE = dict(block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0)
 
 # The targets of issue 4.
@@ -43,13 +43,13 @@ TARGET_BATCH_32_OVER_BATCH_1 = 8.0
 TARGET_GEN_RUN_SECONDS = 1.5
 
 
-def model_and_tokenizer_document(checkpoint: str | None):
+def model_and_tokenizer_document(checkpoint: str | None, data: str):
     if checkpoint:
         from gen.core.checkpoint import load_checkpoint
 
         loaded = load_checkpoint(checkpoint, device="cpu")
         return loaded.model, loaded.model_name, loaded.tokenizer_document
-    tokenizer = CharTokenizer.train(CORPUS.read_text(encoding="utf-8"))
+    tokenizer = CharTokenizer.train(read_text(corpus_path(data)))
     torch.manual_seed(0)
     model = GPT.from_config(dict(CPU_RECIPE, vocab_size=tokenizer.vocab_size)).eval()
     return model, "gpt", tokenizer_to_dict("char", tokenizer)
@@ -95,6 +95,8 @@ def time_gen_run(model_path: Path, new_tokens: int) -> tuple[str, float | None]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", help="a checkpoint directory instead of the random-weight CPU recipe")
+    parser.add_argument("--data", default="shakespeare",
+                        help="the corpus whose characters the random-weight model uses (a path, or 'shakespeare')")
     parser.add_argument("--new-tokens", type=int, default=500)
     parser.add_argument("--batch-sizes", type=int, nargs=2, default=[1, 32], metavar=("SMALL", "LARGE"))
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads for torch and onnxruntime")
@@ -103,7 +105,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    model, model_name, tokenizer_document = model_and_tokenizer_document(args.checkpoint)
+    model, model_name, tokenizer_document = model_and_tokenizer_document(args.checkpoint, args.data)
     tokenizer = tokenizer_from_dict(tokenizer_document)
     config = model.config_dict()
     print(

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
+from gen.core.data import corpus_path, read_text
 from gen.plugins.tokenizers import BPETokenizer, ByteTokenizer, CharTokenizer
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
 
 def timed(function, *args, **kwargs):
@@ -31,13 +30,13 @@ def timed(function, *args, **kwargs):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                        help=f"UTF-8 text file to train and encode (default: {DEFAULT_DATA})")
+    parser.add_argument("--data", default="shakespeare",
+                        help="UTF-8 text file to train and encode, or 'shakespeare' (downloaded once)")
     parser.add_argument("--vocab-size", type=int, default=4096,
                         help="BPE vocabulary size to train to (default: 4096)")
     args = parser.parse_args()
 
-    text = args.data.read_text(encoding="utf-8")
+    text = read_text(corpus_path(args.data))
     print(f"data: {args.data} ({len(text):,} characters, "
           f"{len(text.encode('utf-8', 'surrogatepass')):,} bytes)")
 

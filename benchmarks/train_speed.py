@@ -28,18 +28,17 @@ import math
 import statistics
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from gen.core.checkpoint import TrainConfig, build_model
+from gen.core.checkpoint import build_model
+from gen.core.train_config import TrainConfig
 from gen.core.data import load_dataset
 from gen.core.train import Trainer, resolve_device, resolve_dtype
 
-SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 NANOGPT_TOKENS_PER_SECOND = 13_000  # the figure for nanoGPT on this kind of machine
 TARGET_RATIO = 1.3
 
@@ -215,7 +214,7 @@ def gen_trainer(dataset, batch_size: int, block_size: int, lr: float, dtype: str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(SHAKESPEARE))
+    parser.add_argument("--data", default="shakespeare", help="a UTF-8 text file, or 'shakespeare' (downloaded once)")
     parser.add_argument("--batch-size", type=int, default=12)
     parser.add_argument("--block-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)

@@ -48,8 +48,9 @@ def invoke_gen(*arguments):
 
 
 def table_rows(output: str) -> list[list[str]]:
-    """The KIND, NAME and PROVIDER cells of each `gen plugins` row."""
-    return [line.split()[:3] for line in output.splitlines()[1:] if not line.startswith("failed:")]
+    """The KIND, NAME and PROVIDER cells of each `gen plugins` row (not the indented options lines)."""
+    return [line.split()[:3] for line in output.splitlines()[1:]
+            if not line.startswith(("failed:", " "))]
 
 
 def environment_without_allowlist() -> dict:
@@ -85,6 +86,20 @@ def test_gen_plugins_json_parses(fresh_plugins):
     assert {"greedy", "multinomial", "temperature", "top_k", "top_p", "min_p"} <= set(samplers)
     assert all(samplers[name]["provider"] == "gen" for name in ("greedy", "top_p"))
     assert isinstance(document["failed"], list)
+    assert samplers["top_k"]["options"] == {"k": {"type": "int", "default": 40}}
+    models = {row["name"]: row for row in document["plugins"] if row["kind"] == "model"}
+    assert models["gpt"]["options"]["n_layer"] == {"type": "int", "default": 4}
+    assert "vocab_size" not in models["gpt"]["options"]  # set from the tokenizer, not by the user
+
+
+def test_gen_plugins_shows_each_plugins_options_under_it(fresh_plugins):
+    lines = invoke_gen("plugins").output.splitlines()
+    options_of = {line.split()[1]: lines[index + 1].strip() for index, line in enumerate(lines[1:], 1)
+                  if not line.startswith((" ", "failed:"))}
+    assert options_of["top_k"] == "options: k (int=40)"
+    assert options_of["greedy"] == "options: none"
+    assert options_of["bpe"] == "options: vocab_size (int=512)"
+    assert options_of["bigram"] == "options: block_size (int=64)"
 
 
 def test_a_name_registered_twice_is_a_one_line_error_naming_both_providers(fresh_plugins):

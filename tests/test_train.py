@@ -212,6 +212,65 @@ def test_options_from_a_toml_file_with_the_command_line_winning(corpus, tmp_path
     assert saved["model"]["config"]["n_embd"] == 16
 
 
+def test_model_options_in_the_model_spec(corpus, tmp_path):
+    out = tmp_path / "out"
+    train(corpus, out, "--model", "gpt:bias=true,dropout=0.1", max_iters=4, eval_interval=4)
+    saved = json.loads((out / "latest" / "config.json").read_text())
+    assert saved["model"]["config"]["bias"] is True and saved["model"]["config"]["dropout"] == 0.1
+    assert saved["model"]["config"]["n_embd"] == 32  # --n-embd from TINY, a shortcut for gpt's n_embd
+    assert saved["train_args"]["model"] == "gpt:bias=true,dropout=0.1"
+
+
+def test_model_options_from_a_toml_table(corpus, tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text(f'data = "{corpus}"\nmax_iters = 2\neval_interval = 2\nbatch_size = 4\n\n'
+                      f'[model]\nname = "gpt"\nn_layer = 1\nn_head = 2\nn_embd = 16\nblock_size = 8\n')
+    result = gen("train", "--config", config, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "out" / "latest" / "config.json").read_text())
+    assert {key: saved["model"]["config"][key] for key in ("n_layer", "n_head", "n_embd", "block_size")} == {
+        "n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 8}
+
+
+@pytest.mark.parametrize("arguments, fragments", [
+    (["--model", "gpt:n_layers=2"], ["unknown option 'n_layers' for model 'gpt'", "accepted options: block_size (int=64)"]),
+    (["--model", "gpt:n_layer=two"], ["model 'gpt' option n_layer='two' is not a valid int"]),
+    (["--model", "gpt:n_layer=2", "--n-layer", "3"], ["--n-layer 3 contradicts --model 'gpt:n_layer=2'"]),
+    (["--model", "gpt:n_layer"], ["malformed model spec 'gpt:n_layer'"]),
+    (["--model", "gpt:n_layer=0"], ["gpt n_layer must be at least 1"]),
+    (["--model", "nonesuch"], ["unknown model 'nonesuch'; known models: bigram, gpt"]),
+])
+def test_bad_model_specs_are_one_line_errors(corpus, tmp_path, arguments, fragments):
+    result = gen("train", "--data", corpus, "--out", tmp_path / "out", *arguments)
+    assert_one_line_error(result, *fragments)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_bigram_brings_its_own_learning_rate(corpus, tmp_path):
+    def trained_lr(*arguments, config_text=None):
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        extra = []
+        if config_text is not None:
+            config = tmp_path / "bigram.toml"
+            config.write_text(config_text)
+            extra = ["--config", config]
+        result = gen("train", "--model", "bigram", "--data", corpus, "--out", out, "--max-iters", "2",
+                     "--eval-interval", "2", *extra, *arguments)
+        assert result.exit_code == 0, result.output
+        return json.loads((out / "latest" / "config.json").read_text())["train_args"]["lr"]
+
+    assert trained_lr() == 0.1  # BigramLanguageModel.training_defaults
+    assert trained_lr("--lr", "0.05") == 0.05  # the command line wins
+    assert trained_lr(config_text="lr = 0.02\n") == 0.02  # and so does the config file
+
+
+def test_train_help_lists_every_model_with_its_options():
+    result = gen("train", "--help")
+    assert result.exit_code == 0, result.output
+    assert "bigram: block_size (int=64)" in result.output
+    assert "gpt: block_size (int=64), n_layer (int=4), n_head (int=4), n_embd (int=128)," in result.output
+
+
 # --- sample and eval ----------------------------------------------------------------
 
 
