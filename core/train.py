@@ -42,6 +42,7 @@ from gen.core.files import recover_interrupted_replace
 from gen.core.plugins import get_plugins
 from gen.core.train_config import (
     FIXED_ON_RESUME,
+    MODEL_SHORTCUTS,
     NOT_SAVED,
     TrainConfig,
     check_config,
@@ -283,13 +284,15 @@ class TrainResult:
 
 def _config_for_resume(config: TrainConfig, given: set[str], latest: Path) -> TrainConfig:
     """The saved run's options, with those given now for this session (max_iters, ...)."""
-    saved = read_config(latest)["train_args"]
-    values = {key: value for key, value in saved.items() if key not in NOT_SAVED}
+    document = read_config(latest)
+    values = {key: value for key, value in document["train_args"].items() if key not in NOT_SAVED}
+    # What the run was: its options, and for the model shortcuts the model's actual config.
+    recorded = {**values, **{key: document["model"]["config"].get(key) for key in MODEL_SHORTCUTS}}
     for key in given:
         value = getattr(config, key)
-        if key in FIXED_ON_RESUME and key in values and values[key] != value:
+        if key in FIXED_ON_RESUME and recorded.get(key) is not None and recorded[key] != value:
             raise GenError(
-                f"{option_flag(key)} {value} differs from the run being resumed ({values[key]}); "
+                f"{option_flag(key)} {value} differs from the run being resumed ({recorded[key]}); "
                 f"a resumed run keeps its model and data; leave the option out, or train anew into another --out"
             )
         values[key] = value
