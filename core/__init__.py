@@ -7,22 +7,28 @@ from gen.core.errors import GenError
 from gen.core.hookspecs import hookimpl, hookspec
 from gen.core.model import LanguageModel, has_kv_cache
 from gen.core.sampling import (
+    LogitBias,
     LogitsFilter,
     Sampler,
+    SamplingContext,
     argmax,
     check_logits,
     draw,
+    log_softmax,
     mask_beyond_mass,
     mask_logits,
     softmax,
+    token_counts,
 )
 from gen.core.tokenizer import Tokenizer
 
 __all__ = [
     "GenError",
     "LanguageModel",
+    "LogitBias",
     "LogitsFilter",
     "Sampler",
+    "SamplingContext",
     "Tokenizer",
     "argmax",
     "check_logits",
@@ -30,7 +36,9 @@ __all__ = [
     "has_kv_cache",
     "hookimpl",
     "hookspec",
+    "log_softmax",
     "mask_beyond_mass",
     "mask_logits",
     "softmax",
+    "token_counts",
 ]

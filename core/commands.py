@@ -11,6 +11,7 @@ import click
 from click.core import ParameterSource
 
 from gen.core.errors import GenError
+from gen.core.generation_options import echo_from_options, generation_options
 from gen.core.hookspecs import hookimpl
 from gen.core.specs import format_spec, options_of
 from gen.core.train_config import DTYPES, LIMITS, TrainConfig
@@ -213,32 +214,20 @@ train = _train_command()
 @click.command()
 @click.option("--checkpoint", default="out", show_default=True,
               help="A checkpoint directory, or a run directory (its best checkpoint).")
-@click.option("--prompt", default="\n", show_default="a newline", help="Text to continue.")
-@click.option("--sampler", "samplers", multiple=True, metavar="SPEC",
-              help="NAME[:KEY=VALUE,...], e.g. top_p:p=0.9; repeat to chain filters (default: multinomial).")
-@click.option("--max-new-tokens", type=click.IntRange(min=0), default=500, show_default=True)
-@click.option("--num-samples", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--seed", type=int, default=None, help="Seed of the one random stream of the whole run.")
-@click.option("--stop", multiple=True, metavar="TEXT", help="End a sample at this text (repeatable).")
+@generation_options
 @click.option("--no-cache", is_flag=True, help="Recompute the whole context at every step (no KV cache).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
-def sample(checkpoint, prompt, samplers, max_new_tokens, num_samples, seed, stop, no_cache, device):
+def sample(checkpoint, no_cache, device, **options):
     """Stream text from a checkpoint written by `gen train`.
 
     Past the model's block_size the context slides: with the KV cache, once it is
     full the last block_size/2 tokens are fed again as a fresh prefill; without it,
     every step sees the last block_size tokens.
     """
-    import numpy as np
-
-    from gen.core.generate import echo_samples
-    from gen.core.sampling import build_sampler_chain
     from gen.core.torch_backend import TorchBackend
 
-    sampler = build_sampler_chain(list(samplers))
     backend = TorchBackend.from_checkpoint(checkpoint, device=device, use_cache=not no_cache)
-    echo_samples(backend, backend.tokenizer, prompt, sampler, np.random.default_rng(seed),
-                 max_new_tokens, num_samples, stop)
+    echo_from_options(backend, backend.tokenizer, **options)
 
 
 @hookimpl

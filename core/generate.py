@@ -16,13 +16,14 @@ cache, every step feeds the last `block_size` tokens.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 
 from gen.core.errors import GenError
-from gen.core.sampling import Sampler
+from gen.core.sampling import Sampler, Sampling, SamplingContext, log_softmax
 from gen.core.tokenizer import TextStream, Tokenizer
 
 
@@ -78,27 +79,63 @@ def left_pad(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     return ids, mask
 
 
+class History:
+    """Every row's prompt ids and generated ids, grown in place: what samplers see as
+    `SamplingContext.tokens`. Appending a step writes one id per row; the rows handed
+    to samplers are read-only views, so nothing is copied or rebuilt per step."""
+
+    def __init__(self, prompts: Sequence[Sequence[int]]):
+        self.prompt_lengths = [len(row) for row in prompts]
+        self.lengths = np.array(self.prompt_lengths, dtype=np.int64)
+        self.ids = np.zeros((len(prompts), 2 * max(self.prompt_lengths) + 16), dtype=np.int64)
+        for i, row in enumerate(prompts):
+            self.ids[i, :len(row)] = row
+
+    def append(self, next_ids: np.ndarray) -> None:
+        if self.lengths.max() == self.ids.shape[1]:  # full: double the capacity
+            self.ids = np.concatenate([self.ids, np.zeros_like(self.ids)], axis=1)
+        self.ids[np.arange(len(self.lengths)), self.lengths] = next_ids
+        self.lengths += 1
+
+    def context(self, step: int, tokenizer) -> SamplingContext:
+        read_only = self.ids.view()
+        read_only.flags.writeable = False
+        rows = [read_only[i, :length] for i, length in enumerate(self.lengths.tolist())]
+        return SamplingContext(rows, list(self.prompt_lengths), step, tokenizer)
+
+
 def generate_ids(
     backend: Backend,
     prompts: Sequence[Sequence[int]],
     sampler: Sampler,
     rng: np.random.Generator,
     max_new_tokens: int,
-) -> Iterator[np.ndarray]:
-    """Yield the next token id of every row, (B,) int64, `max_new_tokens` times."""
+    tokenizer=None,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield, `max_new_tokens` times, the next token id of every row, (B,) int64, and the
+    logits it was drawn from, (B, V) float32.
+
+    A sampler (chain) whose `wants_context` is true gets the SamplingContext, built
+    from the history only then; `tokenizer` goes into that context.
+    """
     if not prompts or any(len(row) == 0 for row in prompts):
         raise GenError("every prompt needs at least one token; give a non-empty --prompt")
     block_size = backend.block_size
     rows = [list(row)[-block_size:] for row in prompts]  # the context each row conditions on
+    history = History(prompts) if getattr(sampler, "wants_context", False) else None
     past = None
     mask = None
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         if past is None:
             window = rows if backend.uses_cache else [row[-block_size:] for row in rows]
             input_ids, mask = left_pad(window)
         logits, past = backend.step(input_ids, mask, past)
-        next_ids = sampler(logits, rng)
-        yield next_ids
+        if history is None:
+            next_ids = sampler(logits, rng)
+        else:
+            next_ids = sampler(logits, rng, history.context(step, tokenizer))
+            history.append(next_ids)
+        yield next_ids, logits
         for row, token in zip(rows, next_ids.tolist()):
             row.append(token)
         if not backend.uses_cache:
@@ -162,6 +199,59 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
         raise GenError(f"cannot encode the prompt: {error}") from None
 
 
+@dataclass
+class Alternative:
+    """A token the model could have drawn, with its log-probabilities."""
+
+    id: int
+    text: str
+    logprob: float  # under the model's own distribution
+    sampled_logprob: float  # under the distribution the sampler drew from (-inf if removed)
+
+
+@dataclass
+class TokenChoice:
+    """One generated token and what the model and the sampler thought of it."""
+
+    id: int
+    text: str  # the token decoded on its own
+    logprob: float  # under the model's own distribution
+    sampled_logprob: float  # under the distribution it was drawn from, after the filters
+    top: list[Alternative]  # the most likely tokens under the model, best first
+
+    def to_json(self) -> dict:
+        return {
+            "token": self.id, "text": self.text, "logprob": self.logprob,
+            "sampled_logprob": self.sampled_logprob,
+            "top": [alternative.__dict__ for alternative in self.top],
+        }
+
+
+def token_choices(logits, drawn_from, ids, top_n: int, tokenizer) -> list[TokenChoice]:
+    """The TokenChoice of every row of one step: `logits` (B, V) from the model,
+    `drawn_from` (B, V) what the sampler drew `ids` (B,) from."""
+    model = log_softmax(logits)
+    sampled = log_softmax(drawn_from)
+    top = np.argsort(-model, axis=-1, kind="stable")[:, :top_n]
+    choices = []
+    for row, token in enumerate(ids.tolist()):
+        alternatives = [
+            Alternative(int(i), tokenizer.decode([int(i)]), float(model[row, i]), float(sampled[row, i]))
+            for i in top[row].tolist()
+        ]
+        choices.append(TokenChoice(token, tokenizer.decode([token]), float(model[row, token]),
+                                   float(sampled[row, token]), alternatives))
+    return choices
+
+
+@dataclass
+class TextStep:
+    """What one step of generate_text produced for every row."""
+
+    pieces: list[str]  # the new text of each row ("" if none, or held back)
+    tokens: list[TokenChoice | None] | None  # each row's token (None once a row ended); None unless asked
+
+
 def generate_text(
     backend: Backend,
     tokenizer: Tokenizer,
@@ -170,49 +260,86 @@ def generate_text(
     rng: np.random.Generator,
     max_new_tokens: int,
     stop: Sequence[str] = (),
-) -> Iterator[list[str]]:
-    """Stream text: yield, per step, the new piece of text of every row ("" if none).
+    logprobs: int | None = None,
+) -> Iterator[TextStep]:
+    """Stream text: yield, per step, the new piece of text of every row.
 
     A row ends at the first stop string (which is not included); the loop ends
-    when every row has ended or `max_new_tokens` tokens were drawn.
+    when every row has ended or `max_new_tokens` tokens were drawn; a last step
+    without tokens flushes what was held back. With `logprobs` (a number of
+    alternatives, 0 for none) each step also reports every row's TokenChoice,
+    read off the sampler chain (gen.core.sampling.SamplerChain).
     """
     prompt_ids = [encode_prompt(tokenizer, prompt) for prompt in prompts]
     texts = [_RowText(TextStream(tokenizer), [s for s in stop if s]) for _ in prompts]
-    for next_ids in generate_ids(backend, prompt_ids, sampler, rng, max_new_tokens):
-        yield [row.add(row.stream.push(token)) for row, token in zip(texts, next_ids.tolist())]
+    for next_ids, logits in generate_ids(backend, prompt_ids, sampler, rng, max_new_tokens, tokenizer):
+        tokens = None
+        if logprobs is not None:
+            tokens = token_choices(logits, sampler.drawn_from, next_ids, logprobs, tokenizer)
+        pieces = [row.add(row.stream.push(token)) for row, token in zip(texts, next_ids.tolist())]
+        if tokens is not None:
+            tokens = [None if row.finished else token for row, token in zip(texts, tokens)]
+        yield TextStep(pieces, tokens)
         if all(row.finished for row in texts):
             break
-    yield [row.close() for row in texts]
+    yield TextStep([row.close() for row in texts], None)
 
 
 SAMPLE_SEPARATOR = "-" * 15  # the line between samples on the terminal
+# Token probability -> colour for --show-probs, cold to warm, as (lowest probability, colour).
+PROBABILITY_COLOURS = ((0.85, "red"), (0.6, "yellow"), (0.3, "green"), (0.1, "cyan"), (0.0, "blue"))
+
+
+def probability_colour(probability: float) -> str:
+    return next(colour for lowest, colour in PROBABILITY_COLOURS if probability >= lowest)
 
 
 def echo_samples(
     backend: Backend,
     tokenizer: Tokenizer,
     prompt: str,
-    sampler: Sampler,
+    sampling: Sampling,
     rng: np.random.Generator,
     max_new_tokens: int,
     num_samples: int,
     stop: Sequence[str] = (),
+    output: str = "text",
+    logprobs: int = 0,
 ) -> None:
     """Stream `num_samples` continuations of `prompt` to the terminal, one after another.
 
     `gen sample` (torch) and `gen run` (onnxruntime) both print through this, with one
     random stream for the whole run, so the same seed prints the same text on both.
+    Each sample gets a fresh sampler chain from `sampling`. `output` is "text", "json"
+    (one JSON object per token, with `logprobs` alternatives) or "probs" (the text,
+    each token coloured by its probability under the model; plain on a non-terminal).
     """
+    import json
+
     import click
 
     encode_prompt(tokenizer, prompt)  # a prompt it cannot encode fails before any output
+    report = None if output == "text" else logprobs
+    if output == "probs":
+        legend = " ".join(click.style(f">={lowest:.0%}", fg=colour) for lowest, colour in reversed(PROBABILITY_COLOURS))
+        click.echo(f"token probability under the model: {legend}", err=True)
     try:
-        for _ in range(num_samples):
-            click.echo(prompt, nl=False)
-            for pieces in generate_text(backend, tokenizer, [prompt], sampler, rng, max_new_tokens, stop):
-                click.echo(pieces[0], nl=False)
-            click.echo()
-            click.echo(SAMPLE_SEPARATOR)
+        for sample in range(num_samples):
+            if output != "json":
+                click.echo(prompt, nl=False)
+            chain = sampling.new()
+            for step in generate_text(backend, tokenizer, [prompt], chain, rng, max_new_tokens, stop, report):
+                token = step.tokens[0] if step.tokens else None
+                if output == "json":
+                    if token is not None:
+                        click.echo(json.dumps({"sample": sample, **token.to_json()}))
+                elif output == "probs" and token is not None:
+                    click.echo(click.style(step.pieces[0], fg=probability_colour(math.exp(token.logprob))), nl=False)
+                else:
+                    click.echo(step.pieces[0], nl=False)
+            if output != "json":
+                click.echo()
+                click.echo(SAMPLE_SEPARATOR)
     except KeyboardInterrupt:  # Ctrl-C ends the stream, not with a traceback
         click.echo()
         raise SystemExit(130) from None

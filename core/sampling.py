@@ -1,17 +1,24 @@
-"""Sampler helpers and the `--sampler NAME:KEY=VALUE,...` machinery (numpy, no torch).
+"""Samplers: the contract, helpers for their authors, and the chain gen builds from specs (numpy, no torch).
 
 A sampler turns the logits of the last position into next-token ids:
 
     sampler(logits: float32 (batch, vocab), rng: np.random.Generator) -> int64 (batch,)
 
-A *filter* is a sampler that only reshapes the distribution (temperature, top-k,
-top-p): it subclasses `LogitsFilter` and implements `filter(logits) -> logits`.
-Filters chain before one final draw, so `top_k:k=40` then `temperature:t=0.8`
+A *filter* only reshapes the distribution (temperature, top-k, top-p): it subclasses
+`LogitsFilter` and implements `filter(logits) -> logits`. Filters chain, in the
+order given, before one final draw, so `top_k:k=40` then `temperature:t=0.8`
 applies both and then draws from the result.
+
+A sampler or filter that names a parameter `context` (`filter(self, logits, context)`,
+`__call__(self, logits, rng, context)`) also receives a `SamplingContext`: the text
+so far of every row. gen builds a fresh chain (fresh sampler objects) for every
+generation, so a sampler may keep per-generation state in its attributes.
 """
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+import inspect
+from dataclasses import dataclass
+from typing import Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -21,6 +28,35 @@ from gen.core.specs import call_with_options, convert_options, describe_options,
 
 class Sampler(Protocol):
     def __call__(self, logits: np.ndarray, rng: np.random.Generator) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class SamplingContext:
+    """The text so far, for the rows of the batch in order (read-only for samplers).
+
+    tokens: row i is its prompt's ids followed by the ids generated so far, the whole
+        history (not only the model's window), as a read-only 1-D int64 array.
+    prompt_lengths: how many ids at the start of each row are the prompt.
+    step: how many tokens each row has generated so far (0 for the first).
+    tokenizer: the model's tokenizer (to decode ids to text).
+    """
+
+    tokens: list
+    prompt_lengths: list
+    step: int
+    tokenizer: object
+
+    def generated(self, row: int) -> np.ndarray:
+        """The ids generated so far for `row` (its history after the prompt)."""
+        return self.tokens[row][self.prompt_lengths[row]:]
+
+
+def wants_context(method: Callable) -> bool:
+    """Whether a sampler's filter or __call__ names a `context` parameter."""
+    try:
+        return "context" in inspect.signature(method).parameters
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
 
 
 # --- helpers for sampler authors -------------------------------------------------
@@ -45,6 +81,22 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     weights = np.exp(shifted)
     return weights / weights.sum(axis=-1, keepdims=True)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Log-probabilities over the last axis, computed stably (masked -inf entries stay -inf)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def token_counts(rows: Sequence[np.ndarray], vocab_size: int) -> np.ndarray:
+    """(batch, vocab) counts of each id in each row, e.g. of `context.tokens`."""
+    counts = np.zeros((len(rows), vocab_size), dtype=np.int64)
+    for i, row in enumerate(rows):
+        counts[i] = np.bincount(row, minlength=vocab_size)[:vocab_size]
+    return counts
 
 
 def mask_logits(logits: np.ndarray, remove: np.ndarray) -> np.ndarray:
@@ -90,62 +142,200 @@ def argmax(logits: np.ndarray) -> np.ndarray:
 class LogitsFilter:
     """Base class of samplers that reshape the distribution, then draw from it.
 
-    Subclasses implement `filter`; used alone, a filter draws with multinomial
-    sampling, and in a chain it hands its logits on to the next sampler.
+    Subclasses implement `filter(logits)`, or `filter(logits, context)` to see the
+    text so far; used alone, a filter draws with multinomial sampling, and in a
+    chain it hands its logits on to the next sampler.
     """
 
     def filter(self, logits: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def __call__(self, logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return draw(softmax(self.filter(check_logits(logits))), rng)
+    def __call__(self, logits: np.ndarray, rng: np.random.Generator, context: SamplingContext | None = None):
+        logits = check_logits(logits)
+        filtered = self.filter(logits, context) if wants_context(self.filter) else self.filter(logits)
+        return draw(softmax(filtered), rng)
+
+
+class LogitBias(LogitsFilter):
+    """Add a bias to chosen token ids; a bias of -inf forbids the token (OpenAI's logit_bias)."""
+
+    def __init__(self, bias: Mapping[int, float]):
+        self.ids = np.array(list(bias), dtype=np.int64)
+        self.values = np.array(list(bias.values()), dtype=np.float32)
+        if np.isnan(self.values).any() or np.isposinf(self.values).any():
+            raise GenError("a logit bias must be a number or -inf (to forbid a token), not NaN or +inf")
+
+    def filter(self, logits: np.ndarray) -> np.ndarray:
+        if self.ids.size and (self.ids.min() < 0 or self.ids.max() >= logits.shape[-1]):
+            bad = self.ids[(self.ids < 0) | (self.ids >= logits.shape[-1])][0]
+            raise GenError(f"logit bias names token id {bad}, outside the vocabulary (0 to {logits.shape[-1] - 1})")
+        biased = logits.copy()
+        biased[:, self.ids] += self.values
+        return biased
+
+
+# --- the chain gen builds for every generation ---------------------------------------------
+
+
+class ChainLink:
+    """One sampler of a chain: the object, how it was named, who registered it, and the
+    checks that turn a broken plugin's result into one clear GenError."""
+
+    def __init__(self, sampler, provider: str, spec: str | None = None):
+        self.sampler = sampler
+        self.spec = spec or type(sampler).__name__
+        self.provider = provider
+        self.is_filter = isinstance(sampler, LogitsFilter)
+        self.wants_context = wants_context(sampler.filter if self.is_filter else sampler)
+
+    def _failed(self, problem: str) -> GenError:
+        return GenError(f"sampler {self.spec!r} (from {self.provider}) {problem}")
+
+    def filter(self, logits: np.ndarray, context: SamplingContext | None) -> np.ndarray:
+        try:
+            result = self.sampler.filter(logits, context) if self.wants_context else self.sampler.filter(logits)
+        except GenError:
+            raise
+        except Exception as error:
+            raise self._failed(f"raised {type(error).__name__}: {error}") from None
+        if not isinstance(result, np.ndarray) or result.shape != logits.shape:
+            shape = getattr(result, "shape", type(result).__name__)
+            raise self._failed(f"returned {shape} from filter(), not logits of shape {logits.shape}")
+        result = result.astype(np.float32, copy=False)
+        if np.isnan(result).any() or np.isposinf(result).any():
+            raise self._failed("returned NaN or +inf logits from filter()")
+        if np.isneginf(result).all(axis=-1).any():
+            raise self._failed("removed every token of a row; a filter must keep at least one")
+        return result
+
+    def draw(self, logits: np.ndarray, rng: np.random.Generator, context: SamplingContext | None) -> np.ndarray:
+        try:
+            ids = self.sampler(logits, rng, context) if self.wants_context else self.sampler(logits, rng)
+        except GenError:
+            raise
+        except Exception as error:
+            raise self._failed(f"raised {type(error).__name__}: {error}") from None
+        batch, vocab = logits.shape
+        if not isinstance(ids, np.ndarray) or ids.shape != (batch,):
+            shape = getattr(ids, "shape", type(ids).__name__)
+            raise self._failed(f"returned {shape}, not an array of {batch} token ids (shape ({batch},))")
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise self._failed(f"returned {ids.dtype} values, not integer token ids")
+        if ids.min() < 0 or ids.max() >= vocab:
+            raise self._failed(f"returned token id {ids.min() if ids.min() < 0 else ids.max()}, "
+                               f"outside the vocabulary (0 to {vocab - 1})")
+        ids = ids.astype(np.int64, copy=False)
+        if np.isneginf(logits[np.arange(batch), ids]).any():
+            raise self._failed("picked a token that the filters before it had removed (-inf)")
+        return ids
 
 
 class SamplerChain:
-    """Filters applied in order, then one final sampler (multinomial unless given)."""
+    """Filters applied in order, then one final sampler (multinomial unless given).
 
-    def __init__(self, filters: Sequence[LogitsFilter], final: Sampler):
-        self.filters = list(filters)
+    After each call, `filtered` holds the logits the final sampler was given, and
+    `drawn_from` those it drew from: the same, unless the final sampler reshapes
+    them itself and says so by setting its own `drawn_from` (greedy's one token,
+    mirostat's truncation). Per-token probabilities are read off these.
+    """
+
+    def __init__(self, links: Sequence[ChainLink]):
+        *filters, final = links
+        for link in filters:
+            if not link.is_filter:
+                raise GenError(f"sampler {link.spec!r} draws tokens itself, so it must come last in the --sampler chain")
+        if final.is_filter:  # a chain that ends in a filter draws with multinomial
+            filters, final = [*filters, final], ChainLink(Multinomial(), "gen", "multinomial")
+        self.filters = filters
         self.final = final
+        self.wants_context = any(link.wants_context for link in links)
+        self.filtered = None
+        self.drawn_from = None
+
+    def __call__(self, logits: np.ndarray, rng: np.random.Generator, context: SamplingContext | None = None):
+        logits = check_logits(logits)
+        for link in self.filters:
+            logits = link.filter(logits, context)
+        self.filtered = logits
+        ids = self.final.draw(logits, rng, context)
+        drawn_from = getattr(self.final.sampler, "drawn_from", None)
+        self.drawn_from = logits if drawn_from is None else drawn_from
+        return ids
+
+
+class Multinomial:
+    """Draw the next token from the model's distribution as it is."""
 
     def __call__(self, logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        logits = check_logits(logits)
-        for logits_filter in self.filters:
-            logits = logits_filter.filter(logits)
-        return self.final(logits, rng)
+        return draw(softmax(check_logits(logits)), rng)
 
 
 # --- `--sampler` specs ------------------------------------------------------------
 
 
-def build_sampler(spec: str):
-    """One sampler object from a spec string like 'top_k:k=40' (see gen.core.specs)."""
+def _build(spec: str):
+    """The sampler object a spec string names, the distribution that registered it, and the spec."""
     from gen.core.plugins import get_registry
 
     name, raw_options = parse_spec(spec, "sampler")
     entry = get_registry().entry("sampler", name)
     options = entry.options()
-    what = f"sampler {name!r}"
-    kwargs = convert_options(raw_options, options, what)
-    return call_with_options(entry.load(), kwargs, f"sampler {spec!r}", describe_options(options))
+    kwargs = convert_options(raw_options, options, f"sampler {name!r}")
+    sampler = call_with_options(entry.load(), kwargs, f"sampler {spec!r}", describe_options(options))
+    return sampler, entry.provider, spec
 
 
-def build_sampler_chain(specs: Sequence[str]) -> Sampler:
-    """The sampler for repeated --sampler options: filters in order, then the final draw.
+def build_sampler(spec: str):
+    """One sampler object from a spec string like 'top_k:k=40' (see gen.core.specs)."""
+    return _build(spec)[0]
+
+
+def build_sampler_chain(specs: Sequence[str], logit_bias: Mapping[int, float] | None = None) -> SamplerChain:
+    """A fresh chain for repeated --sampler options: filters in order, then the final draw.
 
     No spec means multinomial sampling from the model's distribution. A chain
     ending in a filter draws with multinomial; a sampler that is not a filter
-    (greedy, multinomial, a plugin's) may only stand last.
+    (greedy, multinomial, a plugin's) may only stand last. A logit bias applies first.
     """
-    samplers = [build_sampler(spec) for spec in specs] or [build_sampler("multinomial")]
-    *leading, last = samplers
-    for spec, sampler in zip(specs, leading):
-        if not isinstance(sampler, LogitsFilter):
-            raise GenError(
-                f"sampler {spec!r} draws tokens itself, so it must come last in the --sampler chain"
-            )
-    if not leading:
-        return last
-    if isinstance(last, LogitsFilter):
-        return SamplerChain(leading + [last], build_sampler("multinomial"))
-    return SamplerChain(leading, last)
+    links = [ChainLink(*_build(spec)) for spec in specs or ["multinomial"]]
+    if logit_bias:
+        links.insert(0, ChainLink(LogitBias(logit_bias), "gen", "logit_bias"))
+    return SamplerChain(links)
+
+
+class Sampling:
+    """What to sample with, built afresh for every generation (`new()`).
+
+    From specs (and a logit bias), each generation gets new sampler objects, so
+    per-generation state never leaks from one prompt, sample or request to the next.
+    A sampler object handed in directly is used as it is, state and all.
+    """
+
+    def __init__(self, specs: Sequence[str] = (), logit_bias: Mapping[int, float] | None = None, sampler=None):
+        self.specs = list(specs)
+        self.logit_bias = dict(logit_bias or {})
+        self.sampler = sampler
+        self.new()  # a bad spec fails now, before any output
+
+    def new(self) -> SamplerChain:
+        if self.sampler is None:
+            return build_sampler_chain(self.specs, self.logit_bias)
+        links = [ChainLink(self.sampler, "the caller")]
+        if self.logit_bias:
+            links.insert(0, ChainLink(LogitBias(self.logit_bias), "gen", "logit_bias"))
+        return SamplerChain(links)
+
+    @classmethod
+    def of(cls, sampler=None, logit_bias: Mapping[int, float] | None = None) -> "Sampling":
+        """From what an API caller passes: a spec, a list of specs, a sampler object, or None."""
+        if isinstance(sampler, Sampling):
+            return sampler
+        if sampler is None:
+            return cls([], logit_bias)
+        if isinstance(sampler, str):
+            return cls([sampler], logit_bias)
+        if isinstance(sampler, (list, tuple)):
+            return cls(list(sampler), logit_bias)
+        if not callable(sampler):
+            raise GenError(f"a sampler must be callable or a spec string like 'top_k:k=40', got {sampler!r}")
+        return cls(logit_bias=logit_bias, sampler=sampler)

@@ -1,10 +1,12 @@
 """Built-in samplers (numpy, no torch).
 
-`greedy` and `multinomial` draw the next token; `temperature`, `top_k`, `top_p` and
-`min_p` are filters (`LogitsFilter`) that reshape the distribution and then draw with
-multinomial sampling, or hand their logits on to the next sampler in a chain.
-The contract is in gen.core.sampling; the first docstring line of each class is
-what `gen plugins` shows.
+`greedy`, `multinomial` and `mirostat` draw the next token; the others are filters
+(`LogitsFilter`) that reshape the distribution and then draw with multinomial
+sampling, or hand their logits on to the next sampler in a chain. `temperature`,
+`top_k`, `top_p` and `min_p` look at the logits alone; `repetition_penalty`,
+`penalties` and `no_repeat_ngram` also at the text so far (their `filter` names a
+`context` parameter). The contract is in gen.core.sampling; the first docstring
+line of each class is what `gen plugins` shows.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import numpy as np
 from gen.core import (
     GenError,
     LogitsFilter,
+    SamplingContext,
     argmax,
     check_logits,
     draw,
@@ -22,21 +25,19 @@ from gen.core import (
     mask_beyond_mass,
     mask_logits,
     softmax,
+    token_counts,
 )
+from gen.core.sampling import Multinomial
 
 
 class Greedy:
     """Always pick the most likely token (deterministic)."""
 
     def __call__(self, logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return argmax(check_logits(logits))
-
-
-class Multinomial:
-    """Draw the next token from the model's distribution as it is."""
-
-    def __call__(self, logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return draw(softmax(check_logits(logits)), rng)
+        ids = argmax(check_logits(logits))
+        # What it drew from, for per-token probabilities: all the mass on that one token.
+        self.drawn_from = mask_logits(logits, np.arange(logits.shape[-1]) != ids[:, None])
+        return ids
 
 
 class Temperature(LogitsFilter):
@@ -103,6 +104,101 @@ class MinP(LogitsFilter):
         return mask_logits(logits, probs < threshold)  # the most likely token always passes
 
 
+class RepetitionPenalty(LogitsFilter):
+    """Penalise tokens already in the text (CTRL): positive logits divided, negative multiplied."""
+
+    def __init__(self, penalty: float = 1.1, window: int = 0):
+        if not (math.isfinite(penalty) and penalty > 0):
+            raise GenError(f"repetition_penalty needs a finite penalty > 0 (1 is none), got penalty={penalty}")
+        if window < 0:
+            raise GenError(f"repetition_penalty needs window >= 0 (0: the whole text), got window={window}")
+        self.penalty = np.float32(penalty)
+        self.window = window
+
+    def filter(self, logits: np.ndarray, context: SamplingContext) -> np.ndarray:
+        rows = [tokens[-self.window:] if self.window else tokens for tokens in context.tokens]  # prompt and output
+        seen = token_counts(rows, logits.shape[-1]) > 0
+        penalised = np.where(logits > 0, logits / self.penalty, logits * self.penalty)
+        return np.where(seen, penalised, logits).astype(np.float32)
+
+
+class Penalties(LogitsFilter):
+    """OpenAI's presence and frequency penalties, over the generated tokens."""
+
+    def __init__(self, presence: float = 0.0, frequency: float = 0.0):
+        for name, value in (("presence", presence), ("frequency", frequency)):
+            if not math.isfinite(value):
+                raise GenError(f"penalties needs a finite {name}, got {name}={value}")
+        self.presence = np.float32(presence)
+        self.frequency = np.float32(frequency)
+
+    def filter(self, logits: np.ndarray, context: SamplingContext) -> np.ndarray:
+        generated = [context.generated(row) for row in range(len(context.tokens))]
+        counts = token_counts(generated, logits.shape[-1]).astype(np.float32)
+        return logits - self.frequency * counts - self.presence * (counts > 0)
+
+
+class NoRepeatNgram(LogitsFilter):
+    """Forbid any token that would repeat an n-gram already in the text."""
+
+    def __init__(self, n: int = 3):
+        if n < 1:
+            raise GenError(f"no_repeat_ngram needs n >= 1, got n={n}")
+        self.n = n
+        self.followers = None  # per row: (n-1)-gram -> the ids that followed it
+        self.indexed = None  # per row: how many ids of its text are indexed
+
+    def filter(self, logits: np.ndarray, context: SamplingContext) -> np.ndarray:
+        if self.followers is None:
+            self.followers = [{} for _ in context.tokens]
+            self.indexed = [0] * len(context.tokens)
+        remove = np.zeros(logits.shape, dtype=bool)
+        prefix_length = self.n - 1
+        for row, tokens in enumerate(context.tokens):
+            ids = tokens.tolist()
+            # Index the n-grams that end in ids this row gained since the last step.
+            for end in range(max(self.indexed[row], self.n), len(ids) + 1):
+                self.followers[row].setdefault(tuple(ids[end - self.n:end - 1]), set()).add(ids[end - 1])
+            self.indexed[row] = len(ids) + 1
+            prefix = tuple(ids[len(ids) - prefix_length:]) if prefix_length else ()
+            banned = self.followers[row].get(prefix) if len(ids) >= prefix_length else None
+            if banned:
+                remove[row, list(banned)] = True
+        # Never remove every token: a row with nothing left keeps its distribution.
+        remove[remove.all(axis=-1)] = False
+        return mask_logits(logits, remove)
+
+
+class Mirostat:
+    """Mirostat 2.0: keep the surprise of the text near tau, adapting a cut-off per row."""
+
+    def __init__(self, tau: float = 5.0, eta: float = 0.1):
+        if not (math.isfinite(tau) and tau > 0):
+            raise GenError(f"mirostat needs a finite tau > 0 (bits), got tau={tau}")
+        if not (math.isfinite(eta) and eta > 0):
+            raise GenError(f"mirostat needs a finite eta > 0, got eta={eta}")
+        self.tau = tau
+        self.eta = eta
+        self.mu = None  # per row: the largest surprise (bits) a token may have; starts at 2 tau
+
+    def __call__(self, logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        logits = check_logits(logits)
+        if self.mu is None:
+            self.mu = np.full(logits.shape[0], 2 * self.tau)
+        probs = softmax(logits)
+        with np.errstate(divide="ignore"):
+            surprise = -np.log2(probs)  # (B, V) bits
+        too_surprising = surprise > self.mu[:, None]
+        too_surprising[np.arange(len(probs)), probs.argmax(axis=-1)] = False  # keep at least one
+        truncated = mask_logits(logits, too_surprising)
+        kept = softmax(truncated)
+        ids = draw(kept, rng)
+        observed = -np.log2(kept[np.arange(len(ids)), ids])
+        self.mu = self.mu - self.eta * (observed - self.tau)
+        self.drawn_from = truncated  # for per-token probabilities
+        return ids
+
+
 @hookimpl
 def register_samplers(register):
     register("greedy", Greedy)
@@ -111,3 +207,7 @@ def register_samplers(register):
     register("top_k", TopK)
     register("top_p", TopP)
     register("min_p", MinP)
+    register("repetition_penalty", RepetitionPenalty)
+    register("penalties", Penalties)
+    register("no_repeat_ngram", NoRepeatNgram)
+    register("mirostat", Mirostat)

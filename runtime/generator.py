@@ -29,14 +29,14 @@ Large batches are matrix work that more threads speed up on an idle machine:
 from __future__ import annotations
 
 import os
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import onnxruntime
 
 from gen.core.errors import GenError
-from gen.core.generate import BackendBase, generate_text
-from gen.core.sampling import Sampler, build_sampler_chain
+from gen.core.generate import BackendBase, TextStep, TokenChoice, generate_text
+from gen.core.sampling import Sampler, Sampling
 from gen.core.tokenizer import tokenizer_from_dict
 from gen.runtime.artifact import (
     ATTENTION_MASK,
@@ -68,19 +68,6 @@ def resolve_provider(provider: str | None) -> list[str]:
         f"execution provider {provider!r} is not available in this onnxruntime "
         f"({onnxruntime.__version__}); available: {', '.join(available)}"
     )
-
-
-def resolve_sampler(sampler: Sampler | str | Sequence[str] | None) -> Sampler:
-    """A sampler object from an object, a `--sampler` spec, a list of specs, or None (multinomial)."""
-    if sampler is None:
-        return build_sampler_chain([])
-    if isinstance(sampler, str):
-        return build_sampler_chain([sampler])
-    if isinstance(sampler, (list, tuple)):
-        return build_sampler_chain(list(sampler))
-    if not callable(sampler):
-        raise GenError(f"a sampler must be callable or a spec string like 'top_k:k=40', got {sampler!r}")
-    return sampler
 
 
 class Generator(BackendBase):
@@ -130,6 +117,12 @@ class Generator(BackendBase):
         return [empty] * len(self._past_names)
 
     # --- text ------------------------------------------------------------------------
+    #
+    # `sampler` is a spec ("top_k:k=40"), a list of specs (a chain), a sampler object
+    # (used as it is, state and all) or None (multinomial); every call builds fresh
+    # sampler objects from specs. `logit_bias` maps token ids to a bias added to their
+    # logits (-inf forbids a token). `rng` (which overrides `seed`) lets several calls
+    # share one random stream, as `gen run --num-samples` does.
 
     def stream(
         self,
@@ -139,20 +132,35 @@ class Generator(BackendBase):
         seed: int | None = None,
         stop: Sequence[str] = (),
         rng: np.random.Generator | None = None,
+        logit_bias: Mapping[int, float] | None = None,
     ) -> Iterator[str]:
-        """Yield the text that follows `prompt`, piece by piece, as it is generated.
-
-        `sampler` is a sampler object, a spec ("top_k:k=40") or a list of specs (a
-        chain), multinomial when None. `rng` (which overrides `seed`) lets several
-        calls share one random stream, as `gen run --num-samples` does.
-        """
-        if isinstance(prompt, (list, tuple)):
+        """Yield the text that follows `prompt`, piece by piece, as it is generated."""
+        if not isinstance(prompt, str):
             raise GenError("stream() takes one prompt; use generate() for a list of prompts")
-        for pieces in self._text(
-            [prompt], sampler, max_new_tokens, stop, rng if rng is not None else np.random.default_rng(seed)
-        ):
-            if pieces[0]:
-                yield pieces[0]
+        for step in self._steps([prompt], sampler, max_new_tokens, seed, stop, rng, logit_bias):
+            if step.pieces[0]:
+                yield step.pieces[0]
+
+    def tokens(
+        self,
+        prompt: str,
+        sampler: Sampler | str | Sequence[str] | None = None,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        rng: np.random.Generator | None = None,
+        logit_bias: Mapping[int, float] | None = None,
+        logprobs: int = 5,
+    ) -> Iterator[TokenChoice]:
+        """Yield each token generated after `prompt` with its log-probabilities: under the
+        model, under what the sampler drew from, and the `logprobs` most likely alternatives."""
+        if not isinstance(prompt, str):
+            raise GenError("tokens() takes one prompt")
+        if isinstance(logprobs, bool) or not isinstance(logprobs, int) or logprobs < 0:
+            raise GenError(f"logprobs must be a whole number >= 0, got {logprobs!r}")
+        for step in self._steps([prompt], sampler, max_new_tokens, seed, stop, rng, logit_bias, logprobs):
+            if step.tokens and step.tokens[0] is not None:
+                yield step.tokens[0]
 
     def generate(
         self,
@@ -162,6 +170,7 @@ class Generator(BackendBase):
         seed: int | None = None,
         stop: Sequence[str] = (),
         rng: np.random.Generator | None = None,
+        logit_bias: Mapping[int, float] | None = None,
     ) -> list[str]:
         """The text that follows each prompt, generated as one left-padded batch.
 
@@ -169,22 +178,23 @@ class Generator(BackendBase):
         """
         if isinstance(prompts, str):
             raise GenError("generate() takes a list of prompts; wrap a single prompt in a list or use stream()")
+        prompts = list(prompts)
         if not prompts:
             return []
         texts: list[list[str]] = [[] for _ in prompts]
-        for pieces in self._text(
-            list(prompts), sampler, max_new_tokens, stop, rng if rng is not None else np.random.default_rng(seed)
-        ):
-            for text, piece in zip(texts, pieces):
+        for step in self._steps(prompts, sampler, max_new_tokens, seed, stop, rng, logit_bias):
+            for text, piece in zip(texts, step.pieces):
                 text.append(piece)
         return ["".join(text) for text in texts]
 
-    def _text(self, prompts, sampler, max_new_tokens, stop, rng) -> Iterator[list[str]]:
+    def _steps(self, prompts, sampler, max_new_tokens, seed, stop, rng, logit_bias, logprobs=None) -> Iterator[TextStep]:
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise GenError(f"max_new_tokens must be a whole number >= 0, got {max_new_tokens!r}")
         if isinstance(stop, str):
             stop = [stop]
-        return generate_text(self, self.tokenizer, prompts, resolve_sampler(sampler), rng, max_new_tokens, stop)
+        chain = Sampling.of(sampler, logit_bias).new()
+        rng = rng if rng is not None else np.random.default_rng(seed)
+        return generate_text(self, self.tokenizer, prompts, chain, rng, max_new_tokens, stop, logprobs)
 
 
 def _open_session(path: str, providers: list[str], threads: int) -> onnxruntime.InferenceSession:

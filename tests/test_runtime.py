@@ -81,8 +81,8 @@ def torch_text(model, tokenizer, prompts, sampler_specs, seed, max_new_tokens, u
     texts = [[] for _ in prompts]
     rng = np.random.default_rng(seed)
     sampler = build_sampler_chain(sampler_specs)
-    for pieces in generate_text(backend, tokenizer, prompts, sampler, rng, max_new_tokens):
-        for text, piece in zip(texts, pieces):
+    for step in generate_text(backend, tokenizer, prompts, sampler, rng, max_new_tokens):
+        for text, piece in zip(texts, step.pieces):
             text.append(piece)
     return ["".join(text) for text in texts]
 

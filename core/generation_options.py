@@ -1,0 +1,80 @@
+"""The options `gen sample` (torch) and `gen run` (onnxruntime) share, and what they build.
+
+One decorator adds the options to both commands, and `echo_from_options` turns them
+into the sampler recipe and the printing mode, so the two commands cannot drift
+apart: the same checkpoint, export, options and seed print the same text.
+"""
+from __future__ import annotations
+
+import math
+
+import click
+
+from gen.core.errors import GenError
+
+OPTIONS = [
+    click.option("--prompt", default="\n", show_default="a newline", help="Text to continue."),
+    click.option("--sampler", "samplers", multiple=True, metavar="SPEC",
+                 help="NAME[:KEY=VALUE,...], e.g. top_p:p=0.9; repeat to chain filters (default: multinomial)."),
+    click.option("--logit-bias", "logit_biases", multiple=True, metavar="TEXT=BIAS",
+                 help="Add BIAS to the logit of the token TEXT (one token); BIAS -inf or 'ban' forbids it. Repeatable."),
+    click.option("--max-new-tokens", type=click.IntRange(min=0), default=500, show_default=True),
+    click.option("--num-samples", type=click.IntRange(min=1), default=1, show_default=True),
+    click.option("--seed", type=int, default=None, help="Seed of the one random stream of the whole run."),
+    click.option("--stop", multiple=True, metavar="TEXT", help="End a sample at this text (repeatable)."),
+    click.option("--json", "as_json", is_flag=True,
+                 help="Print one JSON object per token: id, text, log-probabilities (see --logprobs)."),
+    click.option("--logprobs", type=click.IntRange(min=0), default=None, metavar="N",
+                 help="With --json: also the N most likely alternatives of each token."),
+    click.option("--show-probs", is_flag=True,
+                 help="Colour each token by its probability under the model (plain text when not a terminal)."),
+]
+
+
+def generation_options(command):
+    """Add the shared generation options to a click command function."""
+    for option in reversed(OPTIONS):
+        command = option(command)
+    return command
+
+
+def parse_logit_biases(items, tokenizer) -> dict[int, float]:
+    """`--logit-bias TEXT=BIAS` items as {token id: bias}; TEXT must be exactly one token."""
+    biases = {}
+    for item in items:
+        text, equals, value = item.rpartition("=")
+        if not equals or text == "":
+            raise GenError(f"--logit-bias {item!r} is not TEXT=BIAS; e.g. --logit-bias 'the=-2' or --logit-bias 'e=ban'")
+        try:
+            ids = tokenizer.encode(text)
+        except GenError as error:
+            raise GenError(f"--logit-bias {item!r}: cannot encode {text!r}: {error}") from None
+        if len(ids) != 1:
+            raise GenError(f"--logit-bias {item!r}: {text!r} is {len(ids)} tokens for this model's tokenizer; "
+                           f"it must be exactly one")
+        try:
+            bias = -math.inf if value.strip().lower() == "ban" else float(value)
+        except ValueError:
+            raise GenError(f"--logit-bias {item!r}: {value!r} is not a number, -inf or ban") from None
+        if math.isnan(bias) or bias == math.inf:
+            raise GenError(f"--logit-bias {item!r}: the bias must be a number, -inf or ban")
+        biases[ids[0]] = bias
+    return biases
+
+
+def echo_from_options(backend, tokenizer, *, prompt, samplers, logit_biases, max_new_tokens, num_samples,
+                      seed, stop, as_json, logprobs, show_probs) -> None:
+    """Build the sampler recipe from the options and print the samples (gen.core.generate)."""
+    import numpy as np
+
+    from gen.core.generate import echo_samples
+    from gen.core.sampling import Sampling
+
+    if as_json and show_probs:
+        raise GenError("--json and --show-probs are two ways to print; give one of them")
+    if logprobs is not None and not as_json:
+        raise GenError("--logprobs N adds alternatives to the --json output; give --json too")
+    sampling = Sampling(list(samplers), parse_logit_biases(logit_biases, tokenizer))
+    output = "json" if as_json else "probs" if show_probs else "text"
+    echo_samples(backend, tokenizer, prompt, sampling, np.random.default_rng(seed), max_new_tokens,
+                 num_samples, stop, output=output, logprobs=logprobs or 0)
