@@ -13,7 +13,8 @@ from gen.core.sampling import draw as draw_from_probs
 # test can be slow on a cold machine.
 quick = settings(max_examples=60, deadline=None)
 
-BUILTIN_SAMPLERS = ["greedy", "min_p", "multinomial", "temperature", "top_k", "top_p"]
+BUILTIN_SAMPLERS = ["greedy", "min_p", "mirostat", "multinomial", "no_repeat_ngram", "penalties",
+                    "repetition_penalty", "temperature", "top_k", "top_p"]
 
 # Every built-in alone, at the edges of its options, and chained.
 CHAINS = [
