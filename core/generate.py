@@ -223,7 +223,8 @@ class TokenChoice:
         return {
             "token": self.id, "text": self.text, "logprob": self.logprob,
             "sampled_logprob": self.sampled_logprob,
-            "top": [alternative.__dict__ for alternative in self.top],
+            "top": [{"token": alternative.id, "text": alternative.text, "logprob": alternative.logprob,
+                     "sampled_logprob": alternative.sampled_logprob} for alternative in self.top],
         }
 
 

@@ -2,6 +2,8 @@
 
 The models are exported once per module; every test runs real onnxruntime sessions.
 """
+import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +17,9 @@ import torch
 from click.testing import CliRunner
 
 from conftest import SHAKESPEARE
+from gen.core import hookimpl
 from gen.core.checkpoint import save_checkpoint
+from gen.core.plugins import get_plugins
 from gen.core.cli import GenGroup
 from gen.core.commands import sample
 from gen.core.errors import GenError
@@ -132,6 +136,14 @@ def test_exported_model_scores_like_torch(gpt, gpt_path, tokenizer, text):
     ["--sampler", "greedy", "--max-new-tokens", "600"],
     ["--seed", "5", "--max-new-tokens", "200", "--num-samples", "2"],  # multinomial
     ["--sampler", "top_p:p=0.9", "--seed", "6", "--max-new-tokens", "200", "--num-samples", "2"],
+    # Samplers that look at the text so far, and a logit bias.
+    ["--sampler", "repetition_penalty:penalty=1.5,window=20", "--sampler", "top_k:k=10", "--seed", "7",
+     "--max-new-tokens", "200", "--num-samples", "2"],
+    ["--sampler", "penalties:presence=0.8,frequency=0.4", "--seed", "8", "--max-new-tokens", "200"],
+    ["--sampler", "no_repeat_ngram:n=3", "--sampler", "greedy", "--max-new-tokens", "150"],
+    ["--logit-bias", "e=ban", "--logit-bias", " =1.5", "--seed", "9", "--max-new-tokens", "200"],
+    ["--sampler", "mirostat:tau=3.0", "--seed", "10", "--max-new-tokens", "200", "--num-samples", "2"],
+    ["--sampler", "temperature:t=2", "--seed", "12", "--max-new-tokens", "60", "--show-probs"],
 ])
 def test_gen_sample_and_gen_run_write_the_same_text(checkpoint_dir, gpt_path, sampler_options):
     common = ["--prompt", "ROMEO:", *sampler_options]
@@ -139,7 +151,131 @@ def test_gen_sample_and_gen_run_write_the_same_text(checkpoint_dir, gpt_path, sa
     ran = CliRunner().invoke(cli_group(), ["run", str(gpt_path), *common])
     assert sampled.exit_code == 0 and ran.exit_code == 0, (sampled.output, ran.output)
     assert ran.output == sampled.output
-    assert ran.output.startswith("ROMEO:") and len(ran.output) > 200
+    assert len(ran.output) > 100
+
+
+def invoke(*arguments, **kwargs):
+    return CliRunner().invoke(cli_group(), [str(argument) for argument in arguments], **kwargs)
+
+
+def test_json_prints_one_object_per_token_with_its_probabilities(gpt_path):
+    plain = invoke("run", gpt_path, "--prompt", "ROMEO:", "--seed", 4, "--max-new-tokens", 40, "--sampler", "top_k:k=4")
+    result = invoke("run", gpt_path, "--prompt", "ROMEO:", "--seed", 4, "--max-new-tokens", 40, "--sampler", "top_k:k=4",
+                    "--json", "--logprobs", 5)
+    assert result.exit_code == 0, result.output
+    tokens = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(tokens) == 40
+    assert "ROMEO:" + "".join(token["text"] for token in tokens) + "\n" + SAMPLE_SEPARATOR + "\n" == plain.stdout
+    for token in tokens:
+        top = token["top"]
+        assert len(top) == 5 and [t["logprob"] for t in top] == sorted((t["logprob"] for t in top), reverse=True)
+        assert top[0]["logprob"] >= token["logprob"] and token["logprob"] <= 0
+        assert token["token"] in [t["token"] for t in top[:4]]  # top_k:k=4 draws among the 4 most likely
+        # After top_k the kept mass is renormalised, so each kept token is likelier than under the model.
+        assert token["sampled_logprob"] >= token["logprob"]
+        assert top[4]["sampled_logprob"] == -math.inf  # the fifth most likely was removed
+    greedy = invoke("run", gpt_path, "--sampler", "greedy", "--max-new-tokens", 10, "--json")
+    assert all(json.loads(line)["sampled_logprob"] == 0.0 and json.loads(line)["top"] == []
+               for line in greedy.stdout.splitlines())
+
+
+def test_show_probs_colours_tokens_on_a_terminal_and_prints_plain_text_elsewhere(gpt_path):
+    arguments = ["run", gpt_path, "--prompt", "ROMEO:", "--seed", 2, "--max-new-tokens", 60]
+    plain = invoke(*arguments)
+    uncoloured = invoke(*arguments, "--show-probs")
+    coloured = invoke(*arguments, "--show-probs", color=True)
+    assert uncoloured.stdout == plain.stdout  # not a terminal: no escape codes
+    assert "\x1b[" in coloured.stdout and click.unstyle(coloured.stdout) == plain.stdout
+    assert "token probability under the model" in coloured.stderr
+
+
+def test_temperature_cools_and_warms_the_colours(generator):
+    def mean_probability(t):
+        tokens = list(generator.tokens("ROMEO:", sampler=f"temperature:t={t}", seed=1, max_new_tokens=300, logprobs=0))
+        return np.mean([math.exp(token.logprob) for token in tokens])
+
+    assert mean_probability(2.0) < mean_probability(1.0) < mean_probability(0.5)
+
+
+def test_the_token_stream_matches_torch(gpt, tokenizer, generator):
+    backend = TorchBackend(gpt)
+    chain = build_sampler_chain(["repetition_penalty:penalty=1.3", "top_k:k=8"])
+    expected = [step.tokens[0] for step in generate_text(backend, tokenizer, ["ROMEO:"], chain, np.random.default_rng(3),
+                                                         80, logprobs=3) if step.tokens]
+    got = list(generator.tokens("ROMEO:", sampler=["repetition_penalty:penalty=1.3", "top_k:k=8"], seed=3,
+                                max_new_tokens=80, logprobs=3))
+    assert [token.id for token in got] == [token.id for token in expected]
+    for mine, theirs in zip(got, expected):
+        assert abs(mine.logprob - theirs.logprob) < 1e-4 and abs(mine.sampled_logprob - theirs.sampled_logprob) < 1e-4
+        assert [a.id for a in mine.top] == [a.id for a in theirs.top]
+
+
+class StatefulPlugin:
+    """A sampler whose picks depend on how often it was called: leaks show at once."""
+
+    class CountingSampler:
+        def __init__(self):
+            self.calls = 0
+
+        def __call__(self, logits, rng):
+            self.calls += 1
+            return np.full(len(logits), self.calls % logits.shape[1], dtype=np.int64)
+
+    @hookimpl
+    def register_samplers(self, register):
+        register("counting", self.CountingSampler)
+
+
+def test_every_sample_and_every_call_gets_a_fresh_sampler(fresh_plugins, gpt_path, generator):
+    get_plugins().register(StatefulPlugin(), "gen-stateful")
+    result = invoke("run", gpt_path, "--sampler", "counting", "--max-new-tokens", 20, "--num-samples", 3)
+    assert result.exit_code == 0, result.output
+    samples = result.stdout.split(SAMPLE_SEPARATOR + "\n")
+    assert samples[0] == samples[1] == samples[2] and samples[3] == ""
+    assert generator.generate(["a"], sampler="counting", max_new_tokens=5) == \
+        generator.generate(["a"], sampler="counting", max_new_tokens=5)
+
+
+class BrokenSamplerPlugin:
+    class Broken:
+        def __call__(self, logits, rng):
+            return logits.argmax(axis=-1).astype(np.float32) + 0.7
+
+    @hookimpl
+    def register_samplers(self, register):
+        register("broken", self.Broken)
+
+
+def test_a_broken_sampler_is_one_line_naming_it_and_its_distribution(fresh_plugins, gpt_path, generator):
+    get_plugins().register(BrokenSamplerPlugin(), "gen-broken-sampler")
+    result = invoke("run", gpt_path, "--sampler", "broken", "--max-new-tokens", 5)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert result.output.splitlines()[-1] == (
+        "Error: sampler 'broken' (from gen-broken-sampler) returned float32 values, not integer token ids")
+    with pytest.raises(GenError, match="sampler 'broken' .from gen-broken-sampler. returned float32"):
+        generator.generate(["a"], sampler="broken", max_new_tokens=5)
+
+
+@pytest.mark.parametrize("bias, message", [
+    ("ROMEO=1", "'ROMEO' is 5 tokens for this model's tokenizer; it must be exactly one"),
+    ("e=lots", "'lots' is not a number, -inf or ban"),
+    ("e=inf", "the bias must be a number, -inf or ban"),
+    ("=1", "is not TEXT=BIAS"),
+    ("日=1", "cannot encode '日'"),
+])
+def test_bad_logit_bias_is_a_one_line_error(gpt_path, bias, message):
+    result = invoke("run", gpt_path, "--logit-bias", bias, "--max-new-tokens", 5)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert message in result.output.splitlines()[-1]
+
+
+def test_logit_bias_in_the_python_api_bans_and_favours_tokens(generator, tokenizer):
+    [e] = tokenizer.encode("e")
+    text = generator.generate(["ROMEO:"], seed=1, max_new_tokens=300, logit_bias={e: -math.inf})[0]
+    assert "e" not in text and len(text) == 300
+    [z] = tokenizer.encode("z")
+    favoured = generator.generate(["ROMEO:"], seed=1, max_new_tokens=100, logit_bias={z: 30.0})[0]
+    assert favoured.count("z") > 90
 
 
 # --- the Generator API ----------------------------------------------------------------------
@@ -336,7 +472,9 @@ from click.testing import CliRunner
 import gen.runtime
 from gen.runtime import Generator, open_backend
 from gen.runtime.cli import run
+from gen.core import hookimpl
 from gen.core.checkpoint import save_checkpoint
+from gen.core.plugins import get_plugins
 from gen.core.cli import GenGroup
 from gen.core.commands import sample
 

@@ -6,6 +6,7 @@ and with the Python `Generator` API the same greedy text as in the main environm
 Set GEN_RUNTIME_VENV to keep the environment at a path of your choosing.
 """
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -81,3 +82,54 @@ def test_an_export_runs_without_torch_and_matches_the_main_environment(runtime_p
         "sys.stdout.write(text)\n"
     ), exported_model])
     assert PROMPT + through_api in in_main
+
+
+def finished_word_repeats(output: str) -> list[str]:
+    """The words of `gen run`'s output that repeat the word just before them, as
+    examples/gen-no-repeat-word reads words (letters and apostrophes, any case). The
+    last word is left out: generation may have stopped inside it."""
+    text = re.sub(r"\n-+\n?$", "", output)  # the line that closes each sample
+    words, word = [], ""
+    for char in text:
+        if char.isalpha() or char in "'\u2019":
+            word += char
+        elif word:
+            words.append(word.casefold())
+            word = ""
+    return [word for previous, word in zip(words, words[1:]) if word == previous]
+
+
+def test_a_third_party_filter_installs_with_pip_and_reads_the_text_so_far_without_torch(
+        runtime_python, exported_model, tmp_path):
+    # Build from a copy, so that pip's build files stay out of the work tree.
+    source = tmp_path / "gen-no-repeat-word"
+    shutil.copytree(REPOSITORY / "examples" / "gen-no-repeat-word", source,
+                    ignore=shutil.ignore_patterns("__pycache__", ".hypothesis", "build", "*.egg-info"))
+    run([runtime_python, "-m", "pip", "install", "--quiet", source])
+    gen = runtime_python.parent / "gen"
+
+    listing = run([gen, "plugins"])
+    rows = {tuple(line.split()[:3]) for line in listing.splitlines()}
+    assert ("sampler", "no_repeat_word", "gen-no-repeat-word") in rows
+    assert "failed" not in listing
+
+    def generate(*arguments):
+        result = subprocess.run([gen, "run", exported_model, *arguments, "--sampler", "temperature:t=1.2",
+                                 "--seed", "3", "--max-new-tokens", "300"], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert "Warning" not in result.stderr and "failed" not in result.stderr, result.stderr
+        return result.stdout
+
+    output = generate("--sampler", "no_repeat_word")
+    assert len(output) > 200 and finished_word_repeats(output) == [], output
+    # Favouring "a" and spaces makes "a a" likely: the same run repeats words without
+    # the filter and never with it.
+    favour_a = ["--logit-bias", "a=4", "--logit-bias", " =4"]
+    assert finished_word_repeats(generate(*favour_a))
+    output = generate(*favour_a, "--sampler", "no_repeat_word")
+    assert output.count("a") > 50 and finished_word_repeats(output) == [], output
+
+    bad_option = subprocess.run([gen, "run", exported_model, "--sampler", "no_repeat_word:case_sensitive=maybe"],
+                                capture_output=True, text=True)
+    assert bad_option.returncode != 0
+    assert bad_option.stderr.count("\n") == 1 and "case_sensitive" in bad_option.stderr, bad_option.stderr
