@@ -1,5 +1,7 @@
 """Decode speed of gen's generators, side by side: torch without and with the KV cache,
-onnxruntime fp32 and int8, at batch 1 and batch 32; then `gen run` start to finish.
+onnxruntime fp32 and int8, at batch 1 and batch 32; the cost of the samplers (those
+that look at the text so far against top_k alone) and mirostat's surprise; then
+`gen run` start to finish.
 
     .venv/bin/python benchmarks/decode_speed.py [--checkpoint out] [--new-tokens 500] [--threads 1]
 
@@ -41,6 +43,8 @@ TARGET_ORT_TOKENS_PER_SECOND = 3000
 TARGET_ORT_OVER_TORCH_CACHE = 2.0
 TARGET_BATCH_32_OVER_BATCH_1 = 8.0
 TARGET_GEN_RUN_SECONDS = 1.5
+# The target of issue 8.
+TARGET_PENALTY_OVER_TOP_K = 0.8
 
 
 def model_and_tokenizer_document(checkpoint: str | None, data: str):
@@ -55,13 +59,14 @@ def model_and_tokenizer_document(checkpoint: str | None, data: str):
     return model, "gpt", tokenizer_to_dict("char", tokenizer)
 
 
-def tokens_per_second(backend, tokenizer, batch: int, new_tokens: int, repeats: int) -> float:
+def tokens_per_second(backend, tokenizer, batch: int, new_tokens: int, repeats: int,
+                      specs: tuple[str, ...] = ("multinomial",)) -> float:
     """Best-of-`repeats` tokens/s of generating `new_tokens` for `batch` prompts."""
-    sampler = build_sampler_chain(["multinomial"])
     prompts = ["\n"] * batch
 
     def once(count: int) -> float:
         rng = np.random.default_rng(0)
+        sampler = build_sampler_chain(list(specs))  # fresh for every generation, as gen does
         start = time.perf_counter()
         for _ in generate_text(backend, tokenizer, prompts, sampler, rng, count):
             pass
@@ -70,6 +75,20 @@ def tokens_per_second(backend, tokenizer, batch: int, new_tokens: int, repeats: 
     once(20)  # warm-up: first-run allocations, lazy initialisation
     best = min(once(new_tokens) for _ in range(repeats))
     return batch * new_tokens / best
+
+
+def mirostat_surprise(backend, tokenizer, new_tokens: int, tau: float = 3.0) -> str:
+    """The mean surprise, in bits, of `new_tokens` drawn with mirostat:tau=TAU: under the
+    distribution mirostat drew from (what it steers to tau) and under the model's."""
+    from gen.runtime.generator import Generator
+
+    if not isinstance(backend, Generator):
+        return "mirostat surprise: needs the onnxruntime generator"
+    tokens = list(backend.tokens("\n", sampler=f"mirostat:tau={tau}", seed=0, max_new_tokens=new_tokens, logprobs=0))
+    drawn = -np.mean([token.sampled_logprob for token in tokens]) / np.log(2)
+    model = -np.mean([token.logprob for token in tokens]) / np.log(2)
+    return (f"mirostat:tau={tau} over {len(tokens)} tokens: mean surprise {drawn:.2f} bits under the distribution "
+            f"it drew from ({drawn / tau - 1:+.1%} of tau), {model:.2f} bits under the model")
 
 
 def time_gen_run(model_path: Path, new_tokens: int) -> tuple[str, float | None]:
@@ -149,9 +168,34 @@ def main() -> None:
             )
 
         ort_small, ort_large = results["gen onnxruntime fp32"]
+        print()
+        print(f"samplers on onnxruntime fp32 (tokens/s; the chains in one run, best of {args.repeats}):")
+        chains = {
+            "multinomial": ("multinomial",),
+            "top_k:k=40": ("top_k:k=40",),
+            "repetition_penalty:penalty=1.3 + top_k:k=40": ("repetition_penalty:penalty=1.3", "top_k:k=40"),
+            "penalties:presence=0.5,frequency=0.5 + top_k:k=40": ("penalties:presence=0.5,frequency=0.5", "top_k:k=40"),
+            "no_repeat_ngram:n=4 + top_k:k=40": ("no_repeat_ngram:n=4", "top_k:k=40"),
+            "mirostat:tau=3.0": ("mirostat:tau=3.0",),
+        }
+        sampler_results = {
+            name: [tokens_per_second(backends["gen onnxruntime fp32"], tokenizer, batch, args.new_tokens,
+                                     args.repeats, specs) for batch in (small, large)]
+            for name, specs in chains.items()
+        }
+        top_k = sampler_results["top_k:k=40"]
+        for name, (at_small, at_large) in sampler_results.items():
+            print(f"  {name:<50}{at_small:>10,.0f} ({at_small / top_k[0]:.2f}x top_k)"
+                  f"{at_large:>10,.0f} ({at_large / top_k[1]:.2f}x top_k) at batch {small} / {large}")
+        penalty = sampler_results["repetition_penalty:penalty=1.3 + top_k:k=40"]
+        mirostat_line = mirostat_surprise(backends["gen onnxruntime fp32"], tokenizer, args.new_tokens)
+        print(f"  {mirostat_line}")
         wall_description, wall = time_gen_run(fp32_path, args.run_tokens)
         print()
         checks = [
+            (f"repetition_penalty + top_k >= {TARGET_PENALTY_OVER_TOP_K:.0%} of top_k alone at batch {small} and {large}",
+             min(penalty[0] / top_k[0], penalty[1] / top_k[1]) >= TARGET_PENALTY_OVER_TOP_K,
+             f"{penalty[0] / top_k[0]:.2f}x and {penalty[1] / top_k[1]:.2f}x"),
             (f"onnxruntime fp32 at batch {small} >= {TARGET_ORT_TOKENS_PER_SECOND:,} tokens/s",
              ort_small >= TARGET_ORT_TOKENS_PER_SECOND, f"{ort_small:,.0f}"),
             (f"onnxruntime fp32 >= {TARGET_ORT_OVER_TORCH_CACHE:g}x gen torch with cache (batch {small})",
