@@ -19,7 +19,8 @@ and follows this contract; subclassing `LanguageModel` beside `nn.Module` gives 
 
 Required:
 - `Config`: a dataclass of the model's options. `vocab_size` and `block_size` are
-  among its fields; gen sets `vocab_size` from the tokenizer, the user sets the rest
+  among its fields (`block_size`: the longest context the model reads at once, and the
+  length of training windows); gen sets `vocab_size` from the tokenizer, the user sets the rest
   with `--model NAME:KEY=VALUE,...` (their types and defaults come from the fields).
   Range checks go in `__post_init__`, raising `GenError`.
 - `from_config(values: dict)` (classmethod) and `config_dict() -> dict`: the model
@@ -45,8 +46,12 @@ Optional:
   > 0), which is how the torch-free runtime knows.
 
 Without a cache, generation feeds the last `block_size` tokens at every step through
-`forward`, so such a model must not depend on absolute positions for left-padded
-batches to match single prompts.
+`forward`. A batch of prompts of different lengths is left-padded with token id 0
+(and such a model is given no mask), so for a prompt's text in a batch to equal its
+text alone, the model must not depend on absolute positions, and a model that looks
+before the start of the sequence (an MLP over the last few tokens) must fill that
+window with token 0 too. `block_size` is the longest context the model reads at once,
+and the length of the windows training cuts.
 """
 from __future__ import annotations
 

@@ -3,8 +3,11 @@
 There torch cannot be imported, `gen plugins` lists the samplers and tokenizers,
 and a model trained and exported in the main environment generates with `gen run`
 and with the Python `Generator` API the same greedy text as in the main environment.
+A third-party model plugin (examples/gen-mlp) installs there with pip, loads without
+torch, and its export there gives the greedy text of `gen sample` in the main environment.
 Set GEN_RUNTIME_VENV to keep the environment at a path of your choosing.
 """
+import json
 import os
 import re
 import shutil
@@ -133,3 +136,53 @@ def test_a_third_party_filter_installs_with_pip_and_reads_the_text_so_far_withou
                                 capture_output=True, text=True)
     assert bad_option.returncode != 0
     assert bad_option.stderr.count("\n") == 1 and "case_sensitive" in bad_option.stderr, bad_option.stderr
+
+
+MLP_PLUGIN = REPOSITORY / "examples" / "gen-mlp"
+# gen's CLI with the gen-mlp plugin registered in-process: the main environment does not
+# have the package installed, only its source in the repository.
+GEN_WITH_MLP = f"""\
+import sys
+sys.path.insert(0, {str(MLP_PLUGIN)!r})
+import gen_mlp
+from gen.core.cli import cli
+from gen.core.plugins import get_plugins
+get_plugins().register(gen_mlp, "gen-mlp")
+cli(sys.argv[1:], prog_name="gen")
+"""
+
+
+@pytest.fixture(scope="module")
+def mlp_export(tmp_path_factory) -> tuple[Path, str]:
+    """A small gen-mlp model trained and exported in the main environment, with the
+    greedy text `gen sample` gives for it there."""
+    work = tmp_path_factory.mktemp("mlp-export")
+    corpus = work / "corpus.txt"
+    corpus.write_text(CORPUS.read_text(encoding="utf-8")[:60_000], encoding="utf-8")
+    script = work / "gen_with_mlp.py"
+    script.write_text(GEN_WITH_MLP, encoding="utf-8")
+    gen_with_mlp = [sys.executable, script]
+    environment = {**os.environ, "XDG_CACHE_HOME": str(work / "cache")}  # leave the user cache alone
+    run([*gen_with_mlp, "train", "--model", "mlp:context=4,hidden=64", "--data", corpus, "--out", work / "checkpoint",
+         "--batch-size", "8", "--max-iters", "40", "--eval-interval", "20", "--seed", "1"], env=environment)
+    sampled = run([*gen_with_mlp, "sample", "--checkpoint", work / "checkpoint", *GENERATE_ARGUMENTS], env=environment)
+    run([*gen_with_mlp, "export", work / "mlp.onnx", "--checkpoint", work / "checkpoint"], env=environment)
+    return work / "mlp.onnx", sampled
+
+
+def test_a_model_plugin_installs_and_its_export_runs_without_torch(runtime_python, mlp_export, tmp_path):
+    # Build from a copy, so that pip leaves no build/ or *.egg-info in the work tree.
+    source = tmp_path / "gen-mlp"
+    shutil.copytree(MLP_PLUGIN, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    run([runtime_python, "-m", "pip", "install", "--quiet", source])
+
+    # The hook module loads without torch; the model's options would need it.
+    listing = json.loads(run([runtime_python.parent / "gen", "plugins", "--json"]))
+    assert listing["failed"] == []
+    assert {"kind": "model", "name": "mlp", "provider": "gen-mlp"}.items() <= next(
+        plugin for plugin in listing["plugins"] if plugin["name"] == "mlp").items()
+
+    export, sampled_in_main = mlp_export
+    ran_in_runtime = run([runtime_python.parent / "gen", "run", export, *GENERATE_ARGUMENTS])
+    assert ran_in_runtime == sampled_in_main
+    assert sampled_in_main.startswith(PROMPT) and len(sampled_in_main) > len(PROMPT) + 50
