@@ -125,6 +125,23 @@ def test_mirostat_keeps_the_surprise_near_tau_with_state_per_row():
     assert (np.exp2(-untouched) * untouched).sum() > 4.5  # without mirostat the entropy is far above tau
 
 
+@quick
+@given(logits=arrays(np.float32, (3, 12), elements=st.floats(-6, 6, width=32)), tau=st.floats(0.5, 4),
+       eta=st.floats(0.01, 1), seed=st.integers(0, 999), steps=st.integers(1, 8))
+def test_mirostat_draws_only_tokens_within_its_cut_off_and_updates_each_rows_mu(logits, tau, eta, seed, steps):
+    sampler = build_sampler(f"mirostat:tau={tau},eta={eta}")
+    rng = np.random.default_rng(seed)
+    surprise = -log_softmax(logits) / math.log(2)  # (B, V) bits under the model
+    for _ in range(steps):
+        mu = np.full(3, 2 * tau) if sampler.mu is None else sampler.mu.copy()
+        ids = sampler(logits, rng)
+        rows = np.arange(3)
+        # Each drawn token is within the cut-off, or the most likely token (always kept).
+        assert np.all((surprise[rows, ids] <= mu + 1e-9) | (ids == logits.argmax(axis=-1)))
+        kept = log_softmax(sampler.drawn_from)[rows, ids] / -math.log(2)  # surprise under what it drew from
+        np.testing.assert_allclose(sampler.mu, mu - eta * (kept - tau), rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize("spec, message", [
     ("repetition_penalty:penalty=0", "penalty > 0"),
     ("repetition_penalty:window=-1", "window >= 0"),
