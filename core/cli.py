@@ -12,7 +12,6 @@ import click
 
 from gen.core.errors import GenError
 from gen.core.plugins import KINDS, get_plugins, get_registry
-from gen.core.specs import REQUIRED
 
 
 class GenGroup(click.Group):
@@ -45,11 +44,7 @@ def _options_row(entry) -> tuple[dict | None, str]:
         options = entry.options()
     except GenError as error:
         return None, f"(unavailable: {error})"
-    as_json = {
-        name: {"type": option.type.__name__, "default": None if option.default is REQUIRED else option.default}
-        for name, option in options.items()
-    }
-    return as_json, ", ".join(option.describe() for option in options.values()) or "none"
+    return entry.options_json(), ", ".join(option.describe() for option in options.values()) or "none"
 
 
 @cli.command()

@@ -104,6 +104,16 @@ class History:
         return SamplingContext(rows, list(self.prompt_lengths), step, tokenizer)
 
 
+def prompt_window(prompt_ids: Sequence[int], block_size: int) -> list[int]:
+    """The context a prompt conditions on: its last `block_size` tokens."""
+    return list(prompt_ids)[-block_size:]
+
+
+def slid_window(row: list[int], block_size: int) -> list[int]:
+    """What a row whose KV cache is full keeps, to be prefilled again: its last `block_size // 2` tokens."""
+    return row[-max(1, block_size // 2):]
+
+
 def generate_ids(
     backend: Backend,
     prompts: Sequence[Sequence[int]],
@@ -121,7 +131,7 @@ def generate_ids(
     if not prompts or any(len(row) == 0 for row in prompts):
         raise GenError("every prompt needs at least one token; give a non-empty --prompt")
     block_size = backend.block_size
-    rows = [list(row)[-block_size:] for row in prompts]  # the context each row conditions on
+    rows = [prompt_window(row, block_size) for row in prompts]  # the context each row conditions on
     history = History(prompts) if getattr(sampler, "wants_context", False) else None
     past = None
     mask = None
@@ -145,8 +155,7 @@ def generate_ids(
         # left-padded row does not, exactly as it would not if it ran alone.
         full = [len(row) > block_size for row in rows]
         if any(full):
-            keep = max(1, block_size // 2)
-            rows = [row[-keep:] if row_is_full else row for row, row_is_full in zip(rows, full)]
+            rows = [slid_window(row, block_size) if row_is_full else row for row, row_is_full in zip(rows, full)]
             past = None
         else:
             input_ids = next_ids.reshape(-1, 1)
@@ -154,7 +163,7 @@ def generate_ids(
 
 
 @dataclass
-class _RowText:
+class RowText:
     """The text of one row, held back while it could still turn into a stop string."""
 
     stream: TextStream
@@ -162,6 +171,14 @@ class _RowText:
     text: str = ""
     emitted: int = 0
     finished: bool = False
+
+    @classmethod
+    def start(cls, tokenizer: Tokenizer, stop: Sequence[str] = ()) -> "RowText":
+        return cls(TextStream(tokenizer), [s for s in stop if s])
+
+    def push(self, token_id: int) -> str:
+        """Add one generated token; return the text that is now safe to show."""
+        return self.add(self.stream.push(token_id))
 
     def add(self, piece: str) -> str:
         if self.finished:
@@ -272,12 +289,12 @@ def generate_text(
     read off the sampler chain (gen.core.sampling.SamplerChain).
     """
     prompt_ids = [encode_prompt(tokenizer, prompt) for prompt in prompts]
-    texts = [_RowText(TextStream(tokenizer), [s for s in stop if s]) for _ in prompts]
+    texts = [RowText.start(tokenizer, stop) for _ in prompts]
     for next_ids, logits in generate_ids(backend, prompt_ids, sampler, rng, max_new_tokens, tokenizer):
         tokens = None
         if logprobs is not None:
             tokens = token_choices(logits, sampler.drawn_from, next_ids, logprobs, tokenizer)
-        pieces = [row.add(row.stream.push(token)) for row, token in zip(texts, next_ids.tolist())]
+        pieces = [row.push(token) for row, token in zip(texts, next_ids.tolist())]
         if tokens is not None:
             tokens = [None if row.finished else token for row, token in zip(texts, tokens)]
         yield TextStep(pieces, tokens)

@@ -20,7 +20,7 @@ import pluggy
 
 from gen.core import hookspecs
 from gen.core.errors import GenError
-from gen.core.specs import Option, options_of
+from gen.core.specs import REQUIRED, Option, options_of
 
 BUILTIN_PROVIDER = "gen"
 BUILTIN_PLUGINS = (
@@ -72,6 +72,14 @@ class PluginEntry:
         from gen.core.model import model_options
 
         return model_options(target)
+
+    def options_json(self) -> dict[str, dict]:
+        """The options as JSON, {name: {"type": "float", "default": 0.9}} (default None when
+        required), as `gen plugins --json` and `GET /v1/samplers` show them."""
+        return {
+            name: {"type": option.type.__name__, "default": None if option.default is REQUIRED else option.default}
+            for name, option in self.options().items()
+        }
 
 
 @dataclass

@@ -1,5 +1,5 @@
-"""`gen run MODEL.onnx` and `gen eval`: generate from an export with onnxruntime, without
-torch, and score an export or a checkpoint.
+"""`gen run MODEL.onnx`, `gen serve MODEL.onnx` and `gen eval`: generate from an export with
+onnxruntime, without torch, alone or for many HTTP clients at once; score an export or a checkpoint.
 
 Importing this module imports click only; onnxruntime and numpy (and torch, for
 `gen eval` of a checkpoint) come in when a command runs, so that the `gen` command
@@ -32,6 +32,47 @@ def run(model, provider, threads, **options):
 
     generator = Generator(model, provider=provider, threads=threads)
     echo_from_options(generator, generator.tokenizer, **options)
+
+
+SERVE_MODULES = ("starlette", "uvicorn", "prometheus_client")
+
+
+@click.command()
+@click.argument("model", type=click.Path(dir_okay=True, path_type=str))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; 0.0.0.0 exposes the server to the network (see the README).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0: any free port.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Choices generated at once, in one batched decode step.")
+@click.option("--max-queue", type=click.IntRange(min=0), default=256, show_default=True,
+              help="Requests that may wait for room in the batch; more get 503 with Retry-After.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads (default 1).")
+@click.option("--provider", default=None, metavar="NAME", help="onnxruntime execution provider (default: CPU).")
+@click.option("--max-tokens-limit", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="The largest max_tokens a request may ask for.")
+@click.option("--max-prompt-tokens", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="The longest prompt a request may send, in tokens.")
+@click.option("--max-body-bytes", type=click.IntRange(min=1024), default=1 << 20, show_default=True,
+              help="The largest request body; larger ones get 413.")
+def serve(model, host, port, max_batch, max_queue, threads, provider, max_tokens_limit, max_prompt_tokens,
+          max_body_bytes):
+    """Serve MODEL.onnx over HTTP: OpenAI's completions API, a playground page at /, metrics.
+
+    Requests are batched continuously: every running completion shares one decode step, and
+    each one's text equals `gen run`'s with its seed. SIGTERM or Ctrl-C stops accepting,
+    finishes the requests in flight, and exits.
+    """
+    import importlib.util
+
+    missing = [name for name in SERVE_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise GenError(f"gen serve needs the serve extra ({', '.join(missing)} missing): pip install 'gen[serve]'")
+    from gen.runtime.api import Limits
+    from gen.runtime.server import serve as run_server
+
+    limits = Limits(max_tokens=max_tokens_limit, max_prompt_tokens=max_prompt_tokens)
+    run_server(model, host=host, port=port, max_batch=max_batch, max_queue=max_queue, threads=threads,
+               provider=provider, limits=limits, max_body_bytes=max_body_bytes)
 
 
 @click.command(name="eval")
@@ -90,4 +131,5 @@ def evaluate(model, checkpoint, data, split, batch_size, device, as_json):
 @hookimpl
 def register_commands(cli):
     cli.add_command(run)
+    cli.add_command(serve)
     cli.add_command(evaluate)

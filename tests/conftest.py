@@ -1,4 +1,8 @@
-"""Fixtures shared by the test modules: the in-repository corpus, a tokenizer, a small GPT."""
+"""Fixtures shared by the test modules: the in-repository corpus, a tokenizer, a small GPT and its
+export, and a test server for `gen serve`'s app."""
+import contextlib
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -68,3 +72,39 @@ def make_gpt():
 @pytest.fixture(scope="module")
 def gpt(make_gpt, tokenizer):
     return make_gpt(tokenizer.vocab_size)
+
+
+@pytest.fixture(scope="session")
+def small_gpt_onnx(make_gpt, tokenizer, tmp_path_factory):
+    """conftest's small GPT (block_size 16, so generation slides its window often) exported to ONNX."""
+    from gen.core.tokenizer import tokenizer_to_dict
+    from gen.export.onnx_export import export_model
+
+    path = tmp_path_factory.mktemp("served") / "small-gpt.onnx"
+    export_model(make_gpt(tokenizer.vocab_size), path, tokenizer_document=tokenizer_to_dict("char", tokenizer),
+                 progress=None)
+    return path
+
+
+@contextlib.contextmanager
+def running_server(app, timeout: float = 30.0):
+    """Serve an ASGI app with uvicorn on 127.0.0.1 and an ephemeral port, in a thread; yield its
+    base URL; stop it (as SIGTERM would: in-flight requests finish) on the way out."""
+    import uvicorn
+
+    from gen.runtime.server import listening_socket
+
+    sock = listening_socket("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the test server did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)
+        assert not thread.is_alive(), "the test server did not stop"

@@ -1,0 +1,260 @@
+// The gen playground: a prompt, a sampler chain built from GET /v1/samplers, and the text
+// streamed from POST /v1/completions with each token coloured by its probability under the model.
+// Plain browser JavaScript: no build step, no libraries, nothing fetched but this server's API.
+"use strict";
+
+const $ = (selector) => document.querySelector(selector);
+const state = { samplers: [], controller: null };
+window.playground = state; // for tests and the curious
+
+// --- the sampler chain editor ---------------------------------------------------------
+
+function samplerByName(name) {
+  return state.samplers.find((sampler) => sampler.name === name);
+}
+
+function addLink(name, values = {}) {
+  const link = $("#chain-link").content.firstElementChild.cloneNode(true);
+  const select = link.querySelector(".sampler-name");
+  for (const sampler of state.samplers) {
+    if (sampler.error) continue; // a plugin that cannot load here
+    const option = document.createElement("option");
+    option.value = sampler.name;
+    option.textContent = sampler.provider === "gen" ? sampler.name : `${sampler.name} (${sampler.provider})`;
+    select.append(option);
+  }
+  select.value = name || "top_k";
+  select.addEventListener("change", () => { showOptions(link, {}); update(); });
+  link.querySelector(".up").addEventListener("click", () => { link.previousElementSibling?.before(link); update(); });
+  link.querySelector(".down").addEventListener("click", () => { link.nextElementSibling?.after(link); update(); });
+  link.querySelector(".remove").addEventListener("click", () => { link.remove(); update(); });
+  $("#chain").append(link);
+  showOptions(link, values);
+  update();
+  return link;
+}
+
+function showOptions(link, values) {
+  const sampler = samplerByName(link.querySelector(".sampler-name").value);
+  const box = link.querySelector(".options");
+  box.replaceChildren();
+  for (const [name, option] of Object.entries(sampler.options || {})) {
+    const label = document.createElement("label");
+    label.textContent = name;
+    const input = document.createElement("input");
+    input.dataset.option = name;
+    input.type = option.type === "int" || option.type === "float" ? "number" : "text";
+    if (option.type === "float") input.step = "any";
+    input.placeholder = option.default === null ? "required" : String(option.default);
+    if (values[name] !== undefined) input.value = values[name];
+    input.addEventListener("input", update);
+    label.append(input);
+    box.append(label);
+  }
+  link.querySelector(".description").textContent =
+    `${sampler.description}${sampler.kind === "sampler" ? " (draws the token: must come last)" : ""}`;
+}
+
+// The chain as --sampler specs: NAME[:KEY=VALUE,...], options left empty take their defaults.
+function chainSpecs() {
+  const specs = [];
+  const t = Number($("#temperature").value);
+  if (t !== 1) specs.push(`temperature:t=${t}`);
+  for (const link of document.querySelectorAll("#chain .link")) {
+    const name = link.querySelector(".sampler-name").value;
+    const options = [...link.querySelectorAll("[data-option]")]
+      .filter((input) => input.value.trim() !== "")
+      .map((input) => `${input.dataset.option}=${input.value.trim()}`);
+    specs.push(options.length ? `${name}:${options.join(",")}` : name);
+  }
+  return specs;
+}
+
+function shellQuote(text) {
+  return /^[\w.:=,\/+-]+$/.test(text) ? text : `'${text.replace(/'/g, `'\\''`)}'`;
+}
+
+function update() {
+  $("#temperature-value").textContent = $("#temperature").value;
+  const parts = ["gen run", shellQuote(window.MODEL), "--prompt", shellQuote($("#prompt").value)];
+  for (const spec of chainSpecs()) parts.push("--sampler", shellQuote(spec));
+  if ($("#seed").value !== "") parts.push("--seed", $("#seed").value);
+  parts.push("--max-new-tokens", $("#max-tokens").value);
+  $("#command").textContent = parts.join(" ");
+}
+
+// --- probabilities and the tooltip -------------------------------------------------
+
+function colourOf(probability) {
+  for (const [lowest, colour] of window.PROBABILITY_COLOURS) if (probability >= lowest) return colour;
+  return "blue";
+}
+
+function showLegend() {
+  const legend = $("#legend");
+  legend.append("token probability:");
+  for (const [lowest, colour] of [...window.PROBABILITY_COLOURS].reverse()) {
+    const swatch = document.createElement("span");
+    swatch.className = `swatch p-${colour}`;
+    swatch.textContent = `\u2265${Math.round(lowest * 100)}%`;
+    legend.append(swatch);
+  }
+}
+
+function visible(text) {
+  return JSON.stringify(text).slice(1, -1).replace(/ /g, "\u2423");
+}
+
+function percent(logprob) {
+  return `${(Math.exp(logprob) * 100).toFixed(1)}%`;
+}
+
+function showTooltip(span) {
+  const tooltip = $("#tooltip");
+  const token = JSON.parse(span.dataset.token);
+  const rows = Object.entries(token.top).map(([text, logprob]) => {
+    const chosen = text === token.text ? ' class="is-chosen"' : "";
+    const width = Math.max(1, Math.round(Math.exp(logprob) * 80));
+    return `<tr${chosen}><td>${escapeHtml(visible(text))}</td><td class="p">${percent(logprob)}</td>` +
+      `<td><span class="bar" style="width:${width}px"></span></td></tr>`;
+  });
+  tooltip.innerHTML = `<div class="chosen">${escapeHtml(visible(token.text))}: ${percent(token.logprob)}` +
+    ` under the model</div><table>${rows.join("")}</table>`;
+  const box = span.getBoundingClientRect();
+  tooltip.style.left = `${window.scrollX + box.left}px`;
+  tooltip.style.top = `${window.scrollY + box.bottom + 6}px`;
+  tooltip.hidden = false;
+}
+
+function escapeHtml(text) {
+  return text.replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c]);
+}
+
+// --- generating -------------------------------------------------------------------------
+
+// One piece of streamed text: a span per token when the tokens spell it, else one span
+// coloured by its first token (a piece can hold several tokens when the server batches them).
+function appendPiece(text, logprobs) {
+  const completion = $("#completion");
+  const tokens = logprobs ? logprobs.tokens.map((t, i) => ({
+    text: t, logprob: logprobs.token_logprobs[i], top: logprobs.top_logprobs[i] || {},
+  })) : [];
+  const spelled = tokens.map((token) => token.text).join("") === text;
+  const parts = spelled ? tokens.map((token) => [token.text, token]) : [[text, tokens[0]]];
+  for (const [part, token] of parts) {
+    if (part === "") continue;
+    if (!token) { completion.append(part); continue; }
+    const span = document.createElement("span");
+    const probability = Math.exp(token.logprob);
+    span.className = `token p-${colourOf(probability)}`;
+    span.textContent = part;
+    span.dataset.p = probability.toFixed(4);
+    span.dataset.token = JSON.stringify(token);
+    completion.append(span);
+  }
+}
+
+function setStatus(text, isError = false) {
+  $("#status").textContent = text;
+  $("#status").classList.toggle("error", isError);
+}
+
+async function generate() {
+  if ($("#seed").value === "") $("#seed").value = Math.floor(Math.random() * 2 ** 31);
+  update();
+  const body = {
+    model: window.MODEL, prompt: $("#prompt").value, max_tokens: Number($("#max-tokens").value),
+    seed: Number($("#seed").value), sampler: chainSpecs(), logprobs: Number($("#alternatives").value),
+    stream: true, stream_options: { include_usage: true },
+  };
+  $("#prompt-echo").textContent = body.prompt;
+  $("#completion").replaceChildren();
+  $("#tooltip").hidden = true;
+  state.controller = new AbortController();
+  $("#generate").disabled = true;
+  $("#stop").disabled = false;
+  setStatus("Generating\u2026");
+  const started = performance.now();
+  let tokens = 0, finish = null;
+  try {
+    const response = await fetch("/v1/completions", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+      signal: state.controller.signal,
+    });
+    if (!response.ok) {
+      const error = await response.json().catch(() => ({ error: { message: response.statusText } }));
+      throw new Error(error.error.message);
+    }
+    // Server-sent events: "data: {...}" blocks separated by blank lines, then "data: [DONE]".
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      let end;
+      while ((end = buffer.indexOf("\n\n")) !== -1) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        if (!block.startsWith("data: ")) continue;
+        const data = block.slice(6);
+        if (data === "[DONE]") continue;
+        const chunk = JSON.parse(data);
+        if (chunk.error) throw new Error(chunk.error.message);
+        for (const choice of chunk.choices) {
+          appendPiece(choice.text, choice.logprobs);
+          if (choice.finish_reason) finish = choice.finish_reason;
+        }
+        if (chunk.usage) tokens = chunk.usage.completion_tokens;
+        const seconds = (performance.now() - started) / 1000;
+        setStatus(`Generating\u2026 ${seconds.toFixed(1)} s`);
+      }
+    }
+    const seconds = (performance.now() - started) / 1000;
+    const why = finish === "stop" ? "reached a stop string" : "reached max tokens";
+    setStatus(`Finished: ${tokens} tokens in ${seconds.toFixed(2)} s (${(tokens / seconds).toFixed(0)} tokens/s), ${why}.`);
+  } catch (error) {
+    if (error.name === "AbortError") setStatus("Stopped.");
+    else setStatus(`Error: ${error.message}`, true);
+  } finally {
+    state.controller = null;
+    $("#generate").disabled = false;
+    $("#stop").disabled = true;
+  }
+}
+
+// --- wiring -----------------------------------------------------------------------------
+
+async function start() {
+  showLegend();
+  try {
+    const response = await fetch("/v1/samplers");
+    state.samplers = (await response.json()).data;
+  } catch (error) {
+    setStatus(`Error: cannot list the samplers (${error.message})`, true);
+  }
+  $("#add-sampler").addEventListener("click", () => addLink());
+  $("#generate").addEventListener("click", generate);
+  $("#stop").addEventListener("click", () => state.controller?.abort());
+  for (const id of ["#prompt", "#temperature", "#seed", "#max-tokens"]) $(id).addEventListener("input", update);
+  const completion = $("#completion");
+  completion.addEventListener("mouseover", (event) => {
+    if (event.target.classList.contains("token")) showTooltip(event.target);
+  });
+  completion.addEventListener("mouseout", (event) => {
+    if (event.target.classList.contains("token") && !event.target.classList.contains("pinned")) $("#tooltip").hidden = true;
+  });
+  completion.addEventListener("click", (event) => { // a tap pins the alternatives; another tap unpins
+    const span = event.target.closest(".token");
+    for (const pinned of document.querySelectorAll(".token.pinned")) if (pinned !== span) pinned.classList.remove("pinned");
+    if (!span) { $("#tooltip").hidden = true; return; }
+    span.classList.toggle("pinned");
+    if (span.classList.contains("pinned")) showTooltip(span); else $("#tooltip").hidden = true;
+  });
+  addLink("top_k", { k: 40 });
+  update();
+  document.body.dataset.ready = "true";
+}
+
+start();

@@ -1,0 +1,534 @@
+"""Continuous batching for `gen serve`: many generations share one decode step (numpy, no torch).
+
+    scheduler = Scheduler(Generator("model.onnx"), max_batch=32)
+    scheduler.start()
+    request = scheduler.submit([Choice(prompt_ids, Sampling(["top_p:p=0.9"]), seed=1, max_tokens=100)],
+                               deliver=print)       # Piece, Finished or Failed events, in order
+    ...
+    scheduler.stop()                                # finish what is running, then end the thread
+
+One thread owns the model. Each step it
+1. admits waiting requests while there is room (`max_batch` rows; each choice of a request is a row),
+2. runs one decode step for all the running rows at once,
+3. prefills the rows that are new, or whose context window slid, alone (batch 1, as `gen run` does),
+4. samples every row with its own sampler chain and its own random stream, and hands each
+   request its new text,
+5. lets finished and cancelled rows leave, and the prefilled rows join the running batch.
+
+A row's text does not depend on the rows beside it. Each row has its own sampler chain (fresh
+from its spec), its own `np.random.default_rng(seed)`, its own history, and its own window,
+which follows the context policy of gen.core.generate.generate_ids; it is sampled alone on its
+own (1, vocab) logits. The rows share only the model's forward pass: their KV caches lie side
+by side, left-padded to one length. The graph derives positions from the attention mask, so
+padding moves no position, but onnxruntime's CPU kernels sum over the cache in a few
+interleaved partial sums: padding by an amount that is not a multiple of their count rounds
+the logits differently (by about 1e-7), which could, rarely, flip a sampled token. So the
+scheduler measures at start the padding step that keeps a row's logits bitwise equal to its
+logits alone (`exact_padding_quantum`; 4 on the machine this was written on) and only pads by
+multiples of it: rows whose cache lengths differ by other amounts decode in separate batches
+(at most `quantum` model calls per step). Then every text equals `gen run`'s for its seed.
+"""
+from __future__ import annotations
+
+import collections
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from gen.core.errors import GenError
+from gen.core.generate import (
+    History,
+    RowText,
+    TokenChoice,
+    left_pad,
+    prompt_window,
+    slid_window,
+    token_choices,
+)
+from gen.core.sampling import Sampling
+
+# Prefills (new rows, slid windows) run until this much time has passed in a step, so that
+# a crowd arriving at once delays the running rows' next token by a bounded amount.
+PREFILL_BUDGET_S = 0.02
+# Leading cache columns that are padding in every row of a batch are cut off once there are
+# this many: cutting copies the whole cache, padding only costs a little attention.
+TRIM_COLUMNS = 16
+QUANTUM_CANDIDATES = (1, 2, 4, 8, 16, 32)
+
+
+# --- what goes in and what comes out -----------------------------------------------
+
+
+@dataclass
+class Choice:
+    """One text to generate: the prompt's ids, the sampler recipe, the seed and the limits."""
+
+    prompt_ids: Sequence[int]
+    sampling: Sampling
+    seed: int
+    max_tokens: int
+    stop: Sequence[str] = ()
+    logprobs: int | None = None  # alternatives to report with each token; None: no TokenChoice
+
+
+@dataclass
+class Piece:
+    """One generated token of a choice and the text it made safe to show ("" while held back)."""
+
+    choice: int
+    text: str
+    token: TokenChoice | None  # with `logprobs`; None after a stop string
+    time: float  # time.perf_counter() when it was sampled
+
+
+@dataclass
+class Finished:
+    """A choice ended: the text held back until now, why, and how many tokens it generated."""
+
+    choice: int
+    text: str
+    reason: str  # "stop" (a stop string) or "length" (max_tokens)
+    tokens: int
+    time: float
+
+
+@dataclass
+class Failed:
+    """The request ended with an error (a sampler plugin or the model failed); one line."""
+
+    message: str
+
+
+class Busy(Exception):
+    """The scheduler takes no more requests: its queue is full, or it is stopping."""
+
+
+class Request:
+    """A submitted request: its choices, where its events go, and whether it was cancelled."""
+
+    def __init__(self, choices: Sequence[Choice], deliver: Callable[[object], None]):
+        self.choices = list(choices)
+        self.deliver = deliver
+        self.cancelled = False
+        self.failed = False
+        self.admitted = 0  # how many of its choices have a row
+
+    def cancel(self) -> None:
+        """Stop generating (the client left); its rows leave the batch at the next step."""
+        self.cancelled = True
+
+    @property
+    def over(self) -> bool:
+        return self.cancelled or self.failed
+
+
+# --- one row: one choice being generated --------------------------------------------
+
+
+class _Row:
+    """The state of one choice, exactly what generate_ids and generate_text keep for a prompt alone."""
+
+    def __init__(self, request: Request, index: int, tokenizer, block_size: int):
+        choice = request.choices[index]
+        self.request = request
+        self.index = index
+        self.chain = choice.sampling.new()
+        self.rng = np.random.default_rng(choice.seed)
+        self.history = History([choice.prompt_ids]) if self.chain.wants_context else None
+        self.window = prompt_window(choice.prompt_ids, block_size)  # what the model conditions on
+        self.text = RowText.start(tokenizer, choice.stop)
+        self.max_tokens = choice.max_tokens
+        self.logprobs = choice.logprobs
+        self.generated = 0
+        self.done = False
+
+    def sample(self, logits: np.ndarray, tokenizer) -> list:
+        """Draw the next token from this row's (1, vocab) logits; return its events."""
+        if self.history is None:
+            ids = self.chain(logits, self.rng)
+        else:
+            ids = self.chain(logits, self.rng, self.history.context(self.generated, tokenizer))
+            self.history.append(ids)
+        token = int(ids[0])
+        choice = None
+        if self.logprobs is not None:
+            choice = token_choices(logits, self.chain.drawn_from, ids, self.logprobs, tokenizer)[0]
+        piece = self.text.push(token)
+        now = time.perf_counter()
+        self.generated += 1
+        self.window.append(token)
+        events = [Piece(self.index, piece, None if self.text.finished else choice, now)]
+        if self.text.finished or self.generated >= self.max_tokens:
+            reason = "stop" if self.text.finished else "length"
+            events.append(Finished(self.index, self.text.close(), reason, self.generated, now))
+            self.done = True
+        return events
+
+
+# --- rows decoded together ------------------------------------------------------------
+
+
+def _pad_past(past: list[np.ndarray], columns: int) -> list[np.ndarray]:
+    """KV cache arrays (B, heads, P, head_size) with `columns` zero columns in front of P."""
+    if columns == 0:
+        return past
+    return [np.pad(array, ((0, 0), (0, 0), (columns, 0), (0, 0))) for array in past]
+
+
+def _pad_mask(mask: np.ndarray, columns: int) -> np.ndarray:
+    return np.pad(mask, ((0, 0), (columns, 0))) if columns else mask
+
+
+class _Batch:
+    """Rows that decode in one model call: their KV caches side by side, left-padded to one length."""
+
+    def __init__(self):
+        self.rows: list[_Row] = []
+        self.past: list[np.ndarray] = []  # one (B, heads, P, head_size) array per past input of the graph
+        self.mask = np.zeros((0, 0), dtype=np.int64)  # (B, P): 1 for a cached token, 0 for padding
+
+    @property
+    def width(self) -> int:
+        return self.mask.shape[1]
+
+    def decode(self, backend) -> np.ndarray:
+        """Feed every row its last sampled token: (B, vocab) logits of the next one."""
+        ids = np.array([[row.window[-1]] for row in self.rows], dtype=np.int64)
+        mask = np.concatenate([self.mask, np.ones((len(self.rows), 1), dtype=np.int64)], axis=1)
+        logits, self.past = backend.step(ids, mask, self.past)
+        self.mask = mask
+        return logits
+
+    def join(self, entries: list[tuple[_Row, list[np.ndarray], np.ndarray]]) -> None:
+        """Add prefilled rows, each with its (1, heads, L, head_size) cache and (1, L) mask."""
+        width = max([self.width] + [mask.shape[1] for _, _, mask in entries])
+        parts = [(self.past, self.mask)] if self.rows else []
+        parts += [(past, mask) for _, past, mask in entries]
+        padded = [(_pad_past(past, width - mask.shape[1]), _pad_mask(mask, width - mask.shape[1]))
+                  for past, mask in parts]
+        self.past = [np.concatenate(arrays, axis=0) for arrays in zip(*(past for past, _ in padded))]
+        self.mask = np.concatenate([mask for _, mask in padded], axis=0)
+        self.rows += [row for row, _, _ in entries]
+
+    def leave(self, leaving: Callable[[_Row], bool]) -> list[_Row]:
+        """Remove the rows for which `leaving(row)` holds; return them."""
+        keep = [i for i, row in enumerate(self.rows) if not leaving(row)]
+        if len(keep) == len(self.rows):
+            return []
+        kept = set(keep)
+        gone = [row for i, row in enumerate(self.rows) if i not in kept]
+        self.rows = [self.rows[i] for i in keep]
+        self.past = [array[keep] for array in self.past]
+        self.mask = self.mask[keep]
+        return gone
+
+    def trim(self, quantum: int) -> None:
+        """Cut leading columns that are padding in every row, a multiple of `quantum` at a time."""
+        used = self.mask.any(axis=0)
+        padding = int(used.argmax()) if used.any() else self.width
+        padding -= padding % quantum
+        if padding >= TRIM_COLUMNS:
+            self.past = [np.ascontiguousarray(array[:, :, padding:]) for array in self.past]
+            self.mask = self.mask[:, padding:]
+
+
+# --- the scheduler ----------------------------------------------------------------------
+
+
+class Scheduler:
+    """Runs every request's generation in one continuously batched loop on its own thread.
+
+    `backend` is a gen.runtime.Generator (any Backend whose past is a list of
+    (batch, heads, past, head_size) arrays). `publish(events)` receives, once per step, the
+    list of (request, event) pairs of that step; by default it calls each request's
+    `deliver(event)`. `on_step(rows)` is told the number of rows of every step.
+    """
+
+    def __init__(self, backend, max_batch: int = 32, max_queue: int = 256, quantum: int | None = None,
+                 publish: Callable[[list], None] | None = None, on_step: Callable[[int], None] | None = None):
+        if max_batch < 1 or max_queue < 0:
+            raise GenError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch} and {max_queue}")
+        self.backend = backend
+        self.tokenizer = backend.tokenizer
+        self.block_size = backend.block_size
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        if quantum is None:
+            quantum = exact_padding_quantum(backend) if backend.uses_cache else 1
+        self.exact = quantum is not None
+        self.quantum = quantum or 1
+        self.publish = publish or _deliver_each
+        self.on_step = on_step
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._pending: collections.deque[Request] = collections.deque()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        # Owned by the scheduler thread:
+        self._batches: list[_Batch] = []  # rows with a KV cache, grouped by cache length modulo the quantum
+        self._to_prefill: collections.deque[_Row] = collections.deque()  # new and slid rows (every row without a cache)
+        self._prefilled: list[tuple[_Row, list[np.ndarray], np.ndarray]] = []  # this step's, with their caches
+
+    # --- the outside: submit, cancel, stop ---
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting because the batch has no room for them."""
+        with self._lock:
+            return self._queued()[0]
+
+    @property
+    def active_rows(self) -> int:
+        """Choices being generated: in a batch, or about to be prefilled."""
+        return sum(len(batch.rows) for batch in self._batches) + len(self._to_prefill) + len(self._prefilled)
+
+    def _queued(self) -> tuple[int, int]:
+        """(requests that will not fit in the batch at the next step, rows of room left after them)."""
+        room, queued = self.max_batch - self.active_rows, 0
+        for request in self._pending:
+            room -= len(request.choices) - request.admitted
+            queued += room < 0
+        return queued, room
+
+    def submit(self, choices: Sequence[Choice], deliver: Callable[[object], None]) -> Request:
+        """Queue a request; raises Busy when it would wait behind `max_queue` others, or when stopping."""
+        request = Request(choices, deliver)
+        with self._lock:
+            if self._stopping:
+                raise Busy("the server is shutting down")
+            queued, room = self._queued()
+            if room < len(request.choices) and queued >= self.max_queue:
+                raise Busy(f"{queued} requests are waiting already (--max-queue {self.max_queue})")
+            self._pending.append(request)
+            self._wake.notify()
+        return request
+
+    def start(self) -> "Scheduler":
+        self._thread = threading.Thread(target=self._run, name="gen-scheduler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Take no new requests, finish the ones submitted, and end the thread."""
+        with self._lock:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # --- the loop ---
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not (self._pending or self._batches or self._to_prefill or self._stopping):
+                    self._wake.wait()
+                if self._stopping and not (self._pending or self._batches or self._to_prefill):
+                    return
+            try:
+                self._step()
+            except Exception as error:  # a bug must not kill the server: fail what was running, go on
+                traceback.print_exc(file=sys.stderr)
+                self._fail_everything(f"internal error: {type(error).__name__}: {error}")
+
+    def _step(self) -> None:
+        events: list = []
+        self._drop_over_rows()
+        self._admit(events)
+        if self.backend.uses_cache:
+            sampled = self._decode_and_prefill(events)
+        else:
+            sampled = self._forward_windows(events)
+        rows = 0
+        for row, logits in sampled:
+            if row.request.over:
+                continue
+            rows += 1
+            try:
+                events += [(row.request, event) for event in row.sample(logits, self.tokenizer)]
+            except GenError as error:  # a sampler plugin that misbehaves, in one line
+                self._fail(row.request, str(error), events)
+        self._rearrange(sampled)
+        if self.on_step is not None and rows:
+            self.on_step(rows)
+        self.publish(events)
+
+    def _drop_over_rows(self) -> None:
+        """Rows of cancelled or failed requests leave before the step: their slots are free now."""
+        with self._lock:
+            self._pending = collections.deque(r for r in self._pending if not r.over)
+        for batch in self._batches:
+            batch.leave(lambda row: row.request.over)
+        self._batches = [batch for batch in self._batches if batch.rows]
+        self._to_prefill = collections.deque(row for row in self._to_prefill if not row.request.over)
+
+    def _admit(self, events: list) -> None:
+        with self._lock:
+            while self._pending and self.active_rows < self.max_batch:
+                request = self._pending[0]
+                index = request.admitted
+                request.admitted += 1
+                if request.admitted == len(request.choices):
+                    self._pending.popleft()
+                try:
+                    row = _Row(request, index, self.tokenizer, self.block_size)
+                except GenError as error:
+                    self._fail(request, str(error), events)
+                    continue
+                if row.max_tokens == 0:
+                    events.append((request, Finished(index, "", "length", 0, time.perf_counter())))
+                    continue
+                self._to_prefill.append(row)
+
+    def _decode_and_prefill(self, events: list) -> list[tuple[_Row, np.ndarray]]:
+        """One decode step of every batch, then prefills within the budget: each row's (1, vocab) logits."""
+        sampled = []
+        for batch in self._batches:
+            try:
+                logits = batch.decode(self.backend)
+            except Exception as error:  # onnxruntime's own exception types
+                for row in batch.rows:
+                    self._fail(row.request, f"the model failed: {_first_line(error)}", events)
+                continue
+            sampled += [(row, logits[i:i + 1]) for i, row in enumerate(batch.rows)]
+        self._prefilled = []
+        started = time.perf_counter()
+        while self._to_prefill and (not self._prefilled or time.perf_counter() - started < PREFILL_BUDGET_S):
+            row = self._to_prefill.popleft()
+            input_ids, mask = left_pad([row.window])
+            try:
+                logits, past = self.backend.step(input_ids, mask, None)
+            except Exception as error:
+                self._fail(row.request, f"the model failed: {_first_line(error)}", events)
+                continue
+            self._prefilled.append((row, past, mask))
+            sampled.append((row, logits))
+        return sampled
+
+    def _forward_windows(self, events: list) -> list[tuple[_Row, np.ndarray]]:
+        """A model without a KV cache reads every row's whole window at every step, in one batch."""
+        rows = list(self._to_prefill)
+        if not rows:
+            return []
+        input_ids, mask = left_pad([row.window for row in rows])
+        try:
+            logits, _ = self.backend.step(input_ids, mask, None)
+        except Exception as error:
+            for row in rows:
+                self._fail(row.request, f"the model failed: {_first_line(error)}", events)
+            return []
+        return [(row, logits[i:i + 1]) for i, row in enumerate(rows)]
+
+    def _rearrange(self, sampled: list[tuple[_Row, np.ndarray]]) -> None:
+        """After sampling: finished rows leave, full windows slide, prefilled rows join a batch."""
+        block_size = self.block_size
+
+        def gone(row: _Row) -> bool:
+            return row.done or row.request.over
+
+        if not self.backend.uses_cache:
+            for row, _ in sampled:
+                del row.window[:-block_size]  # only the last block_size tokens are ever read
+            self._to_prefill = collections.deque(row for row in self._to_prefill if not gone(row))
+            return
+        for batch in self._batches:
+            for row in batch.leave(lambda row: gone(row) or len(row.window) > block_size):
+                if not gone(row):  # its cache is full: keep half the window and prefill it again
+                    row.window = slid_window(row.window, block_size)
+                    self._to_prefill.append(row)
+        joining = []
+        for row, past, mask in self._prefilled:
+            if gone(row):
+                continue
+            if len(row.window) > block_size:  # a prompt of block_size tokens slides at once
+                row.window = slid_window(row.window, block_size)
+                self._to_prefill.append(row)
+            else:
+                joining.append((row, past, mask))
+        self._prefilled = []
+        self._join(joining)
+        self._batches = [batch for batch in self._batches if batch.rows]
+        for batch in self._batches:
+            batch.trim(self.quantum)
+
+    def _join(self, joining: list[tuple[_Row, list[np.ndarray], np.ndarray]]) -> None:
+        """Each prefilled row joins the batch whose cache length is its own modulo the quantum, so
+        that it is only ever padded by a multiple of the quantum."""
+        groups: dict[int, list] = collections.defaultdict(list)
+        for entry in joining:
+            groups[entry[2].shape[1] % self.quantum].append(entry)
+        for residue, entries in groups.items():
+            batch = next((b for b in self._batches if b.width % self.quantum == residue), None)
+            if batch is None:
+                batch = _Batch()
+                self._batches.append(batch)
+            batch.join(entries)
+
+    def _fail(self, request: Request, message: str, events: list) -> None:
+        if not request.failed:
+            request.failed = True
+            events.append((request, Failed(message)))
+
+    def _fail_everything(self, message: str) -> None:
+        events: list = []
+        rows = [row for batch in self._batches for row in batch.rows] + list(self._to_prefill)
+        for request in {id(row.request): row.request for row in rows}.values():
+            self._fail(request, message, events)
+        self._batches, self._to_prefill = [], collections.deque()
+        self.publish(events)
+
+
+def _deliver_each(events: list) -> None:
+    for request, event in events:
+        request.deliver(event)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+# --- how far padding may go -------------------------------------------------------------
+
+
+def exact_padding_quantum(backend, candidates: Sequence[int] = QUANTUM_CANDIDATES, seed: int = 0) -> int | None:
+    """The smallest number of cache columns q such that a row left-padded by a multiple of q
+    decodes to bitwise the logits it gets alone, on this machine's kernels; None if no candidate does.
+
+    For each candidate it decodes, in one batch, rows whose caches are shorter than the
+    longest by 0, q, 2q, ... tokens, padded on the left, for two cache lengths modulo q, and
+    compares every row with the same row decoded alone.
+    """
+    longest = backend.block_size - 1  # the longest cache a decode step reads
+    if longest < 2:
+        return 1
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, backend.vocab_size, size=longest).tolist()
+    next_token = np.array([[int(rng.integers(0, backend.vocab_size))]], dtype=np.int64)
+    alone: dict[int, tuple] = {}
+
+    def prefill(length: int):
+        if length not in alone:
+            input_ids, mask = left_pad([ids[-length:]])
+            _, past = backend.step(input_ids, mask, None)
+            decoded, _ = backend.step(next_token, np.ones((1, length + 1), dtype=np.int64), past)
+            alone[length] = (past, mask, decoded[0])
+        return alone[length]
+
+    for quantum in candidates:
+        exact = True
+        for widest in (longest, longest - 1):
+            lengths = list(range(widest, 0, -quantum))[:12]
+            batch = _Batch()
+            batch.join([(None, *prefill(length)[:2]) for length in lengths])
+            mask = np.concatenate([batch.mask, np.ones((len(lengths), 1), dtype=np.int64)], axis=1)
+            logits, _ = backend.step(np.repeat(next_token, len(lengths), axis=0), mask, batch.past)
+            exact = exact and all(np.array_equal(logits[i], prefill(length)[2]) for i, length in enumerate(lengths))
+        if exact:
+            return quantum
+    return None

@@ -1,0 +1,447 @@
+"""`gen serve`: OpenAI's completions API, the playground page and metrics over HTTP, on
+Starlette and uvicorn (the `serve` extra), without torch.
+
+    app = create_app(Generator("model.onnx"))     # an ASGI application
+    serve("model.onnx", host="127.0.0.1", port=8000)  # what `gen serve` runs
+
+Routes: POST /v1/completions, GET /v1/models, GET /v1/samplers, GET /health, GET /metrics,
+GET / (the playground) and its files under /playground/. The request handlers run on the
+event loop and never call the model: a request's choices go to the Scheduler
+(gen.runtime.scheduler), whose thread batches every running generation into one decode
+step and sends each request its events; the loop only turns events into JSON or
+server-sent events. The fields and their mapping onto gen's samplers are in gen.runtime.api.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.resources
+import json
+import math
+import os
+import socket
+import sys
+import time
+import traceback
+import uuid
+
+import click
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from gen.core.errors import GenError
+from gen.core.generate import PROBABILITY_COLOURS
+from gen.core.plugins import get_registry
+from gen.core.sampling import LogitsFilter
+from gen.runtime.api import (
+    APIError,
+    CompletionRequest,
+    Limits,
+    LogprobsWriter,
+    choice_object,
+    completion_object,
+    parse_completion_request,
+    usage_object,
+)
+from gen.runtime.scheduler import Busy, Failed, Finished, Piece, Scheduler
+
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+RETRY_AFTER_S = 1  # what a 503 tells the client to wait
+OUTCOMES = ("completed", "cancelled", "bad_request", "rejected", "failed")
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """What GET /metrics reports, in a registry of its own (one per app)."""
+
+    def __init__(self, scheduler: Scheduler):
+        disable_created_metrics()  # the *_created series only repeat the start time
+        self.registry = CollectorRegistry()
+        self.requests = Counter("gen_requests", "Completion requests by outcome.", ["outcome"], registry=self.registry)
+        for outcome in OUTCOMES:
+            self.requests.labels(outcome)  # every outcome shows, at 0 until it happens
+        self.tokens = Counter("gen_tokens_generated", "Tokens generated, every choice counted.", registry=self.registry)
+        Gauge("gen_queue_depth", "Requests waiting for room in the batch.",
+              registry=self.registry).set_function(lambda: scheduler.queue_depth)
+        Gauge("gen_active_rows", "Choices being generated now (rows in the batch or about to be prefilled).",
+              registry=self.registry).set_function(lambda: scheduler.active_rows)
+        self.batch_size = Histogram("gen_batch_size", "Rows sampled per scheduler step.",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry)
+        self.time_to_first_token = Histogram(
+            "gen_time_to_first_token_seconds", "From a request's arrival to its first token.",
+            buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.inter_token_latency = Histogram(
+            "gen_inter_token_latency_seconds", "Between two tokens of one choice.",
+            buckets=LATENCY_BUCKETS, registry=self.registry)
+
+
+class Progress:
+    """One request's choices as its events arrive: text, tokens, finish reasons, timings."""
+
+    def __init__(self, parsed: CompletionRequest, metrics: Metrics, arrived: float):
+        count = len(parsed.choices)
+        self.parsed = parsed
+        self.metrics = metrics
+        self.arrived = arrived
+        self.texts: list[list[str]] = [[] for _ in range(count)]
+        self.all_tokens: list[list] = [[] for _ in range(count)]
+        self.finish: list[str | None] = [None] * count
+        self.tokens = [0] * count
+        self.last_token_at: list[float | None] = [None] * count
+        self.first_token_seen = False
+        self.error: str | None = None
+        n = count // len(parsed.prompts)
+        self.logprobs = [LogprobsWriter(len(parsed.prompts[k // n])) for k in range(count)]
+
+    @property
+    def done(self) -> bool:
+        return self.error is not None or all(reason is not None for reason in self.finish)
+
+    def take(self, events: list) -> dict[int, tuple[str, list, str | None]]:
+        """Fold events in; return, per choice they touched, its new text, new tokens and finish reason."""
+        changed: dict[int, tuple[str, list, str | None]] = {}
+        for event in events:
+            if isinstance(event, Failed):
+                self.error = event.message
+                continue
+            k = event.choice
+            text, tokens, finish = changed.get(k, ("", [], None))
+            self.texts[k].append(event.text)
+            if isinstance(event, Piece):
+                self._timing(event)
+                if event.token is not None:
+                    tokens = [*tokens, event.token]
+                    self.all_tokens[k].append(event.token)
+            else:
+                finish = self.finish[k] = event.reason
+                self.tokens[k] = event.tokens
+            changed[k] = (text + event.text, tokens, finish)
+        return changed
+
+    def _timing(self, piece: Piece) -> None:
+        self.metrics.tokens.inc()
+        if not self.first_token_seen:
+            self.first_token_seen = True
+            self.metrics.time_to_first_token.observe(piece.time - self.arrived)
+        last = self.last_token_at[piece.choice]
+        if last is not None:
+            self.metrics.inter_token_latency.observe(piece.time - last)
+        self.last_token_at[piece.choice] = piece.time
+
+    def usage(self) -> dict:
+        return usage_object(sum(self.parsed.prompt_tokens), sum(self.tokens))
+
+
+class Events:
+    """The events the scheduler sends one request, received on the event loop."""
+
+    def __init__(self):
+        self.queue: asyncio.Queue = asyncio.Queue()
+
+    def put(self, event) -> None:
+        self.queue.put_nowait(event)
+
+    async def next_batch(self) -> list:
+        """Wait for an event, then take every one already there: when the loop falls behind the
+        scheduler, a chunk carries several tokens instead of the loop sending one write per token."""
+        events = [await self.queue.get()]
+        while not self.queue.empty():
+            events.append(self.queue.get_nowait())
+        return events
+
+
+def error_response(error: APIError, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(error.to_json(), status_code=error.status, headers=headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 past `limit` bytes (before reading it, when the
+    client says its length)."""
+    declared = request.headers.get("content-length", "")
+    too_big = APIError(f"the request body is over this server's limit of {limit} bytes (gen serve --max-body-bytes)",
+                       status=413)
+    if declared.isdigit() and int(declared) > limit:
+        raise too_big
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def wait_for_disconnect(request: Request) -> None:
+    """Return when the client closes the connection (after the body was read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def sampler_listing() -> list[dict]:
+    """Every registered sampler: name, options with defaults, description, who registered it,
+    whether it is a filter (may stand anywhere in a chain) and whether it reads the text so far."""
+    registry = get_registry()
+    samplers = []
+    for name in registry.names("sampler"):
+        entry = registry.entry("sampler", name)
+        try:
+            target = entry.load()
+            options = entry.options_json()
+        except GenError as error:
+            samplers.append({"name": name, "provider": entry.provider, "description": entry.description,
+                             "error": str(error)})
+            continue
+        is_filter = isinstance(target, type) and issubclass(target, LogitsFilter)
+        samplers.append({"name": name, "provider": entry.provider, "description": entry.description,
+                         "options": options, "kind": "filter" if is_filter else "sampler"})
+    return samplers
+
+
+def _json_default(value):
+    if isinstance(value, float) and not math.isfinite(value):  # a sampler default of inf
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def _sse(document) -> str:
+    return f"data: {json.dumps(document, separators=(',', ':'), default=_json_default)}\n\n"
+
+
+def create_app(generator, *, model_name: str | None = None, max_batch: int = 32, max_queue: int = 256,
+               limits: Limits | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               scheduler: Scheduler | None = None, announce=None) -> Starlette:
+    """The ASGI app serving `generator` (a gen.runtime.Generator). The scheduler thread starts
+    and stops with the app's lifespan, which calls `announce("started" or "stopped", scheduler)`."""
+    limits = limits or Limits()
+    model_name = model_name or os.path.basename(generator.path)
+    created = int(os.path.getmtime(generator.path))
+    scheduler = scheduler or Scheduler(generator, max_batch=max_batch, max_queue=max_queue)
+    metrics = Metrics(scheduler)
+    scheduler.on_step = metrics.batch_size.observe
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        loop = asyncio.get_running_loop()
+        # The scheduler thread hands each step's events to the loop in one call.
+        scheduler.publish = lambda events: loop.call_soon_threadsafe(_deliver, events)
+        scheduler.start()
+        if announce is not None:
+            announce("started", scheduler)
+        try:
+            yield
+        finally:
+            # uvicorn gets here after the requests in flight have finished.
+            await loop.run_in_executor(None, scheduler.stop)
+            if announce is not None:
+                announce("stopped", scheduler)
+
+    async def completions(request: Request) -> Response:
+        arrived = time.perf_counter()
+        try:
+            body = await read_body(request, max_body_bytes)
+            parsed = parse_completion_request(body, generator.tokenizer, generator.vocab_size, limits)
+        except APIError as error:
+            metrics.requests.labels("bad_request").inc()
+            return error_response(error)
+        events = Events()
+        try:
+            handle = scheduler.submit(parsed.choices, events.put)
+        except Busy as busy:
+            metrics.requests.labels("rejected").inc()
+            error = APIError(f"the server is busy: {busy}; retry in {RETRY_AFTER_S} s", status=503,
+                             type="server_overloaded")
+            return error_response(error, headers={"Retry-After": str(RETRY_AFTER_S)})
+        progress = Progress(parsed, metrics, arrived)
+        request_id = f"cmpl-{uuid.uuid4().hex}"
+        now = int(time.time())
+        if parsed.stream:
+            return StreamingResponse(
+                stream(handle, events, progress, request_id, now), media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return await complete(request, handle, events, progress, request_id, now)
+
+    async def complete(request, handle, events, progress, request_id, now) -> Response:
+        """Collect every choice's text; a client that leaves meanwhile cancels the request."""
+
+        async def collect():
+            while not progress.done:
+                progress.take(await events.next_batch())
+
+        collecting = asyncio.ensure_future(collect())
+        leaving = asyncio.ensure_future(wait_for_disconnect(request))
+        try:
+            await asyncio.wait({collecting, leaving}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            leaving.cancel()
+        if not collecting.done():
+            collecting.cancel()
+            handle.cancel()
+            metrics.requests.labels("cancelled").inc()
+            return Response(status_code=499)  # nobody reads it; the client has gone
+        if progress.error is not None:
+            handle.cancel()
+            metrics.requests.labels("failed").inc()
+            return error_response(APIError(progress.error, status=500, type="server_error"))
+        parsed = progress.parsed
+        n = len(parsed.choices) // len(parsed.prompts)
+        choices = []
+        for k, pieces in enumerate(progress.texts):
+            text = "".join(pieces)
+            if parsed.echo:
+                text = parsed.prompts[k // n] + text
+            choices.append(choice_object(k, text, None, progress.finish[k]))
+        if parsed.logprobs is not None:
+            for choice, writer, tokens in zip(choices, progress.logprobs, progress.all_tokens):
+                choice["logprobs"] = writer.write(tokens)
+        metrics.requests.labels("completed").inc()
+        return JSONResponse(completion_object(request_id, now, model_name, choices, usage=progress.usage(),
+                                              seed=parsed.seed, sampler=parsed.sampler))
+
+    async def stream(handle, events, progress, request_id, now):
+        """Server-sent events: a chunk per choice per batch of events, then usage if asked, then [DONE]."""
+        parsed = progress.parsed
+        n = len(parsed.choices) // len(parsed.prompts)
+        outcome = "cancelled"  # unless it gets to the end
+        try:
+            if parsed.echo:
+                yield "".join(_sse(completion_object(request_id, now, model_name, [
+                    choice_object(k, parsed.prompts[k // n], None, None)])) for k in range(len(parsed.choices)))
+            while not progress.done:
+                changed = progress.take(await events.next_batch())
+                if progress.error is not None:
+                    outcome = "failed"
+                    yield _sse(APIError(progress.error, status=500, type="server_error").to_json())
+                    return
+                chunks = []
+                for k, (text, tokens, finish) in sorted(changed.items()):
+                    if not text and not tokens and finish is None:
+                        continue  # a token whose text is held back (a possible stop string)
+                    logprobs = progress.logprobs[k].write(tokens) if parsed.logprobs is not None else None
+                    chunks.append(_sse(completion_object(request_id, now, model_name,
+                                                         [choice_object(k, text, logprobs, finish)])))
+                if chunks:
+                    yield "".join(chunks)
+            tail = _sse(completion_object(request_id, now, model_name, [], usage=progress.usage())) \
+                if parsed.include_usage else ""
+            yield tail + "data: [DONE]\n\n"
+            outcome = "completed"
+        finally:
+            if outcome != "completed":
+                handle.cancel()  # the client left mid-stream: free its rows at the next step
+            metrics.requests.labels(outcome).inc()
+
+    async def models(request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [{
+            "id": model_name, "object": "model", "created": created, "owned_by": "gen",
+            "block_size": generator.block_size, "vocab_size": generator.vocab_size,
+            "model": generator.artifact.model.get("name"),
+        }]})
+
+    async def samplers(request: Request) -> Response:
+        return Response(json.dumps({"object": "list", "data": sampler_listing()}, default=_json_default),
+                        media_type="application/json")
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "model": model_name, "queue_depth": scheduler.queue_depth,
+                             "active_rows": scheduler.active_rows, "max_batch": scheduler.max_batch,
+                             "exact_batching": scheduler.exact})
+
+    async def prometheus(request: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    page = importlib.resources.files("gen.runtime").joinpath("playground", "index.html").read_text("utf-8")
+    page = page.replace("{{PROBABILITY_COLOURS}}", json.dumps(PROBABILITY_COLOURS)).replace(
+        "{{MODEL}}", model_name)
+
+    async def playground(request: Request) -> Response:
+        return HTMLResponse(page)
+
+    async def http_error(request: Request, error: HTTPException) -> Response:
+        kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
+        message = f"{request.method} {request.url.path}: {error.detail}"
+        if error.status_code == 404:
+            message += "; the routes are POST /v1/completions, GET /v1/models, /v1/samplers, /health, /metrics, /"
+        return error_response(APIError(message, status=error.status_code, type=kind), headers=error.headers)
+
+    async def server_error(request: Request, error: Exception) -> Response:
+        traceback.print_exception(error, file=sys.stderr)  # for the server's log, never the client
+        return error_response(APIError(f"internal error: {type(error).__name__}: {error}".splitlines()[0],
+                                       status=500, type="server_error"))
+
+    static = StaticFiles(packages=[("gen.runtime", "playground")])
+    return Starlette(
+        routes=[
+            Route("/v1/completions", completions, methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/v1/samplers", samplers, methods=["GET"]),
+            Route("/health", health, methods=["GET"]),
+            Route("/metrics", prometheus, methods=["GET"]),
+            Route("/", playground, methods=["GET"]),
+            Mount("/playground", app=static),
+        ],
+        exception_handlers={HTTPException: http_error, Exception: server_error},
+        lifespan=lifespan,
+    )
+
+
+def _deliver(events: list) -> None:
+    for request, event in events:
+        request.deliver(event)
+
+
+# --- running it ------------------------------------------------------------------------
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port (0: any free port) and listening, or a GenError saying why not."""
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, protocol)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as error:
+        raise GenError(f"cannot listen on {host}:{port}: {error.strerror or error}; pick another --host or --port") \
+            from None
+    return sock
+
+
+def serve(model_path: str, *, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 32,
+          max_queue: int = 256, threads: int | None = None, provider: str | None = None,
+          limits: Limits | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+    """Serve a model until SIGTERM or Ctrl-C; then stop accepting, finish what runs, and return."""
+    import uvicorn
+
+    from gen.runtime.generator import Generator
+
+    generator = Generator(model_path, provider=provider, threads=threads)
+    sock = listening_socket(host, port)
+    bound_host, bound_port = sock.getsockname()[:2]
+    url = f"http://{bound_host if ':' not in bound_host else f'[{bound_host}]'}:{bound_port}"
+
+    def announce(event: str, scheduler: Scheduler) -> None:
+        if event == "stopped":
+            click.echo("gen serve: stopped")
+            return
+        batching = (f"exact (caches padded in steps of {scheduler.quantum})" if scheduler.exact else
+                    "texts equal their runs alone up to float rounding (no exact padding step found)")
+        click.echo(f"gen serve: {model_path} at {url}  (OpenAI API: {url}/v1, playground: {url}/)")
+        click.echo(f"gen serve: batches of up to {max_batch} rows, queue of {max_queue}; batching {batching}")
+
+    app = create_app(generator, max_batch=max_batch, max_queue=max_queue, limits=limits,
+                     max_body_bytes=max_body_bytes, announce=announce)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    uvicorn.Server(config).run(sockets=[sock])

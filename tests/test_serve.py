@@ -1,0 +1,597 @@
+"""`gen serve`: continuous batching that leaves every text as it is alone, and OpenAI's completions
+API driven by the official `openai` client against a server on 127.0.0.1.
+
+The model is conftest's small GPT exported to ONNX (block_size 16, so long generations slide
+their window and are prefilled again while others run beside them). What a choice must
+equal is `Generator.generate([prompt], sampler, seed)`, the text `gen run` prints after the
+prompt with that seed.
+"""
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import numpy as np
+import openai
+import pytest
+
+from conftest import running_server
+from gen.core import LogitsFilter, hookimpl, mask_logits
+from gen.core.plugins import get_plugins
+from gen.core.sampling import Sampling
+from gen.runtime.api import Limits
+from gen.runtime.generator import Generator
+from gen.runtime.scheduler import Choice, Failed, Finished, Piece, Scheduler, exact_padding_quantum
+from gen.runtime.server import create_app
+
+BUILT_IN_CHAINS = [
+    ["multinomial"], ["greedy"], ["temperature:t=0.7"], ["top_k:k=5"], ["top_p:p=0.8"], ["min_p:p=0.2"],
+    ["repetition_penalty:penalty=1.5"], ["penalties:presence=0.8,frequency=0.4"], ["no_repeat_ngram:n=2"],
+    ["mirostat:tau=2.5"], ["top_k:k=10", "temperature:t=1.5", "greedy"],
+]
+PROMPTS = ["ROMEO:", "\n", "First Citizen:\nBefore we proceed any further, hear me speak.", "a"]
+
+
+@pytest.fixture(scope="module")
+def generator(small_gpt_onnx):
+    return Generator(small_gpt_onnx)
+
+
+def alone(generator, prompt, specs, seed, max_tokens, stop=()):
+    """What `gen run --seed SEED` prints after the prompt."""
+    return generator.generate([prompt], sampler=specs, seed=seed, max_new_tokens=max_tokens, stop=stop)[0]
+
+
+class Collector:
+    """A request's events, collected from the scheduler thread."""
+
+    def __init__(self, choices=1):
+        self.texts = [""] * choices
+        self.tokens = [[] for _ in range(choices)]
+        self.finished = [None] * choices
+        self.failed = None
+        self.done = threading.Event()
+
+    def __call__(self, event):
+        if isinstance(event, Failed):
+            self.failed = event.message
+            self.done.set()
+            return
+        self.texts[event.choice] += event.text
+        if isinstance(event, Piece) and event.token is not None:
+            self.tokens[event.choice].append(event.token)
+        if isinstance(event, Finished):
+            self.finished[event.choice] = event
+            if all(self.finished):
+                self.done.set()
+
+
+# --- the scheduler ----------------------------------------------------------------------
+
+
+def test_padding_by_the_measured_quantum_keeps_logits_bitwise_equal(generator):
+    quantum = exact_padding_quantum(generator)
+    assert quantum is not None and quantum >= 1
+    # The property itself, on lengths the probe did not use: a row padded by 2 quanta.
+    ids = [5, 9, 2, 7, 1]
+    from gen.core.generate import left_pad
+    _, past = generator.step(*left_pad([ids]), None)
+    token = np.array([[3]], dtype=np.int64)
+    expected, _ = generator.step(token, np.ones((1, len(ids) + 1), dtype=np.int64), past)
+    pad = 2 * quantum
+    padded_past = [np.pad(array, ((0, 0), (0, 0), (pad, 0), (0, 0))) for array in past]
+    mask = np.concatenate([np.zeros((1, pad), dtype=np.int64), np.ones((1, len(ids) + 1), dtype=np.int64)], axis=1)
+    got, _ = generator.step(token, mask, padded_past)
+    assert np.array_equal(got, expected)
+
+
+def test_many_concurrent_choices_each_equal_their_text_alone(generator):
+    """44 requests over every built-in sampler, arriving while others run, through a batch of 12:
+    each text equals its run alone with its seed, whatever ran beside it."""
+    scheduler = Scheduler(generator, max_batch=12, max_queue=100).start()
+    jobs = []
+    try:
+        for k in range(44):
+            prompt, specs = PROMPTS[k % len(PROMPTS)], BUILT_IN_CHAINS[k % len(BUILT_IN_CHAINS)]
+            max_tokens = 20 + (k * 37) % 90
+            collector = Collector()
+            choice = Choice(generator.tokenizer.encode(prompt), Sampling(specs), seed=k, max_tokens=max_tokens)
+            scheduler.submit([choice], collector)
+            jobs.append((prompt, specs, k, max_tokens, collector))
+            time.sleep(0.003 * (k % 3))  # arrivals spread over the running steps
+        for *_, collector in jobs:
+            assert collector.done.wait(60), "a request did not finish"
+    finally:
+        scheduler.stop(timeout=30)
+    assert scheduler.quantum >= 1 and scheduler.exact
+    for prompt, specs, seed, max_tokens, collector in jobs:
+        assert collector.failed is None, collector.failed
+        assert collector.texts[0] == alone(generator, prompt, specs, seed, max_tokens), (specs, seed)
+        assert collector.finished[0].reason == "length" and collector.finished[0].tokens == max_tokens
+
+
+def test_stop_strings_and_token_probabilities_match_the_generator(generator):
+    scheduler = Scheduler(generator, max_batch=4).start()
+    try:
+        stopped, probed = Collector(), Collector()
+        scheduler.submit([Choice(generator.tokenizer.encode("ROMEO:"), Sampling(["top_k:k=3"]), 4, 300,
+                                 stop=["e", "\n"])], stopped)
+        scheduler.submit([Choice(generator.tokenizer.encode("JULIET:"), Sampling(["temperature:t=0.9"]), 5, 40,
+                                 logprobs=3)], probed)
+        assert stopped.done.wait(30) and probed.done.wait(30)
+    finally:
+        scheduler.stop(timeout=30)
+    assert stopped.texts[0] == alone(generator, "ROMEO:", ["top_k:k=3"], 4, 300, stop=["e", "\n"])
+    assert stopped.finished[0].reason == "stop" and stopped.finished[0].tokens < 300
+    expected = list(generator.tokens("JULIET:", sampler=["temperature:t=0.9"], seed=5, max_new_tokens=40, logprobs=3))
+    assert [token.to_json() for token in probed.tokens[0]] == [token.to_json() for token in expected]
+
+
+def test_a_cancelled_request_frees_its_slot_within_one_step(generator):
+    scheduler = Scheduler(generator, max_batch=1, max_queue=4)  # stepped by hand, no thread
+    first, second = Collector(), Collector()
+    request = scheduler.submit([Choice([1, 2, 3], Sampling(), 0, 1000)], first)
+    scheduler._step()
+    scheduler.submit([Choice([4, 5], Sampling(), 1, 5)], second)
+    scheduler._step()
+    assert scheduler.queue_depth == 1 and len(first.texts[0]) == 2 and second.texts[0] == ""  # the batch is full
+    request.cancel()
+    produced = first.texts[0]
+    scheduler._step()
+    assert first.texts[0] == produced and not first.done.is_set()  # nothing more for the cancelled one
+    assert scheduler.queue_depth == 0 and scheduler.active_rows == 1 and len(second.texts[0]) == 1  # its slot, now
+    for _ in range(4):
+        scheduler._step()
+    assert second.done.is_set() and scheduler.active_rows == 0
+
+
+def test_a_full_queue_refuses_and_a_stopping_scheduler_finishes_what_it_took(generator):
+    from gen.runtime.scheduler import Busy
+
+    scheduler = Scheduler(generator, max_batch=1, max_queue=1)
+    collectors = [Collector() for _ in range(2)]
+    for collector in collectors:
+        scheduler.submit([Choice([1], Sampling(), 0, 30)], collector)
+    with pytest.raises(Busy, match="max-queue 1"):
+        scheduler.submit([Choice([1], Sampling(), 0, 30)], Collector())
+    scheduler.start()
+    scheduler.stop(timeout=30)
+    assert all(collector.done.is_set() for collector in collectors)
+    with pytest.raises(Busy, match="shutting down"):
+        scheduler.submit([Choice([1], Sampling(), 0, 1)], Collector())
+
+
+class Explodes(LogitsFilter):
+    """Fails at its third token (a broken plugin)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def filter(self, logits):
+        self.calls += 1
+        if self.calls == 3:
+            raise RuntimeError("boom")
+        return logits
+
+
+def test_a_sampler_that_breaks_fails_its_request_only(generator, fresh_plugins):
+    class Plugin:
+        @hookimpl
+        def register_samplers(self, register):
+            register("explodes", Explodes)
+
+    get_plugins().register(Plugin(), "gen-explodes")
+    scheduler = Scheduler(generator, max_batch=4).start()
+    try:
+        broken, fine = Collector(), Collector()
+        scheduler.submit([Choice([1, 2], Sampling(["explodes"]), 0, 50)], broken)
+        scheduler.submit([Choice([1, 2], Sampling(["top_k:k=4"]), 1, 50)], fine)
+        assert broken.done.wait(30) and fine.done.wait(30)
+    finally:
+        scheduler.stop(timeout=30)
+    assert broken.failed == "sampler 'explodes' (from gen-explodes) raised RuntimeError: boom"
+    assert fine.failed is None and fine.texts[0] == alone(generator, generator.tokenizer.decode([1, 2]),
+                                                          ["top_k:k=4"], 1, 50)
+
+
+def test_a_model_without_a_kv_cache_batches_whole_windows(tokenizer, tmp_path):
+    import torch
+
+    from gen.core.tokenizer import tokenizer_to_dict
+    from gen.export.onnx_export import export_model
+    from gen.plugins.bigram import BigramLanguageModel
+
+    torch.manual_seed(0)
+    model = BigramLanguageModel.from_config({"vocab_size": tokenizer.vocab_size, "block_size": 8}).eval()
+    path = tmp_path / "bigram.onnx"
+    export_model(model, path, tokenizer_document=tokenizer_to_dict("char", tokenizer), progress=None)
+    bigram = Generator(path)
+    scheduler = Scheduler(bigram, max_batch=3).start()
+    try:
+        jobs = [(prompt, specs, seed, Collector()) for seed, (prompt, specs) in
+                enumerate(zip(PROMPTS, [["top_k:k=3"], ["mirostat"], ["no_repeat_ngram:n=2"], ["greedy"]]))]
+        for prompt, specs, seed, collector in jobs:
+            scheduler.submit([Choice(bigram.tokenizer.encode(prompt), Sampling(specs), seed, 40)], collector)
+        assert all(collector.done.wait(30) for *_, collector in jobs)
+    finally:
+        scheduler.stop(timeout=30)
+    for prompt, specs, seed, collector in jobs:
+        assert collector.texts[0] == alone(bigram, prompt, specs, seed, 40)
+
+
+# --- the HTTP API, with the official client ---------------------------------------------
+
+
+class BanLetter(LogitsFilter):
+    """Forbid one letter (a third-party sampler, registered in-process)."""
+
+    def __init__(self, letter: str = "e"):
+        self.letter = letter
+
+    def filter(self, logits, context):
+        ids = context.tokenizer.encode(self.letter)
+        remove = np.zeros(logits.shape, dtype=bool)
+        remove[:, ids] = True
+        return mask_logits(logits, remove)
+
+
+class BanLetterPlugin:
+    @hookimpl
+    def register_samplers(self, register):
+        register("ban_letter", BanLetter)
+
+
+@pytest.fixture(scope="module")
+def server(small_gpt_onnx):
+    """A server with a plugin sampler registered, and small limits to test them."""
+    from gen.core.plugins import reset_plugins
+
+    reset_plugins()
+    get_plugins().register(BanLetterPlugin(), "gen-ban-letter")
+    generator = Generator(small_gpt_onnx)
+    app = create_app(generator, max_batch=8, max_queue=32, max_body_bytes=4096,
+                     limits=Limits(max_tokens=500, max_prompt_tokens=100, max_choices=8))
+    with running_server(app) as url:
+        yield url, generator
+    reset_plugins()
+
+
+@pytest.fixture
+def client(server):
+    with openai.OpenAI(base_url=f"{server[0]}/v1", api_key="unused", max_retries=0, timeout=60) as client:
+        yield client
+
+
+def test_completions_equal_gen_run_with_the_same_seed(server, client):
+    _, generator = server
+    response = client.completions.create(model="small-gpt", prompt="ROMEO:", max_tokens=60, seed=11,
+                                         temperature=0.8, top_p=0.9)
+    assert response.choices[0].text == alone(generator, "ROMEO:", ["temperature:t=0.8", "top_p:p=0.9"], 11, 60)
+    assert response.choices[0].finish_reason == "length" and response.object == "text_completion"
+    assert response.usage.prompt_tokens == 6 and response.usage.completion_tokens == 60
+    assert response.usage.total_tokens == 66
+    assert response.model_extra["sampler"] == ["temperature:t=0.8", "top_p:p=0.9"]
+    greedy = client.completions.create(model="small-gpt", prompt="ROMEO:", max_tokens=30, temperature=0)
+    assert greedy.choices[0].text == alone(generator, "ROMEO:", ["greedy"], 0, 30)
+
+
+def test_streaming_sends_the_same_text_then_usage_and_done(server, client):
+    _, generator = server
+    chunks = list(client.completions.create(model="m", prompt="JULIET:", max_tokens=80, seed=3, stream=True,
+                                            stream_options={"include_usage": True}))
+    text = "".join(chunk.choices[0].text for chunk in chunks if chunk.choices)
+    assert text == alone(generator, "JULIET:", [], 3, 80)
+    assert len([chunk for chunk in chunks if chunk.choices]) > 5  # it streamed, not one piece
+    assert chunks[-2].choices[0].finish_reason == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 80
+    raw = httpx.post(f"{server[0]}/v1/completions", json={"prompt": "a", "max_tokens": 3, "stream": True}, timeout=30)
+    assert raw.headers["content-type"].startswith("text/event-stream")
+    assert raw.text.endswith("data: [DONE]\n\n") and "usage" not in raw.text  # usage only when asked
+
+
+def test_n_and_several_prompts_number_the_choices_and_their_seeds(server, client):
+    _, generator = server
+    response = client.completions.create(model="m", prompt=["ROMEO:", "JULIET:"], n=3, max_tokens=25, seed=100,
+                                         extra_body={"sampler": ["top_k:k=8"]})
+    assert [choice.index for choice in response.choices] == list(range(6))
+    for choice in response.choices:
+        prompt = ["ROMEO:", "JULIET:"][choice.index // 3]
+        assert choice.text == alone(generator, prompt, ["top_k:k=8"], 100 + choice.index, 25)
+    assert len({choice.text for choice in response.choices}) == 6
+    assert response.usage.prompt_tokens == 13 and response.usage.completion_tokens == 150
+
+
+def test_stop_ends_a_choice_at_the_stop_string(server, client):
+    _, generator = server
+    response = client.completions.create(model="m", prompt="ROMEO:", max_tokens=400, seed=2, stop=["e", "o"])
+    text = response.choices[0].text
+    assert response.choices[0].finish_reason == "stop"
+    assert text == alone(generator, "ROMEO:", [], 2, 400, stop=["e", "o"]) and "e" not in text and "o" not in text
+    streamed = "".join(chunk.choices[0].text for chunk in client.completions.create(
+        model="m", prompt="ROMEO:", max_tokens=400, seed=2, stop=["e", "o"], stream=True))
+    assert streamed == text
+
+
+def test_logprobs_have_openais_shape_and_gens_values(server, client):
+    _, generator = server
+    response = client.completions.create(model="m", prompt="ROMEO:", max_tokens=12, seed=5, logprobs=3)
+    logprobs = response.choices[0].logprobs
+    expected = list(generator.tokens("ROMEO:", seed=5, max_new_tokens=12, logprobs=3))
+    assert logprobs.tokens == [token.text for token in expected]
+    assert logprobs.token_logprobs == [token.logprob for token in expected]
+    assert logprobs.top_logprobs == [{alt.text: alt.logprob for alt in token.top} for token in expected]
+    assert logprobs.text_offset == list(range(6, 18))  # after the 6 characters of the prompt
+    streamed = [chunk.choices[0].logprobs for chunk in client.completions.create(
+        model="m", prompt="ROMEO:", max_tokens=12, seed=5, logprobs=3, stream=True) if chunk.choices]
+    assert sum((part.tokens for part in streamed), []) == logprobs.tokens
+    assert sum((part.text_offset for part in streamed), []) == logprobs.text_offset
+
+
+def test_the_sampler_extension_reaches_plugin_samplers(server, client):
+    _, generator = server
+    specs = ["ban_letter:letter=e", "top_k:k=6", "temperature:t=1.3"]
+    response = client.completions.create(model="m", prompt="ROMEO:", max_tokens=200, seed=9,
+                                         temperature=0.1, extra_body={"sampler": specs})  # sampler wins
+    text = response.choices[0].text
+    assert "e" not in text and text == alone(generator, "ROMEO:", specs, 9, 200)
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.completions.create(model="m", prompt="a", extra_body={"sampler": ["ban_letter:colour=red"]})
+    assert bad.value.body["param"] == "sampler" and "letter (str='e')" in bad.value.body["message"]
+
+
+def test_logit_bias_and_penalties_map_onto_gens_samplers(server, client):
+    _, generator = server
+    e = generator.tokenizer.encode("e")[0]
+    response = client.completions.create(model="m", prompt="ROMEO:", max_tokens=200, seed=1, logit_bias={str(e): -100})
+    assert "e" not in response.choices[0].text
+    assert response.choices[0].text == generator.generate(["ROMEO:"], seed=1, max_new_tokens=200,
+                                                          logit_bias={e: -100.0})[0]
+    response = client.completions.create(model="m", prompt="ROMEO:", max_tokens=100, seed=1, presence_penalty=1.5,
+                                         frequency_penalty=0.5, temperature=0.5)
+    specs = ["penalties:presence=1.5,frequency=0.5", "temperature:t=0.5"]
+    assert response.choices[0].text == alone(generator, "ROMEO:", specs, 1, 100)
+
+
+def test_echo_puts_the_prompt_first(server, client):
+    _, generator = server
+    response = client.completions.create(model="m", prompt="ROMEO:", max_tokens=10, seed=4, echo=True)
+    assert response.choices[0].text == "ROMEO:" + alone(generator, "ROMEO:", [], 4, 10)
+
+
+def test_token_id_prompts_are_accepted(server, client):
+    _, generator = server
+    ids = generator.tokenizer.encode("ROMEO:")
+    response = client.completions.create(model="m", prompt=ids, max_tokens=10, seed=4)
+    assert response.choices[0].text == alone(generator, "ROMEO:", [], 4, 10)
+
+
+BAD_REQUESTS = [
+    ({"max_tokens": 5}, "prompt", "prompt is required"),
+    ({"prompt": 5}, "prompt", "prompt must be a string"),
+    ({"prompt": ""}, "prompt", "prompt is empty"),
+    ({"prompt": "caf\u00e9"}, "prompt", "cannot be encoded by this model's tokenizer"),
+    ({"prompt": [1, 2, 99999]}, "prompt", "outside the vocabulary"),
+    ({"prompt": "a" * 101}, "prompt", "101 tokens, over this server's limit of 100"),
+    ({"prompt": "a", "max_tokens": "ten"}, "max_tokens", "max_tokens must be an integer, got a string"),
+    ({"prompt": "a", "max_tokens": 501}, "max_tokens", "over this server's limit of 500"),
+    ({"prompt": "a", "max_tokens": -1}, "max_tokens", "at least 0"),
+    ({"prompt": "a", "temperature": 3}, "temperature", "between 0 and 2"),
+    ({"prompt": "a", "temperature": True}, "temperature", "must be a number"),
+    ({"prompt": "a", "top_p": 0}, "top_p", "above 0"),
+    ({"prompt": "a", "n": 9}, "n", "at most 8 per request"),
+    ({"prompt": "a", "seed": -1}, "seed", "at least 0"),
+    ({"prompt": "a", "stop": [1]}, "stop", "a string or a list of strings"),
+    ({"prompt": "a", "stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4"),
+    ({"prompt": "a", "logprobs": 21}, "logprobs", "limit of 20"),
+    ({"prompt": "a", "logit_bias": {"x": 1}}, "logit_bias", "not a token id"),
+    ({"prompt": "a", "logit_bias": {"1": 1000}}, "logit_bias", "from -100 to 100"),
+    ({"prompt": "a", "sampler": "top_k"}, "sampler", "a list of --sampler specs"),
+    ({"prompt": "a", "sampler": ["no_such_sampler"]}, "sampler", "unknown sampler 'no_such_sampler'; known samplers"),
+    ({"prompt": "a", "sampler": ["top_k:k=many"]}, "sampler", "is not a valid int"),
+    ({"prompt": "a", "sampler": ["greedy", "top_k"]}, "sampler", "must come last"),
+    ({"prompt": "a", "suffix": "x"}, "suffix", "not supported"),
+    ({"prompt": "a", "max_token": 5}, "max_token", "unknown field 'max_token'"),
+    ({"prompt": "a", "stream": "yes"}, "stream", "true or false"),
+]
+
+
+@pytest.mark.parametrize("body,param,message", BAD_REQUESTS)
+def test_bad_requests_get_400_naming_the_problem(server, body, param, message):
+    response = httpx.post(f"{server[0]}/v1/completions", json=body, timeout=30)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == param
+    assert message in error["message"], error["message"]
+
+
+@pytest.mark.parametrize("content,status,message", [
+    (b'{"prompt": "a",', 400, "not valid JSON"),
+    (b'{"prompt": "a", "temperature": NaN}', 400, "not valid JSON"),
+    (b'["prompt"]', 400, "must be a JSON object"),
+    (b"\xff\xfe", 400, "not valid JSON"),
+    (b'{"prompt": "' + b"a" * 5000 + b'"}', 413, "over this server's limit of 4096 bytes"),
+])
+def test_malformed_and_oversized_bodies_get_a_clear_error(server, content, status, message):
+    response = httpx.post(f"{server[0]}/v1/completions", content=content, timeout=30,
+                          headers={"Content-Type": "application/json"})
+    assert response.status_code == status and message in response.json()["error"]["message"]
+
+
+def test_unknown_routes_and_methods_answer_in_openais_shape(server):
+    missing = httpx.get(f"{server[0]}/v1/chat", timeout=30)
+    assert missing.status_code == 404 and "POST /v1/completions" in missing.json()["error"]["message"]
+    wrong_method = httpx.get(f"{server[0]}/v1/completions", timeout=30)
+    assert wrong_method.status_code == 405 and wrong_method.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_models_samplers_health_and_metrics(server, client):
+    url, generator = server
+    assert [model.id for model in client.models.list()] == ["small-gpt.onnx"]
+    samplers = {entry["name"]: entry for entry in httpx.get(f"{url}/v1/samplers", timeout=30).json()["data"]}
+    assert samplers["ban_letter"] == {"name": "ban_letter", "provider": "gen-ban-letter", "kind": "filter",
+                                      "description": "Forbid one letter (a third-party sampler, registered in-process).",
+                                      "options": {"letter": {"type": "str", "default": "e"}}}
+    assert samplers["top_p"]["options"] == {"p": {"type": "float", "default": 0.9}}
+    assert samplers["mirostat"]["kind"] == "sampler" and samplers["greedy"]["provider"] == "gen"
+    health = httpx.get(f"{url}/health", timeout=30).json()
+    assert health["status"] == "ok" and health["exact_batching"] is True
+
+    def metric(text, name):
+        line = next(line for line in text.splitlines() if line.startswith(name + " ") or line.startswith(name + "{"))
+        return float(line.rsplit(" ", 1)[1])
+
+    before = httpx.get(f"{url}/metrics", timeout=30).text
+    client.completions.create(model="m", prompt="a", max_tokens=7, n=2)
+    httpx.post(f"{url}/v1/completions", json={"prompt": 1}, timeout=30)
+    after = httpx.get(f"{url}/metrics", timeout=30)
+    assert after.headers["content-type"].startswith("text/plain")
+    assert metric(after.text, "gen_tokens_generated_total") - metric(before, "gen_tokens_generated_total") == 14
+    assert metric(after.text, 'gen_requests_total{outcome="completed"}') - \
+        metric(before, 'gen_requests_total{outcome="completed"}') == 1
+    assert metric(after.text, 'gen_requests_total{outcome="bad_request"}') >= 1
+    for name in ("gen_queue_depth", "gen_active_rows", "gen_batch_size_count",
+                 "gen_time_to_first_token_seconds_count", "gen_inter_token_latency_seconds_count"):
+        assert metric(after.text, name) >= 0
+
+
+def test_the_playground_page_and_its_files_come_from_the_package(server):
+    page = httpx.get(f"{server[0]}/", timeout=30)
+    assert page.status_code == 200 and "<title>gen playground: small-gpt.onnx</title>" in page.text
+    assert '[[0.85, "red"]' in page.text  # gen.core.generate.PROBABILITY_COLOURS
+    for name in ("playground.js", "playground.css"):
+        assert httpx.get(f"{server[0]}/playground/{name}", timeout=30).status_code == 200
+    for name in ("", "playground/playground.js", "playground/playground.css"):
+        assert "://" not in httpx.get(f"{server[0]}/{name}", timeout=30).text  # nothing fetched from elsewhere
+
+
+def test_a_client_that_leaves_mid_stream_frees_its_rows(server):
+    url, _ = server
+    with httpx.stream("POST", f"{url}/v1/completions", timeout=30,
+                      json={"prompt": "a", "max_tokens": 500, "stream": True, "n": 4}) as response:
+        lines = response.iter_lines()
+        assert next(lines).startswith("data: ")
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{url}/health", timeout=30).json()["active_rows"]:
+        assert time.monotonic() < deadline, "the cancelled rows stayed in the batch"
+        time.sleep(0.02)
+    metrics = httpx.get(f"{url}/metrics", timeout=30).text
+    assert 'gen_requests_total{outcome="cancelled"} 1.0' in metrics
+
+
+class Slow(LogitsFilter):
+    """Takes 10 ms a token, so that a request stays in the batch while the test looks."""
+
+    def filter(self, logits):
+        time.sleep(0.01)
+        return logits
+
+
+class SlowPlugin:
+    @hookimpl
+    def register_samplers(self, register):
+        register("slow", Slow)
+
+
+@pytest.fixture
+def slow_sampler():
+    plugin = SlowPlugin()
+    get_plugins().register(plugin, "gen-slow")
+    yield "slow"
+    get_plugins().unregister(plugin)
+
+
+def test_a_full_queue_answers_503_with_retry_after(small_gpt_onnx, slow_sampler):
+    generator = Generator(small_gpt_onnx)
+    app = create_app(generator, max_batch=1, max_queue=1)
+    with running_server(app) as url:
+        body = {"prompt": "a", "max_tokens": 1000, "stream": True, "sampler": [slow_sampler]}
+        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=30) as running:
+            lines = running.iter_lines()  # kept: a dropped iterator closes the response
+            assert next(lines).startswith("data: ")  # in the batch
+            with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=30) as waiting:
+                deadline = time.monotonic() + 10
+                while httpx.get(f"{url}/health", timeout=30).json()["queue_depth"] == 0:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.01)
+                with openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0) as client:
+                    with pytest.raises(openai.APIStatusError) as refused:
+                        client.completions.create(model="m", prompt="a", max_tokens=5)
+                assert refused.value.status_code == 503
+                assert refused.value.response.headers["retry-after"] == "1"
+                assert "max-queue 1" in refused.value.body["message"]
+                assert waiting.status_code == 200
+
+
+def test_thirty_two_concurrent_streams_each_equal_their_text_alone(server):
+    """A small version of benchmarks/serve_load.py: concurrent streaming clients, mixed
+    samplers, every completion checked against its run alone."""
+    url, generator = server
+
+    async def one(client, k):
+        specs = BUILT_IN_CHAINS[k % len(BUILT_IN_CHAINS)]
+        stream = await client.completions.create(model="m", prompt=PROMPTS[k % len(PROMPTS)], max_tokens=30 + k,
+                                                 seed=k, stream=True, extra_body={"sampler": specs})
+        return "".join([chunk.choices[0].text async for chunk in stream if chunk.choices])
+
+    async def everyone():
+        async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60) as client:
+            return await asyncio.wait_for(asyncio.gather(*(one(client, k) for k in range(32))), 120)
+
+    texts = asyncio.run(everyone())
+    for k, text in enumerate(texts):
+        specs = BUILT_IN_CHAINS[k % len(BUILT_IN_CHAINS)]
+        assert text == alone(generator, PROMPTS[k % len(PROMPTS)], specs, k, 30 + k), (k, specs)
+
+
+# --- the command ------------------------------------------------------------------------
+
+
+def test_sigterm_finishes_the_requests_in_flight_then_exits(small_gpt_onnx):
+    gen = os.path.join(os.path.dirname(sys.executable), "gen")
+    process = subprocess.Popen([gen, "serve", str(small_gpt_onnx), "--port", "0"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        first_line = process.stdout.readline()
+        assert " at http://127.0.0.1:" in first_line, first_line + process.stderr.read()
+        url = first_line.split(" at ")[1].split()[0]
+        body = {"prompt": "ROMEO:", "max_tokens": 4000, "seed": 8, "stream": True}
+        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as response:
+            lines = response.iter_lines()
+            received = [next(lines)]
+            process.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            with pytest.raises(httpx.ConnectError):  # no longer accepting, while the stream goes on
+                httpx.get(f"{url}/health", timeout=5)
+            received += list(lines)
+        process.wait(timeout=60)
+    finally:
+        process.kill()
+    output = process.stdout.read()
+    assert process.returncode in (0, -signal.SIGTERM), process.stderr.read()
+    assert "gen serve: stopped" in output
+    events = [line[len("data: "):] for line in received if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    text = "".join(json.loads(event)["choices"][0]["text"] for event in events[:-1])
+    assert text == alone(Generator(small_gpt_onnx), "ROMEO:", [], 8, 4000)
+
+
+def test_gen_serve_says_what_is_wrong_in_one_line(small_gpt_onnx, tmp_path):
+    from click.testing import CliRunner
+
+    from gen.core.cli import cli
+    from gen.runtime.server import listening_socket
+
+    missing = CliRunner().invoke(cli, ["serve", str(tmp_path / "nothing.onnx")])
+    assert missing.exit_code == 1 and missing.output.startswith("Error: ") and missing.output.count("\n") == 1
+    taken = listening_socket("127.0.0.1", 0)
+    try:
+        port = str(taken.getsockname()[1])
+        in_use = CliRunner().invoke(cli, ["serve", str(small_gpt_onnx), "--port", port])
+    finally:
+        taken.close()
+    assert in_use.exit_code == 1 and f"cannot listen on 127.0.0.1:{port}" in in_use.output, in_use.output
