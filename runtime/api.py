@@ -321,6 +321,38 @@ class LogprobsWriter:
         return document
 
 
+def dumps(document) -> str:
+    """Compact JSON; a sampler option's default of inf (not JSON) as the string "inf"."""
+    return json.dumps(document, separators=(",", ":"), default=_json_default)
+
+
+def _json_default(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+class StreamChunks:
+    """The server-sent events of one streamed completion: `data: {completion with one choice}`
+    lines, the usage, then `data: [DONE]`. The part every chunk shares is encoded once."""
+
+    DONE = "data: [DONE]\n\n"
+
+    def __init__(self, request_id: str, created: int, model: str):
+        shared = dumps(completion_object(request_id, created, model, []))
+        self.head = "data: " + shared[:shared.rindex('"choices"')]
+
+    def choice(self, index: int, text: str, logprobs: dict | None, finish_reason: str | None) -> str:
+        return f'{self.head}"choices":[{dumps(choice_object(index, text, logprobs, finish_reason))}]}}\n\n'
+
+    def usage(self, usage: dict) -> str:
+        return f'{self.head}"choices":[],"usage":{dumps(usage)}}}\n\n'
+
+    @staticmethod
+    def error(error: "APIError") -> str:
+        return f"data: {dumps(error.to_json())}\n\n"
+
+
 def completion_object(request_id: str, created: int, model: str, choices: list[dict], **extra) -> dict:
     return {"id": request_id, "object": "text_completion", "created": created, "model": model,
             "choices": choices, **extra}

@@ -146,6 +146,7 @@ class _Row:
         self.logprobs = choice.logprobs
         self.generated = 0
         self.done = False
+        self.waited = 0  # steps it waited to be prefilled in line with the batch
 
     def sample(self, logits: np.ndarray, tokenizer) -> list:
         """Draw the next token from this row's (1, vocab) logits; return its events."""
@@ -397,17 +398,45 @@ class Scheduler:
                 continue
             sampled += [(row, logits[i:i + 1]) for i, row in enumerate(batch.rows)]
         self._prefilled = []
+        sampled += self._prefill(events)
+        return sampled
+
+    def _prefill(self, events: list) -> list[tuple[_Row, np.ndarray]]:
+        """Prefill waiting rows, alone or with rows of the same length (no padding), within the budget.
+
+        A row whose cache length does not line up with the largest batch's, modulo the quantum,
+        waits up to quantum - 1 steps: that batch grows by a token a step, so it soon does, and
+        the rows then decode in one model call rather than one call per residue.
+        """
+        quantum = self.quantum
+        widest = max(self._batches, key=lambda batch: len(batch.rows), default=None)
+        ready: dict[int, list[_Row]] = {}
+        later: collections.deque[_Row] = collections.deque()
+        for row in self._to_prefill:
+            if widest is None or len(row.window) % quantum == widest.width % quantum or row.waited >= quantum - 1:
+                ready.setdefault(len(row.window), []).append(row)
+            else:
+                row.waited += 1
+                later.append(row)
+        sampled = []
         started = time.perf_counter()
-        while self._to_prefill and (not self._prefilled or time.perf_counter() - started < PREFILL_BUDGET_S):
-            row = self._to_prefill.popleft()
-            input_ids, mask = left_pad([row.window])
+        for length, rows in ready.items():
+            if sampled and time.perf_counter() - started > PREFILL_BUDGET_S:
+                later.extendleft(reversed(rows))  # first in line at the next step
+                continue
+            input_ids = np.array([row.window for row in rows], dtype=np.int64)
+            mask = np.ones_like(input_ids)
             try:
                 logits, past = self.backend.step(input_ids, mask, None)
             except Exception as error:
-                self._fail(row.request, f"the model failed: {_first_line(error)}", events)
+                for row in rows:
+                    self._fail(row.request, f"the model failed: {_first_line(error)}", events)
                 continue
-            self._prefilled.append((row, past, mask))
-            sampled.append((row, logits))
+            for i, row in enumerate(rows):
+                row.waited = 0
+                self._prefilled.append((row, [array[i:i + 1] for array in past], mask[i:i + 1]))
+                sampled.append((row, logits[i:i + 1]))
+        self._to_prefill = later
         return sampled
 
     def _forward_windows(self, events: list) -> list[tuple[_Row, np.ndarray]]:
@@ -511,6 +540,12 @@ def exact_padding_quantum(backend, candidates: Sequence[int] = QUANTUM_CANDIDATE
     ids = rng.integers(0, backend.vocab_size, size=longest).tolist()
     next_token = np.array([[int(rng.integers(0, backend.vocab_size))]], dtype=np.int64)
     alone: dict[int, tuple] = {}
+    # Rows of one length prefill together, unpadded: each must get what it gets alone.
+    pair = np.array([ids[:3], ids[-3:]], dtype=np.int64)
+    together, _ = backend.step(pair, np.ones_like(pair), None)
+    if not all(np.array_equal(together[i], backend.step(pair[i:i + 1], np.ones_like(pair[i:i + 1]), None)[0][0])
+               for i in range(2)):
+        return None
 
     def prefill(length: int):
         if length not in alone:

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import importlib.resources
 import json
-import math
 import os
 import socket
 import sys
@@ -51,12 +50,14 @@ from gen.runtime.api import (
     CompletionRequest,
     Limits,
     LogprobsWriter,
+    StreamChunks,
     choice_object,
     completion_object,
+    dumps,
     parse_completion_request,
     usage_object,
 )
-from gen.runtime.scheduler import Busy, Failed, Finished, Piece, Scheduler
+from gen.runtime.scheduler import Busy, Failed, Piece, Scheduler
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 RETRY_AFTER_S = 1  # what a 503 tells the client to wait
@@ -210,16 +211,6 @@ def sampler_listing() -> list[dict]:
     return samplers
 
 
-def _json_default(value):
-    if isinstance(value, float) and not math.isfinite(value):  # a sampler default of inf
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON")
-
-
-def _sse(document) -> str:
-    return f"data: {json.dumps(document, separators=(',', ':'), default=_json_default)}\n\n"
-
-
 def create_app(generator, *, model_name: str | None = None, max_batch: int = 32, max_queue: int = 256,
                limits: Limits | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                scheduler: Scheduler | None = None, announce=None) -> Starlette:
@@ -314,29 +305,26 @@ def create_app(generator, *, model_name: str | None = None, max_batch: int = 32,
         """Server-sent events: a chunk per choice per batch of events, then usage if asked, then [DONE]."""
         parsed = progress.parsed
         n = len(parsed.choices) // len(parsed.prompts)
+        sse = StreamChunks(request_id, now, model_name)
         outcome = "cancelled"  # unless it gets to the end
         try:
             if parsed.echo:
-                yield "".join(_sse(completion_object(request_id, now, model_name, [
-                    choice_object(k, parsed.prompts[k // n], None, None)])) for k in range(len(parsed.choices)))
+                yield "".join(sse.choice(k, parsed.prompts[k // n], None, None) for k in range(len(parsed.choices)))
             while not progress.done:
                 changed = progress.take(await events.next_batch())
                 if progress.error is not None:
                     outcome = "failed"
-                    yield _sse(APIError(progress.error, status=500, type="server_error").to_json())
+                    yield sse.error(APIError(progress.error, status=500, type="server_error"))
                     return
                 chunks = []
                 for k, (text, tokens, finish) in sorted(changed.items()):
                     if not text and not tokens and finish is None:
                         continue  # a token whose text is held back (a possible stop string)
                     logprobs = progress.logprobs[k].write(tokens) if parsed.logprobs is not None else None
-                    chunks.append(_sse(completion_object(request_id, now, model_name,
-                                                         [choice_object(k, text, logprobs, finish)])))
+                    chunks.append(sse.choice(k, text, logprobs, finish))
                 if chunks:
                     yield "".join(chunks)
-            tail = _sse(completion_object(request_id, now, model_name, [], usage=progress.usage())) \
-                if parsed.include_usage else ""
-            yield tail + "data: [DONE]\n\n"
+            yield (sse.usage(progress.usage()) if parsed.include_usage else "") + sse.DONE
             outcome = "completed"
         finally:
             if outcome != "completed":
@@ -351,8 +339,7 @@ def create_app(generator, *, model_name: str | None = None, max_batch: int = 32,
         }]})
 
     async def samplers(request: Request) -> Response:
-        return Response(json.dumps({"object": "list", "data": sampler_listing()}, default=_json_default),
-                        media_type="application/json")
+        return Response(dumps({"object": "list", "data": sampler_listing()}), media_type="application/json")
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "model": model_name, "queue_depth": scheduler.queue_depth,

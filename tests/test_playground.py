@@ -1,0 +1,143 @@
+"""The playground page of `gen serve` in a real browser: Playwright driving Debian's chromium,
+headless. The page builds a sampler chain that includes a third-party plugin (examples/gen-typical,
+registered in-process), streams a completion, and must show exactly the text the API gives
+for the same request, each token coloured by its probability, with its alternatives on hover.
+
+Without a browser these tests skip and say why: `apt-get install chromium` (`.ci/run` does).
+GEN_PLAYGROUND_SCREENSHOT=PATH saves the screenshot there as well (docs/playground.png is one).
+"""
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import running_server
+from gen.core.plugins import get_plugins
+from gen.runtime.generator import Generator
+from gen.runtime.server import create_app
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("GEN_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed: pip install playwright")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="no chromium to drive: apt-get install chromium (or set GEN_CHROMIUM to a Chromium binary)")
+
+
+@pytest.fixture(scope="module")
+def typical_plugin():
+    """examples/gen-typical's `typical` sampler, registered as its package would be."""
+    sys.path.insert(0, str(REPOSITORY / "examples" / "gen-typical"))
+    import gen_typical
+
+    get_plugins().register(gen_typical, "gen-typical")
+    yield
+    get_plugins().unregister(gen_typical)
+    sys.path.remove(str(REPOSITORY / "examples" / "gen-typical"))
+
+
+@pytest.fixture(scope="module")
+def served(small_gpt_onnx, typical_plugin):
+    generator = Generator(small_gpt_onnx)
+    with running_server(create_app(generator, max_batch=8)) as url:
+        yield url, generator
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, served):
+    page = browser.new_page(viewport={"width": 1200, "height": 800})
+    errors = []
+    page.on("pageerror", lambda error: errors.append(error))
+    page.goto(f"{served[0]}/")
+    page.wait_for_selector("body[data-ready=true]", timeout=15_000)
+    yield page
+    page.close()
+    assert errors == [], errors
+
+
+def add_link(page, name: str, **options) -> None:
+    page.click("#add-sampler")
+    link = page.locator("#chain .link").last
+    link.locator("select.sampler-name").select_option(name)
+    for option, value in options.items():
+        link.locator(f"[data-option={option}]").fill(str(value))
+
+
+def test_the_page_streams_the_apis_text_with_probabilities_and_alternatives(page, served, tmp_path):
+    url, generator = served
+    names = page.locator("#chain .link select.sampler-name option").all_text_contents()
+    assert "typical (gen-typical)" in names and "mirostat" in names  # filled from /v1/samplers
+    page.locator("#chain .link .remove").first.click()  # the default top_k link
+    add_link(page, "typical", p=0.9)
+    add_link(page, "top_k", k=12)
+    page.eval_on_selector("#temperature", "e => { e.value = '0.8'; e.dispatchEvent(new Event('input')); }")
+    page.fill("#prompt", "ROMEO:")
+    page.fill("#seed", "21")
+    page.fill("#max-tokens", "150")
+    with page.expect_request("**/v1/completions") as sent:
+        page.click("#generate")
+    page.wait_for_function("document.querySelector('#status').textContent.startsWith('Finished')", timeout=30_000)
+
+    body = sent.value.post_data_json
+    assert body["sampler"] == ["temperature:t=0.8", "typical:p=0.9", "top_k:k=12"] and body["seed"] == 21
+    assert body["stream"] is True
+    shown = page.text_content("#completion")
+    # The same request through the API, not streamed; and the text `gen run` prints.
+    api = httpx.post(f"{url}/v1/completions", json={**body, "stream": False}, timeout=60).json()
+    assert shown == api["choices"][0]["text"]
+    assert shown == generator.generate(["ROMEO:"], sampler=body["sampler"], seed=21, max_new_tokens=150)[0]
+    command = page.text_content("#command")
+    assert "--sampler temperature:t=0.8 --sampler typical:p=0.9 --sampler top_k:k=12 --seed 21" in command
+
+    tokens = page.locator("#completion .token")
+    assert tokens.count() == 150  # one coloured span per character token
+    colours = set(tokens.evaluate_all("spans => spans.map(s => s.className.split(' ')[1])"))
+    assert colours <= {"p-red", "p-yellow", "p-green", "p-cyan", "p-blue"} and len(colours) >= 2
+    probabilities = tokens.evaluate_all("spans => spans.map(s => Number(s.dataset.p))")
+    assert all(0 < p <= 1 for p in probabilities)
+
+    tokens.nth(10).hover()
+    tooltip = page.locator("#tooltip")
+    assert tooltip.is_visible()
+    rows = tooltip.locator("tr").all_text_contents()
+    assert len(rows) == 5 and all("%" in row for row in rows)  # the 5 most likely alternatives
+    assert "under the model" in tooltip.text_content()
+    tokens.nth(20).click()  # a tap pins another token's alternatives
+    assert page.locator(".token.pinned").count() == 1 and tooltip.is_visible()
+
+    page.screenshot(path=str(tmp_path / "playground.png"))
+    if os.environ.get("GEN_PLAYGROUND_SCREENSHOT"):
+        page.screenshot(path=os.environ["GEN_PLAYGROUND_SCREENSHOT"])
+
+
+def test_stop_cancels_the_request_on_the_server(page, served):
+    url, _ = served
+    page.fill("#max-tokens", "4000")
+    page.click("#generate")
+    page.wait_for_selector("#completion .token", timeout=15_000)
+    page.click("#stop")
+    page.wait_for_function("document.querySelector('#status').textContent === 'Stopped.'", timeout=15_000)
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{url}/health", timeout=30).json()["active_rows"]:
+        assert time.monotonic() < deadline, "the stopped request stayed in the batch"
+        time.sleep(0.02)
+    assert 0 < len(page.text_content("#completion")) < 4000
+
+
+def test_an_api_error_shows_on_the_page(page):
+    page.fill("#prompt", "caf\u00e9")  # a character the model's tokenizer does not have
+    page.click("#generate")
+    page.wait_for_function("document.querySelector('#status').classList.contains('error')", timeout=15_000)
+    assert "cannot be encoded by this model's tokenizer" in page.text_content("#status")
