@@ -194,7 +194,8 @@ def main() -> None:
         if not args.model:
             export_quick_recipe(args.data, model)
         generator = Generator(model)
-        print(f"model: {args.model or 'quick recipe shape, random weights'}; {os.cpu_count()} CPUs, "
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        print(f"model: {args.model or 'quick recipe shape, random weights'}; {cpus} CPUs to run on, "
               f"load average {os.getloadavg()[0]:.2f} before the runs")
         baseline = gen_run_tokens_per_second(generator, args.max_tokens, repeats=5)
         print(f"gen run's loop (Generator.stream, one prompt, {args.max_tokens} tokens): {baseline:,.0f} tokens/s")

@@ -14,6 +14,7 @@ server-sent events. The fields and their mapping onto gen's samplers are in gen.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import importlib.resources
 import json
@@ -226,8 +227,7 @@ def create_app(generator, *, model_name: str | None = None, max_batch: int = 32,
     @contextlib.asynccontextmanager
     async def lifespan(app):
         loop = asyncio.get_running_loop()
-        # The scheduler thread hands each step's events to the loop in one call.
-        scheduler.publish = lambda events: loop.call_soon_threadsafe(_deliver, events)
+        scheduler.publish = Inbox(loop).publish
         scheduler.start()
         if announce is not None:
             announce("started", scheduler)
@@ -384,9 +384,28 @@ def create_app(generator, *, model_name: str | None = None, max_batch: int = 32,
     )
 
 
-def _deliver(events: list) -> None:
-    for request, event in events:
-        request.deliver(event)
+class Inbox:
+    """Events from the scheduler thread into the event loop. Waking the loop is a write to its
+    self-pipe, and the write's return waits for the GIL, so a step's events go in together and
+    the loop is woken only when it has taken everything before: when it falls behind, one wake-up
+    carries several steps."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.steps: collections.deque[list] = collections.deque()
+        self.woken = False
+
+    def publish(self, events: list) -> None:  # on the scheduler thread
+        self.steps.append(events)
+        if not self.woken:
+            self.woken = True
+            self.loop.call_soon_threadsafe(self.deliver)
+
+    def deliver(self) -> None:  # on the loop
+        self.woken = False  # before taking: a step published from now on wakes the loop again
+        while self.steps:
+            for request, event in self.steps.popleft():
+                request.deliver(event)
 
 
 # --- running it ------------------------------------------------------------------------
