@@ -34,8 +34,10 @@ from pathlib import Path
 import httpx
 
 PROMPTS = ["ROMEO:", "JULIET:\n", "First Citizen:\nBefore we proceed any further, hear me speak.", "\n"]
-SAMPLERS = [[], ["top_k:k=40", "temperature:t=0.8"], ["top_p:p=0.9"], ["min_p:p=0.1"], ["penalties:presence=0.5"],
-            ["repetition_penalty:penalty=1.2"], ["mirostat:tau=3"], ["greedy"]]
+# --samplers mixed: every built-in kind of chain, including those that read the text so far and
+# sample each row on its own; the default is what an OpenAI client sends without options.
+MIXED_SAMPLERS = [[], ["top_k:k=40", "temperature:t=0.8"], ["top_p:p=0.9"], ["min_p:p=0.1"],
+                  ["penalties:presence=0.5"], ["repetition_penalty:penalty=1.2"], ["mirostat:tau=3"], ["greedy"]]
 # The targets of issue 11.
 TARGET_SCALING_32 = 4.0
 TARGET_ITL_P99_32_S = 0.100
@@ -93,10 +95,13 @@ class Server:
 
 
 async def one_request(client: httpx.AsyncClient, url: str, result: Result) -> None:
+    """One streaming completion. The client stays lean while it runs, so that its own work takes
+    little from the server on a small machine: it notes when each network read arrived and
+    parses the server-sent events afterwards."""
     body = {"model": "m", "prompt": result.prompt, "max_tokens": result.max_tokens, "seed": result.seed,
             "sampler": result.sampler, "stream": True, "stream_options": {"include_usage": True}}
     started = time.perf_counter()
-    last = None
+    reads: list[tuple[float, bytes]] = []
     try:
         async with client.stream("POST", f"{url}/v1/completions", json=body) as response:
             result.status = response.status_code
@@ -104,34 +109,46 @@ async def one_request(client: httpx.AsyncClient, url: str, result: Result) -> No
                 result.retry_after = response.headers.get("retry-after")
                 result.error = (await response.aread()).decode()[:200]
                 return
-            async for line in response.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                chunk = json.loads(line[6:])
-                if "error" in chunk:
-                    result.error = chunk["error"]["message"]
-                    return
-                now = time.perf_counter()
-                for choice in chunk["choices"]:
-                    if choice["text"]:
-                        if last is None:
-                            result.ttft = now - started
-                        else:
-                            result.gaps.append(now - last)
-                        last = now
-                        result.text += choice["text"]
-                if chunk.get("usage"):
-                    result.tokens = chunk["usage"]["completion_tokens"]
+            async for data in response.aiter_raw():
+                reads.append((time.perf_counter(), data))
     except httpx.HTTPError as error:
         result.error = f"{type(error).__name__}: {error}"
     finally:
         result.seconds = time.perf_counter() - started
+    parse_events(reads, started, result)
 
 
-async def load(url: str, clients: int, requests: int, max_tokens: int, first_seed: int,
-               timeout: float) -> tuple[list[Result], float]:
+def parse_events(reads: list[tuple[float, bytes]], started: float, result: Result) -> None:
+    """Text, token count, time to first token and the gaps between reads that carried text."""
+    buffer, last = b"", None
+    for arrived, data in reads:
+        buffer += data
+        *events, buffer = buffer.split(b"\n\n")
+        carried_text = False
+        for event in events:
+            if not event.startswith(b"data: ") or event == b"data: [DONE]":
+                continue
+            chunk = json.loads(event[6:])
+            if "error" in chunk:
+                result.error = chunk["error"]["message"]
+                return
+            for choice in chunk["choices"]:
+                result.text += choice["text"]
+                carried_text = carried_text or bool(choice["text"])
+            if chunk.get("usage"):
+                result.tokens = chunk["usage"]["completion_tokens"]
+        if carried_text:
+            if last is None:
+                result.ttft = arrived - started
+            else:
+                result.gaps.append(arrived - last)
+            last = arrived
+
+
+async def load(url: str, clients: int, requests: int, max_tokens: int, first_seed: int, timeout: float,
+               samplers: list[list[str]] = ([],)) -> tuple[list[Result], float]:
     """`clients` clients, each sending `requests` streaming completions one after another."""
-    results = [[Result(PROMPTS[(c + r) % len(PROMPTS)], SAMPLERS[(c * requests + r) % len(SAMPLERS)],
+    results = [[Result(PROMPTS[(c + r) % len(PROMPTS)], samplers[(c * requests + r) % len(samplers)],
                        first_seed + c * requests + r, max_tokens) for r in range(requests)] for c in range(clients)]
 
     async def client_loop(client, mine):
@@ -185,10 +202,14 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=200)
     parser.add_argument("--timeout", type=float, default=300, help="seconds a run may take before it counts as hung")
     parser.add_argument("--overload-queue", type=int, default=8, help="--max-queue of the overload run")
+    parser.add_argument("--samplers", choices=["default", "mixed"], default="default",
+                        help="default: OpenAI's defaults (multinomial); mixed: a chain per request from a list "
+                             "of every built-in kind")
     args = parser.parse_args()
 
     from gen.runtime.generator import Generator
 
+    samplers = MIXED_SAMPLERS if args.samplers == "mixed" else [[]]
     with tempfile.TemporaryDirectory() as work:
         model = Path(args.model) if args.model else Path(work) / "quick.onnx"
         if not args.model:
@@ -196,7 +217,7 @@ def main() -> None:
         generator = Generator(model)
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         print(f"model: {args.model or 'quick recipe shape, random weights'}; {cpus} CPUs to run on, "
-              f"load average {os.getloadavg()[0]:.2f} before the runs")
+              f"load average {os.getloadavg()[0]:.2f} before the runs; samplers: {args.samplers}")
         baseline = gen_run_tokens_per_second(generator, args.max_tokens, repeats=5)
         print(f"gen run's loop (Generator.stream, one prompt, {args.max_tokens} tokens): {baseline:,.0f} tokens/s")
 
@@ -206,7 +227,7 @@ def main() -> None:
             asyncio.run(load(server.url, 1, 1, 20, 10**6, args.timeout))  # warm-up
             for clients in args.clients:
                 results, wall = asyncio.run(load(server.url, clients, args.requests, args.max_tokens,
-                                                 clients * 1000, args.timeout))
+                                                 clients * 1000, args.timeout, samplers))
                 tokens = sum(result.tokens for result in results)
                 errors = sum(1 for result in results if result.status != 200 or result.error)
                 ttft = [result.ttft for result in results if result.ttft is not None]
@@ -231,7 +252,7 @@ def main() -> None:
         # Overload: more clients than the batch and the queue hold.
         server = Server(model, "--max-batch", "16", "--max-queue", str(args.overload_queue))
         try:
-            results, wall = asyncio.run(load(server.url, 64, 1, args.max_tokens, 10**7, args.timeout))
+            results, wall = asyncio.run(load(server.url, 64, 1, args.max_tokens, 10**7, args.timeout, samplers))
         finally:
             server.stop()
         refused = [result for result in results if result.status == 503]

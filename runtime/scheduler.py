@@ -222,10 +222,16 @@ def _pad_mask(mask: np.ndarray, columns: int) -> np.ndarray:
 
 
 class _Batch:
-    """Rows that decode in one model call: their KV caches side by side, left-padded to one length."""
+    """Rows that decode in one model call: their KV caches side by side, left-padded to one length.
+
+    A row that leaves frees its slot rather than being cut out, which would copy every row's
+    cache: the slot's mask is zeroed, so it decodes nothing that matters (and no position grows),
+    and the next row to join that fits the batch's length takes it over. When most slots are
+    free the batch is compacted.
+    """
 
     def __init__(self):
-        self.rows: list[_Row] = []
+        self.rows: list[_Row | None] = []  # one per slot of the arrays; None: free
         self.past: list[np.ndarray] = []  # one (B, heads, P, head_size) array per past input of the graph
         self.mask = np.zeros((0, 0), dtype=np.int64)  # (B, P): 1 for a cached token, 0 for padding
 
@@ -233,35 +239,60 @@ class _Batch:
     def width(self) -> int:
         return self.mask.shape[1]
 
-    def decode(self, backend) -> np.ndarray:
-        """Feed every row its last sampled token: (B, vocab) logits of the next one."""
-        ids = np.array([[row.window[-1]] for row in self.rows], dtype=np.int64)
-        mask = np.concatenate([self.mask, np.ones((len(self.rows), 1), dtype=np.int64)], axis=1)
+    @property
+    def live(self) -> list[_Row]:
+        return [row for row in self.rows if row is not None]
+
+    def decode(self, backend) -> list[tuple[_Row, np.ndarray]]:
+        """Feed every row its last sampled token: each live row with the (1, vocab) logits of its next one."""
+        ids = np.array([[row.window[-1] if row is not None else 0] for row in self.rows], dtype=np.int64)
+        used = np.array([[row is not None] for row in self.rows], dtype=np.int64)
+        mask = np.concatenate([self.mask, used], axis=1)
         logits, self.past = backend.step(ids, mask, self.past)
         self.mask = mask
-        return logits
+        return [(row, logits[slot:slot + 1]) for slot, row in enumerate(self.rows) if row is not None]
 
     def join(self, entries: list[tuple[_Row, list[np.ndarray], np.ndarray]]) -> None:
-        """Add prefilled rows, each with its (1, heads, L, head_size) cache and (1, L) mask."""
-        width = max([self.width] + [mask.shape[1] for _, _, mask in entries])
+        """Add prefilled rows, each with its (1, heads, L, head_size) cache and (1, L) mask: into a
+        free slot when L fits the batch's length, else appended (padding the shorter side)."""
+        free = [slot for slot, row in enumerate(self.rows) if row is None]
+        appended = []
+        for row, past, mask in entries:
+            pad = self.width - mask.shape[1]
+            if not free or pad < 0:
+                appended.append((row, past, mask))
+                continue
+            slot = free.pop(0)
+            for array, own in zip(self.past, past):
+                array[slot, :, :pad] = 0
+                array[slot, :, pad:] = own[0]
+            self.mask[slot] = 0
+            self.mask[slot, pad:] = mask[0]
+            self.rows[slot] = row
+        if not appended:
+            return
+        width = max([self.width] + [mask.shape[1] for _, _, mask in appended])
         parts = [(self.past, self.mask)] if self.rows else []
-        parts += [(past, mask) for _, past, mask in entries]
+        parts += [(past, mask) for _, past, mask in appended]
         padded = [(_pad_past(past, width - mask.shape[1]), _pad_mask(mask, width - mask.shape[1]))
                   for past, mask in parts]
         self.past = [np.concatenate(arrays, axis=0) for arrays in zip(*(past for past, _ in padded))]
         self.mask = np.concatenate([mask for _, mask in padded], axis=0)
-        self.rows += [row for row, _, _ in entries]
+        self.rows += [row for row, _, _ in appended]
 
     def leave(self, leaving: Callable[[_Row], bool]) -> list[_Row]:
-        """Remove the rows for which `leaving(row)` holds; return them."""
-        keep = [i for i, row in enumerate(self.rows) if not leaving(row)]
-        if len(keep) == len(self.rows):
-            return []
-        kept = set(keep)
-        gone = [row for i, row in enumerate(self.rows) if i not in kept]
-        self.rows = [self.rows[i] for i in keep]
-        self.past = [array[keep] for array in self.past]
-        self.mask = self.mask[keep]
+        """Free the slots of the rows for which `leaving(row)` holds; return those rows."""
+        gone = []
+        for slot, row in enumerate(self.rows):
+            if row is not None and leaving(row):
+                gone.append(row)
+                self.rows[slot] = None
+                self.mask[slot] = 0
+        if gone and 2 * len(self.live) <= len(self.rows):  # half free: decode only the live rows
+            keep = [slot for slot, row in enumerate(self.rows) if row is not None]
+            self.rows = [self.rows[slot] for slot in keep]
+            self.past = [array[keep] for array in self.past]
+            self.mask = self.mask[keep]
         return gone
 
     def trim(self, quantum: int) -> None:
@@ -323,7 +354,7 @@ class Scheduler:
     @property
     def active_rows(self) -> int:
         """Choices being generated: in a batch, or about to be prefilled."""
-        return sum(len(batch.rows) for batch in self._batches) + len(self._to_prefill) + len(self._prefilled)
+        return sum(len(batch.live) for batch in self._batches) + len(self._to_prefill) + len(self._prefilled)
 
     def _queued(self) -> tuple[int, int]:
         """(requests that will not fit in the batch at the next step, rows of room left after them)."""
@@ -429,7 +460,7 @@ class Scheduler:
             self._pending = collections.deque(r for r in self._pending if not r.over)
         for batch in self._batches:
             batch.leave(lambda row: row.request.over)
-        self._batches = [batch for batch in self._batches if batch.rows]
+        self._batches = [batch for batch in self._batches if batch.live]
         self._to_prefill = collections.deque(row for row in self._to_prefill if not row.request.over)
 
     def _admit(self, events: list) -> None:
@@ -455,12 +486,10 @@ class Scheduler:
         sampled = []
         for batch in self._batches:
             try:
-                logits = batch.decode(self.backend)
+                sampled += batch.decode(self.backend)
             except Exception as error:  # onnxruntime's own exception types
-                for row in batch.rows:
+                for row in batch.live:
                     self._fail(row.request, f"the model failed: {_first_line(error)}", events)
-                continue
-            sampled += [(row, logits[i:i + 1]) for i, row in enumerate(batch.rows)]
         self._prefilled = []
         sampled += self._prefill(events)
         return sampled
@@ -473,7 +502,7 @@ class Scheduler:
         the rows then decode in one model call rather than one call per residue.
         """
         quantum = self.quantum
-        widest = max(self._batches, key=lambda batch: len(batch.rows), default=None)
+        widest = max(self._batches, key=lambda batch: len(batch.live), default=None)
         ready: dict[int, list[_Row]] = {}
         later: collections.deque[_Row] = collections.deque()
         for row in self._to_prefill:
@@ -545,7 +574,7 @@ class Scheduler:
                 joining.append((row, past, mask))
         self._prefilled = []
         self._join(joining)
-        self._batches = [batch for batch in self._batches if batch.rows]
+        self._batches = [batch for batch in self._batches if batch.live]
         for batch in self._batches:
             batch.trim(self.quantum)
 
@@ -569,7 +598,7 @@ class Scheduler:
 
     def _fail_everything(self, message: str) -> None:
         events: list = []
-        rows = [row for batch in self._batches for row in batch.rows] + list(self._to_prefill)
+        rows = [row for batch in self._batches for row in batch.live] + list(self._to_prefill)
         for request in {id(row.request): row.request for row in rows}.values():
             self._fail(request, message, events)
         self._batches, self._to_prefill = [], collections.deque()
@@ -624,7 +653,7 @@ def exact_padding_quantum(backend, candidates: Sequence[int] = QUANTUM_CANDIDATE
         for widest in (longest, longest - 1):
             lengths = list(range(widest, 0, -quantum))[:12]
             batch = _Batch()
-            batch.join([(None, *prefill(length)[:2]) for length in lengths])
+            batch.join([(f"probe row of {length}", *prefill(length)[:2]) for length in lengths])
             mask = np.concatenate([batch.mask, np.ones((len(lengths), 1), dtype=np.int64)], axis=1)
             logits, _ = backend.step(np.repeat(next_token, len(lengths), axis=0), mask, batch.past)
             exact = exact and all(np.array_equal(logits[i], prefill(length)[2]) for i, length in enumerate(lengths))
