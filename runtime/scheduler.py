@@ -25,8 +25,14 @@ interleaved partial sums: padding by an amount that is not a multiple of their c
 the logits differently (by about 1e-7), which could, rarely, flip a sampled token. So the
 scheduler measures at start the padding step that keeps a row's logits bitwise equal to its
 logits alone (`exact_padding_quantum`; 4 on the machine this was written on) and only pads by
-multiples of it: rows whose cache lengths differ by other amounts decode in separate batches
-(at most `quantum` model calls per step). Then every text equals `gen run`'s for its seed.
+multiples of it. A new or slid row waits up to quantum - 1 steps to line up with the largest
+batch, which grows a token a step; rows whose lengths still differ by other amounts decode in
+a batch of their own. Then every text equals `gen run`'s for its seed.
+
+What costs per step is kept per step, not per row: a row that leaves frees its slot instead
+of being cut out of the arrays (which would copy every cache), rows of one length prefill
+together, and rows whose chains are built-in row-wise samplers with the same specs draw in
+one call (ROW_WISE_SAMPLERS).
 """
 from __future__ import annotations
 
@@ -601,7 +607,7 @@ class Scheduler:
         rows = [row for batch in self._batches for row in batch.live] + list(self._to_prefill)
         for request in {id(row.request): row.request for row in rows}.values():
             self._fail(request, message, events)
-        self._batches, self._to_prefill = [], collections.deque()
+        self._batches, self._to_prefill, self._prefilled = [], collections.deque(), []
         self.publish(events)
 
 

@@ -2,7 +2,8 @@
 
 There torch cannot be imported, `gen plugins` lists the samplers and tokenizers,
 and a model trained and exported in the main environment generates with `gen run`
-and with the Python `Generator` API the same greedy text as in the main environment.
+and with the Python `Generator` API the same greedy text as in the main environment;
+with the serve extra added, `gen serve` answers a completion with that text too.
 A third-party model plugin (examples/gen-mlp) installs there with pip, loads without
 torch, and its export there gives the greedy text of `gen sample` in the main environment.
 Set GEN_RUNTIME_VENV to keep the environment at a path of your choosing.
@@ -11,8 +12,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -85,6 +88,30 @@ def test_an_export_runs_without_torch_and_matches_the_main_environment(runtime_p
         "sys.stdout.write(text)\n"
     ), exported_model])
     assert PROMPT + through_api in in_main
+
+
+def test_gen_serve_installs_as_an_extra_and_serves_without_torch(runtime_python, exported_model, tmp_path):
+    source = tmp_path / "gen"  # build from a copy, outside the work tree
+    shutil.copytree(REPOSITORY, source, ignore=shutil.ignore_patterns(".venv*", ".git", "out*", "*.onnx"))
+    run([runtime_python, "-m", "pip", "install", "--quiet", f"{source}[serve]"])
+    in_main = run([MAIN_BIN / "gen", "run", exported_model, *GENERATE_ARGUMENTS])
+    server = subprocess.Popen([runtime_python.parent / "gen", "serve", exported_model, "--port", "0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first_line = server.stdout.readline()
+        assert " at http://127.0.0.1:" in first_line, first_line + server.stderr.read()
+        url = first_line.split(" at ")[1].split()[0]
+        body = json.dumps({"prompt": PROMPT, "max_tokens": 120, "temperature": 0}).encode()
+        request = urllib.request.Request(f"{url}/v1/completions", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            text = json.loads(response.read())["choices"][0]["text"]
+        assert PROMPT + text in in_main  # temperature 0 is greedy, as GENERATE_ARGUMENTS
+        with urllib.request.urlopen(f"{url}/", timeout=60) as page:
+            assert b"gen playground" in page.read()  # the page's files were installed
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
 
 
 def finished_word_repeats(output: str) -> list[str]:

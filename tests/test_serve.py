@@ -595,3 +595,26 @@ def test_gen_serve_says_what_is_wrong_in_one_line(small_gpt_onnx, tmp_path):
     finally:
         taken.close()
     assert in_use.exit_code == 1 and f"cannot listen on 127.0.0.1:{port}" in in_use.output, in_use.output
+
+
+def test_the_server_runs_without_torch(small_gpt_onnx, tmp_path):
+    script = f"""
+import sys
+sys.modules["torch"] = None  # from here on, `import torch` raises ImportError
+sys.path.insert(0, {os.path.dirname(__file__)!r})
+import httpx
+from conftest import running_server
+from gen.runtime.generator import Generator
+from gen.runtime.server import create_app
+
+with running_server(create_app(Generator({str(small_gpt_onnx)!r}))) as url:
+    response = httpx.post(url + "/v1/completions", json={{"prompt": "ROMEO:", "max_tokens": 5, "seed": 1}}, timeout=30)
+    assert response.status_code == 200, response.text
+    assert httpx.get(url + "/v1/samplers", timeout=30).status_code == 200
+torch_modules = [name for name in sys.modules if name == "torch" or name.startswith("torch.")]
+assert torch_modules == ["torch"] and sys.modules["torch"] is None, torch_modules
+print("torch-free", response.json()["choices"][0]["text"])
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("torch-free ")
