@@ -240,6 +240,7 @@ class _Batch:
         self.rows: list[_Row | None] = []  # one per slot of the arrays; None: free
         self.past: list[np.ndarray] = []  # one (B, heads, P, head_size) array per past input of the graph
         self.mask = np.zeros((0, 0), dtype=np.int64)  # (B, P): 1 for a cached token, 0 for padding
+        self.changed = False  # rows joined or left since the last trim
 
     @property
     def width(self) -> int:
@@ -261,6 +262,7 @@ class _Batch:
     def join(self, entries: list[tuple[_Row, list[np.ndarray], np.ndarray]]) -> None:
         """Add prefilled rows, each with its (1, heads, L, head_size) cache and (1, L) mask: into a
         free slot when L fits the batch's length, else appended (padding the shorter side)."""
+        self.changed = True
         free = [slot for slot, row in enumerate(self.rows) if row is None]
         appended = []
         for row, past, mask in entries:
@@ -294,6 +296,7 @@ class _Batch:
                 gone.append(row)
                 self.rows[slot] = None
                 self.mask[slot] = 0
+                self.changed = True
         if gone and 2 * len(self.live) <= len(self.rows):  # half free: decode only the live rows
             keep = [slot for slot, row in enumerate(self.rows) if row is not None]
             self.rows = [self.rows[slot] for slot in keep]
@@ -302,7 +305,11 @@ class _Batch:
         return gone
 
     def trim(self, quantum: int) -> None:
-        """Cut leading columns that are padding in every row, a multiple of `quantum` at a time."""
+        """Cut leading columns that are padding in every row, a multiple of `quantum` at a time
+        (only rows that joined or left make such columns)."""
+        if not self.changed:
+            return
+        self.changed = False
         used = self.mask.any(axis=0)
         padding = int(used.argmax()) if used.any() else self.width
         padding -= padding % quantum
@@ -435,7 +442,7 @@ class Scheduler:
         for key, members in groups.items():
             try:
                 if isinstance(key, tuple):
-                    logits = np.concatenate([logits for _, logits in members])
+                    logits = members[0][1] if len(members) == 1 else np.concatenate([part for _, part in members])
                     chain = self._chain_for(key, members[0][0])
                     ids = chain(logits, _RowStreams([row.rng for row, _ in members]))
                     drawn = [(ids[i:i + 1], logits[i:i + 1], chain.drawn_from[i:i + 1]) for i in range(len(members))]
@@ -463,7 +470,8 @@ class Scheduler:
     def _drop_over_rows(self) -> None:
         """Rows of cancelled or failed requests leave before the step: their slots are free now."""
         with self._lock:
-            self._pending = collections.deque(r for r in self._pending if not r.over)
+            if any(request.over for request in self._pending):
+                self._pending = collections.deque(r for r in self._pending if not r.over)
         for batch in self._batches:
             batch.leave(lambda row: row.request.over)
         self._batches = [batch for batch in self._batches if batch.live]
