@@ -62,11 +62,6 @@ from gen.runtime.scheduler import Busy, Failed, Piece, Scheduler
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 RETRY_AFTER_S = 1  # what a 503 tells the client to wait
-# The event loop writes about this many stream chunks a second in all: with many streams open,
-# each waits open_streams / STREAM_CHUNKS_PER_S seconds between its writes and sends every
-# token generated meanwhile in one chunk. A lone stream (a write per 0.2 ms allowed) still
-# gets each token as it comes; 32 streams get a chunk every 6 ms or so, of several tokens.
-STREAM_CHUNKS_PER_S = 5000
 OUTCOMES = ("completed", "cancelled", "bad_request", "rejected", "failed")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -228,7 +223,6 @@ def create_app(generator, *, model_name: str | None = None, max_batch: int = 32,
     scheduler = scheduler or Scheduler(generator, max_batch=max_batch, max_queue=max_queue)
     metrics = Metrics(scheduler)
     scheduler.on_step = metrics.batch_size.observe
-    open_streams = [0]  # streaming responses under way (the loop's only shared state)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -313,17 +307,11 @@ def create_app(generator, *, model_name: str | None = None, max_batch: int = 32,
         n = len(parsed.choices) // len(parsed.prompts)
         sse = StreamChunks(request_id, now, model_name)
         outcome = "cancelled"  # unless it gets to the end
-        open_streams[0] += 1
         try:
             if parsed.echo:
                 yield "".join(sse.choice(k, parsed.prompts[k // n], None, None) for k in range(len(parsed.choices)))
-            sent = 0.0
             while not progress.done:
-                wait = sent + open_streams[0] / STREAM_CHUNKS_PER_S - time.perf_counter()
-                if wait > 0:
-                    await asyncio.sleep(wait)
                 changed = progress.take(await events.next_batch())
-                sent = time.perf_counter()
                 if progress.error is not None:
                     outcome = "failed"
                     yield sse.error(APIError(progress.error, status=500, type="server_error"))
@@ -339,7 +327,6 @@ def create_app(generator, *, model_name: str | None = None, max_batch: int = 32,
             yield (sse.usage(progress.usage()) if parsed.include_usage else "") + sse.DONE
             outcome = "completed"
         finally:
-            open_streams[0] -= 1
             if outcome != "completed":
                 handle.cancel()  # the client left mid-stream: free its rows at the next step
             metrics.requests.labels(outcome).inc()
