@@ -47,9 +47,13 @@ def recover_interrupted_replace(path: str | os.PathLike) -> None:
     path = Path(path)
     if path.exists() or not path.parent.is_dir():
         return
-    aside = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime)
-    if aside:
-        os.rename(aside[-1], path)
+    try:
+        aside = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime)
+        if aside:
+            os.rename(aside[-1], path)
+    except FileNotFoundError:  # another process of a distributed run put it back first
+        if not path.exists():
+            raise
 
 
 @contextlib.contextmanager
