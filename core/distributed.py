@@ -55,6 +55,10 @@ def _environment_int(name: str) -> int:
         raise GenError(f"the environment variable {name}={value!r} is not a number; launch gen train with torchrun") from None
 
 
+def processes(count: int) -> str:
+    return f"{count} process{'es' if count != 1 else ''}"
+
+
 @dataclass
 class Distributed:
     """This process's place in a run: rank r of world_size processes (0 of 1 alone)."""
@@ -83,7 +87,7 @@ class Distributed:
         return self.rank == 0
 
     def describe(self) -> str:
-        return f"{self.world_size} process{'es' if self.world_size > 1 else ''}"
+        return processes(self.world_size)
 
     # --- setting up ---------------------------------------------------------------------
 
@@ -184,12 +188,14 @@ class Distributed:
         return [part.cpu() for part in parts]
 
 
+# How gloo words a lost peer: it raises a plain RuntimeError (nccl raises DistError).
+LOST_PEER = ("Connection closed by peer", "Connection reset by peer", "gloo/transport")
+
+
 def is_collective_failure(error: BaseException) -> bool:
     """Whether `error` is torch.distributed reporting that another process is gone."""
     import torch.distributed as dist
 
-    return isinstance(error, getattr(dist, "DistError", ())) or (
-        isinstance(error, RuntimeError) and any(
-            marker in str(error) for marker in ("Connection closed by peer", "Connection reset by peer", "gloo", "NCCL")
-        )
+    return isinstance(error, dist.DistError) or (
+        isinstance(error, RuntimeError) and any(marker in str(error) for marker in LOST_PEER)
     )

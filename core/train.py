@@ -38,7 +38,7 @@ from gen.core.checkpoint import (
     save_checkpoint,
 )
 from gen.core.data import Dataset, check_split_lengths, load_dataset
-from gen.core.distributed import Distributed, is_collective_failure
+from gen.core.distributed import Distributed, is_collective_failure, processes
 from gen.core.errors import GenError
 from gen.core.files import recover_interrupted_replace
 from gen.core.plugins import get_plugins
@@ -522,7 +522,7 @@ def _check_world_size(latest: Path, distributed: Distributed) -> None:
     if recorded != distributed.world_size:
         launch = "in one process, without torchrun" if recorded == 1 else f"with torchrun, {recorded} processes in all"
         raise GenError(
-            f"the run in {str(latest.parent)!r} trained on {recorded} process(es) and this is "
+            f"the run in {str(latest.parent)!r} was trained by {processes(recorded)} and this is "
             f"{distributed.describe()}; resume it {launch} (each process continues its own random state)"
         )
 
@@ -604,16 +604,18 @@ def train(
     differ from TrainConfig's defaults."""
     distributed = Distributed.from_environment()
     try:
-        return _train(config, given, progress, say, distributed)
+        result = _train(config, given, progress, say, distributed)
     except Exception as error:
+        # The process group is left to the process's exit: leaving it cleanly could
+        # wait on the other processes, which may be gone.
         if distributed.started and is_collective_failure(error):
             raise GenError(
                 f"process {distributed.rank} of this run lost the others ({_first_line(error)}); "
                 f"another process failed or was stopped: see its error (torchrun names it)"
             ) from None
         raise
-    finally:
-        distributed.close()
+    distributed.close()
+    return result
 
 
 def _train(config: TrainConfig, given: set[str] | None, progress: bool, say: Callable[[str], None],

@@ -238,7 +238,7 @@ def test_resume_of_two_processes_continues_bit_for_bit(corpus, tmp_path):
     # One process cannot continue what two began: a one-line error, nothing written.
     result = gen("train", "--out", tmp_path / "resumed", "--resume", "--max-iters", 30)
     assert result.exit_code == 1 and result.output.startswith("Error: ") and result.output.count("\n") == 1
-    assert "trained on 2 process" in result.output and "torchrun" in result.output
+    assert "was trained by 2 processes" in result.output and "torchrun" in result.output
 
 
 def _children(parent: int) -> dict[int, str]:
