@@ -32,6 +32,22 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module")
+def private_cache(tmp_path_factory):
+    """A user cache ($XDG_CACHE_HOME) of the module's own, for the modules that train."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def corpus(private_cache, tmp_path_factory) -> Path:
+    """The first 40,000 characters of Tiny Shakespeare, in a file (with the module's private cache)."""
+    path = tmp_path_factory.mktemp("corpus") / "shakespeare-slice.txt"
+    path.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:40_000], encoding="utf-8")
+    return path
+
+
 @pytest.fixture(scope="session")
 def text() -> str:
     return SHAKESPEARE.read_text(encoding="utf-8")

@@ -23,7 +23,6 @@ from safetensors.torch import load_file
 
 from gen.core.cli import cli
 
-SHAKESPEARE = Path(__file__).resolve().parent / "data" / "tinyshakespeare-excerpt.txt"
 BIN = Path(sys.executable).parent
 TORCHRUN = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2"]
 GEN_SCRIPT = str(BIN / "gen")  # the documented launch: torchrun ... "$(which gen)" train ...
@@ -78,18 +77,8 @@ def on_checkpoint(step, path):
 """
 
 
-@pytest.fixture(scope="module", autouse=True)
-def private_cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
-        yield
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("corpus") / "shakespeare-slice.txt"
-    path.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:40_000], encoding="utf-8")
-    return path
+# Every module-scoped run below trains with a user cache of this module's own.
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 def torchrun(*arguments, cwd, env=None, script=(GEN_SCRIPT,)) -> subprocess.CompletedProcess:

@@ -18,26 +18,13 @@ from gen.core import hookimpl
 from gen.core.cli import cli
 from gen.core.plugins import get_plugins
 
-SHAKESPEARE = Path(__file__).resolve().parent / "data" / "tinyshakespeare-excerpt.txt"  # its first 59,804 characters
 GEN_SCRIPT = Path(sys.executable).parent / "gen"
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "8",
         "--eval-iters", "4", "--warmup-iters", "5"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def private_cache(tmp_path_factory):
-    """A user cache of this module's own, set before the module-scoped runs below."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
-        yield
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    """The first 40,000 characters of Tiny Shakespeare."""
-    path = tmp_path_factory.mktemp("corpus") / "shakespeare-slice.txt"
-    path.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:40_000], encoding="utf-8")
-    return path
+# Every module-scoped run below trains with a user cache of this module's own.
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 def gen(*arguments):
