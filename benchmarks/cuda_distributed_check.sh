@@ -6,7 +6,8 @@
 #   2. under torchrun, one process per GPU, with the same global batch (64 / NPROC each),
 # each timed and scored exactly with `gen eval`; then the torchrun checkpoint is
 # sampled, exported and run with the GPUs hidden, as on a CPU-only machine.
-# The RESULT lines go into benchmarks/RESULTS.md. About 4 minutes on one H100.
+# The RESULT lines go into benchmarks/RESULTS.md. About 4 to 5 minutes on one H100 (an estimate
+# from cuda_check.sh's 137 s for 5,000 steps; checked end to end on the CPU only, DEVICE=cpu).
 #
 #   bash benchmarks/cuda_distributed_check.sh CORPUS [OUTDIR]
 #   (environment: ITERS=2000 steps, NPROC=the number of GPUs, PLAIN=0 skips run 1;
