@@ -21,6 +21,17 @@ def fresh_plugins():
 
 
 @pytest.fixture(scope="module")
+def module_cache(tmp_path_factory):
+    """A user cache (XDG_CACHE_HOME) of the test module's own, so that what its tests
+    train, encode or download goes nowhere else; a module asks for it with
+    `pytestmark = pytest.mark.usefixtures("module_cache")`, which sets it before the
+    module's other fixtures run."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+@pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny models run fastest on one torch thread; on a busy two-core machine a second,
     spinning OpenMP thread makes step-by-step generation many times slower."""
@@ -30,22 +41,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def private_cache(tmp_path_factory):
-    """A user cache ($XDG_CACHE_HOME) of the module's own, for the modules that train."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
-        yield
-
-
-@pytest.fixture(scope="module")
-def corpus(private_cache, tmp_path_factory) -> Path:
-    """The first 40,000 characters of Tiny Shakespeare, in a file (with the module's private cache)."""
-    path = tmp_path_factory.mktemp("corpus") / "shakespeare-slice.txt"
-    path.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:40_000], encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -84,3 +79,12 @@ def make_gpt():
 @pytest.fixture(scope="module")
 def gpt(make_gpt, tokenizer):
     return make_gpt(tokenizer.vocab_size)
+
+
+@pytest.fixture(scope="module")
+def corpus(module_cache, tmp_path_factory) -> Path:
+    """The first 40,000 characters of Tiny Shakespeare, in a file; training modules
+    share it (and module_cache, which this sets up first)."""
+    path = tmp_path_factory.mktemp("corpus") / "shakespeare-slice.txt"
+    path.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:40_000], encoding="utf-8")
+    return path

@@ -77,8 +77,7 @@ def on_checkpoint(step, path):
 """
 
 
-# Every module-scoped run below trains with a user cache of this module's own.
-pytestmark = pytest.mark.usefixtures("private_cache")
+pytestmark = pytest.mark.usefixtures("module_cache")  # before the module-scoped runs below
 
 
 def torchrun(*arguments, cwd, env=None, script=(GEN_SCRIPT,)) -> subprocess.CompletedProcess:

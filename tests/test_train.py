@@ -21,10 +21,7 @@ from gen.core.plugins import get_plugins
 GEN_SCRIPT = Path(sys.executable).parent / "gen"
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "8",
         "--eval-iters", "4", "--warmup-iters", "5"]
-
-
-# Every module-scoped run below trains with a user cache of this module's own.
-pytestmark = pytest.mark.usefixtures("private_cache")
+pytestmark = pytest.mark.usefixtures("module_cache")  # before the module-scoped runs below
 
 
 def gen(*arguments):
