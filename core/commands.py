@@ -191,7 +191,10 @@ def _train(ctx, config_file, **options):
 
     from gen.core.train import train as run_training
 
-    run_training(TrainConfig(**options), given=given, say=click.echo)
+    try:
+        run_training(TrainConfig(**options), given=given, say=click.echo)
+    except KeyboardInterrupt:  # Ctrl-C: the run saved what it had and said how to resume
+        raise SystemExit(130) from None
 
 
 def _train_command() -> click.Command:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,7 +39,8 @@ from gen.core.checkpoint import (
 )
 from gen.core.data import Dataset, check_split_lengths, load_dataset
 from gen.core.errors import GenError
-from gen.core.files import recover_interrupted_replace
+from gen.core.files import check_writable_destination, recover_interrupted_replace
+from gen.core.limits import check_fits
 from gen.core.plugins import get_plugins
 from gen.core.train_config import (
     FIXED_ON_RESUME,
@@ -301,9 +303,12 @@ def _config_for_resume(config: TrainConfig, given: set[str], latest: Path) -> Tr
 
 
 def _check_out_dir(out: Path, config: TrainConfig) -> None:
-    """Never overwrite an earlier run by accident."""
+    """Never overwrite an earlier run by accident, and find out now, not after minutes of
+    training, if the run directory cannot be written."""
+    check_writable_destination(out, "--out")
     if out.exists() and not out.is_dir():
         raise GenError(f"--out {str(out)!r} is a file; give a directory")
+    _probe_writable(out)
     if config.resume:
         if not is_checkpoint(out / LATEST):
             raise GenError(f"nothing to resume in {str(out)!r}: it has no {LATEST}/ checkpoint; train without --resume")
@@ -315,6 +320,24 @@ def _check_out_dir(out: Path, config: TrainConfig) -> None:
             f"{str(out)!r} already holds a run (step {step}); continue it with --resume, "
             f"start over with --overwrite, or choose another --out"
         )
+
+
+def _probe_writable(out: Path) -> None:
+    """Write and remove a file in `out`, creating it for the moment if needed."""
+    created = [folder for folder in (out, *out.parents) if not folder.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        raise GenError(f"--out {str(out)!r} cannot be written ({error.strerror}); "
+                       f"choose another --out, or fix its permissions") from None
+    finally:
+        for folder in created:  # leave nothing behind: the first checkpoint creates them
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
 
 
 class Run:
@@ -337,6 +360,7 @@ class Run:
         self.metrics: list[dict] = []
         self.metrics_written = 0  # how many of self.metrics are in metrics.jsonl
         self.checkpoint_written = False
+        self.saved_step = self.start_step if config.resume else None  # the last checkpoint's step
         self.started = time.perf_counter()
 
     @property
@@ -388,9 +412,12 @@ class Run:
         self.metrics.append(metrics)
         return metrics
 
-    def save_checkpoints(self, val_loss: float) -> None:
-        """latest/ always, best/ when the validation loss improved; then the on_checkpoint hooks."""
-        improved = self.best_val_loss is None or val_loss < self.best_val_loss
+    def save_checkpoints(self, val_loss: float | None) -> None:
+        """latest/ always, best/ when the validation loss improved; then the on_checkpoint hooks.
+
+        Without a validation loss (a run interrupted between evaluations) only latest/.
+        """
+        improved = val_loss is not None and (self.best_val_loss is None or val_loss < self.best_val_loss)
         if improved:
             self.best_val_loss = val_loss
         for name in (LATEST, BEST) if improved else (LATEST,):
@@ -402,7 +429,17 @@ class Run:
                 optimizer=self.trainer.optimizer, rng_states=self.trainer.rng_states(),
             )
             self.checkpoint_written = True
+            self.saved_step = self.trainer.step
             get_plugins().call_hook("on_checkpoint", step=self.trainer.step, path=str(path))
+
+    def check_finite(self, loss: float, what: str) -> None:
+        """Stop a run whose loss became NaN or infinite, keeping the last good checkpoint."""
+        if math.isfinite(loss):
+            return
+        kept = (f"the last good checkpoint (step {self.saved_step}) is kept in {str(self.out / LATEST)!r}"
+                if self.saved_step is not None else "no checkpoint was written")
+        raise GenError(f"the {what} became {loss} at step {self.trainer.step}: training diverged; {kept}; "
+                       f"lower --lr (now {self.config.lr}) or --grad-clip, and train again")
 
     def write_metrics(self) -> None:
         """Append the new metrics lines (after this run's first checkpoint; see the class)."""
@@ -460,11 +497,22 @@ def prepare_run(config: TrainConfig, given: set[str]) -> Run:
         dataset = load_dataset(config.data, tokenizer_spec=config.tokenizer)
         torch.manual_seed(config.seed)  # the initial weights
         model = build_model(model_name, {**model_options, "vocab_size": dataset.tokenizer.vocab_size})
-    check_split_lengths(dataset, model.config_dict()["block_size"])
+    block_size = model.config_dict()["block_size"]
+    check_split_lengths(dataset, block_size)
+    _check_training_fits(model, config, block_size, dataset.tokenizer.vocab_size)
     trainer = Trainer(config, dataset, model, device, dtype)
     if config.resume:
         trainer.restore(out / LATEST, resumed.step)
     return Run(config, trainer, model_name, out, resumed.best_val_loss if config.resume else None)
+
+
+def _check_training_fits(model, config: TrainConfig, block_size: int, vocab_size: int) -> None:
+    """Refuse a run whose weights, gradients, AdamW moments and logits alone (a lower bound
+    of what training holds) do not fit in memory, e.g. --batch-size 100000000."""
+    weights = sum(parameter.numel() * parameter.element_size() for parameter in model.parameters())
+    logits = config.batch_size * block_size * vocab_size * 4 * 3  # logits, softmax and their gradient
+    check_fits(4 * weights + logits, f"training with --batch-size {config.batch_size} and block size {block_size}",
+               "lower --batch-size (--grad-accum keeps the tokens per step) or the model's size")
 
 
 class Throughput:
@@ -515,6 +563,7 @@ def train(
             if run.evaluation_due():
                 metrics = run.evaluate(speed.tokens_per_second)
                 bar.write(_describe(metrics, run.tokenizer.vocab_size))
+                run.check_finite(metrics["val_loss"], "validation loss")
                 stop = any(result is True for result in get_plugins().call_hook(
                     "on_eval", step=trainer.step, metrics=metrics))
                 if trainer.step > 0:
@@ -529,7 +578,16 @@ def train(
             loss = trainer.train_step()
             bar.update(1)
             if speed.tick(last_step=trainer.step == config.max_iters):
+                run.check_finite(loss.item(), "training loss")
                 bar.set_postfix(loss=f"{loss.item():.4f}", tok_s=f"{speed.tokens_per_second:,.0f}", refresh=False)
+    except KeyboardInterrupt:
+        bar.close()
+        if trainer.step != run.saved_step and trainer.step > 0:  # keep the steps since the last checkpoint
+            run.save_checkpoints(None)
+            run.write_metrics()
+            say(f"interrupted at step {trainer.step}; saved {run.out / LATEST}; "
+                f"continue with: gen train --out {run.out} --resume")
+        raise
     finally:
         bar.close()
     if config.resume and run.start_step >= config.max_iters:

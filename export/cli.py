@@ -26,11 +26,14 @@ from gen.core import hookimpl
     "--verify/--no-verify", default=True, show_default=True,
     help="Compare onnxruntime with torch on several batch sizes and lengths.",
 )
-def export(output, checkpoint, opset, quantize, verify):
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (it is kept until the new file is whole).")
+def export(output, checkpoint, opset, quantize, verify, overwrite):
     """Export a checkpoint to OUTPUT.onnx: graph, weights, tokenizer and config in one file."""
-    from gen.export.onnx_export import export_onnx
+    from gen.export.onnx_export import check_export_destination, export_onnx
 
-    export_onnx(checkpoint, output, opset=opset, quantize=quantize, verify=verify, progress=click.echo)
+    check_export_destination(output, overwrite)  # before the checkpoint is even read
+    export_onnx(checkpoint, output, opset=opset, quantize=quantize, verify=verify, overwrite=overwrite,
+                progress=click.echo)
 
 
 @hookimpl

@@ -37,7 +37,7 @@ import onnx
 import torch
 
 from gen.core.errors import GenError
-from gen.core.files import replace_file_atomically
+from gen.core.files import check_writable_destination, replace_file_atomically
 from gen.core.model import has_kv_cache
 from gen.core.tokenizer import tokenizer_from_dict
 from gen.export.attention import TRANSLATIONS
@@ -292,6 +292,24 @@ def write_single_file(proto: onnx.ModelProto, path: Path) -> None:
     onnx.save_model(proto, os.fspath(path), save_as_external_data=False)
 
 
+def check_export_destination(path: str | os.PathLike, overwrite: bool) -> Path:
+    """The export's path, or a GenError if writing there would destroy something: an
+    existing file (without `overwrite`), or anything inside a checkpoint folder, which
+    the next checkpoint write replaces whole (and whose model.safetensors it could be)."""
+    from gen.core.checkpoint import is_checkpoint
+
+    path = check_writable_destination(path, "export")
+    if path.is_dir():
+        raise GenError(f"{str(path)!r} is a folder; give the export a file name, e.g. {str(path / 'model.onnx')!r}")
+    inside = next((folder for folder in path.parents if is_checkpoint(folder)), None)
+    if inside is not None:
+        raise GenError(f"{str(path)!r} is inside the checkpoint folder {str(inside)!r}, which training replaces "
+                       f"whole; export to a path outside it")
+    if os.path.lexists(path) and not overwrite:
+        raise GenError(f"{str(path)!r} already exists; give --overwrite to replace it, or choose another name")
+    return path
+
+
 def export_model(
     model: torch.nn.Module,
     path: str | os.PathLike,
@@ -301,6 +319,7 @@ def export_model(
     opset: int | None = None,
     quantize: str | None = None,
     verify: bool = True,
+    overwrite: bool = False,
     validation_ids: Sequence[int] | None = None,
     validation_source: str = "",
     progress: Progress | None = print,
@@ -313,7 +332,7 @@ def export_model(
     CPU, float32 and eval mode in place (as `Module.to` does).
     """
     say = progress or (lambda message: None)
-    path = Path(path)
+    path = check_export_destination(path, overwrite)
     if quantize not in (None, "int8"):
         raise GenError(f"unknown quantization {quantize!r}; the one supported is int8")
     # The file's contract is float32 on any device; the export traces and verifies on the CPU.
@@ -379,10 +398,12 @@ def export_onnx(
     opset: int | None = None,
     quantize: str | None = None,
     verify: bool = True,
+    overwrite: bool = False,
     progress: Progress | None = print,
 ) -> ExportResult:
     """Export a checkpoint (a directory written by `gen train`, or a loaded checkpoint) to `path`."""
     say = progress or (lambda message: None)
+    check_export_destination(path, overwrite)
     if isinstance(checkpoint, (str, os.PathLike)):
         from gen.core.checkpoint import load_checkpoint
 
@@ -402,6 +423,7 @@ def export_onnx(
         opset=opset,
         quantize=quantize,
         verify=verify,
+        overwrite=overwrite,
         validation_ids=validation_ids,
         validation_source=validation_source,
         progress=progress,

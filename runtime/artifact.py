@@ -23,12 +23,19 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from gen.core.errors import GenError
+from gen.core.files import check_utf8_path
 
 FORMAT_VERSION = 1
+# More onnxruntime threads than this only spin: four per core is already far past any gain.
+MAX_THREADS = 4 * (os.cpu_count() or 1)
+# The largest sizes an export's metadata may claim; beyond them a file is damaged or
+# hostile (gen would allocate for them before onnxruntime could object).
+METADATA_LIMITS = {"block_size": 2**20, "vocab_size": 2**24, "n_layer": 1024, "n_head": 1024, "head_size": 2**16}
 FORMAT_KEY = "gen.format"
 MODEL_KEY = "gen.model"
 TOKENIZER_KEY = "gen.tokenizer"
@@ -169,10 +176,13 @@ def _walk_model(file: BinaryIO, file_size: int) -> dict[str, str]:
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The metadata_props of the ONNX file at `path`; GenError if it is not a whole ONNX file."""
     path = os.fspath(path)
+    check_utf8_path(path, "model")
     if not os.path.exists(path):
         raise GenError(f"{path} does not exist; export a model first with `gen export {path}`")
     if os.path.isdir(path):
         raise GenError(f"{path} is a directory; give the path of a .onnx file written by `gen export`")
+    if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or a device would block or never end
+        raise GenError(f"{path} is not a regular file; give the path of a .onnx file written by `gen export`")
     file_size = os.path.getsize(path)
     if file_size == 0:
         raise GenError(f"{path} is empty; export the model again with `gen export`")
@@ -200,7 +210,9 @@ def read_artifact(path: str | os.PathLike) -> Artifact:
     try:
         format_version = int(metadata[FORMAT_KEY])
     except ValueError:
-        raise GenError(f"{path} has a malformed {FORMAT_KEY} ({metadata[FORMAT_KEY]!r}); export it again") from None
+        format_version = 0
+    if format_version < 1:
+        raise GenError(f"{path} has a malformed {FORMAT_KEY} ({metadata[FORMAT_KEY]!r}); export it again")
     if format_version > FORMAT_VERSION:
         raise GenError(
             f"{path} has gen format version {format_version}, newer than this gen reads "
@@ -215,8 +227,11 @@ def read_artifact(path: str | os.PathLike) -> Artifact:
         if not isinstance(documents[key], dict):
             raise GenError(f"{path} has malformed {key} metadata (not a JSON object); export it again")
     model = documents[MODEL_KEY]
-    for key, smallest in (("block_size", 1), ("vocab_size", 1), ("n_layer", 0), ("n_head", 0), ("head_size", 0)):
+    cached = isinstance(model.get("n_layer"), int) and model["n_layer"] > 0
+    for key, largest in METADATA_LIMITS.items():
         value = model.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < smallest:
-            raise GenError(f"{path} has {MODEL_KEY} metadata without a valid {key}; export it again")
+        smallest = 1 if key in ("block_size", "vocab_size") or cached else 0
+        if isinstance(value, bool) or not isinstance(value, int) or not smallest <= value <= largest:
+            raise GenError(f"{path} has {MODEL_KEY} metadata without a valid {key} ({smallest} to {largest:,}, "
+                           f"got {value!r}); the file was altered or is not from gen export; export it again")
     return Artifact(path, format_version, model, documents[TOKENIZER_KEY])
