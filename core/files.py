@@ -85,7 +85,8 @@ def _write_error(path: Path, error: Exception) -> GenError:
         if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             reason += " (the folder is read-only or not yours)"
     else:  # safetensors' own error type, which wraps the OS error in its text
-        reason = "no space left on device" if "code: 28" in str(error) else str(error).splitlines()[0]
+        full_disk = any(marker in str(error) for marker in ("os error 28", "code: 28"))
+        reason = os.strerror(errno.ENOSPC) if full_disk else str(error).splitlines()[0]
     return GenError(f"cannot write {str(path)!r}: {reason}; nothing was changed there")
 
 

@@ -25,6 +25,13 @@ its spinning threads halve the speed (measured on 2 cores: batch 1 is as fast on
 one thread as on two when the machine is idle and twice as fast when it is busy).
 Large batches are matrix work that more threads speed up on an idle machine:
 `Generator(path, threads=2)`.
+
+Threads: one Generator may be shared by any number of Python threads. After it is
+built it holds only read-only state (the session, the tokenizer, the metadata);
+each call makes its own sampler chain, random stream, history and KV cache, and
+onnxruntime's `InferenceSession.run` is safe to call from several threads at once.
+So a call's text depends only on its own arguments: threads that share a Generator,
+each with its own seed, get exactly the texts they would get alone.
 """
 from __future__ import annotations
 
