@@ -25,6 +25,7 @@ checkpoint directory or a run directory; a run directory means its best checkpoi
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ STATE_TENSORS_FILE = "training_state.safetensors"
 STATE_JSON_FILE = "training_state.json"
 LATEST = "latest"
 BEST = "best"
+METRICS_FILE = "metrics.jsonl"
 
 
 @dataclass
@@ -174,6 +176,24 @@ def read_config(path: str | os.PathLike) -> dict:
             or not isinstance(config.get("step"), int) or not isinstance(config.get("train_args"), dict)):
         raise GenError(f"checkpoint {str(path)!r} is damaged: {CONFIG_FILE} lacks the model, tokenizer or step")
     return config
+
+
+def count_parameters(path: str | os.PathLike) -> int:
+    """The number of parameters in the checkpoint at `path`, read from the header of its
+    model.safetensors (8 bytes of header length, then JSON naming each tensor's shape),
+    without torch. A tied weight is stored, and counted, once."""
+    file = Path(path) / WEIGHTS_FILE
+    try:
+        with open(file, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            if not 2 <= size <= file.stat().st_size - 8:
+                raise ValueError("the header length is out of range")
+            header = json.loads(handle.read(size))
+        return sum(math.prod(entry["shape"]) for name, entry in header.items() if name != "__metadata__")
+    except FileNotFoundError:
+        raise GenError(f"checkpoint {str(path)!r} is damaged: {WEIGHTS_FILE} is missing") from None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
+        raise GenError(f"checkpoint {str(path)!r} is damaged: cannot read {WEIGHTS_FILE} ({error})") from None
 
 
 def build_model(model_name: str, model_config: dict):

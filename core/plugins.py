@@ -29,6 +29,7 @@ BUILTIN_PLUGINS = (
     "gen.plugins.samplers",
     "gen.plugins.models",
     "gen.core.commands",
+    "gen.core.tools",
     "gen.export.cli",
     "gen.runtime.cli",
 )
