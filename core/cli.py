@@ -25,11 +25,23 @@ class GenGroup(click.Group):
             raise click.ClickException(str(error)) from None
 
 
-@click.group(cls=GenGroup)
-@click.version_option(package_name="gen")
+# Every option has an environment default, GEN_<COMMAND>_<OPTION> (GEN_TRAIN_MAX_ITERS
+# for `gen train --max-iters`), which `--help` shows; the command line wins over it.
+ENVIRONMENT_PREFIX = "GEN"
+# Shell completion is click's: eval "$(_GEN_COMPLETE=bash_source gen)" (or zsh_source, fish_source).
+COMPLETE_VARIABLE = "_GEN_COMPLETE"
+
+
+@click.group(cls=GenGroup, context_settings={"auto_envvar_prefix": ENVIRONMENT_PREFIX})
+@click.version_option(package_name="gen", allow_from_autoenv=False)
 @click.pass_context
 def cli(ctx):
-    """gen: train small language models, export them to ONNX, generate text."""
+    """gen: train small language models, export them to ONNX, generate text.
+
+    Every option can also be set by an environment variable, shown in each command's
+    help: GEN_TRAIN_MAX_ITERS=3000 gen train. Shell completion for bash, zsh and
+    fish: eval "$(_GEN_COMPLETE=bash_source gen)" (see the README).
+    """
     if ctx.invoked_subcommand != "plugins":
         for line in get_plugins().warnings():
             click.echo(line, err=True)
@@ -80,8 +92,18 @@ def plugins(as_json):
         click.echo(f"failed: {failure['name']} from {failure['provider']}: {failure['error']}")
 
 
+def show_environment_variables(command: click.Command) -> None:
+    """Have `--help` name each option's environment variable, in `command` and below it."""
+    for parameter in command.params:
+        if isinstance(parameter, click.Option) and parameter.allow_from_autoenv and not parameter.is_eager:
+            parameter.show_envvar = True
+    for subcommand in getattr(command, "commands", {}).values():
+        show_environment_variables(subcommand)
+
+
 get_plugins().add_commands(cli)
+show_environment_variables(cli)
 
 
 def main() -> None:
-    cli()
+    cli.main(prog_name="gen", complete_var=COMPLETE_VARIABLE)

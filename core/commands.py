@@ -115,7 +115,7 @@ def _options_from_file(path: str, command: click.Command, ctx: click.Context) ->
     The model may be a string (`model = "gpt:n_layer=6"`) or a table
     (`[model]` with `name = "gpt"` and the model's options as keys).
     """
-    parameters = {parameter.name: parameter for parameter in command.params if parameter.name != "config_file"}
+    parameters = {parameter.name: parameter for parameter in command.params if parameter.name != "config"}
     values = {}
     for key, value in _read_toml(path).items():
         name = key.replace("-", "_")
@@ -178,7 +178,7 @@ class TrainCommand(click.Command):
                 formatter.write_text(line)
 
 
-def _train(ctx, config_file, plot, **options):
+def _train(ctx, config, plot, **options):
     """Train a model on a text corpus; longer recipes are in examples/*.toml.
 
     The run directory --out holds latest/ (what --resume continues), best/ (the lowest
@@ -188,8 +188,8 @@ def _train(ctx, config_file, plot, **options):
     # Given: on the command line or in a GEN_TRAIN_* environment variable. Those win
     # over the config file, the model's training defaults and, on --resume, the saved options.
     given = {name for name in ("plot", *options) if ctx.get_parameter_source(name) in GIVEN_SOURCES}
-    if config_file:
-        from_file = _options_from_file(config_file, ctx.command, ctx)
+    if config:
+        from_file = _options_from_file(config, ctx.command, ctx)
         values = {**options, "plot": plot}
         values.update({name: value for name, value in from_file.items() if name not in given})
         plot = values.pop("plot")
@@ -217,8 +217,8 @@ def _train_command() -> click.Command:
         help="At the end, draw the loss curves to OUT/loss.png (as gen plot does; needs matplotlib).",
     )(function)
     function = click.option(
-        "--config", "config_file", type=click.Path(dir_okay=False), default=None,
-        help="A TOML file of these options (dashes or underscores); command-line options win.",
+        "--config", type=click.Path(dir_okay=False), default=None,
+        help="A TOML file of these options (dashes or underscores); the command line and GEN_TRAIN_* variables win.",
     )(function)
     return click.command(name="train", cls=TrainCommand)(function)
 
