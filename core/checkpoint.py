@@ -3,6 +3,7 @@
     <checkpoint>/
         config.json                  format version, model plugin name and config, tokenizer
                                      {"name", "state"}, training arguments, step, losses
+                                     (and "source" for a model made by `gen import`)
         model.safetensors            the weights (a tied weight is stored once)
         training_state.safetensors   optimizer tensors (AdamW moments, steps) and RNG states
         training_state.json          optimizer hyperparameters (param_groups)
@@ -118,11 +119,13 @@ def save_checkpoint(
     val_loss: float | None = None,
     optimizer=None,
     rng_states: dict | None = None,
+    source: dict | None = None,
 ) -> Path:
     """Write a checkpoint directory at `path` atomically.
 
     `rng_states` maps names to uint8 tensors (torch.get_rng_state(), a Generator's
     get_state()); with `optimizer` they make `--resume` continue bit for bit.
+    `source` (JSON) says where an imported model came from (`gen import`).
     """
     import torch
     from safetensors.torch import save_file, save_model
@@ -138,6 +141,8 @@ def save_checkpoint(
         "val_loss": val_loss,
         "torch_version": torch.__version__,
     }
+    if source is not None:
+        config["source"] = source
 
     with replace_directory_atomically(path) as directory:
         (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")

@@ -51,7 +51,38 @@ def info(path, as_json):
         click.echo(line)
 
 
+@click.group(name="import")
+def import_group():
+    """Turn a model trained with another tool into a gen checkpoint."""
+
+
+@import_group.command()
+@click.argument("ckpt", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--meta", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="nanoGPT's meta.pkl: the character vocabulary of its dataset (data/shakespeare_char/meta.pkl).")
+@click.option("--tokenizer", default=None,
+              help="Instead of --meta, a tokenizer: hf:path=tokenizer.json (GPT-2's, for a model on GPT-2 tokens).")
+@click.option("--data", default=None,
+              help="The corpus the model learned from, recorded for gen eval (default: shakespeare for "
+                   "nanoGPT's shakespeare_char, else none).")
+@click.option("--out", default="out", show_default=True, type=click.Path(file_okay=False, path_type=str),
+              help="The gen checkpoint directory to write.")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+def nanogpt(ckpt, meta, tokenizer, data, out, overwrite):
+    """Import CKPT, a ckpt.pt written by nanoGPT's train.py.
+
+    Its GPT becomes gen's gpt model, weight for weight, so that gen sample, gen eval,
+    gen export and gen run work on it. Neither file can run code: CKPT is read with
+    torch.load(weights_only=True) and meta.pkl by an unpickler that builds plain data
+    only; a file holding anything else is refused.
+    """
+    from gen.core.nanogpt import import_nanogpt
+
+    import_nanogpt(ckpt, out, meta=meta, tokenizer=tokenizer, data=data, overwrite=overwrite, say=click.echo)
+
+
 @hookimpl
 def register_commands(cli):
     cli.add_command(plot)
     cli.add_command(info)
+    cli.add_command(import_group)
