@@ -32,7 +32,7 @@ ENVIRONMENT_PREFIX = "GEN"
 COMPLETE_VARIABLE = "_GEN_COMPLETE"
 
 
-@click.group(cls=GenGroup, context_settings={"auto_envvar_prefix": ENVIRONMENT_PREFIX})
+@click.group(cls=GenGroup)
 @click.version_option(package_name="gen", allow_from_autoenv=False)
 @click.pass_context
 def cli(ctx):
@@ -92,17 +92,26 @@ def plugins(as_json):
         click.echo(f"failed: {failure['name']} from {failure['provider']}: {failure['error']}")
 
 
-def show_environment_variables(command: click.Command) -> None:
-    """Have `--help` name each option's environment variable, in `command` and below it."""
+def add_environment_variables(command: click.Command, path: tuple[str, ...] = (ENVIRONMENT_PREFIX,)) -> None:
+    """Give each option of `command` and the commands under it the environment variable
+    GEN_<COMMAND>_<OPTION>, named after the command and the option as typed
+    (`gen eval --json` reads GEN_EVAL_JSON), and have `--help` show it.
+
+    (click's auto_envvar_prefix would name it after the Python parameter instead,
+    GEN_EVAL_AS_JSON.) Eager options (--help, --version) are actions, not settings.
+    """
     for parameter in command.params:
-        if isinstance(parameter, click.Option) and parameter.allow_from_autoenv and not parameter.is_eager:
-            parameter.show_envvar = True
-    for subcommand in getattr(command, "commands", {}).values():
-        show_environment_variables(subcommand)
+        if isinstance(parameter, click.Option) and not parameter.is_eager and parameter.envvar is None:
+            flag = max((opt for opt in parameter.opts if opt.startswith("--")), key=len, default=None)
+            if flag is not None:
+                parameter.envvar = "_".join(path + (flag[2:],)).replace("-", "_").upper()
+                parameter.show_envvar = True
+    for name, subcommand in getattr(command, "commands", {}).items():
+        add_environment_variables(subcommand, path + (name,))
 
 
 get_plugins().add_commands(cli)
-show_environment_variables(cli)
+add_environment_variables(cli)
 
 
 def main() -> None:

@@ -91,3 +91,15 @@ def test_help_names_the_variables_and_version_is_not_one():
     # GEN_VERSION is not read: --version is an action, not a setting.
     listing = gen_script("plugins", GEN_VERSION="1")
     assert listing.startswith("KIND")
+
+
+def test_the_command_line_starts_without_heavy_imports():
+    """Completion runs `gen` at every Tab: the commands import their machinery when run."""
+    script = (
+        "import sys; import gen.core.cli; "
+        "print([m for m in ('torch', 'onnx', 'onnxruntime', 'onnxruntime_genai', 'matplotlib', 'tokenizers') "
+        "if m in sys.modules])"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
