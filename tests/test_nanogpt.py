@@ -2,19 +2,18 @@
 code, its state-dict names, the `model_args`, `config` and the rest of what its
 train.py saves, and the meta.pkl of its shakespeare_char data) become gen checkpoints
 whose logits equal nanoGPT's within 1e-5, and that gen sample, eval, export and run
-use. A pickle payload in either file is refused and never runs."""
+use. A pickle payload in either file is refused and never runs. nanoGPT's model
+code is re-typed in benchmarks/nanogpt_model.py (MIT, Andrej Karpathy)."""
 import json
 import math
 import os
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
-import torch.nn as nn
 from click.testing import CliRunner
-from torch.nn import functional as F
+from nanogpt_model import GPT, GPTConfig  # benchmarks/nanogpt_model.py: nanoGPT's model.py (MIT)
 
 from gen.core.checkpoint import load_checkpoint
 from gen.core.cli import cli
@@ -32,135 +31,6 @@ def private_cache(tmp_path_factory):
         yield
 
 
-# --- a minimal copy of nanoGPT's model.py ---------------------------------------------
-# From https://github.com/karpathy/nanoGPT (model.py), Copyright (c) 2022 Andrej
-# Karpathy, MIT License. Kept: the modules and the forward pass; left out: weight
-# init details, from_pretrained, the optimizer, generate.
-
-
-class LayerNorm(nn.Module):
-    """LayerNorm but with an optional bias. PyTorch doesn't support simply bias=False"""
-
-    def __init__(self, ndim, bias):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(ndim))
-        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
-
-    def forward(self, input):
-        return F.layer_norm(input, self.weight.shape, self.weight, self.bias, 1e-5)
-
-
-class CausalSelfAttention(nn.Module):
-
-    def __init__(self, config):
-        super().__init__()
-        assert config.n_embd % config.n_head == 0
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.attn_dropout = nn.Dropout(config.dropout)
-        self.resid_dropout = nn.Dropout(config.dropout)
-        self.n_head = config.n_head
-        self.n_embd = config.n_embd
-        self.dropout = config.dropout
-        self.flash = config.flash  # nanoGPT: hasattr(torch.nn.functional, 'scaled_dot_product_attention')
-        if not self.flash:
-            self.register_buffer("bias", torch.tril(torch.ones(config.block_size, config.block_size))
-                                 .view(1, 1, config.block_size, config.block_size))
-
-    def forward(self, x):
-        B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        if self.flash:
-            y = torch.nn.functional.scaled_dot_product_attention(
-                q, k, v, attn_mask=None, dropout_p=self.dropout if self.training else 0, is_causal=True)
-        else:
-            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
-            att = att.masked_fill(self.bias[:, :, :T, :T] == 0, float('-inf'))
-            att = F.softmax(att, dim=-1)
-            att = self.attn_dropout(att)
-            y = att @ v
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        y = self.resid_dropout(self.c_proj(y))
-        return y
-
-
-class MLP(nn.Module):
-
-    def __init__(self, config):
-        super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU()
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
-
-    def forward(self, x):
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
-
-
-class Block(nn.Module):
-
-    def __init__(self, config):
-        super().__init__()
-        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
-        self.attn = CausalSelfAttention(config)
-        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
-        self.mlp = MLP(config)
-
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
-        x = x + self.mlp(self.ln_2(x))
-        return x
-
-
-@dataclass
-class GPTConfig:
-    block_size: int = 1024
-    vocab_size: int = 50304
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    dropout: float = 0.0
-    bias: bool = True
-    flash: bool = True  # not nanoGPT's: it picks the attention path itself
-
-
-class NanoGPT(nn.Module):
-
-    def __init__(self, config):
-        super().__init__()
-        self.config = config
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
-            drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-            ln_f=LayerNorm(config.n_embd, bias=config.bias),
-        ))
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.transformer.wte.weight = self.lm_head.weight
-
-    def forward(self, idx, targets=None):
-        device = idx.device
-        b, t = idx.size()
-        pos = torch.arange(0, t, dtype=torch.long, device=device)
-        tok_emb = self.transformer.wte(idx)
-        pos_emb = self.transformer.wpe(pos)
-        x = self.transformer.drop(tok_emb + pos_emb)
-        for block in self.transformer.h:
-            x = block(x)
-        x = self.transformer.ln_f(x)
-        if targets is not None:
-            logits = self.lm_head(x)
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
-        else:
-            logits = self.lm_head(x[:, [-1], :])
-            loss = None
-        return logits, loss
-
-
 # --- nanoGPT's files, as its prepare.py and train.py write them -----------------------
 
 
@@ -173,13 +43,20 @@ def write_meta(path: Path, text: str) -> None:
         pickle.dump(meta, f)
 
 
-def write_checkpoint(path: Path, model: NanoGPT, compiled: bool) -> None:
-    """train.py's checkpoint dict; with compile=True its state dict keys carry _orig_mod."""
+def write_checkpoint(path: Path, model: GPT, compiled: bool, mask_buffers: bool) -> None:
+    """train.py's checkpoint dict; with compile=True its state dict keys carry _orig_mod.
+
+    Under torch < 2.0 nanoGPT's attention keeps its causal mask in a buffer, saved as
+    attn.bias: `mask_buffers` adds those entries as that torch would have saved them.
+    """
     config = model.config
     model_args = dict(n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd,
                       block_size=config.block_size, bias=config.bias, vocab_size=config.vocab_size,
                       dropout=config.dropout)
     state = model.state_dict()
+    if mask_buffers:
+        mask = torch.tril(torch.ones(config.block_size, config.block_size)).view(1, 1, config.block_size, -1)
+        state.update({f"transformer.h.{i}.attn.bias": mask for i in range(config.n_layer)})
     if compiled:
         state = {"_orig_mod." + key: value for key, value in state.items()}
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -189,10 +66,10 @@ def write_checkpoint(path: Path, model: NanoGPT, compiled: bool) -> None:
                 "iter_num": 250, "best_val_loss": torch.tensor(2.125), "config": train_config}, path)
 
 
-def nanogpt_model(vocab_size: int, bias: bool, flash: bool, seed: int = 0) -> NanoGPT:
+def nanogpt_model(vocab_size: int, bias: bool, seed: int = 0) -> GPT:
     torch.manual_seed(seed)
-    model = NanoGPT(GPTConfig(block_size=32, vocab_size=vocab_size, n_layer=2, n_head=2, n_embd=32,
-                              dropout=0.2, bias=bias, flash=flash))
+    model = GPT(GPTConfig(block_size=32, vocab_size=vocab_size, n_layer=2, n_head=2, n_embd=32,
+                          dropout=0.2, bias=bias))
     with torch.no_grad():  # random weights, biases and LayerNorm gains too, so that each one matters
         for parameter in model.parameters():
             parameter.normal_(0.0, 0.3 if parameter.dim() >= 2 else 0.1)
@@ -209,14 +86,14 @@ def text() -> str:
 @pytest.fixture(scope="module")
 def nanogpt_files(tmp_path_factory, text):
     """Two nanoGPT runs on the excerpt's characters: with biases and torch.compile's key
-    prefix, and without biases and with the mask buffer of the non-flash attention."""
+    prefix, and without biases and with the mask buffers of old torch's attention."""
     folder = tmp_path_factory.mktemp("nanogpt")
     write_meta(folder / "meta.pkl", text)
     vocab_size = len(set(text))
     models = {}
-    for name, bias, flash, compiled in (("bias", True, True, True), ("nobias", False, False, False)):
-        models[name] = nanogpt_model(vocab_size, bias, flash)
-        write_checkpoint(folder / f"{name}.pt", models[name], compiled)
+    for name, bias, compiled in (("bias", True, True), ("nobias", False, False)):
+        models[name] = nanogpt_model(vocab_size, bias)
+        write_checkpoint(folder / f"{name}.pt", models[name], compiled, mask_buffers=not compiled)
     return folder, models
 
 
@@ -266,7 +143,7 @@ def test_gen_sample_eval_export_and_run_work_on_an_import(nanogpt_files, tmp_pat
 
     evaluated = gen("eval", "--checkpoint", out, "--json")
     assert evaluated.exit_code == 0, evaluated.output
-    report = json.loads(evaluated.output)
+    report = json.loads(evaluated.stdout)
     assert report["data"] == str(corpus) and math.isfinite(report["loss"])
 
     onnx_path = tmp_path / "imported.onnx"
