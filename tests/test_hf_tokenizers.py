@@ -18,13 +18,7 @@ from gen.plugins.hf_tokenizers import HFTokenizer
 
 SHAKESPEARE = Path(__file__).resolve().parent / "data" / "tinyshakespeare-excerpt.txt"
 TEXTS = ["ROMEO: héllo 世界 👩‍👩‍👧", "  two  spaces\n\nand\ttabs ", "<|endoftext|>First Citizen:", ""]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def private_cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
-        yield
+pytestmark = pytest.mark.usefixtures("module_cache")
 
 
 @pytest.fixture(scope="module")

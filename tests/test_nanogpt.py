@@ -21,14 +21,7 @@ from gen.core.errors import GenError
 from gen.core.nanogpt import load_plain_pickle
 
 SHAKESPEARE = Path(__file__).resolve().parent / "data" / "tinyshakespeare-excerpt.txt"
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def private_cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
-        yield
+pytestmark = pytest.mark.usefixtures("module_cache", "one_torch_thread")
 
 
 # --- nanoGPT's files, as its prepare.py and train.py write them -----------------------
