@@ -103,3 +103,10 @@ def test_the_command_line_starts_without_heavy_imports():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_a_repeatable_option_takes_several_values_from_one_variable(monkeypatch):
+    monkeypatch.setenv("GEN_RUN_SAMPLER", "top_k:k=40 temperature:t=0.8")
+    run = cli.commands["run"]
+    context = run.make_context("run", ["model.onnx"])
+    assert context.params["samplers"] == ("top_k:k=40", "temperature:t=0.8")
