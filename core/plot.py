@@ -120,7 +120,7 @@ def _render(title: str, metrics: list[dict], uniform: float | None, lr_steps: li
         lr_axes.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
         more_handles, more_labels = lr_axes.get_legend_handles_labels()
         handles, labels = handles + more_handles, labels + more_labels
-    axes.legend(handles, labels, loc="upper right")
+    axes.legend(handles, labels, loc="center right")  # by then the losses and the rate are low
     best = min(metrics, key=lambda entry: entry["val_loss"])
     axes.set_title(f"{title}: best validation loss {best['val_loss']:.4f} at step {best['step']}")
     figure.tight_layout()
