@@ -189,7 +189,7 @@ def format_info(info: dict) -> list[str]:
         rows.append(("KV cache", f"yes: {_count(cache['n_layer'], 'layer')} x {_count(cache['n_head'], 'head')} x "
                                  f"{cache['head_size']}" if cache else "no (the model reads its whole window each step)"))
     if "run" in info:
-        heading = f"{info['run']['path']}: a gen train run directory; its best checkpoint, {info['path']}:"
+        heading = f"{info['run']['path']}: a gen train run directory, described by its checkpoint {info['path']}:"
     elif info["kind"] == "checkpoint":
         heading = f"{info['path']}: a gen checkpoint"
     else:
