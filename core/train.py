@@ -1,8 +1,8 @@
 """The training loop behind `gen train` (torch is imported here, and only when it runs).
 
-The run's options are `TrainConfig` (gen.core.train_config). Read top to bottom:
-the device and precision, the learning rate schedule, random batches, the `Trainer`
-(model, optimizer and one training step), the `Run` (the run directory: evaluation,
+The run's options and the learning rate schedule are in gen.core.train_config. Read
+top to bottom: the device and precision, random batches, the `Trainer` (model,
+optimizer and one training step), the `Run` (the run directory: evaluation,
 checkpoints, metrics), `prepare_run` (options, data, model, resume) and `train`, the
 loop itself.
 
@@ -19,6 +19,7 @@ import contextlib
 import json
 import math
 import re
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ import torch
 from gen.core.checkpoint import (
     BEST,
     LATEST,
+    METRICS_FILE,
     build_model,
     is_checkpoint,
     load_checkpoint,
@@ -40,7 +42,8 @@ from gen.core.checkpoint import (
 from gen.core.data import Dataset, check_split_lengths, load_dataset
 from gen.core.distributed import Distributed, is_collective_failure, processes
 from gen.core.errors import GenError
-from gen.core.files import recover_interrupted_replace
+from gen.core.files import check_writable_destination, recover_interrupted_replace
+from gen.core.limits import check_fits
 from gen.core.plugins import get_plugins
 from gen.core.train_config import (
     FIXED_ON_RESUME,
@@ -49,14 +52,12 @@ from gen.core.train_config import (
     TrainConfig,
     check_config,
     given_options,
+    learning_rate,
     model_spec,
     option_flag,
     train_config_from_dict,
     with_model_defaults,
 )
-
-METRICS_FILE = "metrics.jsonl"
-
 
 # --- device and precision -------------------------------------------------------------
 
@@ -140,20 +141,6 @@ def compile_model(model: torch.nn.Module, device: torch.device, dtype: torch.dty
         inductor_config.fx_graph_cache = False
         functorch_config.enable_autograd_cache = False
     return torch.compile(model)
-
-
-# --- learning rate --------------------------------------------------------------------
-
-
-def learning_rate(step: int, config: TrainConfig) -> float:
-    """Linear warmup to lr, then a cosine decay to min_lr at lr_decay_iters (then flat)."""
-    decay_iters = config.lr_decay_iters or config.max_iters
-    if step < config.warmup_iters:
-        return config.lr * (step + 1) / (config.warmup_iters + 1)
-    if step >= decay_iters:
-        return config.min_lr
-    progress = (step - config.warmup_iters) / (decay_iters - config.warmup_iters)
-    return config.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (config.lr - config.min_lr)
 
 
 # --- batches --------------------------------------------------------------------------
@@ -349,9 +336,12 @@ def _config_for_resume(config: TrainConfig, given: set[str], latest: Path) -> Tr
 
 
 def _check_out_dir(out: Path, config: TrainConfig) -> None:
-    """Never overwrite an earlier run by accident."""
+    """Never overwrite an earlier run by accident, and find out now, not after minutes of
+    training, if the run directory cannot be written."""
+    check_writable_destination(out, "--out")
     if out.exists() and not out.is_dir():
         raise GenError(f"--out {str(out)!r} is a file; give a directory")
+    _probe_writable(out)
     if config.resume:
         if not is_checkpoint(out / LATEST):
             raise GenError(f"nothing to resume in {str(out)!r}: it has no {LATEST}/ checkpoint; train without --resume")
@@ -363,6 +353,32 @@ def _check_out_dir(out: Path, config: TrainConfig) -> None:
             f"{str(out)!r} already holds a run (step {step}); continue it with --resume, "
             f"start over with --overwrite, or choose another --out"
         )
+
+
+def _probe_writable(out: Path) -> None:
+    """Write and remove a file in `out`, creating it for the moment if needed."""
+    created = [folder for folder in (out, *out.parents) if not folder.exists()]
+    try:
+        # Under torchrun every process probes at once, and another's cleanup may remove
+        # the folder between this one's mkdir and its file: then it is made again.
+        for attempt in range(10):
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+                with tempfile.TemporaryFile(dir=out):
+                    pass
+                break
+            except FileNotFoundError:
+                if attempt == 9:
+                    raise
+    except OSError as error:
+        raise GenError(f"--out {str(out)!r} cannot be written ({error.strerror}); "
+                       f"choose another --out, or fix its permissions") from None
+    finally:
+        for folder in created:  # leave nothing behind: the first checkpoint creates them
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
 
 
 class Run:
@@ -390,6 +406,7 @@ class Run:
         self.metrics: list[dict] = []
         self.metrics_written = 0  # how many of self.metrics are in metrics.jsonl
         self.checkpoint_written = False
+        self.saved_step = self.start_step if config.resume else None  # the last checkpoint's step
         self.started = time.perf_counter()
 
     @property
@@ -465,16 +482,18 @@ class Run:
             "on_eval", step=self.trainer.step, metrics=metrics))
         return self.distributed.decide(stop, self.trainer.device)
 
-    def save_checkpoints(self, val_loss: float) -> None:
+    def save_checkpoints(self, val_loss: float | None) -> None:
         """latest/ always, best/ when the validation loss improved; then the on_checkpoint hooks.
 
+        Without a validation loss (a run interrupted between evaluations) only latest/.
         Every process takes part (each holds a share of the random states); process 0 writes.
         """
         rng_states = self.trainer.rng_states()
-        improved = self.best_val_loss is None or val_loss < self.best_val_loss
+        improved = val_loss is not None and (self.best_val_loss is None or val_loss < self.best_val_loss)
         if improved:
             self.best_val_loss = val_loss
         if not self.is_main:
+            self.saved_step = self.trainer.step  # process 0 wrote it
             return
         for name in (LATEST, BEST) if improved else (LATEST,):
             path = self.out / name
@@ -486,7 +505,17 @@ class Run:
                 world_size=self.distributed.world_size,
             )
             self.checkpoint_written = True
+            self.saved_step = self.trainer.step
             get_plugins().call_hook("on_checkpoint", step=self.trainer.step, path=str(path))
+
+    def check_finite(self, loss: float, what: str) -> None:
+        """Stop a run whose loss became NaN or infinite, keeping the last good checkpoint."""
+        if math.isfinite(loss):
+            return
+        kept = (f"the last good checkpoint (step {self.saved_step}) is kept in {str(self.out / LATEST)!r}"
+                if self.saved_step is not None else "no checkpoint was written")
+        raise GenError(f"the {what} became {loss} at step {self.trainer.step}: training diverged; {kept}; "
+                       f"lower --lr (now {self.config.lr}) or --grad-clip, and train again")
 
     def write_metrics(self) -> None:
         """Append the new metrics lines (after this run's first checkpoint; see the class)."""
@@ -562,12 +591,23 @@ def prepare_run(config: TrainConfig, given: set[str], distributed: Distributed |
         torch.manual_seed(config.seed)  # the initial weights, the same in every process
         model = build_model(model_name, {**model_options, "vocab_size": dataset.tokenizer.vocab_size})
         distributed.offset_seed(config.seed)
-    check_split_lengths(dataset, model.config_dict()["block_size"])
+    block_size = model.config_dict()["block_size"]
+    check_split_lengths(dataset, block_size)
+    _check_training_fits(model, config, block_size, dataset.tokenizer.vocab_size)
     distributed.start(device)
     trainer = Trainer(config, dataset, model, device, dtype, distributed)
     if config.resume:
         trainer.restore(out / LATEST, resumed.step)
     return Run(config, trainer, model_name, out, resumed.best_val_loss if config.resume else None)
+
+
+def _check_training_fits(model, config: TrainConfig, block_size: int, vocab_size: int) -> None:
+    """Refuse a run whose weights, gradients, AdamW moments and logits alone (a lower bound
+    of what training holds) do not fit in memory, e.g. --batch-size 100000000."""
+    weights = sum(parameter.numel() * parameter.element_size() for parameter in model.parameters())
+    logits = config.batch_size * block_size * vocab_size * 4 * 3  # logits, softmax and their gradient
+    check_fits(4 * weights + logits, f"training with --batch-size {config.batch_size} and block size {block_size}",
+               "lower --batch-size (--grad-accum keeps the tokens per step) or the model's size")
 
 
 class Throughput:
@@ -639,6 +679,8 @@ def _train(config: TrainConfig, given: set[str] | None, progress: bool, say: Cal
             if run.evaluation_due():
                 metrics = run.evaluate(speed.tokens_per_second)
                 write(_describe(metrics, run.tokenizer.vocab_size))
+                # (every process has the same losses, the means over all: all stop alike)
+                run.check_finite(metrics["val_loss"], "validation loss")
                 stop = run.stop_requested(metrics)
                 if trainer.step > 0:
                     run.save_checkpoints(metrics["val_loss"])
@@ -652,7 +694,23 @@ def _train(config: TrainConfig, given: set[str] | None, progress: bool, say: Cal
             loss = trainer.train_step()
             bar.update(1)
             if speed.tick(last_step=trainer.step == config.max_iters):
+                # the loss of the whole global batch, the same on every process (and checked
+                # at the same steps on each), so a NaN stops every process alike
+                run.check_finite(loss.item(), "training loss")
                 bar.set_postfix(loss=f"{loss.item():.4f}", tok_s=f"{speed.tokens_per_second:,.0f}", refresh=False)
+    except KeyboardInterrupt:
+        bar.close()
+        if trainer.step != run.saved_step and trainer.step > 0:  # keep the steps since the last checkpoint
+            if run.distributed.launched:
+                # Under torchrun each process gets the signal at a different point, and a
+                # checkpoint gathers every process's random states (a collective): it would hang.
+                say(_interrupted_distributed(run))
+            else:
+                run.save_checkpoints(None)
+                run.write_metrics()
+                say(f"interrupted at step {trainer.step}; saved {run.out / LATEST}; "
+                    f"continue with: gen train --out {run.out} --resume")
+        raise
     finally:
         bar.close()
     if config.resume and run.start_step >= config.max_iters:
@@ -661,6 +719,18 @@ def _train(config: TrainConfig, given: set[str] | None, progress: bool, say: Cal
         say(f"wrote {run.out / LATEST} (step {trainer.step}) and {run.out / BEST} "
             f"(val loss {run.best_val_loss:.4f}); took {time.perf_counter() - run.started:.1f} s")
     return run.result()
+
+
+def _interrupted_distributed(run: Run) -> str:
+    """What an interrupted distributed run says: it saves nothing, and resumes from its
+    last evaluation's checkpoint."""
+    step = run.trainer.step
+    if run.saved_step is None:
+        return (f"interrupted at step {step}; a distributed run saves no checkpoint when interrupted, "
+                f"and this one had written none yet: train again")
+    return (f"interrupted at step {step}; a distributed run saves no checkpoint when interrupted: it "
+            f"resumes from its last evaluation's, step {run.saved_step} in {run.out / LATEST}; continue "
+            f"with the same torchrun command and: gen train --out {run.out} --resume")
 
 
 def _first_line(error: BaseException) -> str:

@@ -76,14 +76,47 @@ def on_checkpoint(step, path):
     log("checkpoint", step, os.path.basename(path))
 """
 
+# Runs gen's command line like the console script, with one process going wrong on
+# purpose: GEN_TEST_NAN_FROM=k makes process 1's training loss NaN from step k on (its
+# gradients too, so the averaged weights become NaN); GEN_TEST_CTRL_C_AT=k sends
+# process 0 a SIGINT (Ctrl-C) as it begins step k.
+MISBEHAVE = """
+import os, signal, sys
+import gen.core.train
+from gen.core.cli import cli
+
+Trainer, rank = gen.core.train.Trainer, int(os.environ["RANK"])
+nan_from, ctrl_c_at = os.environ.get("GEN_TEST_NAN_FROM"), os.environ.get("GEN_TEST_CTRL_C_AT")
+
+if nan_from and rank == 1:
+    init = Trainer.__init__
+    def init_with_nan(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        forward = self.forward
+        def nan_forward(inputs, targets):
+            logits, loss = forward(inputs, targets)
+            return logits, loss * float("nan") if self.step >= int(nan_from) else loss
+        self.forward = nan_forward
+    Trainer.__init__ = init_with_nan
+if ctrl_c_at and rank == 0:
+    train_step = Trainer.train_step
+    def interrupted_step(self):
+        if self.step == int(ctrl_c_at):
+            os.kill(os.getpid(), signal.SIGINT)
+        return train_step(self)
+    Trainer.train_step = interrupted_step
+cli.main(args=sys.argv[1:], prog_name="gen")
+"""
+
 
 pytestmark = pytest.mark.usefixtures("module_cache")  # before the module-scoped runs below
 
 
-def torchrun(*arguments, cwd, env=None, script=(GEN_SCRIPT,)) -> subprocess.CompletedProcess:
+def torchrun(*arguments, cwd, env=None, script=(GEN_SCRIPT,), check=True) -> subprocess.CompletedProcess:
     completed = subprocess.run([*TORCHRUN, *script, *map(str, arguments)], cwd=cwd, capture_output=True,
                                text=True, timeout=RUN_TIMEOUT, env={**os.environ, **(env or {})})
-    assert completed.returncode == 0, completed.stdout + completed.stderr
+    if check:
+        assert completed.returncode == 0, completed.stdout + completed.stderr
     return completed
 
 
@@ -277,6 +310,45 @@ def test_a_process_that_dies_stops_the_run(corpus, tmp_path):
     assert "[rank0]: Traceback" not in stderr and "core/train.py" not in stderr, stderr
     for pid in ranks.values():
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+
+def test_a_nan_loss_in_one_process_stops_every_process(corpus, tmp_path):
+    """The loss checked is the global batch's, the same on every process, so a NaN in
+    one process's share stops them all at the same step with gen's error (none waits
+    for the others in a collective), and the last good checkpoint is kept."""
+    script = tmp_path / "misbehave.py"
+    script.write_text(MISBEHAVE)
+    started = time.monotonic()
+    completed = torchrun("train", "--data", corpus, "--out", "out", *TINY, "--batch-size", 8, "--max-iters", 40,
+                         "--eval-interval", 12, cwd=tmp_path, script=(script,), env={"GEN_TEST_NAN_FROM": "13"},
+                         check=False)
+    output = completed.stdout + completed.stderr
+    assert completed.returncode != 0 and time.monotonic() - started < 120, output
+    # the window of the training loss closes 10 steps after the evaluation at step 12
+    assert "the training loss became nan at step 22: training diverged; the last good checkpoint (step 12)" \
+        in output, output
+    assert "lost the others" not in output and "Traceback" not in completed.stdout, output
+    assert json.loads((tmp_path / "out" / "latest" / "config.json").read_text())["step"] == 12
+
+
+def test_ctrl_c_under_torchrun_saves_nothing_and_resumes_from_the_last_evaluation(corpus, tmp_path):
+    """Ctrl-C reaches the processes at different points and a checkpoint is a collective
+    (every process's random states): a distributed run writes none then, instead of
+    hanging, and says where --resume continues."""
+    script = tmp_path / "misbehave.py"
+    script.write_text(MISBEHAVE)
+    options = ["--data", corpus, *TINY, "--batch-size", 8, "--max-iters", 10, "--eval-interval", 5]
+    started = time.monotonic()
+    interrupted = torchrun("train", "--out", "out", *options, cwd=tmp_path, script=(script,),
+                           env={"GEN_TEST_CTRL_C_AT": "7"}, check=False)
+    output = interrupted.stdout + interrupted.stderr
+    assert interrupted.returncode != 0 and time.monotonic() - started < 120, output
+    assert ("interrupted at step 7; a distributed run saves no checkpoint when interrupted: it resumes from "
+            f"its last evaluation's, step 5 in {Path('out') / 'latest'}") in interrupted.stdout, output
+    assert json.loads((tmp_path / "out" / "latest" / "config.json").read_text())["step"] == 5
+    resumed = torchrun("train", "--out", "out", "--resume", cwd=tmp_path)
+    assert "resuming 'out' at step 5" in resumed.stdout
+    assert json.loads((tmp_path / "out" / "latest" / "config.json").read_text())["step"] == 10
 
 
 def test_compile_where_attention_is_not_the_math_kernel():

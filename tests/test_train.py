@@ -224,7 +224,7 @@ def test_model_options_from_a_toml_table(corpus, tmp_path):
     (["--model", "gpt:n_layer=two"], ["model 'gpt' option n_layer='two' is not a valid int"]),
     (["--model", "gpt:n_layer=2", "--n-layer", "3"], ["--n-layer 3 contradicts --model 'gpt:n_layer=2'"]),
     (["--model", "gpt:n_layer"], ["malformed model spec 'gpt:n_layer'"]),
-    (["--model", "gpt:n_layer=0"], ["gpt n_layer must be at least 1"]),
+    (["--model", "gpt:n_layer=0"], ["gpt n_layer must be from 1 to 1,024, got 0"]),
     (["--model", "nonesuch"], ["unknown model 'nonesuch'; known models: bigram, gpt"]),
 ])
 def test_bad_model_specs_are_one_line_errors(corpus, tmp_path, arguments, fragments):
