@@ -4,6 +4,8 @@ loss of what it wrote (as `gen eval` computes it).
     python benchmarks/time_to_loss.py                      # the default recipe
     python benchmarks/time_to_loss.py --target-loss 2.50 -- --config examples/bigram.toml
                                                            # anything after -- goes to gen train
+    python benchmarks/time_to_loss.py --processes 2 -- --batch-size 6
+                                                           # under torchrun: 2 processes, global batch 12
 
 Targets (issue 3): exact validation loss at or below 1.90 in under 75 s on 2 CPU cores,
 half of nanoGPT's time for its CPU recipe (124-148 s to 1.898); the bigram model at or
@@ -36,6 +38,8 @@ def main() -> None:
     parser.add_argument("--warm-cache", action="store_true",
                         help="use the user cache as it is (default: an empty one, so tokenizing counts)")
     parser.add_argument("--target-loss", type=float, default=1.90, help="exact val loss to reach (bigram: 2.50)")
+    parser.add_argument("--processes", type=int, default=None,
+                        help="run gen train under torchrun with this many processes (--batch-size is per process)")
     parser.add_argument("train_args", nargs="*", help="extra gen train options, after --")
     args = parser.parse_args()
     from gen.core.data import corpus_path
@@ -48,6 +52,9 @@ def main() -> None:
             environment["XDG_CACHE_HOME"] = str(Path(scratch) / "cache")
         out = Path(scratch) / "out"
         command = [args.gen, "train", "--data", data, "--out", str(out), *args.train_args]
+        if args.processes:
+            command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                       "--nproc_per_node", str(args.processes), *command]
         print("load average before:", " ".join(f"{x:.2f}" for x in os.getloadavg()), "(other work slows this down)")
         print("$", " ".join(command), flush=True)
         started = time.perf_counter()

@@ -2,9 +2,12 @@
 
     <checkpoint>/
         config.json                  format version, model plugin name and config, tokenizer
-                                     {"name", "state"}, training arguments, step, losses
+                                     {"name", "state"}, training arguments, step, losses,
+                                     world_size (the processes that trained it)
+                                     (and "source" for a model made by `gen import`)
         model.safetensors            the weights (a tied weight is stored once)
         training_state.safetensors   optimizer tensors (AdamW moments, steps) and RNG states
+                                     (of every process of a distributed run)
         training_state.json          optimizer hyperparameters (param_groups)
 
 Nothing is pickled, so loading a checkpoint from someone else runs no code of theirs.
@@ -25,12 +28,13 @@ checkpoint directory or a run directory; a run directory means its best checkpoi
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from gen.core.errors import GenError
-from gen.core.files import recover_interrupted_replace, replace_directory_atomically
+from gen.core.files import check_utf8_path, recover_interrupted_replace, replace_directory_atomically
 from gen.core.tokenizer import Tokenizer, tokenizer_from_dict
 
 FORMAT = "gen.checkpoint"
@@ -41,6 +45,7 @@ STATE_TENSORS_FILE = "training_state.safetensors"
 STATE_JSON_FILE = "training_state.json"
 LATEST = "latest"
 BEST = "best"
+METRICS_FILE = "metrics.jsonl"
 
 
 @dataclass
@@ -68,6 +73,7 @@ def is_checkpoint(path: Path) -> bool:
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """The checkpoint directory that `path` names: itself, or a run directory's best."""
+    check_utf8_path(path, "checkpoint")
     path = Path(path)
     for candidate in (path, path / BEST, path / LATEST):
         recover_interrupted_replace(candidate)
@@ -116,11 +122,15 @@ def save_checkpoint(
     val_loss: float | None = None,
     optimizer=None,
     rng_states: dict | None = None,
+    world_size: int = 1,
+    source: dict | None = None,
 ) -> Path:
     """Write a checkpoint directory at `path` atomically.
 
     `rng_states` maps names to uint8 tensors (torch.get_rng_state(), a Generator's
     get_state()); with `optimizer` they make `--resume` continue bit for bit.
+    `world_size` is how many processes trained it (torchrun), which a resume keeps.
+    `source` (JSON) says where an imported model came from (`gen import`).
     """
     import torch
     from safetensors.torch import save_file, save_model
@@ -134,8 +144,11 @@ def save_checkpoint(
         "step": step,
         "best_val_loss": best_val_loss,
         "val_loss": val_loss,
+        "world_size": world_size,
         "torch_version": torch.__version__,
     }
+    if source is not None:
+        config["source"] = source
 
     with replace_directory_atomically(path) as directory:
         (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
@@ -163,7 +176,9 @@ def read_config(path: str | os.PathLike) -> dict:
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise GenError(f"checkpoint {str(path)!r} is damaged: {CONFIG_FILE} is not a gen checkpoint config")
     version = config.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise GenError(f"checkpoint {str(path)!r} is damaged: {CONFIG_FILE} has format version {version!r}")
+    if version > FORMAT_VERSION:
         raise GenError(
             f"checkpoint {str(path)!r} has format version {version!r}; this gen reads up to "
             f"{FORMAT_VERSION}: upgrade gen"
@@ -176,11 +191,54 @@ def read_config(path: str | os.PathLike) -> dict:
     return config
 
 
+def count_parameters(path: str | os.PathLike) -> int:
+    """The number of parameters in the checkpoint at `path`, read from the header of its
+    model.safetensors (8 bytes of header length, then JSON naming each tensor's shape),
+    without torch. A tied weight is stored, and counted, once."""
+    file = Path(path) / WEIGHTS_FILE
+    try:
+        with open(file, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            if not 2 <= size <= file.stat().st_size - 8:
+                raise ValueError("the header length is out of range")
+            header = json.loads(handle.read(size))
+        return sum(math.prod(entry["shape"]) for name, entry in header.items() if name != "__metadata__")
+    except FileNotFoundError:
+        raise GenError(f"checkpoint {str(path)!r} is damaged: {WEIGHTS_FILE} is missing") from None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
+        raise GenError(f"checkpoint {str(path)!r} is damaged: cannot read {WEIGHTS_FILE} ({error})") from None
+
+
 def build_model(model_name: str, model_config: dict):
-    """A fresh model from its plugin name and config (see gen.core.model)."""
+    """A fresh model from its plugin name and config (see gen.core.model).
+
+    A config is often someone else's file, and a few bytes of it can describe a model
+    of terabytes. So the model is first built on torch's meta device, which allocates
+    nothing, and one that would not fit in memory is refused with its size.
+    """
+    import torch
+
+    from gen.core.limits import check_fits
     from gen.core.plugins import get_registry
 
-    return get_registry().get("model", model_name).from_config(model_config)
+    cls = get_registry().get("model", model_name)
+
+    def construct():
+        try:
+            return cls.from_config(model_config)
+        except GenError:
+            raise
+        except (TypeError, ValueError, RuntimeError, OverflowError) as error:
+            raise GenError(f"model {model_name!r} cannot be built from its config: {error}") from None
+
+    with torch.device("meta"):
+        probe = construct()
+    tensors = [*probe.parameters(), *probe.buffers()]
+    size = sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+    count = sum(parameter.numel() for parameter in probe.parameters())
+    check_fits(size, f"model {model_name!r} ({count:,} parameters)",
+               "the config asks for more than this machine holds (or is damaged)")
+    return construct()
 
 
 def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> Checkpoint:
@@ -224,11 +282,21 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> Checkpoint:
 
 
 def load_training_state(path: str | os.PathLike, optimizer) -> dict:
-    """Restore `optimizer` from the checkpoint at `path`; returns the RNG states by name."""
+    """Restore `optimizer` from the checkpoint at `path`; returns the RNG states by name.
+
+    Everything is checked against what this optimizer and model expect (names, dtypes,
+    shapes), so a damaged or foreign file is one clear error, not a crash mid-step.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
+    import torch
 
     directory = Path(path)
+
+    def damaged(problem: str) -> GenError:
+        return GenError(f"checkpoint {str(directory)!r} has a damaged training state ({problem}); "
+                        f"resume from another checkpoint or train anew with --overwrite")
+
     try:
         tensors = load_file(str(directory / STATE_TENSORS_FILE))
         document = json.loads((directory / STATE_JSON_FILE).read_text(encoding="utf-8"))
@@ -238,25 +306,38 @@ def load_training_state(path: str | os.PathLike, optimizer) -> dict:
             f"({STATE_TENSORS_FILE}, {STATE_JSON_FILE})"
         ) from None
     except (SafetensorError, OSError, ValueError) as error:
-        raise GenError(f"checkpoint {str(directory)!r} is damaged: cannot read its training state ({error})") from None
+        raise damaged(f"cannot read it: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("param_groups"), list) \
+            or not isinstance(document.get("state", {}), dict):
+        raise damaged(f"{STATE_JSON_FILE} is not {{'param_groups': [...], 'state': {{...}}}}")
+    parameters = [parameter for group in optimizer.param_groups for parameter in group["params"]]
     state: dict = {}
     rng_states = {}
     for name, tensor in tensors.items():
         kind, _, rest = name.partition(".")
-        if kind == "rng":
+        index, _, key = rest.partition(".")
+        if kind == "rng" and rest and tensor.dtype == torch.uint8 and tensor.dim() == 1:
             rng_states[rest] = tensor
-        elif kind == "optimizer":
-            index, _, key = rest.partition(".")
+        elif kind == "optimizer" and index.isdigit() and int(index) < len(parameters) and key:
+            expected = parameters[int(index)].shape if key != "step" else tensor.shape
+            if tensor.shape != expected:
+                raise damaged(f"{name} has shape {tuple(tensor.shape)}, the parameter {tuple(expected)}")
             state.setdefault(int(index), {})[key] = tensor
+        else:
+            raise damaged(f"unexpected tensor {name!r} ({tensor.dtype}, shape {tuple(tensor.shape)})")
     for index, values in document.get("state", {}).items():
+        if not (isinstance(index, str) and index.isdigit() and isinstance(values, dict)):
+            raise damaged(f"state entry {index!r} is not an optimizer state")
         state.setdefault(int(index), {}).update(values)
-    param_groups = document.get("param_groups", [])
+    param_groups = document["param_groups"]
     for group in param_groups:
+        if not isinstance(group, dict):
+            raise damaged(f"a param group is {type(group).__name__}, not an object")
         if isinstance(group.get("betas"), list):
             group["betas"] = tuple(group["betas"])  # JSON has no tuples
     try:
         optimizer.load_state_dict({"state": state, "param_groups": param_groups})
-    except (ValueError, KeyError, RuntimeError) as error:
+    except (ValueError, KeyError, RuntimeError, TypeError, IndexError) as error:
         raise GenError(
             f"checkpoint {str(directory)!r}: its optimizer state does not fit this model and optimizer ({error})"
         ) from None

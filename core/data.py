@@ -23,6 +23,7 @@ import hashlib
 import http.client
 import json
 import os
+import stat
 import sys
 import urllib.error
 import urllib.request
@@ -33,6 +34,7 @@ import numpy as np
 
 from gen.core.errors import GenError
 from gen.core.files import replace_file_atomically
+from gen.core.limits import check_fits, format_bytes
 from gen.core.specs import call_with_options, convert_options, describe_options, parse_spec
 from gen.core.tokenizer import Tokenizer, tokenizer_from_dict, tokenizer_to_dict
 
@@ -155,6 +157,13 @@ def read_text(path: Path) -> str:
         raise GenError(f"the corpus {str(path)!r} does not exist; give --data a UTF-8 text file or one of: {known}")
     if path.is_dir():
         raise GenError(f"the corpus {str(path)!r} is a directory; give --data a UTF-8 text file")
+    if not stat.S_ISREG(path.stat().st_mode):  # /dev/zero or a FIFO would be read forever
+        raise GenError(f"the corpus {str(path)!r} is not a regular file (a device or a pipe); "
+                       f"give --data a UTF-8 text file")
+    # The text, its UTF-8 decoding (up to 4 bytes a character in Python's str) and the
+    # encoded corpus are in memory at once; a file that cannot fit is refused, not read.
+    check_fits(8 * path.stat().st_size, f"the corpus {str(path)!r} ({format_bytes(path.stat().st_size)})",
+               "give --data a smaller file (gen reads the whole corpus into memory)")
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as error:
@@ -189,6 +198,16 @@ def train_tokenizer(text: str, spec: str, progress: bool = False) -> tuple[Token
     accepted = entry.options()
     options = convert_options(raw_options, accepted, f"tokenizer {name!r}")
     cls = entry.load()
+
+    def build() -> Tokenizer:
+        return call_with_options(lambda **kwargs: cls.train(text, **kwargs), options,
+                                 f"tokenizer {spec!r}", describe_options(accepted))
+
+    # A tokenizer built from its options alone (one read from a file) is not cached:
+    # the cache is keyed by the options, and would miss an edited file.
+    if getattr(cls, "learns_from_text", True) is False:
+        tokenizer = build()
+        return tokenizer, tokenizer_to_dict(name, tokenizer)
     key = _hash(str(CACHE_FORMAT), _hash(text), name, f"{cls.__module__}.{cls.__qualname__}",
                 json.dumps(options, sort_keys=True))
     cached = cache_dir() / "tokenizers" / f"{key}.json"
@@ -200,8 +219,7 @@ def train_tokenizer(text: str, spec: str, progress: bool = False) -> tuple[Token
             pass  # a damaged cache entry: train again and overwrite it
     if progress:
         print(f"training the {spec} tokenizer on {len(text):,} characters (cached for later runs)", file=sys.stderr)
-    tokenizer = call_with_options(lambda **kwargs: cls.train(text, **kwargs), options,
-                                  f"tokenizer {spec!r}", describe_options(accepted))
+    tokenizer = build()
     document = tokenizer_to_dict(name, tokenizer)
     with replace_file_atomically(cached) as temporary:
         temporary.write_text(json.dumps(document), encoding="utf-8")
@@ -220,9 +238,14 @@ def encode_corpus(text: str, tokenizer: Tokenizer, progress: bool = False) -> np
     cached = cache_dir() / "tokens" / f"{key}.npy"
     if cached.exists():
         try:
-            return np.load(cached, allow_pickle=False)
+            ids = np.load(cached, allow_pickle=False)
+            # A cache file is only trusted if it could be this tokenizer's encoding;
+            # anything else (damaged, or replaced by another .npy) is encoded again.
+            if ids.ndim == 1 and ids.dtype in (np.uint16, np.int32) and len(ids) \
+                    and 0 <= ids.min() and ids.max() < tokenizer.vocab_size:
+                return ids
         except (OSError, ValueError):
-            pass  # a damaged cache entry: encode again and overwrite it
+            pass
     if progress:
         print(f"encoding {len(text):,} characters (cached for later runs)", file=sys.stderr)
     dtype = np.uint16 if tokenizer.vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32

@@ -162,19 +162,53 @@ def generate_ids(
             mask = np.concatenate([mask, np.ones((len(rows), 1), dtype=np.int64)], axis=1)
 
 
+class StopMatcher:
+    """Finds one stop string in text fed a character at a time, in time linear in the
+    text however long the stop string (Knuth-Morris-Pratt).
+
+    `matched` is how many characters of the stop string the text now ends with: text
+    that may still turn into the stop string, and so must be held back.
+    """
+
+    def __init__(self, stop: str):
+        self.stop = stop
+        # fallback[i]: the longest proper prefix of stop[:i + 1] that is also its suffix.
+        self.fallback = [0] * len(stop)
+        length = 0
+        for i in range(1, len(stop)):
+            while length and stop[i] != stop[length]:
+                length = self.fallback[length - 1]
+            if stop[i] == stop[length]:
+                length += 1
+            self.fallback[i] = length
+        self.matched = 0
+
+    def feed(self, character: str) -> bool:
+        """Take one more character; True when the text now ends with the whole stop string."""
+        matched = self.matched
+        while matched and character != self.stop[matched]:
+            matched = self.fallback[matched - 1]
+        if character == self.stop[matched]:
+            matched += 1
+        self.matched = matched
+        return matched == len(self.stop)
+
+
 @dataclass
 class RowText:
     """The text of one row, held back while it could still turn into a stop string."""
 
     stream: TextStream
-    stops: Sequence[str]
-    text: str = ""
-    emitted: int = 0
+    matchers: list[StopMatcher]
+    pending: str = ""  # text not handed out yet: it may be the start of a stop string
     finished: bool = False
 
     @classmethod
-    def start(cls, tokenizer: Tokenizer, stop: Sequence[str] = ()) -> "RowText":
-        return cls(TextStream(tokenizer), [s for s in stop if s])
+    def start(cls, tokenizer: Tokenizer, prompt_ids: Sequence[int], stop: Sequence[str] = ()) -> "RowText":
+        """The text of a row that continues `prompt_ids`: the prompt's last ids are the stream's
+        context, so a tokenizer that decodes a token differently after others (SentencePiece's
+        leading space) gives the text the whole would have."""
+        return cls(TextStream(tokenizer, context=prompt_ids), [StopMatcher(s) for s in stop if s])
 
     def push(self, token_id: int) -> str:
         """Add one generated token; return the text that is now safe to show."""
@@ -183,27 +217,25 @@ class RowText:
     def add(self, piece: str) -> str:
         if self.finished:
             return ""
-        self.text += piece
-        for stop in self.stops:
-            found = self.text.find(stop, max(0, self.emitted - len(stop)))
-            if found != -1:
-                self.finished = True
-                self.text = self.text[:found]
-                break
-        safe = len(self.text)
-        if not self.finished:
-            for stop in self.stops:  # hold back a tail that is the start of a stop string
-                for size in range(min(len(stop) - 1, len(self.text)), 0, -1):
-                    if stop.startswith(self.text[-size:]):
-                        safe = min(safe, len(self.text) - size)
-                        break
-        out, self.emitted = self.text[self.emitted:safe], max(self.emitted, safe)
-        return out
+        if not self.matchers:
+            return piece
+        for position, character in enumerate(piece):
+            for matcher in self.matchers:
+                if matcher.feed(character):  # the stop string ends here: hand out what came before it
+                    self.finished = True
+                    text = self.pending + piece[:position + 1]
+                    self.pending = ""
+                    return text[:len(text) - len(matcher.stop)]
+        text = self.pending + piece
+        held = max(matcher.matched for matcher in self.matchers)
+        self.pending = text[len(text) - held:] if held else ""
+        return text[:len(text) - held]
 
     def close(self) -> str:
-        if not self.finished:
-            self.add(self.stream.flush())
-        out, self.emitted = self.text[self.emitted:], len(self.text)
+        if self.finished:
+            return ""
+        out = self.add(self.stream.flush())
+        out, self.pending = out + self.pending, ""
         return out
 
 
@@ -289,7 +321,7 @@ def generate_text(
     read off the sampler chain (gen.core.sampling.SamplerChain).
     """
     prompt_ids = [encode_prompt(tokenizer, prompt) for prompt in prompts]
-    texts = [RowText.start(tokenizer, stop) for _ in prompts]
+    texts = [RowText.start(tokenizer, ids, stop) for ids in prompt_ids]
     for next_ids, logits in generate_ids(backend, prompt_ids, sampler, rng, max_new_tokens, tokenizer):
         tokens = None
         if logprobs is not None:

@@ -25,9 +25,11 @@ from gen.core.specs import REQUIRED, Option, options_of
 BUILTIN_PROVIDER = "gen"
 BUILTIN_PLUGINS = (
     "gen.plugins.tokenizers",
+    "gen.plugins.hf_tokenizers",
     "gen.plugins.samplers",
     "gen.plugins.models",
     "gen.core.commands",
+    "gen.core.tools",
     "gen.export.cli",
     "gen.runtime.cli",
 )

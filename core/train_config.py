@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 
 from gen.core.errors import GenError
-from gen.core.specs import convert_options, parse_spec
+from gen.core.specs import convert_options, options_of, parse_spec
 
 
 @dataclass
@@ -91,6 +91,7 @@ LIMITS = {
     "grad_clip": (0.0, None),
     "eval_interval": (1, None),
     "eval_iters": (1, None),
+    "seed": (0, 2**63 - 2),  # torch's generators take 64-bit seeds; evaluation uses seed + 1
 }
 
 
@@ -100,12 +101,20 @@ def option_flag(name: str) -> str:
 
 
 def train_config_from_dict(values: dict, source: str) -> TrainConfig:
-    """A TrainConfig from saved or given values, rejecting names it does not have."""
-    fields = {field.name for field in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - fields)
+    """A TrainConfig from saved values (a checkpoint's train_args), checking names and types."""
+    if not isinstance(values, dict):
+        raise GenError(f"{source} has damaged training options (not a JSON object)")
+    options = options_of(TrainConfig)
+    unknown = sorted(set(values) - set(options))
     if unknown:
         raise GenError(f"{source} has unknown training option(s): {', '.join(unknown)}")
-    return TrainConfig(**values)
+    checked = {}
+    for key, value in values.items():
+        if value is None and options[key].default is None:  # "the model's default", "at max_iters"
+            checked[key] = None
+        else:
+            checked.update(convert_options({key: value}, {key: options[key]}, f"{source}: training"))
+    return TrainConfig(**checked)
 
 
 def check_config(config: TrainConfig) -> None:
@@ -134,6 +143,17 @@ def given_options(config: TrainConfig) -> set[str]:
         field.name for field in dataclasses.fields(TrainConfig)
         if getattr(config, field.name) != field.default
     }
+
+
+def learning_rate(step: int, config: TrainConfig) -> float:
+    """Linear warmup to lr, then a cosine decay to min_lr at lr_decay_iters (then flat)."""
+    decay_iters = config.lr_decay_iters or config.max_iters
+    if step < config.warmup_iters:
+        return config.lr * (step + 1) / (config.warmup_iters + 1)
+    if step >= decay_iters:
+        return config.min_lr
+    progress = (step - config.warmup_iters) / (decay_iters - config.warmup_iters)
+    return config.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (config.lr - config.min_lr)
 
 
 def model_spec(config: TrainConfig) -> tuple[str, dict]:

@@ -37,7 +37,7 @@ import onnx
 import torch
 
 from gen.core.errors import GenError
-from gen.core.files import replace_file_atomically
+from gen.core.files import check_writable_destination, replace_file_atomically
 from gen.core.model import has_kv_cache
 from gen.core.tokenizer import tokenizer_from_dict
 from gen.export.attention import TRANSLATIONS
@@ -49,6 +49,7 @@ from gen.runtime.artifact import (
     LOGITS,
     MODEL_KEY,
     TOKENIZER_KEY,
+    TRAINING_KEY,
     past_names,
     present_names,
 )
@@ -254,13 +255,16 @@ def _default_opset(proto: onnx.ModelProto) -> int:
     return next(entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx"))
 
 
-def add_metadata(proto: onnx.ModelProto, model_document: dict, tokenizer_document: dict) -> None:
-    """Write the three gen metadata_props (replacing any from an earlier pass)."""
+def add_metadata(proto: onnx.ModelProto, model_document: dict, tokenizer_document: dict,
+                 training_document: dict | None = None) -> None:
+    """Write the gen metadata_props (replacing any from an earlier pass)."""
     values = {
         FORMAT_KEY: str(FORMAT_VERSION),
         MODEL_KEY: json.dumps(model_document, sort_keys=True),
         TOKENIZER_KEY: json.dumps(tokenizer_document, sort_keys=True),
     }
+    if training_document is not None:
+        values[TRAINING_KEY] = json.dumps(training_document, sort_keys=True)
     kept = [entry for entry in proto.metadata_props if entry.key not in values]
     del proto.metadata_props[:]
     proto.metadata_props.extend(kept)
@@ -268,10 +272,11 @@ def add_metadata(proto: onnx.ModelProto, model_document: dict, tokenizer_documen
         proto.metadata_props.add(key=key, value=value)
 
 
-def model_document(model_name: str, config: dict, cache: CacheShape | None) -> dict:
+def model_document(model_name: str, config: dict, cache: CacheShape | None, parameters: int) -> dict:
     return {
         "name": model_name,
         "config": config,
+        "parameters": parameters,
         "block_size": config["block_size"],
         "vocab_size": config["vocab_size"],
         "n_layer": cache.n_layer if cache else 0,
@@ -292,6 +297,24 @@ def write_single_file(proto: onnx.ModelProto, path: Path) -> None:
     onnx.save_model(proto, os.fspath(path), save_as_external_data=False)
 
 
+def check_export_destination(path: str | os.PathLike, overwrite: bool) -> Path:
+    """The export's path, or a GenError if writing there would destroy something: an
+    existing file (without `overwrite`), or anything inside a checkpoint folder, which
+    the next checkpoint write replaces whole (and whose model.safetensors it could be)."""
+    from gen.core.checkpoint import is_checkpoint
+
+    path = check_writable_destination(path, "export")
+    if path.is_dir():
+        raise GenError(f"{str(path)!r} is a folder; give the export a file name, e.g. {str(path / 'model.onnx')!r}")
+    inside = next((folder for folder in path.parents if is_checkpoint(folder)), None)
+    if inside is not None:
+        raise GenError(f"{str(path)!r} is inside the checkpoint folder {str(inside)!r}, which training replaces "
+                       f"whole; export to a path outside it")
+    if os.path.lexists(path) and not overwrite:
+        raise GenError(f"{str(path)!r} already exists; give --overwrite to replace it, or choose another name")
+    return path
+
+
 def export_model(
     model: torch.nn.Module,
     path: str | os.PathLike,
@@ -301,11 +324,16 @@ def export_model(
     opset: int | None = None,
     quantize: str | None = None,
     verify: bool = True,
+    overwrite: bool = False,
     validation_ids: Sequence[int] | None = None,
     validation_source: str = "",
+    training: dict | None = None,
     progress: Progress | None = print,
 ) -> ExportResult:
     """Export `model` (with its tokenizer document {"name", "state"}) to `path`.
+
+    `training` (the checkpoint's step, losses and data, see `training_document`) is
+    recorded in the file for `gen info`.
 
     `validation_ids` (token ids, described by `validation_source`), when given with
     `quantize`, are scored by both the fp32 and the int8 model to report the loss the
@@ -313,7 +341,7 @@ def export_model(
     CPU, float32 and eval mode in place (as `Module.to` does).
     """
     say = progress or (lambda message: None)
-    path = Path(path)
+    path = check_export_destination(path, overwrite)
     if quantize not in (None, "int8"):
         raise GenError(f"unknown quantization {quantize!r}; the one supported is int8")
     # The file's contract is float32 on any device; the export traces and verifies on the CPU.
@@ -336,7 +364,7 @@ def export_model(
     produced_opset = _default_opset(proto)
 
     say(f"[2/4] adding gen metadata and checking the graph with onnx.checker (full check, opset {produced_opset})")
-    add_metadata(proto, model_document(name, config, cache), tokenizer_document)
+    add_metadata(proto, model_document(name, config, cache, parameters), tokenizer_document, training)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as error:
@@ -379,10 +407,12 @@ def export_onnx(
     opset: int | None = None,
     quantize: str | None = None,
     verify: bool = True,
+    overwrite: bool = False,
     progress: Progress | None = print,
 ) -> ExportResult:
     """Export a checkpoint (a directory written by `gen train`, or a loaded checkpoint) to `path`."""
     say = progress or (lambda message: None)
+    check_export_destination(path, overwrite)
     if isinstance(checkpoint, (str, os.PathLike)):
         from gen.core.checkpoint import load_checkpoint
 
@@ -402,8 +432,20 @@ def export_onnx(
         opset=opset,
         quantize=quantize,
         verify=verify,
+        overwrite=overwrite,
         validation_ids=validation_ids,
         validation_source=validation_source,
+        training=training_document(checkpoint),
         progress=progress,
     )
+
+
+def training_document(checkpoint) -> dict:
+    """What an export records of the checkpoint it came from (the gen.training metadata)."""
+    return {
+        "step": checkpoint.step,
+        "val_loss": checkpoint.val_loss,
+        "best_val_loss": checkpoint.best_val_loss,
+        "data": checkpoint.train_args.get("data"),
+    }
 

@@ -14,8 +14,9 @@ class BigramConfig:
     block_size: int = 64  # training context; the model itself only looks at the last token
 
     def __post_init__(self):
-        if self.vocab_size < 1 or self.block_size < 1:
-            raise GenError("bigram needs vocab_size >= 1 and block_size >= 1")
+        if not (1 <= self.vocab_size <= 2**24 and 1 <= self.block_size <= 2**20):
+            raise GenError(f"bigram needs vocab_size from 1 to 16,777,216 and block_size from 1 to 1,048,576, "
+                           f"got {self.vocab_size:,} and {self.block_size:,}")
 
 
 class BigramLanguageModel(LanguageModel, nn.Module):

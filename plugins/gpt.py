@@ -21,6 +21,11 @@ from gen.core.errors import GenError
 from gen.core.model import LanguageModel
 
 
+# Far beyond any model this code is for: a larger value is a typo or a hostile config
+# file, which would otherwise have gen build millions of modules before failing.
+GPT_SIZE_LIMITS = {"vocab_size": 2**24, "block_size": 2**20, "n_layer": 1024, "n_head": 1024, "n_embd": 2**16}
+
+
 @dataclass
 class GPTConfig:
     vocab_size: int = 65
@@ -32,9 +37,9 @@ class GPTConfig:
     bias: bool = False  # biases in Linear layers and LayerNorms; without is a little faster
 
     def __post_init__(self):
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) < 1:
-                raise GenError(f"gpt {name} must be at least 1, got {getattr(self, name)}")
+        for name, largest in GPT_SIZE_LIMITS.items():
+            if not 1 <= getattr(self, name) <= largest:
+                raise GenError(f"gpt {name} must be from 1 to {largest:,}, got {getattr(self, name):,}")
         if self.n_embd % self.n_head:
             raise GenError(
                 f"gpt n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "

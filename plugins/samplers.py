@@ -40,6 +40,11 @@ class Greedy:
         return ids
 
 
+# Below this, logits of a few hundred divided by t leave float32's range, and the draw
+# is greedy anyway.
+MIN_TEMPERATURE = 1e-4
+
+
 class Temperature(LogitsFilter):
     """Divide the logits by t: t < 1 sharpens the distribution, t > 1 flattens it."""
 
@@ -50,6 +55,9 @@ class Temperature(LogitsFilter):
             )
         if not math.isfinite(t) or t < 0:
             raise GenError(f"temperature needs a finite t > 0, got t={t}")
+        if t < MIN_TEMPERATURE:  # logits / t would overflow float32
+            raise GenError(f"temperature t={t} is below {MIN_TEMPERATURE:g}, which is greedy in all but name "
+                           f"(and overflows); use --sampler greedy")
         self.t = t
 
     def filter(self, logits: np.ndarray) -> np.ndarray:

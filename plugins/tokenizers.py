@@ -230,6 +230,9 @@ DEFAULT_BPE_VOCAB_SIZE = 512
 # Far beyond any sensible vocabulary (GPT-4o has about 200,000 tokens); a larger
 # request is almost certainly a typo and would only waste time and memory.
 MAX_BPE_VOCAB_SIZE = 1_000_000
+# The longest token a stored tokenizer may describe. Trained tokens are words and runs
+# of whitespace, a few dozen bytes; this bound only stops a hostile file.
+MAX_TOKEN_BYTES = 1 << 16
 # The encode cache maps a chunk to its ids. Natural text repeats a small set of
 # chunks, so the cache makes encoding a dictionary lookup per word; the bound keeps
 # memory in check on text that never repeats (it is simply emptied when full).
@@ -471,6 +474,16 @@ class BPETokenizer:
                     f"merge {number} of the stored bpe tokenizer repeats the pair {pair!r}"
                 )
             seen.add(tuple(pair))
+        # A merge joins two tokens, so lengths can double at each one: 41 merges of a
+        # token with itself would describe a 2 TB token. Refuse before building any.
+        lengths = [1] * BYTE_TOKENS
+        for number, (left, right) in enumerate(merges):
+            lengths.append(lengths[left] + lengths[right])
+            if lengths[-1] > MAX_TOKEN_BYTES:
+                raise GenError(
+                    f"merge {number} of the stored bpe tokenizer makes a token of {lengths[-1]:,} bytes, "
+                    f"more than the {MAX_TOKEN_BYTES:,} allowed; the tokenizer is damaged or hostile"
+                )
         return cls(merges)
 
     def __repr__(self) -> str:

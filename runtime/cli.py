@@ -8,11 +8,14 @@ as a third-party plugin's would.
 """
 from __future__ import annotations
 
+import math
+
 import click
 
 from gen.core import hookimpl
 from gen.core.errors import GenError
 from gen.core.generation_options import echo_from_options, generation_options
+from gen.runtime.artifact import MAX_THREADS
 
 
 @click.command()
@@ -23,8 +26,8 @@ from gen.core.generation_options import echo_from_options, generation_options
     help="onnxruntime execution provider, e.g. cuda or CUDAExecutionProvider (default: CPU).",
 )
 @click.option(
-    "--threads", type=click.IntRange(min=1), default=None,
-    help="onnxruntime intra-op threads (default 1: fastest for one prompt on a busy machine).",
+    "--threads", type=click.IntRange(1, MAX_THREADS), default=None,
+    help=f"onnxruntime intra-op threads, 1 to {MAX_THREADS} (default 1: fastest for one prompt on a busy machine).",
 )
 def run(model, provider, threads, **options):
     """Generate text from MODEL.onnx (written by `gen export`) on onnxruntime."""
@@ -114,6 +117,9 @@ def evaluate(model, checkpoint, data, split, batch_size, device, as_json):
     dataset = load_dataset(data, tokenizer=backend.tokenizer)
     ids = dataset.split(split)
     loss, tokens = exact_loss(backend.logits, ids, backend.block_size, batch_size=batch_size)
+    if not math.isfinite(loss):
+        raise GenError(f"{source} scores a loss of {loss} on the {split} split: the model is broken "
+                       f"(its weights hold NaN or infinite values); retrain it, e.g. with a lower --lr")
     # Every token but the first is scored; bits per character counts their characters.
     characters = len(dataset.tokenizer.decode(ids[1:].tolist()))
     report = loss_report(loss, tokens, characters)

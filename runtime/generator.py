@@ -25,6 +25,13 @@ its spinning threads halve the speed (measured on 2 cores: batch 1 is as fast on
 one thread as on two when the machine is idle and twice as fast when it is busy).
 Large batches are matrix work that more threads speed up on an idle machine:
 `Generator(path, threads=2)`.
+
+Threads: one Generator may be shared by any number of Python threads. After it is
+built it holds only read-only state (the session, the tokenizer, the metadata);
+each call makes its own sampler chain, random stream, history and KV cache, and
+onnxruntime's `InferenceSession.run` is safe to call from several threads at once.
+So a call's text depends only on its own arguments: threads that share a Generator,
+each with its own seed, get exactly the texts they would get alone.
 """
 from __future__ import annotations
 
@@ -39,6 +46,7 @@ from gen.core.generate import BackendBase, TextStep, TokenChoice, generate_text
 from gen.core.sampling import Sampler, Sampling
 from gen.core.tokenizer import tokenizer_from_dict
 from gen.runtime.artifact import (
+    MAX_THREADS,
     ATTENTION_MASK,
     INPUT_IDS,
     LOGITS,
@@ -74,30 +82,65 @@ class Generator(BackendBase):
     """A gen ONNX export loaded in onnxruntime: a generation backend and a text API."""
 
     def __init__(self, model_path: str | os.PathLike, provider: str | None = None, threads: int | None = None):
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                    or not 1 <= threads <= MAX_THREADS):
+            raise GenError(f"threads must be a whole number from 1 to {MAX_THREADS}, got {threads!r}")
         self.path = os.fspath(model_path)
         self.artifact = read_artifact(self.path)  # a wrong file fails here, in one line
         self.session = _open_session(self.path, resolve_provider(provider), threads or 1)
         self.tokenizer = tokenizer_from_dict(self.artifact.tokenizer)
-        self.block_size = self.artifact.block_size
-
         model = self.artifact.model
-        graph_inputs = {node.name for node in self.session.get_inputs()}
-        graph_outputs = {node.name for node in self.session.get_outputs()}
+        self.block_size = self.artifact.block_size
+        self.vocab_size = model["vocab_size"]
         n_layer = model["n_layer"]  # 0: a model exported without a KV cache
-        self._past_names = past_names(n_layer)
-        expected_inputs = [INPUT_IDS, ATTENTION_MASK, *self._past_names]
-        expected_outputs = [LOGITS, *present_names(n_layer)]
-        missing = [name for name in expected_inputs if name not in graph_inputs]
-        missing += [name for name in expected_outputs if name not in graph_outputs]
-        if missing:
-            raise GenError(
-                f"{self.path} does not match its gen.model metadata: the graph lacks {', '.join(missing)}; "
-                f"export it again"
-            )
-        self._output_names = expected_outputs
         self.uses_cache = n_layer > 0
         self._cache_dims = (model["n_head"], model["head_size"])
-        self.vocab_size = model["vocab_size"]
+        self._past_names = past_names(n_layer)
+        self._output_names = [LOGITS, *present_names(n_layer)]
+        self._check_graph_against_metadata()
+
+    def _check_graph_against_metadata(self) -> None:
+        """Refuse a file whose metadata does not describe its graph (altered, or foreign),
+        before anything is generated: the inputs and outputs it names, the cache's heads
+        and head size, the vocabulary and the tokenizer's, and one step at the last
+        position of the context (a block_size larger than the model's fails there)."""
+
+        def mismatch(problem: str) -> GenError:
+            return GenError(f"{self.path} does not match its gen.model metadata ({problem}): the file was "
+                            f"altered or is not from gen export; export it again")
+
+        inputs = {node.name: node.shape for node in self.session.get_inputs()}
+        outputs = {node.name: node.shape for node in self.session.get_outputs()}
+        expected_inputs = [INPUT_IDS, ATTENTION_MASK, *self._past_names]
+        if set(inputs) != set(expected_inputs) or set(outputs) != set(self._output_names):
+            lacking = [name for name in expected_inputs + self._output_names if name not in {**inputs, **outputs}]
+            extra = sorted(set(inputs) - set(expected_inputs)) + sorted(set(outputs) - set(self._output_names))
+            raise mismatch(", ".join(filter(None, [lacking and "the graph lacks " + ", ".join(lacking),
+                                                   extra and "the graph also has " + ", ".join(extra)])))
+        n_head, head_size = self._cache_dims
+        # (Dimensions the graph leaves symbolic are checked by the step below.)
+        for name in self._past_names:
+            _, heads, _, size = inputs[name]
+            if any(isinstance(got, int) and got != want for got, want in ((heads, n_head), (size, head_size))):
+                raise mismatch(f"{name} has {heads} heads of size {size}, the metadata {n_head} of {head_size}")
+        if isinstance(outputs[LOGITS][-1], int) and outputs[LOGITS][-1] != self.vocab_size:
+            raise mismatch(f"the graph's logits have {outputs[LOGITS][-1]} entries, the metadata's vocabulary "
+                           f"{self.vocab_size}")
+        if self.tokenizer.vocab_size > self.vocab_size:
+            raise mismatch(f"the tokenizer has {self.tokenizer.vocab_size} tokens, the model {self.vocab_size}")
+        # One step at position block_size - 1: a past of block_size - 1 (cached models) or a
+        # whole window (the others). Small: one query, or no attention at all.
+        length = self.block_size - 1 if self.uses_cache else 0
+        past = [np.zeros((1, n_head, length, head_size), dtype=np.float32)] * len(self._past_names)
+        tokens = 1 if self.uses_cache else self.block_size
+        ids = np.zeros((1, tokens), dtype=np.int64)
+        try:
+            logits, _ = self.forward(ids, np.ones((1, length + tokens), dtype=np.int64), past)
+        except Exception as error:  # onnxruntime's own exception types
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise mismatch(f"a step at position {self.block_size - 1} fails: {first_line[:200]}") from None
+        if logits.shape != (1, tokens, self.vocab_size):
+            raise mismatch(f"a step gives logits of shape {logits.shape}, not (1, {tokens}, {self.vocab_size})")
 
     # --- the Backend protocol of gen.core.generate (step and logits from BackendBase) ---
 
@@ -192,6 +235,8 @@ class Generator(BackendBase):
             raise GenError(f"max_new_tokens must be a whole number >= 0, got {max_new_tokens!r}")
         if isinstance(stop, str):
             stop = [stop]
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise GenError(f"seed must be a whole number >= 0, got {seed!r}")
         chain = Sampling.of(sampler, logit_bias).new()
         rng = rng if rng is not None else np.random.default_rng(seed)
         return generate_text(self, self.tokenizer, prompts, chain, rng, max_new_tokens, stop, logprobs)

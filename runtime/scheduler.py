@@ -150,7 +150,7 @@ class _Row:
         wants_context = self.chain is not None and self.chain.wants_context
         self.history = History([choice.prompt_ids]) if wants_context else None
         self.window = prompt_window(choice.prompt_ids, block_size)  # what the model conditions on
-        self.text = RowText.start(tokenizer, choice.stop)
+        self.text = RowText.start(tokenizer, choice.prompt_ids, choice.stop)
         self.max_tokens = choice.max_tokens
         self.logprobs = choice.logprobs
         self.generated = 0

@@ -1,8 +1,6 @@
 """Fixtures shared by the test modules: the in-repository corpus, a tokenizer, a small GPT and its
-export, and a test server for `gen serve`'s app."""
-import contextlib
-import threading
-import time
+export. (The test server for `gen serve`'s app is in serve_helpers.py: a module named
+`conftest` is ambiguous beside tests/reliability/conftest.py.)"""
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,17 @@ def fresh_plugins():
     reset_plugins()
     yield
     reset_plugins()
+
+
+@pytest.fixture(scope="module")
+def module_cache(tmp_path_factory):
+    """A user cache (XDG_CACHE_HOME) of the test module's own, so that what its tests
+    train, encode or download goes nowhere else; a module asks for it with
+    `pytestmark = pytest.mark.usefixtures("module_cache")`, which sets it before the
+    module's other fixtures run."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -86,25 +95,10 @@ def small_gpt_onnx(make_gpt, tokenizer, tmp_path_factory):
     return path
 
 
-@contextlib.contextmanager
-def running_server(app, timeout: float = 30.0):
-    """Serve an ASGI app with uvicorn on 127.0.0.1 and an ephemeral port, in a thread; yield its
-    base URL; stop it (as SIGTERM would: in-flight requests finish) on the way out."""
-    import uvicorn
-
-    from gen.runtime.server import listening_socket
-
-    sock = listening_socket("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + timeout
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the test server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout)
-        assert not thread.is_alive(), "the test server did not stop"
+@pytest.fixture(scope="module")
+def corpus(module_cache, tmp_path_factory) -> Path:
+    """The first 40,000 characters of Tiny Shakespeare, in a file; training modules
+    share it (and module_cache, which this sets up first)."""
+    path = tmp_path_factory.mktemp("corpus") / "shakespeare-slice.txt"
+    path.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:40_000], encoding="utf-8")
+    return path

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import running_server
+from serve_helpers import running_server
 from gen.core.plugins import get_plugins
 from gen.runtime.generator import Generator
 from gen.runtime.server import create_app

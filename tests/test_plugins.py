@@ -273,7 +273,7 @@ def typical_installed(tmp_path_factory):
         installed_before = False
 
     install = subprocess.run(
-        [*pip, "install", "--no-deps", "--no-build-isolation", "--quiet", str(source)],
+        [*pip, "install", "--quiet", str(source)],
         capture_output=True, text=True,
     )
     assert install.returncode == 0, install.stdout + install.stderr

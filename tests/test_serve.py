@@ -20,7 +20,7 @@ import numpy as np
 import openai
 import pytest
 
-from conftest import running_server
+from serve_helpers import running_server
 from gen.core import LogitsFilter, hookimpl, mask_logits
 from gen.core.plugins import get_plugins
 from gen.core.sampling import Sampling
@@ -222,6 +222,42 @@ def test_a_model_without_a_kv_cache_batches_whole_windows(tokenizer, tmp_path):
         scheduler.stop(timeout=30)
     for prompt, specs, seed, collector in jobs:
         assert collector.texts[0] == alone(bigram, prompt, specs, seed, 40)
+
+
+def test_a_sentencepiece_style_tokenizer_keeps_its_spaces_as_gen_run_does(make_gpt, text, tmp_path):
+    """A Metaspace tokenizer decodes "▁the" as "the" alone and " the" after a word: each row's text
+    is decoded after its prompt's last tokens, as `gen run` decodes it, so the texts are equal."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from gen.core.tokenizer import tokenizer_to_dict
+    from gen.export.onnx_export import export_model
+    from gen.plugins.hf_tokenizers import HFTokenizer
+
+    file = tmp_path / "tokenizer.json"
+    sentencepiece = Tokenizer(models.BPE(unk_token="<unk>"))
+    sentencepiece.pre_tokenizer = pre_tokenizers.Metaspace()
+    sentencepiece.decoder = decoders.Metaspace()
+    sentencepiece.train_from_iterator([text], trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>"],
+                                                                  show_progress=False))
+    sentencepiece.save(str(file))
+    tokenizer = HFTokenizer.train(text, path=str(file))
+    path = tmp_path / "sentencepiece.onnx"
+    export_model(make_gpt(tokenizer.vocab_size), path, tokenizer_document=tokenizer_to_dict("hf", tokenizer),
+                 progress=None, verify=False)
+    model = Generator(path)
+    scheduler = Scheduler(model, max_batch=4).start()
+    try:
+        jobs = [(prompt, seed, Collector()) for seed, prompt in enumerate(["ROMEO: the", "First Citizen:", "a b"] * 2)]
+        for prompt, seed, collector in jobs:
+            scheduler.submit([Choice(model.tokenizer.encode(prompt), Sampling(["top_k:k=20"]), seed, 30)], collector)
+        assert all(collector.done.wait(30) for *_, collector in jobs)
+    finally:
+        scheduler.stop(timeout=30)
+    for prompt, seed, collector in jobs:
+        assert collector.failed is None, collector.failed
+        assert collector.texts[0] == alone(model, prompt, ["top_k:k=20"], seed, 30), (prompt, seed)
+    # A text that starts with a word's space: what decoding without the prompt would lose.
+    assert any(collector.texts[0].startswith(" ") for *_, collector in jobs)
 
 
 # --- the HTTP API, with the official client ---------------------------------------------
@@ -603,7 +639,7 @@ import sys
 sys.modules["torch"] = None  # from here on, `import torch` raises ImportError
 sys.path.insert(0, {os.path.dirname(__file__)!r})
 import httpx
-from conftest import running_server
+from serve_helpers import running_server
 from gen.runtime.generator import Generator
 from gen.runtime.server import create_app
 

@@ -18,26 +18,10 @@ from gen.core import hookimpl
 from gen.core.cli import cli
 from gen.core.plugins import get_plugins
 
-SHAKESPEARE = Path(__file__).resolve().parent / "data" / "tinyshakespeare-excerpt.txt"  # its first 59,804 characters
 GEN_SCRIPT = Path(sys.executable).parent / "gen"
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "8",
         "--eval-iters", "4", "--warmup-iters", "5"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def private_cache(tmp_path_factory):
-    """A user cache of this module's own, set before the module-scoped runs below."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
-        yield
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    """The first 40,000 characters of Tiny Shakespeare."""
-    path = tmp_path_factory.mktemp("corpus") / "shakespeare-slice.txt"
-    path.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:40_000], encoding="utf-8")
-    return path
+pytestmark = pytest.mark.usefixtures("module_cache")  # before the module-scoped runs below
 
 
 def gen(*arguments):
@@ -188,7 +172,7 @@ def test_training_calls_the_plugin_hooks(corpus, tmp_path):
     assert recorder.events[0] == ("start", 4, 32)
     assert recorder.events[1] == ("eval", 0, sorted(keys + ["uniform_loss"]))
     assert [event for event in recorder.events if event[0] == "checkpoint"][0][:2] == ("checkpoint", 2)
-    assert ("eval", 4, keys) in recorder.events
+    assert ("eval", 4, sorted(keys + ["batch_loss"])) in recorder.events  # the loss of step 4's batch
     assert {event[2] for event in recorder.events if event[0] == "checkpoint"} <= {"latest", "best"}
 
 
@@ -240,7 +224,7 @@ def test_model_options_from_a_toml_table(corpus, tmp_path):
     (["--model", "gpt:n_layer=two"], ["model 'gpt' option n_layer='two' is not a valid int"]),
     (["--model", "gpt:n_layer=2", "--n-layer", "3"], ["--n-layer 3 contradicts --model 'gpt:n_layer=2'"]),
     (["--model", "gpt:n_layer"], ["malformed model spec 'gpt:n_layer'"]),
-    (["--model", "gpt:n_layer=0"], ["gpt n_layer must be at least 1"]),
+    (["--model", "gpt:n_layer=0"], ["gpt n_layer must be from 1 to 1,024, got 0"]),
     (["--model", "nonesuch"], ["unknown model 'nonesuch'; known models: bigram, gpt"]),
 ])
 def test_bad_model_specs_are_one_line_errors(corpus, tmp_path, arguments, fragments):
