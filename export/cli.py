@@ -17,23 +17,27 @@ from gen.core import hookimpl
     "--checkpoint", default="out", show_default=True, type=click.Path(path_type=str),
     help="A checkpoint directory, or a run directory (its best checkpoint).",
 )
-@click.option("--opset", type=click.IntRange(min=1), default=None, help="ONNX opset, 18 or newer (default: the exporter's).")
+@click.option("--opset", type=click.IntRange(min=1), default=None,
+              help="ONNX opset, 18 or newer, of the portable graph (implies --portable).")
+@click.option("--portable", is_flag=True,
+              help="Write torch's operator-by-operator graph (standard ONNX operators only) instead of "
+                   "gpt's fused graph for onnxruntime.")
 @click.option(
-    "--quantize", type=click.Choice(["int8"]), default=None,
-    help="Write the int8 model (dynamic quantization) and report the validation loss it costs.",
+    "--quantize", type=click.Choice(["int8", "int4"]), default=None,
+    help="Write int8 (dynamic) or int4 (MatMulNBits, weight-only) weights and report the validation loss it costs.",
 )
 @click.option(
     "--verify/--no-verify", default=True, show_default=True,
     help="Compare onnxruntime with torch on several batch sizes and lengths.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (it is kept until the new file is whole).")
-def export(output, checkpoint, opset, quantize, verify, overwrite):
+def export(output, checkpoint, opset, portable, quantize, verify, overwrite):
     """Export a checkpoint to OUTPUT.onnx: graph, weights, tokenizer and config in one file."""
     from gen.export.onnx_export import check_export_destination, export_onnx
 
     check_export_destination(output, overwrite)  # before the checkpoint is even read
     export_onnx(checkpoint, output, opset=opset, quantize=quantize, verify=verify, overwrite=overwrite,
-                progress=click.echo)
+                portable=portable, progress=click.echo)
 
 
 @hookimpl
