@@ -22,6 +22,9 @@ from gen.core import hookimpl
 @click.option("--portable", is_flag=True,
               help="Write torch's operator-by-operator graph (standard ONNX operators only) instead of "
                    "gpt's fused graph for onnxruntime.")
+@click.option("--static-cache", is_flag=True,
+              help="A KV cache of block_size positions that each step updates in place (gpt; faster decoding "
+                   "in gen run; its cache inputs differ from the plain past/present contract, see docs/export.md).")
 @click.option(
     "--quantize", type=click.Choice(["int8", "int4"]), default=None,
     help="Write int8 (dynamic) or int4 (MatMulNBits, weight-only) weights and report the validation loss it costs.",
@@ -31,13 +34,13 @@ from gen.core import hookimpl
     help="Compare onnxruntime with torch on several batch sizes and lengths.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (it is kept until the new file is whole).")
-def export(output, checkpoint, opset, portable, quantize, verify, overwrite):
+def export(output, checkpoint, opset, portable, static_cache, quantize, verify, overwrite):
     """Export a checkpoint to OUTPUT.onnx: graph, weights, tokenizer and config in one file."""
     from gen.export.onnx_export import check_export_destination, export_onnx
 
     check_export_destination(output, overwrite)  # before the checkpoint is even read
     export_onnx(checkpoint, output, opset=opset, quantize=quantize, verify=verify, overwrite=overwrite,
-                portable=portable, progress=click.echo)
+                portable=portable, static_cache=static_cache, progress=click.echo)
 
 
 @hookimpl

@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from gen.runtime.artifact import ATTENTION_MASK, INPUT_IDS, LOGITS, past_names, present_names
+from gen.runtime.artifact import ATTENTION_MASK, CACHE_POSITION, INPUT_IDS, LOGITS, past_names, present_names
 
 OPSET = 20  # Gelu is a standard operator from opset 20
 MICROSOFT = "com.microsoft"
@@ -65,8 +65,15 @@ def _weight(tensor) -> np.ndarray:
     return tensor.detach().to("cpu").float().numpy()
 
 
-def build_gpt_graph(model) -> onnx.ModelProto:
-    """The decode graph of a gen GPT (gen.plugins.gpt), with its weights."""
+def build_gpt_graph(model, capacity: int | None = None) -> onnx.ModelProto:
+    """The decode graph of a gen GPT (gen.plugins.gpt), with its weights.
+
+    With `capacity`, the graph has a fixed-capacity cache instead (see the module's
+    docstring): cache tensors of `capacity` positions, an input `cache_position` (the
+    slot the new tokens go to), an attention mask over all `capacity` slots, and
+    present tensors that are the past ones with the new keys and values written in.
+    """
+    static = capacity is not None
     config = model.config
     n_layer, n_head, n_embd = config.n_layer, config.n_head, config.n_embd
     head_size = n_embd // n_head
@@ -90,34 +97,42 @@ def build_gpt_graph(model) -> onnx.ModelProto:
                                     outputs=4, domain=MICROSOFT, epsilon=norm.eps)
         return normed, summed
 
-    # Shapes: T new tokens, P cached ones.
+    # Shapes: T new tokens, P cached ones (or, with a fixed capacity, P filled slots).
     zero, one = g.constant("zero", np.array(0, np.int64)), g.constant("one", np.array(1, np.int64))
     axis_one = g.constant("axis_one", np.array([1], np.int64))
-    ids_shape = g.one("Shape", [INPUT_IDS])
-    length = g.one("Gather", [ids_shape, one], axis=0)  # T
-    past_length = g.one("Gather", [g.one("Shape", [past_names(n_layer)[0]]), g.constant("two", np.array(2, np.int64))],
-                        axis=0)  # P
+    axes_zero = g.constant("axes_zero", np.array([0], np.int64))
+    length = g.one("Gather", [g.one("Shape", [INPUT_IDS]), one], axis=0)  # T
+    if static:
+        past_length = g.one("Squeeze", [CACHE_POSITION, axes_zero])  # P
+    else:
+        past_length = g.one("Gather", [g.one("Shape", [past_names(n_layer)[0]]),
+                                       g.constant("two", np.array(2, np.int64))], axis=0)  # P
     total = g.one("Add", [past_length, length])  # P + T
 
-    # Positions count real tokens only: cumsum(mask) - 1, at least 0, the last T of them.
+    # Positions count real tokens only: cumsum(mask) - 1, at least 0, at the T new tokens.
     positions = g.one("Sub", [g.one("CumSum", [ATTENTION_MASK, g.constant("axis_1", np.array(1, np.int64))]), one])
     positions = g.one("Max", [positions, zero])
-    negative_length = g.one("Unsqueeze", [g.one("Neg", [length]), g.constant("axis_0", np.array([0], np.int64))])
-    positions = g.one("Slice", [positions, negative_length, g.constant("end", np.array([2**62], np.int64)), axis_one])
+    first_new = g.one("Unsqueeze", [past_length, axes_zero])
+    positions = g.one("Slice", [positions, first_new, g.one("Unsqueeze", [total, axes_zero]), axis_one])
 
-    # The attention bias (B, 1, T, P+T): a query at absolute index P+t sees keys up to it
-    # (causal, aligned bottom-right) that are real tokens, and always itself.
-    key_at = g.one("Range", [zero, total, one])  # (P+T,)
+    # The attention bias (B, 1, T, keys): a query at absolute index P+t sees keys up to it
+    # (causal, aligned bottom-right) that are real tokens, and always itself. The keys are
+    # the P+T of the past and the new tokens, or every slot of a fixed-capacity cache.
+    keys = g.constant("capacity", np.array(capacity, np.int64)) if static else total
+    key_at = g.one("Range", [zero, keys, one])
     query_at = g.one("Add", [g.one("Range", [zero, length, one]), past_length])  # (T,)
-    keys_row = g.one("Unsqueeze", [key_at, g.constant("axes_0", np.array([0], np.int64))])  # (1, P+T)
+    keys_row = g.one("Unsqueeze", [key_at, axes_zero])  # (1, keys)
     queries_column = g.one("Unsqueeze", [query_at, axis_one])  # (T, 1)
-    causal = g.one("LessOrEqual", [keys_row, queries_column])  # (T, P+T)
-    itself = g.one("Equal", [keys_row, queries_column])  # (T, P+T)
-    real = g.one("Cast", [g.one("Unsqueeze", [ATTENTION_MASK, axis_one])], to=TensorProto.BOOL)  # (B, 1, P+T)
-    allowed = g.one("And", [causal, g.one("Or", [real, itself])])  # (B, T, P+T)
+    causal = g.one("LessOrEqual", [keys_row, queries_column])  # (T, keys)
+    itself = g.one("Equal", [keys_row, queries_column])  # (T, keys)
+    real = g.one("Cast", [g.one("Unsqueeze", [ATTENTION_MASK, axis_one])], to=TensorProto.BOOL)  # (B, 1, keys)
+    allowed = g.one("And", [causal, g.one("Or", [real, itself])])  # (B, T, keys)
     bias = g.one("Where", [allowed, g.constant("no_bias", np.array(0.0, np.float32)),
                            g.constant("lowest", np.array(LOWEST_FLOAT32, np.float32))])
-    bias = g.one("Unsqueeze", [bias, axis_one])  # (B, 1, T, P+T)
+    bias = g.one("Unsqueeze", [bias, axis_one])  # (B, 1, T, keys)
+    head_shape = g.constant("head_shape", np.array([0, 0, n_head, head_size], np.int64))
+    # With a fixed capacity, each new key goes to slot P+t: the scatter's indices, per element.
+    slots = g.one("Unsqueeze", [query_at, g.constant("axes_slots", np.array([0, 1, 3], np.int64))]) if static else None
 
     # Embeddings, then the blocks. The first LayerNorm has no residual to add yet.
     tokens = g.one("Gather", [g.constant("wte", _weight(transformer.wte.weight)), INPUT_IDS])
@@ -133,10 +148,23 @@ def build_gpt_graph(model) -> onnx.ModelProto:
         past_key, past_value = past_names(n_layer)[2 * i:2 * i + 2]
         present_key, present_value = present_names(n_layer)[2 * i:2 * i + 2]
         attended = g.name("attended")
-        g.nodes.append(helper.make_node(
-            "MultiHeadAttention", [query, key, value, "", "", bias, past_key, past_value],
-            [attended, present_key, present_value], name=g.name("MultiHeadAttention"), domain=MICROSOFT,
-            num_heads=n_head))
+        if static:
+            # Write the new keys and values into their slots (in place, when the runtime
+            # binds present to past), then attend over every slot, the bias masking the
+            # empty ones.
+            for new, past, present in ((key, past_key, present_key), (value, past_value, present_value)):
+                heads = g.one("Transpose", [g.one("Reshape", [new, head_shape])], perm=[0, 2, 1, 3])  # (B, N, T, H)
+                indices = g.one("Expand", [slots, g.one("Shape", [heads])])
+                g.nodes.append(helper.make_node("ScatterElements", [past, indices, heads], [present],
+                                                name=g.name("ScatterElements"), axis=2))
+            g.nodes.append(helper.make_node(
+                "MultiHeadAttention", [query, present_key, present_value, "", "", bias],
+                [attended], name=g.name("MultiHeadAttention"), domain=MICROSOFT, num_heads=n_head))
+        else:
+            g.nodes.append(helper.make_node(
+                "MultiHeadAttention", [query, key, value, "", "", bias, past_key, past_value],
+                [attended, present_key, present_value], name=g.name("MultiHeadAttention"), domain=MICROSOFT,
+                num_heads=n_head))
         projected = linear(attended, block.attn.c_proj, f"h.{i}.attn.c_proj")
         normed, residual = skip_norm(projected, residual, block.ln_2, f"h.{i}.ln_2")
         hidden = g.one("Gelu", [linear(normed, block.mlp.c_fc, f"h.{i}.mlp.c_fc")])
@@ -149,15 +177,18 @@ def build_gpt_graph(model) -> onnx.ModelProto:
                                                                    _weight(model.lm_head.weight).T)],
                                     [LOGITS], name=g.name("MatMul")))
 
-    batch, sequence, past, total_sequence = "batch", "sequence", "past_sequence", "total_sequence"
+    batch, sequence = "batch", "sequence"
+    past, total_sequence = (capacity, capacity) if static else ("past_sequence", "total_sequence")
     cache = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [batch, n_head, past, head_size])
              for name in past_names(n_layer)]
     presents = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [batch, n_head, total_sequence, head_size])
                 for name in present_names(n_layer)]
+    position_input = [helper.make_tensor_value_info(CACHE_POSITION, TensorProto.INT64, [1])] if static else []
     graph = helper.make_graph(
         g.nodes, "gen_gpt_decoder",
         [helper.make_tensor_value_info(INPUT_IDS, TensorProto.INT64, [batch, sequence]),
-         helper.make_tensor_value_info(ATTENTION_MASK, TensorProto.INT64, [batch, total_sequence]), *cache],
+         helper.make_tensor_value_info(ATTENTION_MASK, TensorProto.INT64, [batch, total_sequence]),
+         *position_input, *cache],
         [helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, [batch, sequence, config.vocab_size]), *presents],
         initializer=g.initializers,
     )

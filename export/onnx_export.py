@@ -268,8 +268,8 @@ def add_metadata(proto: onnx.ModelProto, model_document: dict, tokenizer_documen
         proto.metadata_props.add(key=key, value=value)
 
 
-def model_document(model_name: str, config: dict, cache: CacheShape | None) -> dict:
-    return {
+def model_document(model_name: str, config: dict, cache: CacheShape | None, static_cache: bool = False) -> dict:
+    document = {
         "name": model_name,
         "config": config,
         "block_size": config["block_size"],
@@ -278,6 +278,9 @@ def model_document(model_name: str, config: dict, cache: CacheShape | None) -> d
         "n_head": cache.n_head if cache else 0,
         "head_size": cache.head_size if cache else 0,
     }
+    if static_cache:  # the cache tensors hold block_size positions, updated in place
+        document["cache_capacity"] = config["block_size"]
+    return document
 
 
 def write_single_file(proto: onnx.ModelProto, path: Path) -> None:
@@ -330,6 +333,7 @@ def export_model(
     verify: bool = True,
     overwrite: bool = False,
     portable: bool = False,
+    static_cache: bool = False,
     validation_ids: Sequence[int] | None = None,
     validation_source: str = "",
     progress: Progress | None = print,
@@ -361,19 +365,24 @@ def export_model(
         f"KV cache of {cache.n_layer} layers x {cache.n_head} heads x {cache.head_size}"
         if cache else "no KV cache"
     )
-    if writes_fused_graph(model, portable or opset is not None):
+    fused = writes_fused_graph(model, portable or opset is not None)
+    if static_cache and not fused:
+        raise GenError("a fixed-capacity cache (--static-cache) is written for gen's gpt model only, and not "
+                       "with --portable or --opset")
+    if fused:
         from gen.export.gpt_graph import build_gpt_graph
 
-        say(f"[1/4] writing the decode graph of {name} ({parameters:,} parameters, {layout}) with "
+        kind = f"a fixed-capacity cache of {config['block_size']} positions" if static_cache else layout
+        say(f"[1/4] writing the decode graph of {name} ({parameters:,} parameters, {kind}) with "
             f"onnxruntime's fused operators (--portable for torch's operator-by-operator graph)...")
-        proto = build_gpt_graph(model)
+        proto = build_gpt_graph(model, capacity=config["block_size"] if static_cache else None)
     else:
         say(f"[1/4] tracing {name} ({parameters:,} parameters, {layout}) and translating to ONNX...")
         proto = to_onnx_proto(model, cache, opset)
     produced_opset = _default_opset(proto)
 
     say(f"[2/4] adding gen metadata and checking the graph with onnx.checker (full check, opset {produced_opset})")
-    add_metadata(proto, model_document(name, config, cache), tokenizer_document)
+    add_metadata(proto, model_document(name, config, cache, static_cache), tokenizer_document)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as error:
@@ -418,6 +427,7 @@ def export_onnx(
     verify: bool = True,
     overwrite: bool = False,
     portable: bool = False,
+    static_cache: bool = False,
     progress: Progress | None = print,
 ) -> ExportResult:
     """Export a checkpoint (a directory written by `gen train`, or a loaded checkpoint) to `path`."""
@@ -444,6 +454,7 @@ def export_onnx(
         verify=verify,
         overwrite=overwrite,
         portable=portable,
+        static_cache=static_cache,
         validation_ids=validation_ids,
         validation_source=validation_source,
         progress=progress,
