@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 DATA ?= shakespeare
 OUT ?= out
 
-.PHONY: demo test install clean
+.PHONY: demo test install docs clean
 
 install: $(BIN)/.installed
 
@@ -17,6 +17,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip 'setuptools>=77'
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e '.[train,test]'
+	$(BIN)/python -m pip install --quiet -e '.[genai]' || echo "onnxruntime-genai does not install here; its test will be skipped"
 	touch $@
 
 demo: install
@@ -27,6 +28,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# docs/cli.md from the commands' own help (tests/test_docs.py checks it is up to date)
+docs: install
+	$(BIN)/python -m gen.core.cli_reference docs/cli.md
 
 clean:
 	rm -rf $(VENV) .venv-runtime $(OUT) build *.egg-info .pytest_cache .hypothesis

@@ -6,10 +6,10 @@
 The configuration is nanoGPT's CPU recipe for Tiny Shakespeare: 4 layers, 4 heads,
 128 wide, block 64, batch 12, lr 1e-3, no dropout, no bias, char tokens.
 
-nanoGPT's step is re-typed below from its model.py and train.py (the parts that run
-on a CPU with --compile=False): its model, its configure_optimizers (plain AdamW on a
-CPU), its get_batch and the body of its training loop. gen's step is
-gen.core.train.Trainer.train_step, exactly what `gen train` runs.
+nanoGPT's step is re-typed from its model.py and train.py (the parts that run on a
+CPU with --compile=False): its model and configure_optimizers (plain AdamW on a CPU)
+in benchmarks/nanogpt_model.py, its get_batch and the body of its training loop
+below. gen's step is gen.core.train.Trainer.train_step, exactly what `gen train` runs.
 
 What makes gen faster here (measured on 2 AMD EPYC cores with AVX512-BF16): bfloat16
 autocast with torch's math attention kernel (flash attention's bfloat16 backward is
@@ -24,15 +24,12 @@ for this kind of machine); the ratio measured here is printed beside it.
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn as nn
-from torch.nn import functional as F
+from nanogpt_model import GPT, GPTConfig  # beside this script
 
 from gen.core.checkpoint import build_model
 from gen.core.train_config import TrainConfig
@@ -43,132 +40,6 @@ NANOGPT_TOKENS_PER_SECOND = 13_000  # the issue's figure for nanoGPT on this kin
 TARGET_RATIO = 1.3
 
 
-# --- nanoGPT, re-typed (model.py) -------------------------------------------------------
-
-
-@dataclass
-class NanoConfig:
-    block_size: int = 64
-    vocab_size: int = 65
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    dropout: float = 0.0
-    bias: bool = False
-
-
-class NanoLayerNorm(nn.Module):
-    def __init__(self, ndim, bias):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(ndim))
-        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
-
-    def forward(self, input):
-        return F.layer_norm(input, self.weight.shape, self.weight, self.bias, 1e-5)
-
-
-class NanoCausalSelfAttention(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.attn_dropout = nn.Dropout(config.dropout)
-        self.resid_dropout = nn.Dropout(config.dropout)
-        self.n_head = config.n_head
-        self.n_embd = config.n_embd
-        self.dropout = config.dropout
-
-    def forward(self, x):
-        B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=None,
-                                           dropout_p=self.dropout if self.training else 0, is_causal=True)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.c_proj(y))
-
-
-class NanoMLP(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU()
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
-
-    def forward(self, x):
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
-
-
-class NanoBlock(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        self.ln_1 = NanoLayerNorm(config.n_embd, bias=config.bias)
-        self.attn = NanoCausalSelfAttention(config)
-        self.ln_2 = NanoLayerNorm(config.n_embd, bias=config.bias)
-        self.mlp = NanoMLP(config)
-
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
-        x = x + self.mlp(self.ln_2(x))
-        return x
-
-
-class NanoGPT(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        self.config = config
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
-            drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList([NanoBlock(config) for _ in range(config.n_layer)]),
-            ln_f=NanoLayerNorm(config.n_embd, bias=config.bias),
-        ))
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.transformer.wte.weight = self.lm_head.weight
-        self.apply(self._init_weights)
-        for pn, p in self.named_parameters():
-            if pn.endswith("c_proj.weight"):
-                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-
-    def _init_weights(self, module):
-        if isinstance(module, nn.Linear):
-            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                torch.nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
-
-    def forward(self, idx, targets=None):
-        device = idx.device
-        b, t = idx.size()
-        pos = torch.arange(0, t, dtype=torch.long, device=device)
-        tok_emb = self.transformer.wte(idx)
-        pos_emb = self.transformer.wpe(pos)
-        x = self.transformer.drop(tok_emb + pos_emb)
-        for block in self.transformer.h:
-            x = block(x)
-        x = self.transformer.ln_f(x)
-        logits = self.lm_head(x)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
-        return logits, loss
-
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
-        param_dict = {pn: p for pn, p in self.named_parameters() if p.requires_grad}
-        decay_params = [p for n, p in param_dict.items() if p.dim() >= 2]
-        nodecay_params = [p for n, p in param_dict.items() if p.dim() < 2]
-        optim_groups = [
-            {"params": decay_params, "weight_decay": weight_decay},
-            {"params": nodecay_params, "weight_decay": 0.0},
-        ]
-        use_fused = device_type == "cuda"  # nanoGPT fuses AdamW on CUDA only
-        extra_args = dict(fused=True) if use_fused else dict()
-        return torch.optim.AdamW(optim_groups, lr=learning_rate, betas=betas, **extra_args)
-
-
 class NanoTrainer:
     """nanoGPT's train.py loop body on a CPU (no autocast context, no grad scaler)."""
 
@@ -176,7 +47,8 @@ class NanoTrainer:
         torch.manual_seed(1337)
         self.data = train_ids.astype(np.uint16)  # train.bin is uint16, read through np.memmap
         self.batch_size, self.block_size = batch_size, block_size
-        self.model = NanoGPT(NanoConfig(block_size=block_size, vocab_size=vocab_size))
+        self.model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=4, n_head=4, n_embd=128,
+                                   dropout=0.0, bias=False))
         self.optimizer = self.model.configure_optimizers(1e-1, lr, (0.9, 0.99), "cpu")
         self.lr = lr
         self.X, self.Y = self.get_batch()

@@ -3,6 +3,7 @@
     <checkpoint>/
         config.json                  format version, model plugin name and config, tokenizer
                                      {"name", "state"}, training arguments, step, losses
+                                     (and "source" for a model made by `gen import`)
         model.safetensors            the weights (a tied weight is stored once)
         training_state.safetensors   optimizer tensors (AdamW moments, steps) and RNG states
         training_state.json          optimizer hyperparameters (param_groups)
@@ -25,6 +26,7 @@ checkpoint directory or a run directory; a run directory means its best checkpoi
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,7 @@ STATE_TENSORS_FILE = "training_state.safetensors"
 STATE_JSON_FILE = "training_state.json"
 LATEST = "latest"
 BEST = "best"
+METRICS_FILE = "metrics.jsonl"
 
 
 @dataclass
@@ -117,11 +120,13 @@ def save_checkpoint(
     val_loss: float | None = None,
     optimizer=None,
     rng_states: dict | None = None,
+    source: dict | None = None,
 ) -> Path:
     """Write a checkpoint directory at `path` atomically.
 
     `rng_states` maps names to uint8 tensors (torch.get_rng_state(), a Generator's
     get_state()); with `optimizer` they make `--resume` continue bit for bit.
+    `source` (JSON) says where an imported model came from (`gen import`).
     """
     import torch
     from safetensors.torch import save_file, save_model
@@ -137,6 +142,8 @@ def save_checkpoint(
         "val_loss": val_loss,
         "torch_version": torch.__version__,
     }
+    if source is not None:
+        config["source"] = source
 
     with replace_directory_atomically(path) as directory:
         (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
@@ -177,6 +184,24 @@ def read_config(path: str | os.PathLike) -> dict:
             or not isinstance(config.get("step"), int) or not isinstance(config.get("train_args"), dict)):
         raise GenError(f"checkpoint {str(path)!r} is damaged: {CONFIG_FILE} lacks the model, tokenizer or step")
     return config
+
+
+def count_parameters(path: str | os.PathLike) -> int:
+    """The number of parameters in the checkpoint at `path`, read from the header of its
+    model.safetensors (8 bytes of header length, then JSON naming each tensor's shape),
+    without torch. A tied weight is stored, and counted, once."""
+    file = Path(path) / WEIGHTS_FILE
+    try:
+        with open(file, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            if not 2 <= size <= file.stat().st_size - 8:
+                raise ValueError("the header length is out of range")
+            header = json.loads(handle.read(size))
+        return sum(math.prod(entry["shape"]) for name, entry in header.items() if name != "__metadata__")
+    except FileNotFoundError:
+        raise GenError(f"checkpoint {str(path)!r} is damaged: {WEIGHTS_FILE} is missing") from None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
+        raise GenError(f"checkpoint {str(path)!r} is damaged: cannot read {WEIGHTS_FILE} ({error})") from None
 
 
 def build_model(model_name: str, model_config: dict):

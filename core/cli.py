@@ -25,11 +25,23 @@ class GenGroup(click.Group):
             raise click.ClickException(str(error)) from None
 
 
+# Every option has an environment default, GEN_<COMMAND>_<OPTION> (GEN_TRAIN_MAX_ITERS
+# for `gen train --max-iters`), which `--help` shows; the command line wins over it.
+ENVIRONMENT_PREFIX = "GEN"
+# Shell completion is click's: eval "$(_GEN_COMPLETE=bash_source gen)" (or zsh_source, fish_source).
+COMPLETE_VARIABLE = "_GEN_COMPLETE"
+
+
 @click.group(cls=GenGroup)
-@click.version_option(package_name="gen")
+@click.version_option(package_name="gen", allow_from_autoenv=False)
 @click.pass_context
 def cli(ctx):
-    """gen: train small language models, export them to ONNX, generate text."""
+    """gen: train small language models, export them to ONNX, generate text.
+
+    Every option can also be set by an environment variable, shown in each command's
+    help: GEN_TRAIN_MAX_ITERS=3000 gen train. Shell completion for bash, zsh and
+    fish: eval "$(_GEN_COMPLETE=bash_source gen)" (see the README).
+    """
     if ctx.invoked_subcommand != "plugins":
         for line in get_plugins().warnings():
             click.echo(line, err=True)
@@ -80,8 +92,27 @@ def plugins(as_json):
         click.echo(f"failed: {failure['name']} from {failure['provider']}: {failure['error']}")
 
 
+def add_environment_variables(command: click.Command, path: tuple[str, ...] = (ENVIRONMENT_PREFIX,)) -> None:
+    """Give each option of `command` and the commands under it the environment variable
+    GEN_<COMMAND>_<OPTION>, named after the command and the option as typed
+    (`gen eval --json` reads GEN_EVAL_JSON), and have `--help` show it.
+
+    (click's auto_envvar_prefix would name it after the Python parameter instead,
+    GEN_EVAL_AS_JSON.) Eager options (--help, --version) are actions, not settings.
+    """
+    for parameter in command.params:
+        if isinstance(parameter, click.Option) and not parameter.is_eager and parameter.envvar is None:
+            flag = max((opt for opt in parameter.opts if opt.startswith("--")), key=len, default=None)
+            if flag is not None:
+                parameter.envvar = "_".join(path + (flag[2:],)).replace("-", "_").upper()
+                parameter.show_envvar = True
+    for name, subcommand in getattr(command, "commands", {}).items():
+        add_environment_variables(subcommand, path + (name,))
+
+
 get_plugins().add_commands(cli)
+add_environment_variables(cli)
 
 
 def main() -> None:
-    cli()
+    cli.main(prog_name="gen", complete_var=COMPLETE_VARIABLE)

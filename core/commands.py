@@ -13,6 +13,7 @@ from click.core import ParameterSource
 from gen.core.errors import GenError
 from gen.core.generation_options import echo_from_options, generation_options
 from gen.core.hookspecs import hookimpl
+from gen.core.plot import check_matplotlib
 from gen.core.specs import format_spec, options_of
 from gen.core.train_config import DTYPES, LIMITS, TrainConfig
 
@@ -53,6 +54,7 @@ TRAIN_OPTIONS = [
     ("seed", "Seed of the initial weights and the batch order."),
 ]
 FLAGS = ("resume", "overwrite")
+GIVEN_SOURCES = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
 OPTION_TYPES = {name: option.type for name, option in options_of(TrainConfig).items()}
 
 
@@ -113,7 +115,7 @@ def _options_from_file(path: str, command: click.Command, ctx: click.Context) ->
     The model may be a string (`model = "gpt:n_layer=6"`) or a table
     (`[model]` with `name = "gpt"` and the model's options as keys).
     """
-    parameters = {parameter.name: parameter for parameter in command.params if parameter.name != "config_file"}
+    parameters = {parameter.name: parameter for parameter in command.params if parameter.name != "config"}
     values = {}
     for key, value in _read_toml(path).items():
         name = key.replace("-", "_")
@@ -176,25 +178,37 @@ class TrainCommand(click.Command):
                 formatter.write_text(line)
 
 
-def _train(ctx, config_file, **options):
+def _train(ctx, config, plot, **options):
     """Train a model on a text corpus; longer recipes are in examples/*.toml.
 
     The run directory --out holds latest/ (what --resume continues), best/ (the lowest
     validation loss: what `gen sample` and `gen eval` load from --checkpoint out) and
     metrics.jsonl (one line per evaluation).
     """
-    given = {name for name in options if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
-    if config_file:
-        from_file = _options_from_file(config_file, ctx.command, ctx)
-        options.update({name: value for name, value in from_file.items() if name not in given})
+    # Given: on the command line or in a GEN_TRAIN_* environment variable. Those win
+    # over the config file, the model's training defaults and, on --resume, the saved options.
+    given = {name for name in ("plot", *options) if ctx.get_parameter_source(name) in GIVEN_SOURCES}
+    if config:
+        from_file = _options_from_file(config, ctx.command, ctx)
+        values = {**options, "plot": plot}
+        values.update({name: value for name, value in from_file.items() if name not in given})
+        plot = values.pop("plot")
+        options = values
         given |= set(from_file)
+    given.discard("plot")
+    if plot:
+        check_matplotlib()  # before the run, not after it
 
     from gen.core.train import train as run_training
 
     try:
-        run_training(TrainConfig(**options), given=given, say=click.echo)
+        result = run_training(TrainConfig(**options), given=given, say=click.echo)
     except KeyboardInterrupt:  # Ctrl-C: the run saved what it had and said how to resume
         raise SystemExit(130) from None
+    if plot:
+        from gen.core.plot import plot_run
+
+        click.echo(f"wrote {plot_run(result.out)}")
 
 
 def _train_command() -> click.Command:
@@ -202,8 +216,12 @@ def _train_command() -> click.Command:
     for decorator in reversed(_train_option_decorators()):
         function = decorator(function)
     function = click.option(
-        "--config", "config_file", type=click.Path(dir_okay=False), default=None,
-        help="A TOML file of these options (dashes or underscores); command-line options win.",
+        "--plot", is_flag=True,
+        help="At the end, draw the loss curves to OUT/loss.png (as gen plot does; needs matplotlib).",
+    )(function)
+    function = click.option(
+        "--config", type=click.Path(dir_okay=False), default=None,
+        help="A TOML file of these options (dashes or underscores); the command line and GEN_TRAIN_* variables win.",
     )(function)
     return click.command(name="train", cls=TrainCommand)(function)
 

@@ -198,6 +198,16 @@ def train_tokenizer(text: str, spec: str, progress: bool = False) -> tuple[Token
     accepted = entry.options()
     options = convert_options(raw_options, accepted, f"tokenizer {name!r}")
     cls = entry.load()
+
+    def build() -> Tokenizer:
+        return call_with_options(lambda **kwargs: cls.train(text, **kwargs), options,
+                                 f"tokenizer {spec!r}", describe_options(accepted))
+
+    # A tokenizer built from its options alone (one read from a file) is not cached:
+    # the cache is keyed by the options, and would miss an edited file.
+    if getattr(cls, "learns_from_text", True) is False:
+        tokenizer = build()
+        return tokenizer, tokenizer_to_dict(name, tokenizer)
     key = _hash(str(CACHE_FORMAT), _hash(text), name, f"{cls.__module__}.{cls.__qualname__}",
                 json.dumps(options, sort_keys=True))
     cached = cache_dir() / "tokenizers" / f"{key}.json"
@@ -209,8 +219,7 @@ def train_tokenizer(text: str, spec: str, progress: bool = False) -> tuple[Token
             pass  # a damaged cache entry: train again and overwrite it
     if progress:
         print(f"training the {spec} tokenizer on {len(text):,} characters (cached for later runs)", file=sys.stderr)
-    tokenizer = call_with_options(lambda **kwargs: cls.train(text, **kwargs), options,
-                                  f"tokenizer {spec!r}", describe_options(accepted))
+    tokenizer = build()
     document = tokenizer_to_dict(name, tokenizer)
     with replace_file_atomically(cached) as temporary:
         temporary.write_text(json.dumps(document), encoding="utf-8")

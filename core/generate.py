@@ -301,7 +301,7 @@ def generate_text(
     read off the sampler chain (gen.core.sampling.SamplerChain).
     """
     prompt_ids = [encode_prompt(tokenizer, prompt) for prompt in prompts]
-    texts = [_RowText(TextStream(tokenizer), [StopMatcher(s) for s in stop if s]) for _ in prompts]
+    texts = [_RowText(TextStream(tokenizer, context=ids), [StopMatcher(s) for s in stop if s]) for ids in prompt_ids]
     for next_ids, logits in generate_ids(backend, prompt_ids, sampler, rng, max_new_tokens, tokenizer):
         tokens = None
         if logprobs is not None:

@@ -24,9 +24,11 @@ from gen.core.specs import BUILTIN_PROVIDER, Option, options_of
 
 BUILTIN_PLUGINS = (
     "gen.plugins.tokenizers",
+    "gen.plugins.hf_tokenizers",
     "gen.plugins.samplers",
     "gen.plugins.models",
     "gen.core.commands",
+    "gen.core.tools",
     "gen.export.cli",
     "gen.runtime.cli",
 )

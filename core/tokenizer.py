@@ -47,24 +47,49 @@ def tokenizer_from_dict(document: dict | str) -> Tokenizer:
 class TextStream:
     """Turns token ids, pushed one at a time, into pieces of text as they become whole.
 
-    Byte-level tokens can split a character: while the pending ids decode to text
-    ending in a replacement character, the stream holds them back until the next
-    token completes it. Decoding only the pending ids keeps each push O(1).
+    Each push decodes a short window: the new ids after the ids of the piece before
+    them (at the start, the last ids of the prompt), and emits what the new ids add
+    to the text of those before. That handles two things:
+
+    - Byte-level tokens can split a character: while the text ends in a replacement
+      character, the stream holds the new ids back until the next token completes it.
+    - Some tokenizers decode a token differently at the start of a text than after
+      another token (SentencePiece's "▁the" is "the" alone and " the" after a word,
+      as in Hugging Face's Metaspace and WordPiece decoders): decoding the new ids
+      after their context gives the text they have inside the whole.
+
+    The window is a few tokens long, so each push costs the same however long the
+    text grows.
     """
 
-    def __init__(self, tokenizer: Tokenizer):
+    CONTEXT_TOKENS = 4  # prompt ids kept as the first piece's context
+    MAX_PENDING = 8  # a UTF-8 character has at most 4 bytes; past this, emit what there is
+
+    def __init__(self, tokenizer: Tokenizer, context: Sequence[int] = ()):
         self.tokenizer = tokenizer
-        self.pending: list[int] = []
+        self.ids: list[int] = [int(i) for i in list(context)[-self.CONTEXT_TOKENS:]]
+        self.emitted = len(self.ids)  # ids[:emitted] are the context; the rest are pending
+
+    @property
+    def pending(self) -> list[int]:
+        return self.ids[self.emitted:]
 
     def push(self, token_id: int) -> str:
-        self.pending.append(int(token_id))
-        text = self.tokenizer.decode(self.pending)
-        if text.endswith("\ufffd") and len(self.pending) < 8:  # a UTF-8 character has at most 4 bytes
-            return ""
-        self.pending = []
-        return text
+        self.ids.append(int(token_id))
+        return self._emit(final=False)
 
     def flush(self) -> str:
-        text = self.tokenizer.decode(self.pending)
-        self.pending = []
-        return text
+        return self._emit(final=True) if self.pending else ""
+
+    def _emit(self, final: bool) -> str:
+        decode = self.tokenizer.decode
+        text = decode(self.ids)
+        if not final and text.endswith("\ufffd") and len(self.pending) < self.MAX_PENDING:
+            return ""
+        before = decode(self.ids[:self.emitted]) if self.emitted else ""
+        # A tokenizer whose text is not additive here (bytes that were emitted broken and
+        # now join the new ones) gets the new ids decoded on their own.
+        piece = text[len(before):] if text.startswith(before) else decode(self.pending)
+        self.ids = self.pending  # what was new is the next piece's context
+        self.emitted = len(self.ids)
+        return piece

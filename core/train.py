@@ -1,8 +1,8 @@
 """The training loop behind `gen train` (torch is imported here, and only when it runs).
 
-The run's options are `TrainConfig` (gen.core.train_config). Read top to bottom:
-the device and precision, the learning rate schedule, random batches, the `Trainer`
-(model, optimizer and one training step), the `Run` (the run directory: evaluation,
+The run's options and the learning rate schedule are in gen.core.train_config. Read
+top to bottom: the device and precision, random batches, the `Trainer` (model,
+optimizer and one training step), the `Run` (the run directory: evaluation,
 checkpoints, metrics), `prepare_run` (options, data, model, resume) and `train`, the
 loop itself.
 
@@ -30,6 +30,7 @@ import torch
 from gen.core.checkpoint import (
     BEST,
     LATEST,
+    METRICS_FILE,
     build_model,
     is_checkpoint,
     load_checkpoint,
@@ -49,14 +50,12 @@ from gen.core.train_config import (
     TrainConfig,
     check_config,
     given_options,
+    learning_rate,
     model_spec,
     option_flag,
     train_config_from_dict,
     with_model_defaults,
 )
-
-METRICS_FILE = "metrics.jsonl"
-
 
 # --- device and precision -------------------------------------------------------------
 
@@ -138,20 +137,6 @@ def compile_model(model: torch.nn.Module, device: torch.device, dtype: torch.dty
         torch._inductor.config.fx_graph_cache = False
         torch._functorch.config.enable_autograd_cache = False
     return torch.compile(model)
-
-
-# --- learning rate --------------------------------------------------------------------
-
-
-def learning_rate(step: int, config: TrainConfig) -> float:
-    """Linear warmup to lr, then a cosine decay to min_lr at lr_decay_iters (then flat)."""
-    decay_iters = config.lr_decay_iters or config.max_iters
-    if step < config.warmup_iters:
-        return config.lr * (step + 1) / (config.warmup_iters + 1)
-    if step >= decay_iters:
-        return config.min_lr
-    progress = (step - config.warmup_iters) / (decay_iters - config.warmup_iters)
-    return config.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (config.lr - config.min_lr)
 
 
 # --- batches --------------------------------------------------------------------------

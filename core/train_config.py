@@ -145,6 +145,17 @@ def given_options(config: TrainConfig) -> set[str]:
     }
 
 
+def learning_rate(step: int, config: TrainConfig) -> float:
+    """Linear warmup to lr, then a cosine decay to min_lr at lr_decay_iters (then flat)."""
+    decay_iters = config.lr_decay_iters or config.max_iters
+    if step < config.warmup_iters:
+        return config.lr * (step + 1) / (config.warmup_iters + 1)
+    if step >= decay_iters:
+        return config.min_lr
+    progress = (step - config.warmup_iters) / (decay_iters - config.warmup_iters)
+    return config.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (config.lr - config.min_lr)
+
+
 def model_spec(config: TrainConfig) -> tuple[str, dict]:
     """The model's name and the options the user gave it, from --model and the shortcuts.
 

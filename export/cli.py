@@ -12,7 +12,7 @@ from gen.core import hookimpl
 
 
 @click.command()
-@click.argument("output", type=click.Path(dir_okay=False, path_type=str))
+@click.argument("output", required=False, type=click.Path(dir_okay=False, path_type=str))
 @click.option(
     "--checkpoint", default="out", show_default=True, type=click.Path(path_type=str),
     help="A checkpoint directory, or a run directory (its best checkpoint).",
@@ -33,9 +33,29 @@ from gen.core import hookimpl
     "--verify/--no-verify", default=True, show_default=True,
     help="Compare onnxruntime with torch on several batch sizes and lengths.",
 )
-@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (it is kept until the new file is whole).")
-def export(output, checkpoint, opset, portable, static_cache, quantize, verify, overwrite):
-    """Export a checkpoint to OUTPUT.onnx: graph, weights, tokenizer and config in one file."""
+@click.option("--overwrite", is_flag=True,
+              help="Replace OUTPUT (or DIR) if it exists (it is kept until the new one is whole).")
+@click.option(
+    "--genai", "genai_dir", default=None, metavar="DIR", type=click.Path(file_okay=False, path_type=str),
+    help="Instead of OUTPUT: write DIR/model.onnx and the genai_config.json that onnxruntime-genai loads.",
+)
+def export(output, checkpoint, opset, portable, static_cache, quantize, verify, overwrite, genai_dir):
+    """Export a checkpoint to OUTPUT.onnx: graph, weights, tokenizer and config in one file.
+
+    With --genai DIR, the same file goes into DIR beside a genai_config.json, for
+    onnxruntime-genai (pip install 'gen[genai]'); it generates token ids, and gen's
+    tokenizer (in the file's metadata) encodes and decodes them.
+    """
+    from gen.core.errors import GenError
+
+    if (output is None) == (genai_dir is None):
+        raise GenError("give OUTPUT.onnx, or --genai DIR for onnxruntime-genai (one of them)")
+    if genai_dir is not None:
+        from gen.export.genai import export_genai
+
+        export_genai(checkpoint, genai_dir, opset=opset, quantize=quantize, verify=verify, overwrite=overwrite,
+                     portable=portable, progress=click.echo)
+        return
     from gen.export.onnx_export import check_export_destination, export_onnx
 
     check_export_destination(output, overwrite)  # before the checkpoint is even read

@@ -49,6 +49,7 @@ from gen.runtime.artifact import (
     LOGITS,
     MODEL_KEY,
     TOKENIZER_KEY,
+    TRAINING_KEY,
     past_names,
     present_names,
 )
@@ -254,13 +255,16 @@ def _default_opset(proto: onnx.ModelProto) -> int:
     return next(entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx"))
 
 
-def add_metadata(proto: onnx.ModelProto, model_document: dict, tokenizer_document: dict) -> None:
-    """Write the three gen metadata_props (replacing any from an earlier pass)."""
+def add_metadata(proto: onnx.ModelProto, model_document: dict, tokenizer_document: dict,
+                 training_document: dict | None = None) -> None:
+    """Write the gen metadata_props (replacing any from an earlier pass)."""
     values = {
         FORMAT_KEY: str(FORMAT_VERSION),
         MODEL_KEY: json.dumps(model_document, sort_keys=True),
         TOKENIZER_KEY: json.dumps(tokenizer_document, sort_keys=True),
     }
+    if training_document is not None:
+        values[TRAINING_KEY] = json.dumps(training_document, sort_keys=True)
     kept = [entry for entry in proto.metadata_props if entry.key not in values]
     del proto.metadata_props[:]
     proto.metadata_props.extend(kept)
@@ -268,10 +272,12 @@ def add_metadata(proto: onnx.ModelProto, model_document: dict, tokenizer_documen
         proto.metadata_props.add(key=key, value=value)
 
 
-def model_document(model_name: str, config: dict, cache: CacheShape | None, static_cache: bool = False) -> dict:
+def model_document(model_name: str, config: dict, cache: CacheShape | None, parameters: int,
+                   static_cache: bool = False) -> dict:
     document = {
         "name": model_name,
         "config": config,
+        "parameters": parameters,
         "block_size": config["block_size"],
         "vocab_size": config["vocab_size"],
         "n_layer": cache.n_layer if cache else 0,
@@ -336,13 +342,17 @@ def export_model(
     static_cache: bool = False,
     validation_ids: Sequence[int] | None = None,
     validation_source: str = "",
+    training: dict | None = None,
     progress: Progress | None = print,
 ) -> ExportResult:
     """Export `model` (with its tokenizer document {"name", "state"}) to `path`.
 
     gen's GPT is written as a fused decode graph (gen.export.gpt_graph) unless
-    `portable` (or an `opset`) asks for torch's exporter. `validation_ids` (token ids,
-    described by `validation_source`), when given with `quantize`, are scored by both the fp32 and the quantized model to report the loss the
+    `portable` (or an `opset`) asks for torch's exporter. `training` (the checkpoint's
+    step, losses and data, see `training_document`) is recorded in the file for `gen info`.
+
+    `validation_ids` (token ids, described by `validation_source`), when given with
+    `quantize`, are scored by both the fp32 and the quantized model to report the loss the
     quantization costs. The model is moved to the
     CPU, float32 and eval mode in place (as `Module.to` does).
     """
@@ -382,7 +392,7 @@ def export_model(
     produced_opset = _default_opset(proto)
 
     say(f"[2/4] adding gen metadata and checking the graph with onnx.checker (full check, opset {produced_opset})")
-    add_metadata(proto, model_document(name, config, cache, static_cache), tokenizer_document)
+    add_metadata(proto, model_document(name, config, cache, parameters, static_cache), tokenizer_document, training)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as error:
@@ -457,6 +467,17 @@ def export_onnx(
         static_cache=static_cache,
         validation_ids=validation_ids,
         validation_source=validation_source,
+        training=training_document(checkpoint),
         progress=progress,
     )
+
+
+def training_document(checkpoint) -> dict:
+    """What an export records of the checkpoint it came from (the gen.training metadata)."""
+    return {
+        "step": checkpoint.step,
+        "val_loss": checkpoint.val_loss,
+        "best_val_loss": checkpoint.best_val_loss,
+        "data": checkpoint.train_args.get("data"),
+    }
 

@@ -8,6 +8,11 @@ One `model.onnx` file holds the graph, the weights and three `metadata_props`:
                    the KV cache and are 0 for a model exported without one.
 - `gen.tokenizer`: JSON {"name": tokenizer plugin, "state": its to_dict()}.
 
+For `gen info`, an export also records `gen.model` "parameters" (the model's
+parameter count) and `gen.training`, JSON {"step", "val_loss", "best_val_loss",
+"data"} of the checkpoint it came from. The runtime needs neither; a file without
+them runs all the same.
+
 Graph inputs are `input_ids` int64 [batch, sequence], `attention_mask` int64
 [batch, past_sequence + sequence] and, for a model with a KV cache,
 `past_key_values.{i}.key` / `.value` float32 [batch, heads, past_sequence, head_size];
@@ -17,15 +22,18 @@ outputs are `logits` float32 [batch, sequence, vocab] and `present.{i}.key` / `.
 a one-line error saying what is wrong with it. It walks only the top level of the
 protobuf (a few dozen bytes read, the graph skipped with a seek), which is enough to
 tell "not ONNX" from "truncated" and to read the metadata, without the onnx package.
+`read_graph_summary` walks one level further, into the graph's nodes, initializers
+and inputs, for `gen info`.
 """
 from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import stat
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 from gen.core.errors import GenError
 from gen.core.files import check_utf8_path
@@ -39,6 +47,7 @@ METADATA_LIMITS = {"block_size": 2**20, "vocab_size": 2**24, "n_layer": 1024, "n
 FORMAT_KEY = "gen.format"
 MODEL_KEY = "gen.model"
 TOKENIZER_KEY = "gen.tokenizer"
+TRAINING_KEY = "gen.training"  # optional: what the checkpoint recorded (for `gen info`)
 
 INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
@@ -64,6 +73,7 @@ class Artifact:
     format_version: int
     model: dict  # the gen.model document
     tokenizer: dict  # the gen.tokenizer document, {"name", "state"}
+    training: dict | None = None  # the gen.training document, when the export recorded one
 
     @property
     def block_size(self) -> int:
@@ -83,7 +93,10 @@ class Artifact:
 # first; its graph is field 7 and its metadata_props field 14.
 
 _VARINT, _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 0, 1, 2, 5
-_IR_VERSION_FIELD, _GRAPH_FIELD, _METADATA_FIELD = 1, 7, 14
+_IR_VERSION_FIELD, _GRAPH_FIELD, _OPSET_FIELD, _METADATA_FIELD = 1, 7, 8, 14  # of ModelProto
+_NODE_FIELD, _INITIALIZER_FIELD, _INPUT_FIELD = 1, 5, 11  # of GraphProto
+_OP_TYPE_FIELD = 4  # of NodeProto
+_DIMS_FIELD, _DATA_TYPE_FIELD = 1, 2  # of TensorProto
 _MAX_PLAUSIBLE_IR_VERSION = 100  # ONNX is at 11 in 2025; random bytes are rarely this small
 
 
@@ -125,22 +138,41 @@ def _skip(file: BinaryIO, size: int, file_size: int) -> None:
     file.seek(size, os.SEEK_CUR)
 
 
+def _fields(message: bytes) -> Iterator[tuple[int, int, int | bytes]]:
+    """(field number, wire type, value) of each field of a serialised message: an int
+    for a varint, bytes for the others."""
+    reader = io.BytesIO(message)
+    while (tag := _read_varint(reader)) is not None:
+        field, wire_type = tag >> 3, tag & 7
+        if wire_type == _VARINT:
+            value = _read_varint(reader)
+            if value is None:
+                raise _Truncated
+        elif wire_type in (_FIXED64, _FIXED32):
+            value = _read_exactly(reader, 8 if wire_type == _FIXED64 else 4)
+        elif wire_type == _LENGTH_DELIMITED:
+            size = _read_varint(reader)
+            if size is None:
+                raise _Truncated
+            value = _read_exactly(reader, size)
+        else:
+            raise _NotOnnx
+        yield field, wire_type, value
+
+
 def _string_pair(entry: bytes) -> tuple[str, str]:
     """Key and value of a StringStringEntryProto (field 1 key, field 2 value)."""
-    fields = {1: "", 2: ""}
-    reader = io.BytesIO(entry)
-    while (tag := _read_varint(reader)) is not None:
-        if tag & 7 != _LENGTH_DELIMITED:
+    pair = {1: "", 2: ""}
+    for field, wire_type, value in _fields(entry):
+        if wire_type != _LENGTH_DELIMITED:
             raise _NotOnnx
-        size = _read_varint(reader)
-        if size is None:
-            raise _Truncated
-        fields[tag >> 3] = _read_exactly(reader, size).decode("utf-8", "replace")
-    return fields[1], fields[2]
+        pair[field] = value.decode("utf-8", "replace")
+    return pair[1], pair[2]
 
 
-def _walk_model(file: BinaryIO, file_size: int) -> dict[str, str]:
-    """Check the top level of a ModelProto and return its metadata_props."""
+def _walk_model(file: BinaryIO, file_size: int, keep: tuple[int, ...] = (_METADATA_FIELD,)) -> dict[int, list[bytes]]:
+    """Check the top level of a ModelProto and return the length-delimited fields in
+    `keep` (by field number, each a list of their bytes); the others are skipped."""
     first_tag = _read_varint(file)
     if first_tag != (_IR_VERSION_FIELD << 3 | _VARINT):
         raise _NotOnnx
@@ -149,7 +181,7 @@ def _walk_model(file: BinaryIO, file_size: int) -> dict[str, str]:
         raise _Truncated
     if not 1 <= ir_version <= _MAX_PLAUSIBLE_IR_VERSION:
         raise _NotOnnx
-    metadata: dict[str, str] = {}
+    kept: dict[int, list[bytes]] = {field: [] for field in keep}
     has_graph = False
     while (tag := _read_varint(file)) is not None:
         field, wire_type = tag >> 3, tag & 7
@@ -166,21 +198,20 @@ def _walk_model(file: BinaryIO, file_size: int) -> dict[str, str]:
             size = _read_varint(file)
             if size is None:
                 raise _Truncated
-            if field == _METADATA_FIELD:
-                key, value = _string_pair(_read_exactly(file, size))
-                metadata[key] = value
+            if field in kept:
+                kept[field].append(_read_exactly(file, size))
             else:
                 _skip(file, size, file_size)
-                has_graph = has_graph or field == _GRAPH_FIELD
+            has_graph = has_graph or field == _GRAPH_FIELD
         else:
             raise _NotOnnx  # groups (3, 4) and 6, 7 do not occur in ONNX
     if not has_graph:
         raise _Truncated  # the file ends before the graph does
-    return metadata
+    return kept
 
 
-def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The metadata_props of the ONNX file at `path`; GenError if it is not a whole ONNX file."""
+def _read_model(path: str | os.PathLike, keep: tuple[int, ...]) -> dict[int, list[bytes]]:
+    """The fields `keep` of the ONNX file at `path`; GenError if it is not a whole ONNX file."""
     path = os.fspath(path)
     check_utf8_path(path, "model")
     if not os.path.exists(path):
@@ -194,13 +225,75 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         raise GenError(f"{path} is empty; export the model again with `gen export`")
     try:
         with open(path, "rb") as file:
-            return _walk_model(file, file_size)
+            return _walk_model(file, file_size, keep)
     except _NotOnnx:
         raise GenError(f"{path} is not an ONNX model; give a file written by `gen export`") from None
     except _Truncated:
         raise GenError(
             f"{path} is truncated ({file_size} bytes, the ONNX data ends early); export it again"
         ) from None
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata_props of the ONNX file at `path`; GenError if it is not a whole ONNX file."""
+    return dict(_string_pair(entry) for entry in _read_model(path, (_METADATA_FIELD,))[_METADATA_FIELD])
+
+
+# TensorProto.DataType numbers of the types a weight can have.
+WEIGHT_TYPES = {1: "float32", 2: "uint8", 3: "int8", 10: "float16", 11: "float64", 16: "bfloat16"}
+
+
+@dataclass
+class GraphSummary:
+    """What `gen info` tells about an ONNX graph, read without the onnx package."""
+
+    opset: int | None  # of the default (ai.onnx) domain
+    operators: dict[str, int]  # op_type -> nodes of the main graph
+    weights: dict[str, int]  # type name -> elements in initializers of rank 1 or more
+    inputs: list[str]
+
+
+def _varints(wire_type: int, value) -> list[int]:
+    """A repeated integer field's values: one varint, or a packed run of them."""
+    if wire_type == _VARINT:
+        return [value]
+    reader, values = io.BytesIO(value), []
+    while (number := _read_varint(reader)) is not None:
+        values.append(number)
+    return values
+
+
+def read_graph_summary(path: str | os.PathLike) -> GraphSummary:
+    """The opset, operators, weights and inputs of the ONNX file at `path` (read whole into memory)."""
+    fields = _read_model(path, (_GRAPH_FIELD, _OPSET_FIELD))
+    try:
+        opset = None
+        for entry in fields[_OPSET_FIELD]:
+            opset_fields = {field: value for field, _, value in _fields(entry)}
+            if opset_fields.get(1, b"") in (b"", b"ai.onnx"):
+                opset = opset_fields.get(2)
+        operators: dict[str, int] = {}
+        weights: dict[str, int] = {}
+        inputs = []
+        for field, _, value in _fields(fields[_GRAPH_FIELD][0]):
+            if field == _NODE_FIELD:
+                op_type = next((v.decode() for f, _, v in _fields(value) if f == _OP_TYPE_FIELD), "")
+                operators[op_type] = operators.get(op_type, 0) + 1
+            elif field == _INITIALIZER_FIELD:
+                dims, data_type = [], None
+                for tensor_field, wire_type, tensor_value in _fields(value):
+                    if tensor_field == _DIMS_FIELD:
+                        dims += _varints(wire_type, tensor_value)
+                    elif tensor_field == _DATA_TYPE_FIELD:
+                        data_type = tensor_value
+                if dims and data_type in WEIGHT_TYPES:
+                    elements = math.prod(dims)
+                    weights[WEIGHT_TYPES[data_type]] = weights.get(WEIGHT_TYPES[data_type], 0) + elements
+            elif field == _INPUT_FIELD:
+                inputs.append(next((v.decode() for f, _, v in _fields(value) if f == 1), ""))
+    except (_NotOnnx, _Truncated, UnicodeDecodeError):
+        raise GenError(f"{os.fspath(path)} has a damaged graph; export it again") from None
+    return GraphSummary(opset, operators, weights, inputs)
 
 
 def read_artifact(path: str | os.PathLike) -> Artifact:
@@ -225,7 +318,9 @@ def read_artifact(path: str | os.PathLike) -> Artifact:
             f"(up to {FORMAT_VERSION}); upgrade gen (pip install -U gen)"
         )
     documents = {}
-    for key in (MODEL_KEY, TOKENIZER_KEY):
+    for key in (MODEL_KEY, TOKENIZER_KEY, TRAINING_KEY):
+        if key == TRAINING_KEY and key not in metadata:
+            continue
         try:
             documents[key] = json.loads(metadata[key])
         except json.JSONDecodeError:
@@ -244,4 +339,4 @@ def read_artifact(path: str | os.PathLike) -> Artifact:
     if capacity is not None and (not cached or capacity != model["block_size"]):
         raise GenError(f"{path} has {MODEL_KEY} metadata with a cache_capacity ({capacity!r}) that is not its "
                        f"block_size; the file was altered or is not from gen export; export it again")
-    return Artifact(path, format_version, model, documents[TOKENIZER_KEY])
+    return Artifact(path, format_version, model, documents[TOKENIZER_KEY], documents.get(TRAINING_KEY))

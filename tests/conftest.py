@@ -21,6 +21,17 @@ def fresh_plugins():
 
 
 @pytest.fixture(scope="module")
+def module_cache(tmp_path_factory):
+    """A user cache (XDG_CACHE_HOME) of the test module's own, so that what its tests
+    train, encode or download goes nowhere else; a module asks for it with
+    `pytestmark = pytest.mark.usefixtures("module_cache")`, which sets it before the
+    module's other fixtures run."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+@pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny models run fastest on one torch thread; on a busy two-core machine a second,
     spinning OpenMP thread makes step-by-step generation many times slower."""

@@ -22,14 +22,7 @@ SHAKESPEARE = Path(__file__).resolve().parent / "data" / "tinyshakespeare-excerp
 GEN_SCRIPT = Path(sys.executable).parent / "gen"
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "8",
         "--eval-iters", "4", "--warmup-iters", "5"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def private_cache(tmp_path_factory):
-    """A user cache of this module's own, set before the module-scoped runs below."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
-        yield
+pytestmark = pytest.mark.usefixtures("module_cache")  # before the module-scoped runs below
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,128 @@
+"""`gen plot`: a run's loss curves, from its metrics.jsonl, drawn to a PNG (no torch).
+
+The picture: the training and validation losses at every evaluation, the uniform
+baseline ln(vocab) (what a model that knows nothing scores) as a dashed line, and
+the learning rate on a second axis. The learning rate is the schedule of the run's
+options, read from its latest checkpoint, at every step; without a checkpoint it
+is the rate recorded at each evaluation.
+
+matplotlib is the `plot` extra (`pip install 'gen[plot]'`), imported only here and
+only when a plot is drawn. The figure is rendered with matplotlib's Agg canvas
+directly, so no GUI backend or display is involved.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from gen.core.checkpoint import LATEST, METRICS_FILE, is_checkpoint, read_config
+from gen.core.errors import GenError
+from gen.core.files import replace_file_atomically
+from gen.core.train_config import learning_rate, train_config_from_dict
+
+PLOT_FILE = "loss.png"
+COLOURS = {"train": "#1f77b4", "val": "#d62728", "uniform": "#7f7f7f", "lr": "#2ca02c"}
+SIZE_INCHES, DPI = (8, 4.5), 100  # 800 x 450 pixels
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    """The evaluations in a run directory's metrics.jsonl, in order of step."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        if not Path(run_dir).is_dir():
+            raise GenError(f"{str(run_dir)!r} does not exist; give the --out directory of a gen train run")
+        raise GenError(f"{str(run_dir)!r} has no {METRICS_FILE}; give the --out directory of a gen train run")
+    metrics = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            raise GenError(f"{path} is damaged: line {number} is not JSON") from None
+        if not isinstance(entry, dict) or not all(key in entry for key in ("step", "train_loss", "val_loss")):
+            raise GenError(f"{path} is damaged: line {number} lacks step, train_loss or val_loss")
+        metrics.append(entry)
+    if not metrics:
+        raise GenError(f"{path} is empty: the run has not evaluated yet")
+    return sorted(metrics, key=lambda entry: entry["step"])
+
+
+def _run_options(run_dir: Path) -> tuple[object | None, int | None]:
+    """The latest checkpoint's training options (a TrainConfig) and vocabulary size, if it has one."""
+    latest = run_dir / LATEST
+    if not is_checkpoint(latest):
+        return None, None
+    config = read_config(latest)
+    try:
+        options = train_config_from_dict(config["train_args"], str(latest))
+    except (GenError, TypeError):
+        options = None  # options of another gen version: fall back to the recorded rates
+    return options, config["model"]["config"].get("vocab_size")
+
+
+def plot_run(run_dir: str | os.PathLike, output: str | os.PathLike | None = None) -> Path:
+    """Draw the run's curves to `output` (default RUN_DIR/loss.png); returns the path written."""
+    run_dir = Path(run_dir)
+    metrics = read_metrics(run_dir)
+    options, vocab_size = _run_options(run_dir)
+    steps = [entry["step"] for entry in metrics]
+    uniform = next((entry["uniform_loss"] for entry in metrics if "uniform_loss" in entry), None)
+    if uniform is None and vocab_size:
+        uniform = math.log(vocab_size)
+    if options is not None:
+        lr_steps = list(range(0, steps[-1] + 1))
+        lr_values = [learning_rate(step, options) for step in lr_steps]
+    else:
+        lr_steps = [entry["step"] for entry in metrics if "lr" in entry]
+        lr_values = [entry["lr"] for entry in metrics if "lr" in entry]
+    output = Path(output) if output is not None else run_dir / PLOT_FILE
+    _render(run_dir.resolve().name, metrics, uniform, lr_steps, lr_values, output)
+    return output
+
+
+def check_matplotlib() -> None:
+    """GenError, saying what to install, when matplotlib is missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise GenError("plotting needs matplotlib: pip install 'gen[plot]' (or pip install matplotlib)") from None
+
+
+def _render(title: str, metrics: list[dict], uniform: float | None, lr_steps: list, lr_values: list,
+            output: Path) -> None:
+    check_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    steps = [entry["step"] for entry in metrics]
+    figure = Figure(figsize=SIZE_INCHES, dpi=DPI)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.plot(steps, [entry["train_loss"] for entry in metrics], color=COLOURS["train"], linewidth=2,
+              marker="o", markersize=3, label="train loss")
+    axes.plot(steps, [entry["val_loss"] for entry in metrics], color=COLOURS["val"], linewidth=2,
+              marker="o", markersize=3, label="validation loss")
+    if uniform is not None:
+        axes.axhline(uniform, color=COLOURS["uniform"], linestyle="--", linewidth=1.5,
+                     label=f"uniform baseline ln(vocab) = {uniform:.2f}")
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss (nats per token)")
+    axes.grid(alpha=0.3)
+    handles, labels = axes.get_legend_handles_labels()
+    if lr_values:
+        lr_axes = axes.twinx()
+        lr_axes.plot(lr_steps, lr_values, color=COLOURS["lr"], linewidth=1.5, label="learning rate")
+        lr_axes.set_ylabel("learning rate", color=COLOURS["lr"])
+        lr_axes.set_ylim(bottom=0)
+        lr_axes.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+        more_handles, more_labels = lr_axes.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    axes.legend(handles, labels, loc="center right")  # by then the losses and the rate are low
+    best = min(metrics, key=lambda entry: entry["val_loss"])
+    axes.set_title(f"{title}: best validation loss {best['val_loss']:.4f} at step {best['step']}")
+    figure.tight_layout()
+    with replace_file_atomically(output) as temporary:
+        figure.savefig(temporary, format="png")

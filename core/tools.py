@@ -1,0 +1,88 @@
+"""The commands around training and export: `gen plot`, `gen info` and `gen import`.
+
+Each imports what it needs when it runs (matplotlib for a plot, torch for an
+import), so that the `gen` command line starts fast and `gen info` of an export
+never imports torch. They reach `gen` through the `register_commands` hook, as a
+third-party plugin's commands would.
+"""
+from __future__ import annotations
+
+import click
+
+from gen.core.hookspecs import hookimpl
+
+
+@click.command()
+@click.argument("run_dir", default="out", required=False, type=click.Path(file_okay=False, path_type=str))
+@click.option("--output", "-o", default=None, type=click.Path(dir_okay=False, path_type=str),
+              help="The PNG to write (default: RUN_DIR/loss.png).")
+def plot(run_dir, output):
+    """Draw the loss curves of a training run to a PNG.
+
+    RUN_DIR (default: out) is the --out directory of `gen train`. The picture shows
+    the training and validation losses at every evaluation, the uniform baseline
+    ln(vocab) and the learning rate (second axis). Needs matplotlib: pip install 'gen[plot]'.
+    """
+    from gen.core.plot import plot_run
+
+    click.echo(f"wrote {plot_run(run_dir, output)}")
+
+
+@click.command()
+@click.argument("path", type=click.Path(path_type=str))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of text.")
+def info(path, as_json):
+    """Describe a checkpoint, a run directory or an ONNX export.
+
+    The model and its options, the parameter count, the tokenizer and its vocabulary,
+    the block size, the size on disk, and the training step and validation loss
+    recorded at training time; for an export also its opset, quantization and
+    whether it has a KV cache. Reads the files only: no torch, no onnxruntime session.
+    """
+    import json
+
+    from gen.core.info import describe, format_info
+
+    described = describe(path)
+    if as_json:
+        click.echo(json.dumps(described, indent=2))
+        return
+    for line in format_info(described):
+        click.echo(line)
+
+
+@click.group(name="import")
+def import_group():
+    """Turn a model trained with another tool into a gen checkpoint."""
+
+
+@import_group.command()
+@click.argument("ckpt", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--meta", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="nanoGPT's meta.pkl: the character vocabulary of its dataset (data/shakespeare_char/meta.pkl).")
+@click.option("--tokenizer", default=None,
+              help="Instead of --meta, a tokenizer: hf:path=tokenizer.json (GPT-2's, for a model on GPT-2 tokens).")
+@click.option("--data", default=None,
+              help="The corpus the model learned from, recorded for gen eval (default: shakespeare for "
+                   "nanoGPT's shakespeare_char, else none).")
+@click.option("--out", default="out", show_default=True, type=click.Path(file_okay=False, path_type=str),
+              help="The gen checkpoint directory to write.")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+def nanogpt(ckpt, meta, tokenizer, data, out, overwrite):
+    """Import CKPT, a ckpt.pt written by nanoGPT's train.py.
+
+    Its GPT becomes gen's gpt model, weight for weight, so that gen sample, gen eval,
+    gen export and gen run work on it. Neither file can run code: CKPT is read with
+    torch.load(weights_only=True) and meta.pkl by an unpickler that builds plain data
+    only; a file holding anything else is refused.
+    """
+    from gen.core.nanogpt import import_nanogpt
+
+    import_nanogpt(ckpt, out, meta=meta, tokenizer=tokenizer, data=data, overwrite=overwrite, say=click.echo)
+
+
+@hookimpl
+def register_commands(cli):
+    cli.add_command(plot)
+    cli.add_command(info)
+    cli.add_command(import_group)
