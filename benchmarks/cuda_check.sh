@@ -12,12 +12,7 @@ out=${2:-/tmp/gen-cuda-check}
 iters=${ITERS:-5000}
 mkdir -p "$out"
 
-# gen without installing it: the four folders as subpackages of a `gen` namespace.
-site=$(mktemp -d)
-mkdir -p "$site/gen"
-for part in core plugins export runtime; do ln -s "$PWD/$part" "$site/gen/$part"; done
-export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
-gen() { python3 -c 'import sys; from gen.core.cli import main; sys.argv[0] = "gen"; main()' "$@"; }
+source "$(dirname "$0")/gen_from_source.sh"  # gen without installing it
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c 'import torch, onnxruntime as ort; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0)); print("onnxruntime", ort.__version__, ort.get_available_providers())'

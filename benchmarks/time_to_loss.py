@@ -4,6 +4,8 @@ nanoGPT's CPU recipe, and the exact validation loss of each (as `gen eval` compu
     python benchmarks/time_to_loss.py [--data PATH]        # gen's defaults beside nanoGPT
     python benchmarks/time_to_loss.py --no-nanogpt --target-loss 2.50 -- --config examples/bigram.toml
                                                            # anything after -- goes to gen train
+    python benchmarks/time_to_loss.py --processes 2 -- --batch-size 6
+                                                           # under torchrun: 2 processes, global batch 12
 
 Target (issue 10): gen's defaults reach an exact validation loss <= 1.90 in at most half
 the wall time of nanoGPT's CPU recipe measured in the same run.
@@ -110,6 +112,8 @@ def main() -> None:
                         help="use the user cache as it is (default: an empty one, so tokenizing counts)")
     parser.add_argument("--target-loss", type=float, default=1.90, help="exact val loss to reach (bigram: 2.50)")
     parser.add_argument("--no-nanogpt", action="store_true", help="time gen alone")
+    parser.add_argument("--processes", type=int, default=None,
+                        help="run gen train under torchrun with this many processes (--batch-size is per process)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for nanoGPT (default: torch's)")
     parser.add_argument("train_args", nargs="*", help="extra gen train options, after --")
     args = parser.parse_args()
@@ -124,6 +128,9 @@ def main() -> None:
             environment["XDG_CACHE_HOME"] = str(Path(scratch) / "cache")
         out = Path(scratch) / "out"
         command = [args.gen, "train", "--data", data, "--out", str(out), *args.train_args]
+        if args.processes:
+            command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                       "--nproc_per_node", str(args.processes), *command]
         print("$", " ".join(command), flush=True)
         started = time.perf_counter()
         subprocess.run(command, check=True, env=environment)

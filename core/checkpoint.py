@@ -2,10 +2,12 @@
 
     <checkpoint>/
         config.json                  format version, model plugin name and config, tokenizer
-                                     {"name", "state"}, training arguments, step, losses
+                                     {"name", "state"}, training arguments, step, losses,
+                                     world_size (the processes that trained it)
                                      (and "source" for a model made by `gen import`)
         model.safetensors            the weights (a tied weight is stored once)
         training_state.safetensors   optimizer tensors (AdamW moments, steps) and RNG states
+                                     (of every process of a distributed run)
         training_state.json          optimizer hyperparameters (param_groups)
 
 Nothing is pickled, so loading a checkpoint from someone else runs no code of theirs.
@@ -120,12 +122,14 @@ def save_checkpoint(
     val_loss: float | None = None,
     optimizer=None,
     rng_states: dict | None = None,
+    world_size: int = 1,
     source: dict | None = None,
 ) -> Path:
     """Write a checkpoint directory at `path` atomically.
 
     `rng_states` maps names to uint8 tensors (torch.get_rng_state(), a Generator's
     get_state()); with `optimizer` they make `--resume` continue bit for bit.
+    `world_size` is how many processes trained it (torchrun), which a resume keeps.
     `source` (JSON) says where an imported model came from (`gen import`).
     """
     import torch
@@ -140,6 +144,7 @@ def save_checkpoint(
         "step": step,
         "best_val_loss": best_val_loss,
         "val_loss": val_loss,
+        "world_size": world_size,
         "torch_version": torch.__version__,
     }
     if source is not None:

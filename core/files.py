@@ -126,9 +126,14 @@ def recover_interrupted_replace(path: str | os.PathLike) -> None:
     path = Path(path)
     if not path.parent.is_dir():
         return
-    aside = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime)
-    if aside and not os.path.lexists(path):
-        os.rename(aside.pop(), path)
+    try:
+        aside = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime)
+        if aside and not os.path.lexists(path):
+            os.rename(aside.pop(), path)
+    except FileNotFoundError:  # another process of a distributed run put it back first
+        if not os.path.lexists(path):
+            raise
+        return  # and that process removes the leftovers
     for leftover in aside:
         shutil.rmtree(leftover, ignore_errors=True)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -39,6 +40,7 @@ from gen.core.checkpoint import (
     save_checkpoint,
 )
 from gen.core.data import Dataset, check_split_lengths, load_dataset
+from gen.core.distributed import Distributed, is_collective_failure, processes
 from gen.core.errors import GenError
 from gen.core.files import check_writable_destination, recover_interrupted_replace
 from gen.core.limits import check_fits
@@ -131,11 +133,13 @@ def compile_model(model: torch.nn.Module, device: torch.device, dtype: torch.dty
     30 s on 2 CPU cores) and gets the right kernels.
     """
     if uses_math_attention(device, dtype):
-        import torch._functorch.config
-        import torch._inductor.config
+        # (imported under other names: `import torch.x` here would make `torch` a local
+        # name of this function, unbound where this branch is not taken)
+        import torch._functorch.config as functorch_config
+        import torch._inductor.config as inductor_config
 
-        torch._inductor.config.fx_graph_cache = False
-        torch._functorch.config.enable_autograd_cache = False
+        inductor_config.fx_graph_cache = False
+        functorch_config.enable_autograd_cache = False
     return torch.compile(model)
 
 
@@ -143,17 +147,26 @@ def compile_model(model: torch.nn.Module, device: torch.device, dtype: torch.dty
 
 
 class BatchSampler:
-    """Random windows of block_size + 1 tokens from one split: inputs and their next tokens."""
+    """Random windows of block_size + 1 tokens from one split: inputs and their next tokens.
 
-    def __init__(self, ids: np.ndarray, block_size: int, batch_size: int, device: torch.device):
+    In a run of several processes, each draws the starts of the whole global batch
+    (world_size * batch_size) from the same generator and keeps its own rows, so
+    together they draw exactly what one process with the global batch would.
+    """
+
+    def __init__(self, ids: np.ndarray, block_size: int, batch_size: int, device: torch.device,
+                 rank: int = 0, world_size: int = 1):
         self.data = torch.from_numpy(np.asarray(ids, dtype=np.int64))  # (N,)
         self.offsets = torch.arange(block_size + 1)  # (T+1,)
         self.block_size = block_size
         self.batch_size = batch_size
         self.device = device
+        self.rows = slice(rank * batch_size, (rank + 1) * batch_size)  # this process's share
+        self.global_batch_size = world_size * batch_size
 
     def sample(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        starts = torch.randint(len(self.data) - self.block_size, (self.batch_size,), generator=generator)  # (B,)
+        starts = torch.randint(len(self.data) - self.block_size, (self.global_batch_size,), generator=generator)
+        starts = starts[self.rows]  # (B,)
         windows = self.data[starts[:, None] + self.offsets]  # (B, T+1)
         inputs, targets = windows[:, :-1].contiguous(), windows[:, 1:].contiguous()  # (B, T) each
         if self.device.type == "cuda":
@@ -184,47 +197,67 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.A
 
 
 class Trainer:
-    """One run's model, optimizer, batches and random state, and its training step."""
+    """One run's model, optimizer, batches and random state, and its training step.
+
+    In a run of several processes (gen.core.distributed) every process has a Trainer;
+    `ddp` is then the model in DistributedDataParallel, and the losses it reports are
+    means over the processes, so every process sees the same numbers.
+    """
 
     def __init__(self, config: TrainConfig, dataset: Dataset, model: torch.nn.Module,
-                 device: torch.device, dtype: torch.dtype):
+                 device: torch.device, dtype: torch.dtype, distributed: Distributed | None = None):
         self.config = config
         self.dataset = dataset
         self.device = device
         self.dtype = dtype
+        self.distributed = distributed or Distributed()
         self.model = model.to(device).train()
         self.optimizer = make_optimizer(self.model, config)
-        self.forward = compile_model(self.model, device, dtype) if config.compile else self.model
+        self.ddp = self.distributed.wrap(self.model, device)
+        # torch.compile over the DDP wrapper, as torch advises: its DDPOptimizer then
+        # splits the graph at DDP's gradient buckets so communication overlaps compute.
+        trained = self.ddp or self.model
+        self.forward = compile_model(trained, device, dtype) if config.compile else trained
         self.context = forward_context(device, dtype)
         self.block_size = model.config_dict()["block_size"]
         self.batches = {
-            split: BatchSampler(dataset.split(split), self.block_size, config.batch_size, device)
+            split: BatchSampler(dataset.split(split), self.block_size, config.batch_size, device,
+                                self.distributed.rank, self.distributed.world_size)
             for split in ("train", "val")
         }
         self.batch_generator = torch.Generator().manual_seed(config.seed)
         self.step = 0
-        self.tokens_per_step = config.batch_size * self.block_size * config.grad_accum
+        self.last_loss: torch.Tensor | None = None  # the loss of the last step, logged as batch_loss
+        # The global batch: every process's micro-batches of every micro-step.
+        self.tokens_per_step = self.distributed.world_size * config.batch_size * self.block_size * config.grad_accum
 
     def train_step(self) -> torch.Tensor:
-        """One optimizer step over grad_accum micro-batches; returns the last micro-batch's loss."""
+        """One optimizer step over grad_accum micro-batches on every process; returns the
+        step's loss, the mean over its whole global batch."""
         lr = learning_rate(self.step, self.config)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        for _ in range(self.config.grad_accum):
+        total = torch.zeros((), device=self.device)
+        for micro_step in range(self.config.grad_accum):
             inputs, targets = self.batches["train"].sample(self.batch_generator)
-            with self.context():
-                _, loss = self.forward(inputs, targets)
-            (loss / self.config.grad_accum).backward()
+            last = micro_step == self.config.grad_accum - 1
+            with self.distributed.micro_step(self.ddp, synchronise=last):
+                with self.context():
+                    _, loss = self.forward(inputs, targets)
+                (loss / self.config.grad_accum).backward()
+            total += loss.detach().float()
         if self.config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return loss.detach()
+        self.last_loss = self.distributed.mean(total / self.config.grad_accum)
+        return self.last_loss
 
     @torch.no_grad()
     def estimate_losses(self) -> dict[str, float]:
-        """Mean loss over eval_iters random batches of each split, the same batches every time."""
+        """Mean loss over eval_iters random batches of each split, the same batches every
+        time; with several processes, over the global batches (the mean of the processes')."""
         self.model.eval()
         losses = {}
         for split, sampler in self.batches.items():
@@ -235,27 +268,42 @@ class Trainer:
                 with self.context():
                     _, loss = self.model(inputs, targets)
                 total += loss.float()
-            losses[split] = total.item() / self.config.eval_iters
+            losses[split] = self.distributed.mean(total).item() / self.config.eval_iters
         self.model.train()
         return losses
 
     def rng_states(self) -> dict[str, torch.Tensor]:
-        states = {"torch": torch.get_rng_state(), "batches": self.batch_generator.get_state()}
+        """The random states a resume needs: the shared batch order, and each process's
+        own global RNGs (dropout), process r's under "rank{r}." (process 0's unprefixed).
+
+        Every process must call it: the states are gathered from all of them.
+        """
+        own = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
-            states["cuda"] = torch.cuda.get_rng_state(self.device)
+            own["cuda"] = torch.cuda.get_rng_state(self.device)
+        states = {"batches": self.batch_generator.get_state()}
+        for name, state in own.items():
+            for rank, gathered in enumerate(self.distributed.gather(state, self.device)):
+                states[_rank_state_name(rank, name)] = gathered
         return states
 
     def restore(self, checkpoint_path: Path, step: int) -> None:
         """Continue from a checkpoint: its optimizer state, RNG states and step."""
         states = load_training_state(checkpoint_path, self.optimizer)
+        rank = self.distributed.rank
         try:
-            torch.set_rng_state(states["torch"])
+            torch.set_rng_state(states[_rank_state_name(rank, "torch")])
             self.batch_generator.set_state(states["batches"])
-            if self.device.type == "cuda" and "cuda" in states:
-                torch.cuda.set_rng_state(states["cuda"], self.device)
+            if self.device.type == "cuda" and _rank_state_name(rank, "cuda") in states:
+                torch.cuda.set_rng_state(states[_rank_state_name(rank, "cuda")], self.device)
         except (KeyError, RuntimeError) as error:
             raise GenError(f"checkpoint {str(checkpoint_path)!r} has damaged random states ({error})") from None
         self.step = step
+
+
+def _rank_state_name(rank: int, name: str) -> str:
+    """Process 0's states keep the names a single process gives them."""
+    return name if rank == 0 else f"rank{rank}.{name}"
 
 
 # --- the run --------------------------------------------------------------------------
@@ -311,9 +359,17 @@ def _probe_writable(out: Path) -> None:
     """Write and remove a file in `out`, creating it for the moment if needed."""
     created = [folder for folder in (out, *out.parents) if not folder.exists()]
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
+        # Under torchrun every process probes at once, and another's cleanup may remove
+        # the folder between this one's mkdir and its file: then it is made again.
+        for attempt in range(10):
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+                with tempfile.TemporaryFile(dir=out):
+                    pass
+                break
+            except FileNotFoundError:
+                if attempt == 9:
+                    raise
     except OSError as error:
         raise GenError(f"--out {str(out)!r} cannot be written ({error.strerror}); "
                        f"choose another --out, or fix its permissions") from None
@@ -331,12 +387,17 @@ class Run:
     Built by `prepare_run`, driven by `train`. The run directory's metrics.jsonl is
     only touched once this run has written its first checkpoint, so an interrupted
     `--overwrite` run leaves the earlier run's checkpoints and log consistent.
+
+    In a run of several processes each has a Run; only process 0's (`is_main`) runs
+    the hooks and writes the run directory.
     """
 
     def __init__(self, config: TrainConfig, trainer: Trainer, model_name: str, out: Path,
                  best_val_loss: float | None):
         self.config = config
         self.trainer = trainer
+        self.distributed = trainer.distributed
+        self.is_main = self.distributed.is_main
         self.model_name = model_name
         self.out = out
         self.best_val_loss = best_val_loss
@@ -353,24 +414,37 @@ class Run:
         return self.trainer.dataset.tokenizer
 
     def summary(self) -> str:
-        """The first line of a run: the model, the tokens, the device."""
+        """The first line of a run: the model, the tokens, the global batch, the device."""
         parameters = sum(p.numel() for p in self.trainer.model.parameters())
         dataset = self.trainer.dataset
         line = (
             f"{self.model_name}: {parameters / 1e6:.2f}M parameters; {dataset.tokenizer_document['name']} "
             f"tokenizer, {self.tokenizer.vocab_size} tokens; {len(dataset.train_ids):,} train and "
-            f"{len(dataset.val_ids):,} val tokens; {self.trainer.device.type} {self.dtype_name}"
+            f"{len(dataset.val_ids):,} val tokens; {self.batch_arithmetic()}; "
+            f"{self.trainer.device.type} {self.dtype_name}"
         )
         return line + (", compiled" if self.config.compile else "")
+
+    def batch_arithmetic(self) -> str:
+        """Tokens per optimizer step, and where they come from: 2 processes x batch 12 x ..."""
+        factors = [f"batch {self.config.batch_size}", f"block {self.trainer.block_size}"]
+        if self.config.grad_accum > 1:
+            factors.append(f"grad accum {self.config.grad_accum}")
+        if self.distributed.launched:
+            factors.insert(0, self.distributed.describe())
+        return f"{self.trainer.tokens_per_step:,} tokens per step ({' x '.join(factors)})"
 
     @property
     def dtype_name(self) -> str:
         return str(self.trainer.dtype).removeprefix("torch.")
 
     def start(self) -> None:
+        if not self.is_main:
+            return
         get_plugins().call_hook("on_train_start", config={
             **self.train_args, "model_config": self.trainer.model.config_dict(),
             "device": str(self.trainer.device), "dtype": self.dtype_name,
+            "world_size": self.distributed.world_size,
         })
         self.out.mkdir(parents=True, exist_ok=True)
 
@@ -380,7 +454,10 @@ class Run:
         return due and not (self.config.resume and step == self.start_step)  # resumed: evaluated before
 
     def evaluate(self, tokens_per_second: float) -> dict:
-        """Both splits' losses at this step, as the metrics line of metrics.jsonl."""
+        """Both splits' losses at this step, as the metrics line of metrics.jsonl.
+
+        Every process evaluates its share of the batches; the losses are their means.
+        """
         step = self.trainer.step
         losses = self.trainer.estimate_losses()
         metrics = {
@@ -392,26 +469,40 @@ class Run:
             "elapsed_s": round(time.perf_counter() - self.started, 3),
             "tokens_per_s": round(tokens_per_second),
         }
+        if self.trainer.last_loss is not None:
+            metrics["batch_loss"] = self.trainer.last_loss.item()
         if step == 0:
             metrics["uniform_loss"] = math.log(self.tokenizer.vocab_size)
         self.metrics.append(metrics)
         return metrics
 
+    def stop_requested(self, metrics: dict) -> bool:
+        """Whether a plugin's on_eval hook (run by process 0) asks every process to stop."""
+        stop = self.is_main and any(result is True for result in get_plugins().call_hook(
+            "on_eval", step=self.trainer.step, metrics=metrics))
+        return self.distributed.decide(stop, self.trainer.device)
+
     def save_checkpoints(self, val_loss: float | None) -> None:
         """latest/ always, best/ when the validation loss improved; then the on_checkpoint hooks.
 
         Without a validation loss (a run interrupted between evaluations) only latest/.
+        Every process takes part (each holds a share of the random states); process 0 writes.
         """
+        rng_states = self.trainer.rng_states()
         improved = val_loss is not None and (self.best_val_loss is None or val_loss < self.best_val_loss)
         if improved:
             self.best_val_loss = val_loss
+        if not self.is_main:
+            self.saved_step = self.trainer.step  # process 0 wrote it
+            return
         for name in (LATEST, BEST) if improved else (LATEST,):
             path = self.out / name
             save_checkpoint(
                 path, model=self.trainer.model, model_name=self.model_name,
                 tokenizer_document=self.trainer.dataset.tokenizer_document, train_args=self.train_args,
                 step=self.trainer.step, best_val_loss=self.best_val_loss, val_loss=val_loss,
-                optimizer=self.trainer.optimizer, rng_states=self.trainer.rng_states(),
+                optimizer=self.trainer.optimizer, rng_states=rng_states,
+                world_size=self.distributed.world_size,
             )
             self.checkpoint_written = True
             self.saved_step = self.trainer.step
@@ -428,7 +519,7 @@ class Run:
 
     def write_metrics(self) -> None:
         """Append the new metrics lines (after this run's first checkpoint; see the class)."""
-        if not self.checkpoint_written:
+        if not self.checkpoint_written:  # never true but on process 0
             return
         path = self.out / METRICS_FILE
         if self.metrics_written == 0:
@@ -454,11 +545,25 @@ def _rewrite_metrics(path: Path, up_to_step: int | None) -> None:
     path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
-def prepare_run(config: TrainConfig, given: set[str]) -> Run:
-    """Settle the options, load the data and the model, and check the run directory.
+def _check_world_size(latest: Path, distributed: Distributed) -> None:
+    """A run resumes on as many processes as it trained on: each holds its own random state."""
+    recorded = read_config(latest).get("world_size", 1)
+    if recorded != distributed.world_size:
+        launch = "in one process, without torchrun" if recorded == 1 else f"with torchrun, {recorded} processes in all"
+        raise GenError(
+            f"the run in {str(latest.parent)!r} was trained by {processes(recorded)} and this is "
+            f"{distributed.describe()}; resume it {launch} (each process continues its own random state)"
+        )
 
-    Every check that can fail runs here, before anything is written.
+
+def prepare_run(config: TrainConfig, given: set[str], distributed: Distributed | None = None) -> Run:
+    """Settle the options, load the data and the model, check the run directory, and
+    join the other processes of a distributed run.
+
+    Every check that can fail runs here, before anything is written; each process of
+    a distributed run makes the same checks, so bad input stops them all alike.
     """
+    distributed = distributed or Distributed()
     out = Path(config.out)
     if config.resume and config.overwrite:
         raise GenError("--resume continues the run in --out and --overwrite starts it over; give one of them")
@@ -469,23 +574,28 @@ def prepare_run(config: TrainConfig, given: set[str]) -> Run:
     else:
         config = with_model_defaults(config, given)
     check_config(config)
-    device = resolve_device(config.device)
+    device = distributed.device(resolve_device(config.device))
     dtype = resolve_dtype(config.dtype, device)
     _check_out_dir(out, config)
+    if config.resume:
+        _check_world_size(out / LATEST, distributed)
 
+    progress = distributed.is_main  # one process reports downloads and tokenizer training
     if config.resume:
         resumed = load_checkpoint(out / LATEST, device="cpu")
-        dataset = load_dataset(config.data, tokenizer_document=resumed.tokenizer_document)
+        dataset = load_dataset(config.data, tokenizer_document=resumed.tokenizer_document, progress=progress)
         model_name, model = resumed.model_name, resumed.model
     else:
         model_name, model_options = model_spec(config)  # a wrong option fails before the data loads
-        dataset = load_dataset(config.data, tokenizer_spec=config.tokenizer)
-        torch.manual_seed(config.seed)  # the initial weights
+        dataset = load_dataset(config.data, tokenizer_spec=config.tokenizer, progress=progress)
+        torch.manual_seed(config.seed)  # the initial weights, the same in every process
         model = build_model(model_name, {**model_options, "vocab_size": dataset.tokenizer.vocab_size})
+        distributed.offset_seed(config.seed)
     block_size = model.config_dict()["block_size"]
     check_split_lengths(dataset, block_size)
     _check_training_fits(model, config, block_size, dataset.tokenizer.vocab_size)
-    trainer = Trainer(config, dataset, model, device, dtype)
+    distributed.start(device)
+    trainer = Trainer(config, dataset, model, device, dtype, distributed)
     if config.resume:
         trainer.restore(out / LATEST, resumed.step)
     return Run(config, trainer, model_name, out, resumed.best_val_loss if config.resume else None)
@@ -532,30 +642,51 @@ def train(
     """Run `gen train`. `given` names the options the user gave: they win over the model's
     training defaults and, on --resume, over the saved ones. By default, those that
     differ from TrainConfig's defaults."""
+    distributed = Distributed.from_environment()
+    try:
+        result = _train(config, given, progress, say, distributed)
+    except Exception as error:
+        # The process group is left to the process's exit: leaving it cleanly could
+        # wait on the other processes, which may be gone.
+        if distributed.started and is_collective_failure(error):
+            raise GenError(
+                f"process {distributed.rank} of this run lost the others ({_first_line(error)}); "
+                f"another process failed or was stopped: see its error (torchrun names it)"
+            ) from None
+        raise
+    distributed.close()
+    return result
+
+
+def _train(config: TrainConfig, given: set[str] | None, progress: bool, say: Callable[[str], None],
+           distributed: Distributed) -> TrainResult:
     from tqdm import tqdm
 
-    run = prepare_run(config, given_options(config) if given is None else set(given))
+    run = prepare_run(config, given_options(config) if given is None else set(given), distributed)
     config, trainer = run.config, run.trainer
+    if not run.is_main:  # the other processes of a distributed run keep quiet
+        say, progress = (lambda line: None), False
     say(run.summary())
     if config.resume:
         say(f"resuming {str(run.out)!r} at step {trainer.step}")
     run.start()
     bar = tqdm(total=config.max_iters, initial=trainer.step, unit="step", desc="training",
                disable=None if progress else True, dynamic_ncols=True)
+    write = bar.write if progress else say
     speed = Throughput(trainer.tokens_per_step)
     try:
         while True:
             if run.evaluation_due():
                 metrics = run.evaluate(speed.tokens_per_second)
-                bar.write(_describe(metrics, run.tokenizer.vocab_size))
+                write(_describe(metrics, run.tokenizer.vocab_size))
+                # (every process has the same losses, the means over all: all stop alike)
                 run.check_finite(metrics["val_loss"], "validation loss")
-                stop = any(result is True for result in get_plugins().call_hook(
-                    "on_eval", step=trainer.step, metrics=metrics))
+                stop = run.stop_requested(metrics)
                 if trainer.step > 0:
                     run.save_checkpoints(metrics["val_loss"])
                 run.write_metrics()
                 if stop:
-                    bar.write(f"stopped early at step {trainer.step} by a plugin's on_eval hook")
+                    write(f"stopped early at step {trainer.step} by a plugin's on_eval hook")
                     break
                 speed.restart()
             if trainer.step >= config.max_iters:
@@ -563,15 +694,22 @@ def train(
             loss = trainer.train_step()
             bar.update(1)
             if speed.tick(last_step=trainer.step == config.max_iters):
+                # the loss of the whole global batch, the same on every process (and checked
+                # at the same steps on each), so a NaN stops every process alike
                 run.check_finite(loss.item(), "training loss")
                 bar.set_postfix(loss=f"{loss.item():.4f}", tok_s=f"{speed.tokens_per_second:,.0f}", refresh=False)
     except KeyboardInterrupt:
         bar.close()
         if trainer.step != run.saved_step and trainer.step > 0:  # keep the steps since the last checkpoint
-            run.save_checkpoints(None)
-            run.write_metrics()
-            say(f"interrupted at step {trainer.step}; saved {run.out / LATEST}; "
-                f"continue with: gen train --out {run.out} --resume")
+            if run.distributed.launched:
+                # Under torchrun each process gets the signal at a different point, and a
+                # checkpoint gathers every process's random states (a collective): it would hang.
+                say(_interrupted_distributed(run))
+            else:
+                run.save_checkpoints(None)
+                run.write_metrics()
+                say(f"interrupted at step {trainer.step}; saved {run.out / LATEST}; "
+                    f"continue with: gen train --out {run.out} --resume")
         raise
     finally:
         bar.close()
@@ -581,6 +719,24 @@ def train(
         say(f"wrote {run.out / LATEST} (step {trainer.step}) and {run.out / BEST} "
             f"(val loss {run.best_val_loss:.4f}); took {time.perf_counter() - run.started:.1f} s")
     return run.result()
+
+
+def _interrupted_distributed(run: Run) -> str:
+    """What an interrupted distributed run says: it saves nothing, and resumes from its
+    last evaluation's checkpoint."""
+    step = run.trainer.step
+    if run.saved_step is None:
+        return (f"interrupted at step {step}; a distributed run saves no checkpoint when interrupted, "
+                f"and this one had written none yet: train again")
+    return (f"interrupted at step {step}; a distributed run saves no checkpoint when interrupted: it "
+            f"resumes from its last evaluation's, step {run.saved_step} in {run.out / LATEST}; continue "
+            f"with the same torchrun command and: gen train --out {run.out} --resume")
+
+
+def _first_line(error: BaseException) -> str:
+    """The gist of a collective's error: its first sentence, without gloo's source location."""
+    text = re.sub(r"^\[[^\]]*\]\s*", "", str(error).strip()).split(". ")[0].splitlines()
+    return text[0][:200] if text else type(error).__name__
 
 
 def _describe(metrics: dict, vocab_size: int) -> str:

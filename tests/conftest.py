@@ -79,3 +79,12 @@ def make_gpt():
 @pytest.fixture(scope="module")
 def gpt(make_gpt, tokenizer):
     return make_gpt(tokenizer.vocab_size)
+
+
+@pytest.fixture(scope="module")
+def corpus(module_cache, tmp_path_factory) -> Path:
+    """The first 40,000 characters of Tiny Shakespeare, in a file; training modules
+    share it (and module_cache, which this sets up first)."""
+    path = tmp_path_factory.mktemp("corpus") / "shakespeare-slice.txt"
+    path.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:40_000], encoding="utf-8")
+    return path
