@@ -20,9 +20,8 @@ import pluggy
 
 from gen.core import hookspecs
 from gen.core.errors import GenError
-from gen.core.specs import REQUIRED, Option, options_of
+from gen.core.specs import BUILTIN_PROVIDER, REQUIRED, Option, options_of
 
-BUILTIN_PROVIDER = "gen"
 BUILTIN_PLUGINS = (
     "gen.plugins.tokenizers",
     "gen.plugins.hf_tokenizers",

@@ -28,6 +28,7 @@ from typing import Callable
 from gen.core.errors import GenError
 
 SIMPLE_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+BUILTIN_PROVIDER = "gen"  # who registered gen's own plugins, as `gen plugins` shows it
 REQUIRED = inspect.Parameter.empty
 
 

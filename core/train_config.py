@@ -42,10 +42,10 @@ class TrainConfig:
     dropout: float | None = None
     bias: bool | None = None
     # optimisation
-    max_iters: int = 1500
+    max_iters: int = 1300
     batch_size: int = 12
     grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float = 3e-3
+    lr: float = 5e-3
     min_lr: float = 1e-4
     warmup_iters: int = 50
     lr_decay_iters: int | None = None  # the cosine reaches min_lr here; None: at max_iters

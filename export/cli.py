@@ -17,10 +17,17 @@ from gen.core import hookimpl
     "--checkpoint", default="out", show_default=True, type=click.Path(path_type=str),
     help="A checkpoint directory, or a run directory (its best checkpoint).",
 )
-@click.option("--opset", type=click.IntRange(min=1), default=None, help="ONNX opset, 18 or newer (default: the exporter's).")
+@click.option("--opset", type=click.IntRange(min=1), default=None,
+              help="ONNX opset, 18 or newer, of the portable graph (implies --portable).")
+@click.option("--portable", is_flag=True,
+              help="Write torch's operator-by-operator graph (standard ONNX operators only) instead of "
+                   "gpt's fused graph for onnxruntime.")
+@click.option("--static-cache", is_flag=True,
+              help="A KV cache of block_size positions that each step updates in place (gpt; faster decoding "
+                   "in gen run; its cache inputs differ from the plain past/present contract, see docs/export.md).")
 @click.option(
-    "--quantize", type=click.Choice(["int8"]), default=None,
-    help="Write the int8 model (dynamic quantization) and report the validation loss it costs.",
+    "--quantize", type=click.Choice(["int8", "int4"]), default=None,
+    help="Write int8 (dynamic) or int4 (MatMulNBits, weight-only) weights and report the validation loss it costs.",
 )
 @click.option(
     "--verify/--no-verify", default=True, show_default=True,
@@ -32,7 +39,7 @@ from gen.core import hookimpl
     "--genai", "genai_dir", default=None, metavar="DIR", type=click.Path(file_okay=False, path_type=str),
     help="Instead of OUTPUT: write DIR/model.onnx and the genai_config.json that onnxruntime-genai loads.",
 )
-def export(output, checkpoint, opset, quantize, verify, overwrite, genai_dir):
+def export(output, checkpoint, opset, portable, static_cache, quantize, verify, overwrite, genai_dir):
     """Export a checkpoint to OUTPUT.onnx: graph, weights, tokenizer and config in one file.
 
     With --genai DIR, the same file goes into DIR beside a genai_config.json, for
@@ -47,13 +54,13 @@ def export(output, checkpoint, opset, quantize, verify, overwrite, genai_dir):
         from gen.export.genai import export_genai
 
         export_genai(checkpoint, genai_dir, opset=opset, quantize=quantize, verify=verify, overwrite=overwrite,
-                     progress=click.echo)
+                     portable=portable, progress=click.echo)
         return
     from gen.export.onnx_export import check_export_destination, export_onnx
 
     check_export_destination(output, overwrite)  # before the checkpoint is even read
     export_onnx(checkpoint, output, opset=opset, quantize=quantize, verify=verify, overwrite=overwrite,
-                progress=click.echo)
+                portable=portable, static_cache=static_cache, progress=click.echo)
 
 
 @hookimpl

@@ -121,6 +121,7 @@ def export_genai(
     quantize: str | None = None,
     verify: bool = True,
     overwrite: bool = False,
+    portable: bool = False,
     progress: Callable[[str], None] | None = print,
 ):
     """Export `checkpoint` to DIRECTORY/model.onnx with DIRECTORY/genai_config.json, atomically.
@@ -138,6 +139,7 @@ def export_genai(
     with replace_directory_atomically(directory) as temporary:
         # The export's messages name the file where it will be, not the temporary folder.
         result = export_onnx(checkpoint, temporary / MODEL_FILE, opset=opset, quantize=quantize, verify=verify,
+                             portable=portable,
                              progress=lambda message: say(message.replace(str(temporary), str(directory))))
         model = read_artifact(temporary / MODEL_FILE).model
         if not model["n_layer"]:

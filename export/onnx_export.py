@@ -20,7 +20,7 @@ Steps, each announced through `progress`: trace with torch.export and translate
 to ONNX (torch.onnx.export(dynamo=True), from a sample with a non-empty past and
 every axis its own Dim), add the gen metadata, run onnx.checker (full check), write
 the file atomically as one file without external data, verify it against torch
-in onnxruntime, and optionally quantize it to int8.
+in onnxruntime, and optionally quantize it to int8 or int4 weights.
 """
 from __future__ import annotations
 
@@ -272,8 +272,9 @@ def add_metadata(proto: onnx.ModelProto, model_document: dict, tokenizer_documen
         proto.metadata_props.add(key=key, value=value)
 
 
-def model_document(model_name: str, config: dict, cache: CacheShape | None, parameters: int) -> dict:
-    return {
+def model_document(model_name: str, config: dict, cache: CacheShape | None, parameters: int,
+                   static_cache: bool = False) -> dict:
+    document = {
         "name": model_name,
         "config": config,
         "parameters": parameters,
@@ -283,6 +284,9 @@ def model_document(model_name: str, config: dict, cache: CacheShape | None, para
         "n_head": cache.n_head if cache else 0,
         "head_size": cache.head_size if cache else 0,
     }
+    if static_cache:  # the cache tensors hold block_size positions, updated in place
+        document["cache_capacity"] = config["block_size"]
+    return document
 
 
 def write_single_file(proto: onnx.ModelProto, path: Path) -> None:
@@ -315,6 +319,15 @@ def check_export_destination(path: str | os.PathLike, overwrite: bool) -> Path:
     return path
 
 
+def writes_fused_graph(model: torch.nn.Module, portable: bool) -> bool:
+    """Whether the export is gen.export.gpt_graph's fused decode graph: for gen's own GPT
+    (exactly that class: a subclass may compute something else), unless asked for the
+    portable graph (`portable`, or an explicit opset, which only that graph offers)."""
+    from gen.plugins.gpt import GPT
+
+    return type(model) is GPT and not portable
+
+
 def export_model(
     model: torch.nn.Module,
     path: str | os.PathLike,
@@ -325,6 +338,8 @@ def export_model(
     quantize: str | None = None,
     verify: bool = True,
     overwrite: bool = False,
+    portable: bool = False,
+    static_cache: bool = False,
     validation_ids: Sequence[int] | None = None,
     validation_source: str = "",
     training: dict | None = None,
@@ -332,18 +347,19 @@ def export_model(
 ) -> ExportResult:
     """Export `model` (with its tokenizer document {"name", "state"}) to `path`.
 
-    `training` (the checkpoint's step, losses and data, see `training_document`) is
-    recorded in the file for `gen info`.
+    gen's GPT is written as a fused decode graph (gen.export.gpt_graph) unless
+    `portable` (or an `opset`) asks for torch's exporter. `training` (the checkpoint's
+    step, losses and data, see `training_document`) is recorded in the file for `gen info`.
 
     `validation_ids` (token ids, described by `validation_source`), when given with
-    `quantize`, are scored by both the fp32 and the int8 model to report the loss the
+    `quantize`, are scored by both the fp32 and the quantized model to report the loss the
     quantization costs. The model is moved to the
     CPU, float32 and eval mode in place (as `Module.to` does).
     """
     say = progress or (lambda message: None)
     path = check_export_destination(path, overwrite)
-    if quantize not in (None, "int8"):
-        raise GenError(f"unknown quantization {quantize!r}; the one supported is int8")
+    if quantize not in (None, "int8", "int4"):
+        raise GenError(f"unknown quantization {quantize!r}; choose int8 or int4")
     # The file's contract is float32 on any device; the export traces and verifies on the CPU.
     model = model.to(device="cpu", dtype=torch.float32).eval()
     config = model_config(model)
@@ -359,12 +375,24 @@ def export_model(
         f"KV cache of {cache.n_layer} layers x {cache.n_head} heads x {cache.head_size}"
         if cache else "no KV cache"
     )
-    say(f"[1/4] tracing {name} ({parameters:,} parameters, {layout}) and translating to ONNX...")
-    proto = to_onnx_proto(model, cache, opset)
+    fused = writes_fused_graph(model, portable or opset is not None)
+    if static_cache and not fused:
+        raise GenError("a fixed-capacity cache (--static-cache) is written for gen's gpt model only, and not "
+                       "with --portable or --opset")
+    if fused:
+        from gen.export.gpt_graph import build_gpt_graph
+
+        kind = f"a fixed-capacity cache of {config['block_size']} positions" if static_cache else layout
+        say(f"[1/4] writing the decode graph of {name} ({parameters:,} parameters, {kind}) with "
+            f"onnxruntime's fused operators (--portable for torch's operator-by-operator graph)...")
+        proto = build_gpt_graph(model, capacity=config["block_size"] if static_cache else None)
+    else:
+        say(f"[1/4] tracing {name} ({parameters:,} parameters, {layout}) and translating to ONNX...")
+        proto = to_onnx_proto(model, cache, opset)
     produced_opset = _default_opset(proto)
 
     say(f"[2/4] adding gen metadata and checking the graph with onnx.checker (full check, opset {produced_opset})")
-    add_metadata(proto, model_document(name, config, cache, parameters), tokenizer_document, training)
+    add_metadata(proto, model_document(name, config, cache, parameters, static_cache), tokenizer_document, training)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as error:
@@ -387,12 +415,12 @@ def export_model(
             say("[4/4] verification skipped (--no-verify)")
 
         quantized = {}
-        if quantize == "int8":
-            from gen.export.quantize import quantize_int8
+        if quantize is not None:
+            from gen.export.quantize import quantize as quantize_file
 
-            with replace_file_atomically(output) as int8_output:  # the int8 file takes the fp32 one's place
-                quantized = quantize_int8(
-                    output, int8_output, validation_ids=validation_ids,
+            with replace_file_atomically(output) as quantized_output:  # takes the fp32 file's place
+                quantized = quantize_file(
+                    output, quantized_output, quantize, validation_ids=validation_ids,
                     validation_source=validation_source, progress=say,
                 )
     result = ExportResult(path, path.stat().st_size, produced_opset, max_diff, quantized)
@@ -408,6 +436,8 @@ def export_onnx(
     quantize: str | None = None,
     verify: bool = True,
     overwrite: bool = False,
+    portable: bool = False,
+    static_cache: bool = False,
     progress: Progress | None = print,
 ) -> ExportResult:
     """Export a checkpoint (a directory written by `gen train`, or a loaded checkpoint) to `path`."""
@@ -422,7 +452,7 @@ def export_onnx(
     if quantize:
         from gen.export.quantize import validation_ids_of
 
-        say("reading the checkpoint's validation data (to measure what int8 costs)")
+        say(f"reading the checkpoint's validation data (to measure what {quantize} costs)")
         validation_ids, validation_source = validation_ids_of(checkpoint)
     return export_model(
         checkpoint.model,
@@ -433,6 +463,8 @@ def export_onnx(
         quantize=quantize,
         verify=verify,
         overwrite=overwrite,
+        portable=portable,
+        static_cache=static_cache,
         validation_ids=validation_ids,
         validation_source=validation_source,
         training=training_document(checkpoint),

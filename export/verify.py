@@ -42,10 +42,13 @@ def _cases(block_size: int, cached: bool):
                 yield batch, length, block_size - length
 
 
-def _as_numpy(past) -> list[np.ndarray]:
-    """A backend's past as flat numpy arrays: torch's (key, value) pairs or onnxruntime's list."""
+def _as_numpy(past, length: int) -> list[np.ndarray]:
+    """A backend's past, `length` positions of it, as flat numpy arrays: torch's (key, value)
+    pairs, onnxruntime's list, or the buffers of a fixed-capacity cache."""
     if past is None:
         return []
+    if hasattr(past, "arrays"):  # gen.runtime.generator.CapacityCache
+        return past.arrays(length)
     flat = [tensor for pair in past for tensor in pair] if past and isinstance(past[0], tuple) else past
     return [tensor.numpy() if isinstance(tensor, torch.Tensor) else tensor for tensor in flat]
 
@@ -85,7 +88,7 @@ def verify_export(
             if past_length:
                 _, past = backend.forward(ids[:, :past_length], mask[:, :past_length], past)
             logits, presents = backend.forward(ids[:, past_length:], mask, past)
-            differences.append((logits, _as_numpy(presents)))
+            differences.append((logits, _as_numpy(presents, past_length + length)))
         (expected_logits, expected_cache), (logits, cache) = differences
         logits_diff = float(np.abs(logits - expected_logits).max())
         cache_diff = max((float(np.abs(got - want).max()) for got, want in zip(cache, expected_cache)), default=0.0)

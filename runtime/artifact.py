@@ -52,6 +52,7 @@ TRAINING_KEY = "gen.training"  # optional: what the checkpoint recorded (for `ge
 INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
 LOGITS = "logits"
+CACHE_POSITION = "cache_position"  # exports with a fixed-capacity cache: the slot the new tokens go to
 
 
 def past_names(n_layer: int) -> list[str]:
@@ -77,6 +78,11 @@ class Artifact:
     @property
     def block_size(self) -> int:
         return int(self.model["block_size"])
+
+    @property
+    def cache_capacity(self) -> int | None:
+        """The positions of a fixed-capacity cache (updated in place), or None for the plain one."""
+        return self.model.get("cache_capacity")
 
 
 # --- a minimal reader of the protobuf wire format -----------------------------------
@@ -329,4 +335,8 @@ def read_artifact(path: str | os.PathLike) -> Artifact:
         if isinstance(value, bool) or not isinstance(value, int) or not smallest <= value <= largest:
             raise GenError(f"{path} has {MODEL_KEY} metadata without a valid {key} ({smallest} to {largest:,}, "
                            f"got {value!r}); the file was altered or is not from gen export; export it again")
+    capacity = model.get("cache_capacity")
+    if capacity is not None and (not cached or capacity != model["block_size"]):
+        raise GenError(f"{path} has {MODEL_KEY} metadata with a cache_capacity ({capacity!r}) that is not its "
+                       f"block_size; the file was altered or is not from gen export; export it again")
     return Artifact(path, format_version, model, documents[TOKENIZER_KEY], documents.get(TRAINING_KEY))

@@ -46,8 +46,9 @@ from gen.core.generate import BackendBase, TextStep, TokenChoice, generate_text
 from gen.core.sampling import Sampler, Sampling
 from gen.core.tokenizer import tokenizer_from_dict
 from gen.runtime.artifact import (
-    MAX_THREADS,
     ATTENTION_MASK,
+    CACHE_POSITION,
+    MAX_THREADS,
     INPUT_IDS,
     LOGITS,
     past_names,
@@ -97,6 +98,7 @@ class Generator(BackendBase):
         self._cache_dims = (model["n_head"], model["head_size"])
         self._past_names = past_names(n_layer)
         self._output_names = [LOGITS, *present_names(n_layer)]
+        self.capacity = self.artifact.cache_capacity  # None: the plain, growing cache
         self._check_graph_against_metadata()
 
     def _check_graph_against_metadata(self) -> None:
@@ -111,7 +113,8 @@ class Generator(BackendBase):
 
         inputs = {node.name: node.shape for node in self.session.get_inputs()}
         outputs = {node.name: node.shape for node in self.session.get_outputs()}
-        expected_inputs = [INPUT_IDS, ATTENTION_MASK, *self._past_names]
+        expected_inputs = [INPUT_IDS, ATTENTION_MASK, *([CACHE_POSITION] if self.capacity else []),
+                           *self._past_names]
         if set(inputs) != set(expected_inputs) or set(outputs) != set(self._output_names):
             lacking = [name for name in expected_inputs + self._output_names if name not in {**inputs, **outputs}]
             extra = sorted(set(inputs) - set(expected_inputs)) + sorted(set(outputs) - set(self._output_names))
@@ -131,7 +134,8 @@ class Generator(BackendBase):
         # One step at position block_size - 1: a past of block_size - 1 (cached models) or a
         # whole window (the others). Small: one query, or no attention at all.
         length = self.block_size - 1 if self.uses_cache else 0
-        past = [np.zeros((1, n_head, length, head_size), dtype=np.float32)] * len(self._past_names)
+        past = self.empty_past(1) if self.capacity else \
+            [np.zeros((1, n_head, length, head_size), dtype=np.float32)] * len(self._past_names)
         tokens = 1 if self.uses_cache else self.block_size
         ids = np.zeros((1, tokens), dtype=np.int64)
         try:
@@ -148,13 +152,18 @@ class Generator(BackendBase):
         """(B, T) ids, (B, P+T) mask, past or None -> ((B, T, vocab) logits, past)."""
         if past is None:
             past = self.empty_past(input_ids.shape[0])
+        if self.capacity:
+            return past.step(input_ids, attention_mask), past
         feed = {INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask}
         feed.update(zip(self._past_names, past))
         outputs = self.session.run(self._output_names, feed)
         return outputs[0], outputs[1:]
 
-    def empty_past(self, batch_size: int) -> list[np.ndarray]:
-        """A zero-length KV cache for a prefill (an empty list for a model without a cache)."""
+    def empty_past(self, batch_size: int):
+        """An empty KV cache for a prefill: zero-length arrays (an empty list for a model
+        without a cache), or for a fixed-capacity export a new CapacityCache."""
+        if self.capacity:
+            return CapacityCache(self, batch_size)
         n_head, head_size = self._cache_dims
         empty = np.zeros((batch_size, n_head, 0, head_size), dtype=np.float32)
         return [empty] * len(self._past_names)
@@ -240,6 +249,49 @@ class Generator(BackendBase):
         chain = Sampling.of(sampler, logit_bias).new()
         rng = rng if rng is not None else np.random.default_rng(seed)
         return generate_text(self, self.tokenizer, prompts, chain, rng, max_new_tokens, stop, logprobs)
+
+
+class CapacityCache:
+    """The KV cache of one generation with a fixed-capacity export (`gen export --static-cache`).
+
+    onnxruntime-genai's way: one buffer per cache tensor, of the capacity's positions,
+    bound with IO binding as both the graph's past input and its present output, so the
+    graph writes each step's keys and values into it in place. A step then moves only
+    the new token ids, the mask and the slot they go to; nothing grows or is copied.
+    Each generation has its own buffers and binding, so threads never share one.
+    """
+
+    def __init__(self, generator: "Generator", batch_size: int):
+        n_head, head_size = generator._cache_dims
+        self.session = generator.session
+        self.capacity = generator.capacity
+        self.buffers = [onnxruntime.OrtValue.ortvalue_from_numpy(
+            np.zeros((batch_size, n_head, self.capacity, head_size), dtype=np.float32))
+            for _ in generator._past_names]
+        self.binding = self.session.io_binding()
+        for past, present, buffer in zip(generator._past_names, generator._output_names[1:], self.buffers):
+            self.binding.bind_ortvalue_input(past, buffer)
+            self.binding.bind_ortvalue_output(present, buffer)
+        self.mask = np.zeros((batch_size, self.capacity), dtype=np.int64)  # over every slot
+
+    def step(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """Run the graph on the new ids (B, T) with the mask of the past and them (B, P+T);
+        the buffers take the new keys and values at slots P..P+T-1. Returns the logits."""
+        filled = attention_mask.shape[1]
+        if filled > self.capacity:
+            raise GenError(f"a fixed-capacity cache holds {self.capacity} positions, not {filled}")
+        self.mask[:, :filled] = attention_mask
+        self.mask[:, filled:] = 0
+        self.binding.bind_cpu_input(INPUT_IDS, np.ascontiguousarray(input_ids, dtype=np.int64))
+        self.binding.bind_cpu_input(ATTENTION_MASK, self.mask)
+        self.binding.bind_cpu_input(CACHE_POSITION, np.array([filled - input_ids.shape[1]], dtype=np.int64))
+        self.binding.bind_output(LOGITS)  # anew each step: its shape follows the number of new tokens
+        self.session.run_with_iobinding(self.binding)
+        return self.binding.get_outputs()[-1].numpy()  # the logits, bound last
+
+    def arrays(self, length: int) -> list[np.ndarray]:
+        """The cache's first `length` positions as numpy arrays (for verification)."""
+        return [buffer.numpy()[:, :, :length] for buffer in self.buffers]
 
 
 def _open_session(path: str, providers: list[str], threads: int) -> onnxruntime.InferenceSession:

@@ -138,9 +138,9 @@ def test_mirostat_draws_only_tokens_within_its_cut_off_and_updates_each_rows_mu(
         rows = np.arange(3)
         # Each drawn token is within the cut-off, or the most likely token (always kept).
         most_likely = softmax(logits).argmax(axis=-1)  # as mirostat computes it, in float64
-        assert np.all((surprise[rows, ids] <= mu + 1e-9) | (ids == most_likely))
+        assert np.all((surprise[rows, ids] <= mu + 1e-5) | (ids == most_likely))  # float32 probabilities
         kept = log_softmax(sampler.drawn_from)[rows, ids] / -math.log(2)  # surprise under what it drew from
-        np.testing.assert_allclose(sampler.mu, mu - eta * (kept - tau), rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(sampler.mu, mu - eta * (kept - tau), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("spec, message", [

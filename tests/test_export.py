@@ -28,6 +28,7 @@ from gen.plugins.bigram import BigramLanguageModel
 from gen.plugins.gpt import GPT
 
 from gen.runtime.artifact import FORMAT_VERSION, past_names, present_names
+from gen.runtime.generator import Generator
 
 BLOCK_SIZE = 16  # conftest's small GPT
 GPT_CONFIG = dict(block_size=BLOCK_SIZE, n_layer=2, n_head=2, n_embd=32)
@@ -387,3 +388,84 @@ def test_an_unregistered_model_needs_a_name(tokenizer, tmp_path):
     model = PreviousTwoTokens(tokenizer.vocab_size, block_size=4)
     with pytest.raises(GenError, match="PreviousTwoTokens is not a registered gen model"):
         export_model(model, tmp_path / "x.onnx", tokenizer_document=tokenizer_to_dict("char", tokenizer))
+
+
+# --- graph variants: fused (the default for gpt), portable, fixed-capacity cache, int4 ------
+
+
+@pytest.fixture(scope="module")
+def variants(gpt, tokenizer, tmp_path_factory):
+    """The small GPT exported four ways, each verified against torch (int4: not verifiable)."""
+    folder = tmp_path_factory.mktemp("variants")
+    document = tokenizer_to_dict("char", tokenizer)
+    options = {"fused": {}, "portable": {"portable": True}, "static": {"static_cache": True}}
+    paths = {}
+    for name, extra in options.items():
+        result = export_model(gpt, folder / f"{name}.onnx", tokenizer_document=document, progress=None, **extra)
+        assert result.max_logits_diff <= 1e-4
+        paths[name] = result.path
+    return paths
+
+
+def node_kinds(path) -> dict:
+    proto = onnx.load(str(path))
+    return {"count": len(proto.graph.node), "domains": {node.domain for node in proto.graph.node},
+            "ops": {node.op_type for node in proto.graph.node},
+            "inputs": [i.name for i in proto.graph.input]}
+
+
+def test_gpt_exports_a_fused_graph_with_fewer_operators_and_portable_on_request(variants):
+    fused, portable = node_kinds(variants["fused"]), node_kinds(variants["portable"])
+    assert {"MultiHeadAttention", "SkipLayerNormalization"} <= fused["ops"] and "com.microsoft" in fused["domains"]
+    assert portable["domains"] <= {"", "ai.onnx"}  # standard operators only, for any ONNX runtime
+    assert fused["count"] < portable["count"] * 0.6
+    assert fused["inputs"] == portable["inputs"]  # the same contract: input_ids, attention_mask, past_key_values.*
+
+
+def test_every_graph_variant_generates_the_same_text(variants):
+    generators = {name: Generator(path) for name, path in variants.items()}
+    prompts = ["ROMEO:", "\n", "What, ho! Who is there?"]
+    for sampler, seed in (("greedy", None), ("top_k:k=5", 3)):
+        texts = {name: generator.generate(prompts, sampler=sampler, seed=seed, max_new_tokens=3 * BLOCK_SIZE)
+                 for name, generator in generators.items()}
+        assert texts["fused"] == texts["portable"] == texts["static"], sampler
+    # A batch of prompts of different lengths on the fixed-capacity cache equals each alone.
+    static = generators["static"]
+    alone = [static.generate([prompt], sampler="greedy", max_new_tokens=40)[0] for prompt in prompts]
+    assert static.generate(prompts, sampler="greedy", max_new_tokens=40) == alone
+
+
+def test_the_fixed_capacity_cache_is_declared_and_updated_in_place(variants):
+    from gen.runtime.artifact import read_artifact
+
+    kinds = node_kinds(variants["static"])
+    assert "cache_position" in kinds["inputs"] and "ScatterElements" in kinds["ops"]
+    assert read_artifact(variants["static"]).cache_capacity == BLOCK_SIZE
+    generator = Generator(variants["static"])
+    cache = generator.empty_past(1)
+    buffers = [id(buffer) for buffer in cache.buffers]
+    logits, after = generator.forward(np.array([[1, 2, 3]]), np.ones((1, 3), dtype=np.int64), cache)
+    logits, after = generator.forward(np.array([[4]]), np.ones((1, 4), dtype=np.int64), after)
+    assert after is cache and [id(buffer) for buffer in after.buffers] == buffers  # the same buffers, written into
+    assert np.abs(cache.arrays(4)[0][:, :, 3]).sum() > 0 and np.abs(cache.arrays(BLOCK_SIZE)[0][:, :, 4:]).sum() == 0
+
+
+def test_a_fixed_capacity_cache_needs_the_fused_gpt_graph(gpt, tokenizer, tmp_path):
+    with pytest.raises(GenError, match="fixed-capacity cache .* gpt model only, and not with --portable"):
+        export_model(gpt, tmp_path / "m.onnx", tokenizer_document=tokenizer_to_dict("char", tokenizer),
+                     portable=True, static_cache=True, progress=None)
+
+
+def test_int4_weights_shrink_the_file_and_the_loss_is_reported(gpt, tokenizer, text, tmp_path):
+    messages = []
+    result = export_model(
+        gpt, tmp_path / "int4.onnx", tokenizer_document=tokenizer_to_dict("char", tokenizer), quantize="int4",
+        verify=False, validation_ids=tokenizer.encode(text[-3000:]), validation_source="the test text",
+        progress=messages.append,
+    )
+    report = result.quantized
+    assert report["int4_bytes"] < report["fp32_bytes"] / 2 and result.size_bytes == report["int4_bytes"]
+    assert abs(report["int4_loss"] - report["fp32_loss"]) < 0.5
+    assert any("size: fp32" in message and "-> int4" in message for message in messages)
+    assert "MatMulNBits" in node_kinds(result.path)["ops"]
+    assert len(Generator(result.path).generate(["ROMEO:"], max_new_tokens=20, seed=1)[0]) == 20

@@ -129,9 +129,9 @@ def test_top_p_keeps_the_smallest_most_likely_set_reaching_p(logits, p):
         if len(dropped_probs):
             assert kept_probs.min() >= dropped_probs.max()
         # ... whose mass reaches p ...
-        assert kept_probs.sum() >= p - 1e-9
+        assert kept_probs.sum() >= p - 1e-6
         # ... and no more of them: without the least likely kept token it falls short.
-        assert kept_probs.sum() - kept_probs.min() < p + 1e-9
+        assert kept_probs.sum() - kept_probs.min() < p + 1e-6
 
 
 @quick

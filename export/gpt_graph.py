@@ -1,0 +1,196 @@
+"""The GPT's decode graph, written node by node with onnxruntime's fused operators.
+
+torch's exporter translates the GPT operator by operator: per layer about 23 nodes
+(reshapes and transposes around the attention, a concatenation per cache tensor, a
+separate residual Add before each LayerNorm). A decode step of a small model is a
+chain of tiny operators, where each node costs a few microseconds of overhead, so
+this module writes the same computation the way onnxruntime-genai's model builder
+does, with the fused kernels onnxruntime has for it (domain com.microsoft):
+
+    per layer:  MatMul(qkv) -> Split -> MultiHeadAttention(past -> present)
+                -> MatMul(proj) -> SkipLayerNormalization (residual + LayerNorm)
+                -> MatMul(fc) -> Gelu -> MatMul(proj) -> SkipLayerNormalization
+
+nine nodes a layer. The graph keeps gen's ONNX contract exactly (input_ids,
+attention_mask, past_key_values.{i}.key/.value in, logits and present.{i}.* out,
+positions from the mask), so the runtime and other consumers see no difference, and
+`gen export` verifies it against torch like any export. It runs on onnxruntime only
+(the fused operators are its own); `gen export --portable` writes the operator-by-
+operator graph of torch's exporter instead.
+
+Two things are computed once per step for every layer: the positions (from the
+mask, as GPT.forward_cached computes them) and the attention bias (0 where a query
+may look, the lowest float32 elsewhere: causal, and not at left padding).
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from gen.runtime.artifact import ATTENTION_MASK, CACHE_POSITION, INPUT_IDS, LOGITS, past_names, present_names
+
+OPSET = 20  # Gelu is a standard operator from opset 20
+MICROSOFT = "com.microsoft"
+LOWEST_FLOAT32 = float(np.finfo(np.float32).min)
+
+
+class GraphBuilder:
+    """Nodes and initializers, with names made unique by a counter."""
+
+    def __init__(self):
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.count = 0
+
+    def name(self, prefix: str) -> str:
+        self.count += 1
+        return f"{prefix}_{self.count}"
+
+    def constant(self, name: str, array: np.ndarray) -> str:
+        self.initializers.append(numpy_helper.from_array(np.array(array, order="C"), name))  # keeps 0-d scalars
+        return name
+
+    def op(self, op_type: str, inputs: list[str], outputs: int = 1, domain: str = "", **attributes) -> list[str]:
+        names = [self.name(op_type.lower()) for _ in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, inputs, names, name=self.name(op_type), domain=domain,
+                                           **attributes))
+        return names
+
+    def one(self, op_type: str, inputs: list[str], domain: str = "", **attributes) -> str:
+        return self.op(op_type, inputs, 1, domain, **attributes)[0]
+
+
+def _weight(tensor) -> np.ndarray:
+    return tensor.detach().to("cpu").float().numpy()
+
+
+def build_gpt_graph(model, capacity: int | None = None) -> onnx.ModelProto:
+    """The decode graph of a gen GPT (gen.plugins.gpt), with its weights.
+
+    With `capacity`, the graph has a fixed-capacity cache instead (see the module's
+    docstring): cache tensors of `capacity` positions, an input `cache_position` (the
+    slot the new tokens go to), an attention mask over all `capacity` slots, and
+    present tensors that are the past ones with the new keys and values written in.
+    """
+    static = capacity is not None
+    config = model.config
+    n_layer, n_head, n_embd = config.n_layer, config.n_head, config.n_embd
+    head_size = n_embd // n_head
+    transformer = model.transformer
+    g = GraphBuilder()
+    zero_bias = np.zeros(n_embd, dtype=np.float32)  # for LayerNorms without a bias
+
+    def linear(x: str, layer, prefix: str) -> str:
+        y = g.one("MatMul", [x, g.constant(f"{prefix}.weight_t", _weight(layer.weight).T)])
+        if layer.bias is not None:
+            y = g.one("Add", [y, g.constant(f"{prefix}.bias", _weight(layer.bias))])
+        return y
+
+    def norm_parameters(norm, prefix: str) -> list[str]:
+        beta = _weight(norm.bias) if norm.bias is not None else zero_bias
+        return [g.constant(f"{prefix}.weight", _weight(norm.weight)), g.constant(f"{prefix}.bias", beta)]
+
+    def skip_norm(x: str, residual: str, norm, prefix: str) -> tuple[str, str]:
+        """LayerNorm(x + residual), and x + residual itself (the new residual stream)."""
+        normed, _, _, summed = g.op("SkipLayerNormalization", [x, residual, *norm_parameters(norm, prefix)],
+                                    outputs=4, domain=MICROSOFT, epsilon=norm.eps)
+        return normed, summed
+
+    # Shapes: T new tokens, P cached ones (or, with a fixed capacity, P filled slots).
+    zero, one = g.constant("zero", np.array(0, np.int64)), g.constant("one", np.array(1, np.int64))
+    axis_one = g.constant("axis_one", np.array([1], np.int64))
+    axes_zero = g.constant("axes_zero", np.array([0], np.int64))
+    length = g.one("Gather", [g.one("Shape", [INPUT_IDS]), one], axis=0)  # T
+    if static:
+        past_length = g.one("Squeeze", [CACHE_POSITION, axes_zero])  # P
+    else:
+        past_length = g.one("Gather", [g.one("Shape", [past_names(n_layer)[0]]),
+                                       g.constant("two", np.array(2, np.int64))], axis=0)  # P
+    total = g.one("Add", [past_length, length])  # P + T
+
+    # Positions count real tokens only: cumsum(mask) - 1, at least 0, at the T new tokens.
+    positions = g.one("Sub", [g.one("CumSum", [ATTENTION_MASK, g.constant("axis_1", np.array(1, np.int64))]), one])
+    positions = g.one("Max", [positions, zero])
+    first_new = g.one("Unsqueeze", [past_length, axes_zero])
+    positions = g.one("Slice", [positions, first_new, g.one("Unsqueeze", [total, axes_zero]), axis_one])
+
+    # The attention bias (B, 1, T, keys): a query at absolute index P+t sees keys up to it
+    # (causal, aligned bottom-right) that are real tokens, and always itself. The keys are
+    # the P+T of the past and the new tokens, or every slot of a fixed-capacity cache.
+    keys = g.constant("capacity", np.array(capacity, np.int64)) if static else total
+    key_at = g.one("Range", [zero, keys, one])
+    query_at = g.one("Add", [g.one("Range", [zero, length, one]), past_length])  # (T,)
+    keys_row = g.one("Unsqueeze", [key_at, axes_zero])  # (1, keys)
+    queries_column = g.one("Unsqueeze", [query_at, axis_one])  # (T, 1)
+    causal = g.one("LessOrEqual", [keys_row, queries_column])  # (T, keys)
+    itself = g.one("Equal", [keys_row, queries_column])  # (T, keys)
+    real = g.one("Cast", [g.one("Unsqueeze", [ATTENTION_MASK, axis_one])], to=TensorProto.BOOL)  # (B, 1, keys)
+    allowed = g.one("And", [causal, g.one("Or", [real, itself])])  # (B, T, keys)
+    bias = g.one("Where", [allowed, g.constant("no_bias", np.array(0.0, np.float32)),
+                           g.constant("lowest", np.array(LOWEST_FLOAT32, np.float32))])
+    bias = g.one("Unsqueeze", [bias, axis_one])  # (B, 1, T, keys)
+    head_shape = g.constant("head_shape", np.array([0, 0, n_head, head_size], np.int64))
+    # With a fixed capacity, each new key goes to slot P+t: the scatter's indices, per element.
+    slots = g.one("Unsqueeze", [query_at, g.constant("axes_slots", np.array([0, 1, 3], np.int64))]) if static else None
+
+    # Embeddings, then the blocks. The first LayerNorm has no residual to add yet.
+    tokens = g.one("Gather", [g.constant("wte", _weight(transformer.wte.weight)), INPUT_IDS])
+    where = g.one("Gather", [g.constant("wpe", _weight(transformer.wpe.weight)), positions])
+    residual = g.one("Add", [tokens, where])  # (B, T, C)
+    first = transformer.h[0].ln_1
+    normed = g.one("LayerNormalization", [residual, *norm_parameters(first, "h.0.ln_1")], axis=-1,
+                   epsilon=first.eps)
+    split = g.constant("qkv_split", np.array([n_embd] * 3, np.int64))
+    for i, block in enumerate(transformer.h):
+        qkv = linear(normed, block.attn.c_attn, f"h.{i}.attn.c_attn")
+        query, key, value = g.op("Split", [qkv, split], outputs=3, axis=-1)
+        past_key, past_value = past_names(n_layer)[2 * i:2 * i + 2]
+        present_key, present_value = present_names(n_layer)[2 * i:2 * i + 2]
+        attended = g.name("attended")
+        if static:
+            # Write the new keys and values into their slots (in place, when the runtime
+            # binds present to past), then attend over every slot, the bias masking the
+            # empty ones.
+            for new, past, present in ((key, past_key, present_key), (value, past_value, present_value)):
+                heads = g.one("Transpose", [g.one("Reshape", [new, head_shape])], perm=[0, 2, 1, 3])  # (B, N, T, H)
+                indices = g.one("Expand", [slots, g.one("Shape", [heads])])
+                g.nodes.append(helper.make_node("ScatterElements", [past, indices, heads], [present],
+                                                name=g.name("ScatterElements"), axis=2))
+            g.nodes.append(helper.make_node(
+                "MultiHeadAttention", [query, present_key, present_value, "", "", bias],
+                [attended], name=g.name("MultiHeadAttention"), domain=MICROSOFT, num_heads=n_head))
+        else:
+            g.nodes.append(helper.make_node(
+                "MultiHeadAttention", [query, key, value, "", "", bias, past_key, past_value],
+                [attended, present_key, present_value], name=g.name("MultiHeadAttention"), domain=MICROSOFT,
+                num_heads=n_head))
+        projected = linear(attended, block.attn.c_proj, f"h.{i}.attn.c_proj")
+        normed, residual = skip_norm(projected, residual, block.ln_2, f"h.{i}.ln_2")
+        hidden = g.one("Gelu", [linear(normed, block.mlp.c_fc, f"h.{i}.mlp.c_fc")])
+        projected = linear(hidden, block.mlp.c_proj, f"h.{i}.mlp.c_proj")
+        following = transformer.h[i + 1].ln_1 if i + 1 < n_layer else transformer.ln_f
+        prefix = f"h.{i + 1}.ln_1" if i + 1 < n_layer else "ln_f"
+        normed, residual = skip_norm(projected, residual, following, prefix)
+    # The head is tied to the token embedding (GPT), so the same weights, transposed.
+    g.nodes.append(helper.make_node("MatMul", [normed, g.constant("lm_head.weight_t",
+                                                                   _weight(model.lm_head.weight).T)],
+                                    [LOGITS], name=g.name("MatMul")))
+
+    batch, sequence = "batch", "sequence"
+    past, total_sequence = (capacity, capacity) if static else ("past_sequence", "total_sequence")
+    cache = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [batch, n_head, past, head_size])
+             for name in past_names(n_layer)]
+    presents = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [batch, n_head, total_sequence, head_size])
+                for name in present_names(n_layer)]
+    position_input = [helper.make_tensor_value_info(CACHE_POSITION, TensorProto.INT64, [1])] if static else []
+    graph = helper.make_graph(
+        g.nodes, "gen_gpt_decoder",
+        [helper.make_tensor_value_info(INPUT_IDS, TensorProto.INT64, [batch, sequence]),
+         helper.make_tensor_value_info(ATTENTION_MASK, TensorProto.INT64, [batch, total_sequence]),
+         *position_input, *cache],
+        [helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, [batch, sequence, config.vocab_size]), *presents],
+        initializer=g.initializers,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MICROSOFT, 1)],
+                             producer_name="gen")
