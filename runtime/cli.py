@@ -15,7 +15,6 @@ import click
 from gen.core import hookimpl
 from gen.core.errors import GenError
 from gen.core.generation_options import echo_from_options, generation_options
-from gen.runtime.artifact import MAX_THREADS
 
 
 @click.command()
@@ -26,8 +25,8 @@ from gen.runtime.artifact import MAX_THREADS
     help="onnxruntime execution provider, e.g. cuda or CUDAExecutionProvider (default: CPU).",
 )
 @click.option(
-    "--threads", type=click.IntRange(1, MAX_THREADS), default=None,
-    help=f"onnxruntime intra-op threads, 1 to {MAX_THREADS} (default 1: fastest for one prompt on a busy machine).",
+    "--threads", type=click.IntRange(min=1), default=None,
+    help="onnxruntime intra-op threads, at most 4 per core (default 1: fastest for one prompt on a busy machine).",
 )
 def run(model, provider, threads, **options):
     """Generate text from MODEL.onnx (written by `gen export`) on onnxruntime."""
