@@ -334,6 +334,10 @@ class Scheduler:
                  publish: Callable[[list], None] | None = None, on_step: Callable[[int], None] | None = None):
         if max_batch < 1 or max_queue < 0:
             raise GenError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch} and {max_queue}")
+        if getattr(backend, "capacity", None):  # the rows' caches are padded and joined here, as arrays
+            raise GenError(f"{getattr(backend, 'path', 'this export')} has a fixed-capacity cache "
+                           f"(gen export --static-cache), which gen serve cannot batch; serve an export made "
+                           f"without --static-cache")
         self.backend = backend
         self.tokenizer = backend.tokenizer
         self.block_size = backend.block_size

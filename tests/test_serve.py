@@ -654,3 +654,15 @@ print("torch-free", response.json()["choices"][0]["text"])
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("torch-free ")
+
+
+def test_an_export_with_a_fixed_capacity_cache_is_refused_in_one_line(make_gpt, tokenizer, tmp_path):
+    from gen.core.errors import GenError
+    from gen.core.tokenizer import tokenizer_to_dict
+    from gen.export.onnx_export import export_model
+
+    path = tmp_path / "static.onnx"
+    export_model(make_gpt(tokenizer.vocab_size), path, tokenizer_document=tokenizer_to_dict("char", tokenizer),
+                 static_cache=True, progress=None, verify=False)
+    with pytest.raises(GenError, match="fixed-capacity cache .* which gen serve cannot batch"):
+        Scheduler(Generator(path))
