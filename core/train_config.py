@@ -23,13 +23,12 @@ from gen.core.specs import convert_options, options_of, parse_spec
 class TrainConfig:
     """The quick recipe for a 2-core CPU, by default.
 
-    With the gpt model's defaults that is nanoGPT's CPU model (4 layers, 4 heads, 128
-    wide, block 64) trained with twice its batch (24) and six times its learning rate,
-    a short warmup and a cosine decay over 800 steps instead of 2,000: fewer, larger
-    steps, which two CPU cores run at about 1.5 times the tokens per second of batch 12.
-    On Tiny Shakespeare (char tokens) it reaches an exact validation loss of about 1.84
-    in about 40 seconds on 2 CPU cores, under half of nanoGPT's recipe's time to its
-    1.90; benchmarks/time_to_loss.py measures both side by side.
+    With the gpt model's defaults that is nanoGPT's CPU model and batch (4 layers, 4
+    heads, 128 wide, block 64, batch 12) with five times its learning rate, a short
+    warmup and a cosine decay over 1,300 steps instead of 2,000. On Tiny Shakespeare
+    (char tokens) it reaches an exact validation loss of about 1.85 in under 40 seconds
+    on 2 idle CPU cores: 0.37x the time nanoGPT's recipe takes to its 1.90, measured
+    side by side by benchmarks/time_to_loss.py.
     """
 
     # data
