@@ -25,6 +25,7 @@ from gen.core.tokenizer import tokenizer_from_dict
 
 # ops that onnxruntime's dynamic quantization puts in a graph
 DYNAMIC_QUANTIZATION_OPS = ("DynamicQuantizeLinear", "MatMulInteger")
+WEIGHT_ONLY_INT4_OP = "MatMulNBits"
 
 
 def _size_on_disk(path: Path) -> int:
@@ -101,7 +102,9 @@ def describe_export(path: Path) -> dict:
     graph = read_graph_summary(path)
     model = artifact.model
     training = artifact.training or {}
-    if any(op in graph.operators for op in DYNAMIC_QUANTIZATION_OPS):
+    if WEIGHT_ONLY_INT4_OP in graph.operators:  # its packed 4-bit weights are stored as uint8
+        quantization = "int4"
+    elif any(op in graph.operators for op in DYNAMIC_QUANTIZATION_OPS):
         quantization = "int8"
     elif any(name in graph.weights for name in ("int8", "uint8")):
         quantization = "int8 (static)"

@@ -192,5 +192,8 @@ def build_gpt_graph(model, capacity: int | None = None) -> onnx.ModelProto:
         [helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, [batch, sequence, config.vocab_size]), *presents],
         initializer=g.initializers,
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MICROSOFT, 1)],
-                             producer_name="gen")
+    opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid(MICROSOFT, 1)]
+    # The oldest IR version that carries these opsets, not the installed onnx's newest:
+    # an onnxruntime a release behind onnx refuses a newer IR version it would otherwise run.
+    ir_version = helper.find_min_ir_version_for(opsets, ignore_unknown=True)
+    return helper.make_model(graph, opset_imports=opsets, ir_version=ir_version, producer_name="gen")

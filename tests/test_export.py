@@ -468,4 +468,14 @@ def test_int4_weights_shrink_the_file_and_the_loss_is_reported(gpt, tokenizer, t
     assert abs(report["int4_loss"] - report["fp32_loss"]) < 0.5
     assert any("size: fp32" in message and "-> int4" in message for message in messages)
     assert "MatMulNBits" in node_kinds(result.path)["ops"]
+    assert onnx.load(str(result.path)).ir_version <= 10  # see test_files_declare_the_oldest_ir_version...
     assert len(Generator(result.path).generate(["ROMEO:"], max_new_tokens=20, seed=1)[0]) == 20
+
+
+def test_files_declare_the_oldest_ir_version_their_opsets_need(variants):
+    # An onnxruntime a release behind the installed onnx refuses a newer IR version than
+    # it knows (measured: onnx 1.23 writes IR 14, onnxruntime 1.30 reads up to 13).
+    for name, path in variants.items():
+        proto = onnx.load(str(path), load_external_data=False)
+        needed = onnx.helper.find_min_ir_version_for(proto.opset_import, ignore_unknown=True)
+        assert proto.ir_version <= max(needed, 10), (name, proto.ir_version)

@@ -49,9 +49,9 @@ def run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def exports(run) -> dict:
-    paths = {"fp32": run.parent / "model.onnx", "int8": run.parent / "model.int8.onnx"}
+    paths = {kind: run.parent / f"model.{kind}.onnx" for kind in ("fp32", "int8", "int4")}
     for kind, path in paths.items():
-        result = gen("export", path, "--checkpoint", run, "--no-verify", *(["--quantize", "int8"] if kind == "int8" else []))
+        result = gen("export", path, "--checkpoint", run, "--no-verify", *(["--quantize", kind] if kind != "fp32" else []))
         assert result.exit_code == 0, result.output
     return paths
 
@@ -177,7 +177,7 @@ def test_info_of_a_run_directory_describes_its_best_checkpoint_and_the_run(run):
     assert gen("info", run).output.startswith(f"{run}: a gen train run directory")
 
 
-@pytest.mark.parametrize("kind", ["fp32", "int8"])
+@pytest.mark.parametrize("kind", ["fp32", "int8", "int4"])
 def test_info_of_an_export_matches_onnx_and_its_checkpoint(run, exports, kind):
     path = exports[kind]
     described = info(path)
@@ -185,7 +185,7 @@ def test_info_of_an_export_matches_onnx_and_its_checkpoint(run, exports, kind):
     proto = onnx.load(str(path))
     assert described["kind"] == "export"
     assert described["opset"] == next(entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx"))
-    assert described["quantization"] == (None if kind == "fp32" else "int8")
+    assert described["quantization"] == (None if kind == "fp32" else kind)
     assert described["kv_cache"] == {"n_layer": 1, "n_head": 2, "head_size": 16}
     for key in ("parameters", "tokenizer", "block_size", "step", "val_loss", "best_val_loss"):
         assert described[key] == checkpoint[key], key
@@ -195,6 +195,7 @@ def test_info_of_an_export_matches_onnx_and_its_checkpoint(run, exports, kind):
     assert described["graph_weights"].get("float32", 0) == float_weights
     text = gen("info", path).output
     assert ("quantization  none" in text) == (kind == "fp32")
+    assert (f"quantization  {kind}" in text) == (kind != "fp32")
     assert "KV cache      yes: 1 layer x 2 heads x 16" in text
 
 
