@@ -130,9 +130,10 @@ def build_gpt_graph(model, capacity: int | None = None) -> onnx.ModelProto:
     bias = g.one("Where", [allowed, g.constant("no_bias", np.array(0.0, np.float32)),
                            g.constant("lowest", np.array(LOWEST_FLOAT32, np.float32))])
     bias = g.one("Unsqueeze", [bias, axis_one])  # (B, 1, T, keys)
-    head_shape = g.constant("head_shape", np.array([0, 0, n_head, head_size], np.int64))
     # With a fixed capacity, each new key goes to slot P+t: the scatter's indices, per element.
-    slots = g.one("Unsqueeze", [query_at, g.constant("axes_slots", np.array([0, 1, 3], np.int64))]) if static else None
+    if static:
+        head_shape = g.constant("head_shape", np.array([0, 0, n_head, head_size], np.int64))
+        slots = g.one("Unsqueeze", [query_at, g.constant("axes_slots", np.array([0, 1, 3], np.int64))])
 
     # Embeddings, then the blocks. The first LayerNorm has no residual to add yet.
     tokens = g.one("Gather", [g.constant("wte", _weight(transformer.wte.weight)), INPUT_IDS])

@@ -479,3 +479,11 @@ def test_files_declare_the_oldest_ir_version_their_opsets_need(variants):
         proto = onnx.load(str(path), load_external_data=False)
         needed = onnx.helper.find_min_ir_version_for(proto.opset_import, ignore_unknown=True)
         assert proto.ir_version <= max(needed, 10), (name, proto.ir_version)
+
+
+def test_the_graphs_carry_no_unused_weights(variants):
+    # onnxruntime warns on every session start about an initializer no node reads.
+    for name, path in variants.items():
+        graph = onnx.load(str(path)).graph
+        read = {tensor for node in graph.node for tensor in node.input}
+        assert [t.name for t in graph.initializer if t.name not in read] == [], name
