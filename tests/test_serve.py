@@ -27,7 +27,7 @@ from gen.core.sampling import Sampling
 from gen.runtime.api import Limits
 from gen.runtime.generator import Generator
 from gen.runtime.scheduler import Choice, Failed, Finished, Piece, Scheduler, exact_padding_quantum
-from gen.runtime.server import create_app
+from gen.runtime.server import Inbox, create_app
 
 BUILT_IN_CHAINS = [
     ["multinomial"], ["greedy"], ["temperature:t=0.7"], ["top_k:k=5"], ["top_p:p=0.8"], ["min_p:p=0.2"],
@@ -318,13 +318,15 @@ def test_completions_equal_gen_run_with_the_same_seed(server, client):
 
 def test_streaming_sends_the_same_text_then_usage_and_done(server, client):
     _, generator = server
-    chunks = list(client.completions.create(model="m", prompt="JULIET:", max_tokens=80, seed=3, stream=True,
+    chunks = list(client.completions.create(model="m", prompt="JULIET:", max_tokens=200, seed=3, stream=True,
                                             stream_options={"include_usage": True}))
     text = "".join(chunk.choices[0].text for chunk in chunks if chunk.choices)
-    assert text == alone(generator, "JULIET:", [], 3, 80)
-    assert len([chunk for chunk in chunks if chunk.choices]) > 5  # it streamed, not one piece
+    assert text == alone(generator, "JULIET:", [], 3, 200)
+    # It streamed, not one piece: the first token goes out at once, the rest as the loop
+    # collects them every few milliseconds (200 tokens take far longer than one interval).
+    assert len([chunk for chunk in chunks if chunk.choices]) >= 2
     assert chunks[-2].choices[0].finish_reason == "length"
-    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 80
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 200
     raw = httpx.post(f"{server[0]}/v1/completions", json={"prompt": "a", "max_tokens": 3, "stream": True}, timeout=30)
     assert raw.headers["content-type"].startswith("text/event-stream")
     assert raw.text.endswith("data: [DONE]\n\n") and "usage" not in raw.text  # usage only when asked
@@ -666,3 +668,37 @@ def test_an_export_with_a_fixed_capacity_cache_is_refused_in_one_line(make_gpt, 
                  static_cache=True, progress=None, verify=False)
     with pytest.raises(GenError, match="fixed-capacity cache .* which gen serve cannot batch"):
         Scheduler(Generator(path))
+
+
+class Received:
+    def __init__(self):
+        self.events = []
+
+    def deliver(self, event):
+        self.events.append(event)
+
+
+def test_the_inbox_delivers_every_event_in_order_and_wakes_the_loop_after_a_pause():
+    async def main():
+        inbox = Inbox(asyncio.get_running_loop())
+        received = Received()
+
+        def scheduler_thread(first, count):
+            for i in range(first, first + count):
+                inbox.publish([(received, i)])
+                inbox.publish([])  # a step without events
+                time.sleep(0.0002)
+
+        for burst, first in enumerate((0, 1000), start=1):  # a burst, a pause of several intervals, a burst
+            thread = threading.Thread(target=scheduler_thread, args=(first, 300))
+            thread.start()
+            await asyncio.to_thread(thread.join)
+            for _ in range(250):  # at most a second
+                if len(received.events) == 300 * burst:
+                    break
+                await asyncio.sleep(Inbox.POLL_SECONDS)
+            await asyncio.sleep(5 * Inbox.POLL_SECONDS)
+            assert not inbox.collecting  # nothing came for an interval: it stopped polling
+        return received.events
+
+    assert asyncio.run(main()) == [*range(300), *range(1000, 1300)]
