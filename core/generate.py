@@ -281,8 +281,9 @@ def token_choices(logits, drawn_from, ids, top_n: int, tokenizer) -> list[TokenC
     """The TokenChoice of every row of one step: `logits` (B, V) from the model,
     `drawn_from` (B, V) what the sampler drew `ids` (B,) from."""
     model = log_softmax(logits)
-    sampled = log_softmax(drawn_from)
-    top = np.argsort(-model, axis=-1, kind="stable")[:, :top_n]
+    sampled = model if drawn_from is logits else log_softmax(drawn_from)  # a chain without filters
+    # Sorting the whole vocabulary every token only pays when alternatives are asked for.
+    top = np.argsort(-model, axis=-1, kind="stable")[:, :top_n] if top_n else np.empty((len(ids), 0), np.int64)
     choices = []
     for row, token in enumerate(ids.tolist()):
         alternatives = [

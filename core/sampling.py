@@ -310,6 +310,11 @@ def build_sampler_chain(specs: Sequence[str], logit_bias: Mapping[int, float] | 
     (greedy, multinomial, a plugin's) may only stand last. A logit bias applies first.
     """
     links = [ChainLink(*_build(spec)) for spec in specs or ["multinomial"]]
+    return _chain(links, logit_bias)
+
+
+def _chain(links: list[ChainLink], logit_bias: Mapping[int, float] | None) -> SamplerChain:
+    """The chain of `links`, with a logit bias applied first."""
     if logit_bias:
         links.insert(0, ChainLink(LogitBias(logit_bias), BUILTIN_PROVIDER, "logit_bias"))
     return SamplerChain(links)
@@ -332,16 +337,16 @@ class Sampling:
     def new(self) -> SamplerChain:
         if self.sampler is None:
             return build_sampler_chain(self.specs, self.logit_bias)
-        links = [ChainLink(self.sampler, "the caller")]
-        if self.logit_bias:
-            links.insert(0, ChainLink(LogitBias(self.logit_bias), BUILTIN_PROVIDER, "logit_bias"))
-        return SamplerChain(links)
+        return _chain([ChainLink(self.sampler, "the caller")], self.logit_bias)
 
     @classmethod
     def of(cls, sampler=None, logit_bias: Mapping[int, float] | None = None) -> "Sampling":
         """From what an API caller passes: a spec, a list of specs, a sampler object, or None."""
         if isinstance(sampler, Sampling):
-            return sampler
+            if not logit_bias:
+                return sampler
+            # A logit bias given beside it adds to its own.
+            return cls(sampler.specs, {**sampler.logit_bias, **logit_bias}, sampler.sampler)
         if sampler is None:
             return cls([], logit_bias)
         if isinstance(sampler, str):

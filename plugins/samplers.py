@@ -34,9 +34,12 @@ class Greedy:
     """Always pick the most likely token (deterministic)."""
 
     def __call__(self, logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        ids = argmax(check_logits(logits))
+        logits = check_logits(logits)
+        ids = argmax(logits)
         # What it drew from, for per-token probabilities: all the mass on that one token.
-        self.drawn_from = mask_logits(logits, np.arange(logits.shape[-1]) != ids[:, None])
+        rows = np.arange(len(ids))
+        self.drawn_from = np.full_like(logits, -np.inf)
+        self.drawn_from[rows, ids] = logits[rows, ids]
         return ids
 
 
@@ -163,13 +166,17 @@ class NoRepeatNgram(LogitsFilter):
         remove = np.zeros(logits.shape, dtype=bool)
         prefix_length = self.n - 1
         for row, tokens in enumerate(context.tokens):
-            ids = tokens.tolist()
-            # Index the n-grams that end in ids this row gained since the last step.
-            for end in range(max(self.indexed[row], self.n), len(ids) + 1):
-                self.followers[row].setdefault(tuple(ids[end - self.n:end - 1]), set()).add(ids[end - 1])
-            self.indexed[row] = len(ids) + 1
-            prefix = tuple(ids[len(ids) - prefix_length:]) if prefix_length else ()
-            banned = self.followers[row].get(prefix) if len(ids) >= prefix_length else None
+            length = len(tokens)
+            # Index the n-grams that end in ids this row gained since the last step; only
+            # those ids and the n-1 before them become Python ints, not the whole text.
+            start = max(self.indexed[row], self.n)
+            offset = max(0, start - self.n)
+            tail = tokens[offset:].tolist()
+            for end in range(start - offset, length - offset + 1):
+                self.followers[row].setdefault(tuple(tail[end - self.n:end - 1]), set()).add(tail[end - 1])
+            self.indexed[row] = length + 1
+            prefix = tuple(tokens[length - prefix_length:].tolist()) if prefix_length else ()
+            banned = self.followers[row].get(prefix) if length >= prefix_length else None
             if banned:
                 remove[row, list(banned)] = True
         # Never remove every token: a row with nothing left keeps its distribution.

@@ -24,7 +24,7 @@ from gen.core.cli import GenGroup
 from gen.core.commands import sample
 from gen.core.errors import GenError
 from gen.core.generate import SAMPLE_SEPARATOR, generate_text
-from gen.core.sampling import build_sampler_chain
+from gen.core.sampling import Sampling, build_sampler_chain
 from gen.core.scoring import exact_loss
 from gen.core.tokenizer import tokenizer_to_dict
 from gen.core.torch_backend import TorchBackend
@@ -276,6 +276,10 @@ def test_logit_bias_in_the_python_api_bans_and_favours_tokens(generator, tokeniz
     [z] = tokenizer.encode("z")
     favoured = generator.generate(["ROMEO:"], seed=1, max_new_tokens=100, logit_bias={z: 30.0})[0]
     assert favoured.count("z") > 90
+    # A Sampling object takes a logit bias given beside it too.
+    text = generator.generate(["ROMEO:"], sampler=Sampling(["temperature:t=1.5"]), seed=1, max_new_tokens=300,
+                              logit_bias={e: -math.inf})[0]
+    assert "e" not in text and len(text) == 300
 
 
 # --- the Generator API ----------------------------------------------------------------------
