@@ -33,7 +33,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from gen.core.errors import GenError
+from gen.core.errors import GenError, first_line
 from gen.core.files import check_utf8_path, recover_interrupted_replace, replace_directory_atomically
 from gen.core.tokenizer import Tokenizer, tokenizer_from_dict
 
@@ -258,8 +258,8 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> Checkpoint:
     except FileNotFoundError:
         raise GenError(f"checkpoint {str(directory)!r} is damaged: {WEIGHTS_FILE} is missing") from None
     except (SafetensorError, OSError, ValueError) as error:
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise GenError(f"checkpoint {str(directory)!r} is damaged: cannot read {WEIGHTS_FILE} ({message})") from None
+        raise GenError(f"checkpoint {str(directory)!r} is damaged: cannot read {WEIGHTS_FILE} "
+                       f"({first_line(error)})") from None
     except RuntimeError as error:  # missing, unexpected or wrongly shaped tensors
         message = " ".join(str(error).split())[:300]
         raise GenError(
@@ -306,7 +306,7 @@ def load_training_state(path: str | os.PathLike, optimizer) -> dict:
             f"({STATE_TENSORS_FILE}, {STATE_JSON_FILE})"
         ) from None
     except (SafetensorError, OSError, ValueError) as error:
-        raise damaged(f"cannot read it: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+        raise damaged(f"cannot read it: {first_line(error)}") from None
     if not isinstance(document, dict) or not isinstance(document.get("param_groups"), list) \
             or not isinstance(document.get("state", {}), dict):
         raise damaged(f"{STATE_JSON_FILE} is not {{'param_groups': [...], 'state': {{...}}}}")

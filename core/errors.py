@@ -7,3 +7,10 @@ class GenError(Exception):
     The message says what was wrong and what to do. The CLI prints it as
     `Error: <message>` and exits with status 1, without a traceback.
     """
+
+
+def first_line(error: Exception) -> str:
+    """The first line of an exception's message (its type's name if it has none): what a
+    one-line error quotes of another library's multi-line message."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -36,7 +36,7 @@ from typing import Callable, Sequence
 import onnx
 import torch
 
-from gen.core.errors import GenError
+from gen.core.errors import GenError, first_line
 from gen.core.files import check_writable_destination, replace_file_atomically
 from gen.core.model import has_kv_cache
 from gen.core.tokenizer import tokenizer_from_dict
@@ -239,8 +239,7 @@ def to_onnx_proto(model: torch.nn.Module, cache: CacheShape | None, opset: int |
                 verbose=False,
             )
     except Exception as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise GenError(f"torch could not export {type(model).__name__} to ONNX: {first_line}") from error
+        raise GenError(f"torch could not export {type(model).__name__} to ONNX: {first_line(error)}") from error
     proto = program.model_proto
     produced = _default_opset(proto)
     if opset is not None and produced != opset:

@@ -27,7 +27,8 @@ import json
 from typing import Sequence
 
 from gen.core import GenError, hookimpl
-from gen.plugins.tokenizers import _check_ids
+from gen.core.errors import first_line
+from gen.plugins.tokenizers import _check_ids, _check_state
 
 
 @hookimpl
@@ -57,8 +58,7 @@ class HFTokenizer:
         try:
             self._tokenizer = tokenizers.Tokenizer.from_str(json.dumps(document))
         except Exception as error:  # the tokenizers package raises its own exception types
-            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise GenError(f"the tokenizers package cannot read this tokenizer.json ({message})") from None
+            raise GenError(f"the tokenizers package cannot read this tokenizer.json ({first_line(error)})") from None
         self.document = document
         vocabulary = self._tokenizer.get_vocab(with_added_tokens=True)
         if not vocabulary:
@@ -93,7 +93,8 @@ class HFTokenizer:
 
     @classmethod
     def from_dict(cls, state: dict) -> "HFTokenizer":
-        if not isinstance(state, dict) or set(state) != {"tokenizer"} or not isinstance(state["tokenizer"], dict):
+        _check_state("hf", state, ["tokenizer"])
+        if not isinstance(state["tokenizer"], dict):
             raise GenError('the stored hf tokenizer state is malformed; expected {"tokenizer": <tokenizer.json object>}')
         return cls(state["tokenizer"])
 

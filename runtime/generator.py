@@ -41,7 +41,7 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 import onnxruntime
 
-from gen.core.errors import GenError
+from gen.core.errors import GenError, first_line
 from gen.core.generate import BackendBase, TextStep, TokenChoice, generate_text
 from gen.core.sampling import Sampler, Sampling
 from gen.core.tokenizer import tokenizer_from_dict
@@ -141,8 +141,7 @@ class Generator(BackendBase):
         try:
             logits, _ = self.forward(ids, np.ones((1, length + tokens), dtype=np.int64), past)
         except Exception as error:  # onnxruntime's own exception types
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise mismatch(f"a step at position {self.block_size - 1} fails: {first_line[:200]}") from None
+            raise mismatch(f"a step at position {self.block_size - 1} fails: {first_line(error)[:200]}") from None
         if logits.shape != (1, tokens, self.vocab_size):
             raise mismatch(f"a step gives logits of shape {logits.shape}, not (1, {tokens}, {self.vocab_size})")
 
@@ -304,8 +303,7 @@ def _open_session(path: str, providers: list[str], threads: int) -> onnxruntime.
     try:
         session = onnxruntime.InferenceSession(path, options, providers=providers)
     except Exception as error:  # onnxruntime raises its own exception types
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise GenError(f"onnxruntime cannot load {path}: {first_line}") from None
+        raise GenError(f"onnxruntime cannot load {path}: {first_line(error)}") from None
     if session.get_providers()[0] != providers[0]:
         raise GenError(
             f"onnxruntime could not start {providers[0]} for {path} (it fell back to "

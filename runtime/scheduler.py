@@ -46,7 +46,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from gen.core.errors import GenError
+from gen.core.errors import GenError, first_line
 from gen.core.generate import (
     History,
     RowText,
@@ -507,7 +507,7 @@ class Scheduler:
                 sampled += batch.decode(self.backend)
             except Exception as error:  # onnxruntime's own exception types
                 for row in batch.live:
-                    self._fail(row.request, f"the model failed: {_first_line(error)}", events)
+                    self._fail(row.request, f"the model failed: {first_line(error)}", events)
         self._prefilled = []
         sampled += self._prefill(events)
         return sampled
@@ -541,7 +541,7 @@ class Scheduler:
                 logits, past = self.backend.step(input_ids, mask, None)
             except Exception as error:
                 for row in rows:
-                    self._fail(row.request, f"the model failed: {_first_line(error)}", events)
+                    self._fail(row.request, f"the model failed: {first_line(error)}", events)
                 continue
             for i, row in enumerate(rows):
                 row.waited = 0
@@ -560,7 +560,7 @@ class Scheduler:
             logits, _ = self.backend.step(input_ids, mask, None)
         except Exception as error:
             for row in rows:
-                self._fail(row.request, f"the model failed: {_first_line(error)}", events)
+                self._fail(row.request, f"the model failed: {first_line(error)}", events)
             return []
         return [(row, logits[i:i + 1]) for i, row in enumerate(rows)]
 
@@ -626,11 +626,6 @@ class Scheduler:
 def _deliver_each(events: list) -> None:
     for request, event in events:
         request.deliver(event)
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 # --- how far padding may go -------------------------------------------------------------
