@@ -78,6 +78,11 @@ class CompletionRequest:
     include_usage: bool = False
     echo: bool = False
     logprobs: int | None = None
+    n: int = 1  # completions per prompt
+
+    def prompt_of(self, choice: int) -> str:
+        """The prompt that choice number `choice` continues."""
+        return self.prompts[choice // self.n]
 
 
 # --- reading the request -------------------------------------------------------------
@@ -294,7 +299,7 @@ def parse_completion_request(body: bytes | dict, tokenizer, vocab_size: int, lim
         for sample in range(n)
     ]
     return CompletionRequest(prompts, [len(ids) for ids in prompt_ids], choices, specs, seed, stream,
-                             include_usage, _boolean(document, "echo"), logprobs)
+                             include_usage, _boolean(document, "echo"), logprobs, n)
 
 
 # --- writing the response --------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import html
 import importlib.resources
 import json
 import os
@@ -106,8 +107,7 @@ class Progress:
         self.last_token_at: list[float | None] = [None] * count
         self.first_token_seen = False
         self.error: str | None = None
-        n = count // len(parsed.prompts)
-        self.logprobs = [LogprobsWriter(len(parsed.prompts[k // n])) for k in range(count)]
+        self.logprobs = [LogprobsWriter(len(parsed.prompt_of(k))) for k in range(count)]
 
     @property
     def done(self) -> bool:
@@ -126,7 +126,7 @@ class Progress:
             if isinstance(event, Piece):
                 self._timing(event)
                 if event.token is not None:
-                    tokens = [*tokens, event.token]
+                    tokens.append(event.token)
                     self.all_tokens[k].append(event.token)
             else:
                 finish = self.finish[k] = event.reason
@@ -288,12 +288,11 @@ def create_app(generator, *, model_name: str | None = None, max_batch: int = 32,
             metrics.requests.labels("failed").inc()
             return error_response(APIError(progress.error, status=500, type="server_error"))
         parsed = progress.parsed
-        n = len(parsed.choices) // len(parsed.prompts)
         choices = []
         for k, pieces in enumerate(progress.texts):
             text = "".join(pieces)
             if parsed.echo:
-                text = parsed.prompts[k // n] + text
+                text = parsed.prompt_of(k) + text
             choices.append(choice_object(k, text, None, progress.finish[k]))
         if parsed.logprobs is not None:
             for choice, writer, tokens in zip(choices, progress.logprobs, progress.all_tokens):
@@ -305,12 +304,11 @@ def create_app(generator, *, model_name: str | None = None, max_batch: int = 32,
     async def stream(handle, events, progress, request_id, now):
         """Server-sent events: a chunk per choice per batch of events, then usage if asked, then [DONE]."""
         parsed = progress.parsed
-        n = len(parsed.choices) // len(parsed.prompts)
         sse = StreamChunks(request_id, now, model_name)
         outcome = "cancelled"  # unless it gets to the end
         try:
             if parsed.echo:
-                yield "".join(sse.choice(k, parsed.prompts[k // n], None, None) for k in range(len(parsed.choices)))
+                yield "".join(sse.choice(k, parsed.prompt_of(k), None, None) for k in range(len(parsed.choices)))
             while not progress.done:
                 changed = progress.take(await events.next_batch())
                 if progress.error is not None:
@@ -351,8 +349,11 @@ def create_app(generator, *, model_name: str | None = None, max_batch: int = 32,
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     page = importlib.resources.files("gen.runtime").joinpath("playground", "index.html").read_text("utf-8")
-    page = page.replace("{{PROBABILITY_COLOURS}}", json.dumps(PROBABILITY_COLOURS)).replace(
-        "{{MODEL}}", model_name)
+    # The model's name is a file name: escaped for HTML, and for the script as a JSON string
+    # that cannot close its <script> element.
+    page = (page.replace("{{PROBABILITY_COLOURS}}", json.dumps(PROBABILITY_COLOURS))
+            .replace("{{MODEL_JSON}}", json.dumps(model_name).replace("</", "<\\/"))
+            .replace("{{MODEL}}", html.escape(model_name)))
 
     async def playground(request: Request) -> Response:
         return HTMLResponse(page)

@@ -507,6 +507,15 @@ def test_the_playground_page_and_its_files_come_from_the_package(server):
         assert "://" not in httpx.get(f"{server[0]}/{name}", timeout=30).text  # nothing fetched from elsewhere
 
 
+def test_the_model_name_cannot_break_the_page(small_gpt_onnx):
+    name = 'my "model"</script><b>.onnx'
+    with running_server(create_app(Generator(small_gpt_onnx), model_name=name)) as url:
+        page = httpx.get(f"{url}/", timeout=30).text
+    assert "</script><b>" not in page  # the name cannot close the script or add markup
+    assert "<title>gen playground: my &quot;model&quot;&lt;/script&gt;&lt;b&gt;.onnx</title>" in page
+    assert 'window.MODEL = "my \\"model\\"<\\/script><b>.onnx";' in page  # a JSON string: the same text in JS
+
+
 def test_a_client_that_leaves_mid_stream_frees_its_rows(server):
     url, _ = server
     with httpx.stream("POST", f"{url}/v1/completions", timeout=30,
