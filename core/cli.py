@@ -47,16 +47,13 @@ def cli(ctx):
 
 
 def _options_row(entry) -> tuple[dict | None, str]:
-    """An entry's options as JSON ({name: {type, default}}) and as text for the table.
-
-    A model's options come from its class, so a model whose module cannot be imported
-    (torch missing in a runtime-only install) shows why instead.
-    """
+    """An entry's options as JSON ({name: {type, default}}; None when they cannot be listed
+    here) and as text for the table."""
     try:
-        options = entry.options()
-    except GenError as error:
-        return None, f"(unavailable: {error})"
-    return entry.options_json(), ", ".join(option.describe() for option in options.values()) or "none"
+        options = entry.options_json()
+    except GenError:
+        options = None
+    return options, entry.options_text() or "none"
 
 
 @cli.command()

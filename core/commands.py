@@ -156,15 +156,7 @@ def _models_help() -> str:
     from gen.core.plugins import get_registry
 
     registry = get_registry()
-    lines = []
-    for name in registry.names("model"):
-        entry = registry.entry("model", name)
-        try:
-            options = ", ".join(option.describe() for option in entry.options().values())
-        except GenError as error:
-            options = f"(unavailable: {error})"
-        lines.append(f"{name}: {options}")
-    return "\n".join(lines)
+    return "\n".join(f"{name}: {registry.entry('model', name).options_text()}" for name in registry.names("model"))
 
 
 class TrainCommand(click.Command):
@@ -178,7 +170,7 @@ class TrainCommand(click.Command):
                 formatter.write_text(line)
 
 
-def _train(ctx, config, plot, **options):
+def _train(ctx, config, **options):
     """Train a model on a text corpus; longer recipes are in examples/*.toml.
 
     The run directory --out holds latest/ (what --resume continues), best/ (the lowest
@@ -187,14 +179,12 @@ def _train(ctx, config, plot, **options):
     """
     # Given: on the command line or in a GEN_TRAIN_* environment variable. Those win
     # over the config file, the model's training defaults and, on --resume, the saved options.
-    given = {name for name in ("plot", *options) if ctx.get_parameter_source(name) in GIVEN_SOURCES}
+    given = {name for name in options if ctx.get_parameter_source(name) in GIVEN_SOURCES}
     if config:
         from_file = _options_from_file(config, ctx.command, ctx)
-        values = {**options, "plot": plot}
-        values.update({name: value for name, value in from_file.items() if name not in given})
-        plot = values.pop("plot")
-        options = values
+        options.update({name: value for name, value in from_file.items() if name not in given})
         given |= set(from_file)
+    plot = options.pop("plot")  # what to do after the run, not a training option
     given.discard("plot")
     if plot:
         check_matplotlib()  # before the run, not after it

@@ -82,6 +82,15 @@ class PluginEntry:
             for name, option in self.options().items()
         }
 
+    def options_text(self) -> str:
+        """The options as `name (type=default), ...` ("" if none), as `gen plugins` and `gen train
+        --help` list them; a model whose module cannot be imported here (torch missing in a
+        runtime-only install) says why instead."""
+        try:
+            return ", ".join(option.describe() for option in self.options().values())
+        except GenError as error:
+            return f"(unavailable: {error})"
+
 
 @dataclass
 class FailedPlugin:

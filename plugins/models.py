@@ -1,4 +1,5 @@
-"""Built-in model plugins. Registered by path so that listing them never imports torch."""
+"""Built-in model plugins. Registered by path, so that registering and listing their names never
+imports torch; showing a model's options imports its class."""
 from gen.core import hookimpl
 
 
