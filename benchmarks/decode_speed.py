@@ -26,6 +26,7 @@ that only slows runs down. torch and onnxruntime get the same number of threads.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -205,7 +206,7 @@ def measure_shape(shape: str, args, work: Path) -> dict:
 
 
 def sampler_costs(measured: dict, repeats: int) -> tuple[float, float]:
-    """tokens/s of the samplers on the static-cache design; returns penalty/top_k at both batches."""
+    """tokens/s of the samplers on the fused design; returns penalty/top_k at both batches."""
     backend, tokenizer = measured["backends"][FUSED], measured["tokenizer"]
     small, large = measured["batches"]
     chains = {
@@ -243,7 +244,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}; load average before: "
-          + " ".join(f"{x:.2f}" for x in __import__("os").getloadavg()))
+          + " ".join(f"{x:.2f}" for x in os.getloadavg()))
     work = Path(tempfile.mkdtemp(prefix="gen-decode-speed-"))
     try:
         measured = {shape: measure_shape(shape, args, work) for shape in args.shapes}

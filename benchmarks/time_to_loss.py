@@ -144,7 +144,6 @@ def main() -> None:
     nanogpt = None
     if not args.no_nanogpt:
         print("nanoGPT's CPU recipe, in this process...", flush=True)
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
         nanogpt = nanogpt_recipe(data, args.threads)
 
     print()

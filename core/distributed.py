@@ -38,6 +38,7 @@ import os
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from gen.core.errors import GenError
 
@@ -113,8 +114,6 @@ class Distributed:
         """Join the other processes: nccl between GPUs, gloo on the CPU."""
         if not self.launched or self.started:
             return
-        import torch.distributed as dist
-
         backend = "nccl" if device.type == "cuda" else "gloo"
         if not dist.is_available() or not dist.is_backend_available(backend):
             raise GenError(f"this torch build has no {backend} backend for torch.distributed; "
@@ -141,8 +140,6 @@ class Distributed:
 
     def close(self) -> None:
         if self.started:
-            import torch.distributed as dist
-
             dist.destroy_process_group()
             self.started = False
 
@@ -160,8 +157,6 @@ class Distributed:
         """The mean of a scalar tensor over the processes (gloo has no AVG: sum, then divide)."""
         if not self.started:
             return value
-        import torch.distributed as dist
-
         total = value.detach().float().clone()
         dist.all_reduce(total, op=dist.ReduceOp.SUM)
         return total / self.world_size
@@ -170,8 +165,6 @@ class Distributed:
         """Process 0's `flag`, on every process (a hook's request to stop training)."""
         if not self.started:
             return flag
-        import torch.distributed as dist
-
         value = torch.tensor([int(flag)], device=device)
         dist.broadcast(value, src=0)
         return bool(value.item())
@@ -180,8 +173,6 @@ class Distributed:
         """Every process's `tensor` (same shape on each), on the CPU, in rank order."""
         if not self.started:
             return [tensor]
-        import torch.distributed as dist
-
         local = tensor.to(device)
         parts = [torch.empty_like(local) for _ in range(self.world_size)]
         dist.all_gather(parts, local)
@@ -194,8 +185,6 @@ LOST_PEER = ("Connection closed by peer", "Connection reset by peer", "gloo/tran
 
 def is_collective_failure(error: BaseException) -> bool:
     """Whether `error` is torch.distributed reporting that another process is gone."""
-    import torch.distributed as dist
-
     return isinstance(error, dist.DistError) or (
         isinstance(error, RuntimeError) and any(marker in str(error) for marker in LOST_PEER)
     )

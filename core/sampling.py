@@ -90,10 +90,11 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     """Log-probabilities over the last axis, computed stably (masked -inf entries stay -inf)."""
-    logits = np.asarray(logits, dtype=np.float64)
-    shifted = logits - logits.max(axis=-1, keepdims=True)
+    shifted = np.array(logits, dtype=np.float64)  # a copy, shifted in place
+    shifted -= shifted.max(axis=-1, keepdims=True)
     with np.errstate(divide="ignore"):
-        return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+        shifted -= np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return shifted
 
 
 def token_counts(rows: Sequence[np.ndarray], vocab_size: int) -> np.ndarray:

@@ -13,6 +13,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from gen.core.errors import GenError
+from gen.core.sampling import log_softmax
 
 LogitsFunction = Callable[[np.ndarray], np.ndarray]  # (B, T) int64 ids -> (B, T, vocab) logits
 
@@ -42,9 +43,7 @@ def exact_loss(
     def score(batch):
         nonlocal total_nll, scored
         # Windows in one batch share a length; the last, shorter one goes alone.
-        logits = np.asarray(logits_of(np.stack([inputs for inputs, _ in batch])), dtype=np.float64)
-        logits -= logits.max(axis=-1, keepdims=True)
-        log_probs = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))  # (B, T, vocab)
+        log_probs = log_softmax(logits_of(np.stack([inputs for inputs, _ in batch])))  # (B, T, vocab)
         targets = np.stack([t for _, t in batch])  # (B, T)
         total_nll -= np.take_along_axis(log_probs, targets[..., None], axis=-1).sum()
         scored += targets.size

@@ -696,8 +696,9 @@ def _train(config: TrainConfig, given: set[str] | None, progress: bool, say: Cal
             if speed.tick(last_step=trainer.step == config.max_iters):
                 # the loss of the whole global batch, the same on every process (and checked
                 # at the same steps on each), so a NaN stops every process alike
-                run.check_finite(loss.item(), "training loss")
-                bar.set_postfix(loss=f"{loss.item():.4f}", tok_s=f"{speed.tokens_per_second:,.0f}", refresh=False)
+                value = loss.item()
+                run.check_finite(value, "training loss")
+                bar.set_postfix(loss=f"{value:.4f}", tok_s=f"{speed.tokens_per_second:,.0f}", refresh=False)
     except KeyboardInterrupt:
         bar.close()
         if trainer.step != run.saved_step and trainer.step > 0:  # keep the steps since the last checkpoint

@@ -56,9 +56,8 @@ def export(output, checkpoint, opset, portable, static_cache, quantize, verify, 
         export_genai(checkpoint, genai_dir, opset=opset, quantize=quantize, verify=verify, overwrite=overwrite,
                      portable=portable, progress=click.echo)
         return
-    from gen.export.onnx_export import check_export_destination, export_onnx
+    from gen.export.onnx_export import export_onnx
 
-    check_export_destination(output, overwrite)  # before the checkpoint is even read
     export_onnx(checkpoint, output, opset=opset, quantize=quantize, verify=verify, overwrite=overwrite,
                 portable=portable, static_cache=static_cache, progress=click.echo)
 

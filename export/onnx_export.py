@@ -41,6 +41,7 @@ from gen.core.files import check_writable_destination, replace_file_atomically
 from gen.core.model import has_kv_cache
 from gen.core.tokenizer import tokenizer_from_dict
 from gen.export.attention import TRANSLATIONS
+from gen.export.quantize import QUANTIZATIONS
 from gen.runtime.artifact import (
     ATTENTION_MASK,
     FORMAT_KEY,
@@ -357,8 +358,8 @@ def export_model(
     """
     say = progress or (lambda message: None)
     path = check_export_destination(path, overwrite)
-    if quantize not in (None, "int8", "int4"):
-        raise GenError(f"unknown quantization {quantize!r}; choose int8 or int4")
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise GenError(f"unknown quantization {quantize!r}; choose one of: {', '.join(QUANTIZATIONS)}")
     # The file's contract is float32 on any device; the export traces and verifies on the CPU.
     model = model.to(device="cpu", dtype=torch.float32).eval()
     config = model_config(model)

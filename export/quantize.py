@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 import onnx
 
-from gen.core.errors import GenError
+from gen.core.errors import GenError, first_line
 from gen.core.scoring import exact_loss
 from gen.runtime.artifact import FORMAT_KEY
 
@@ -74,8 +74,6 @@ def quantize(
 ) -> dict:
     """Write the `kind` ("int8" or "int4") version of `fp32_path` at `out_path`; return
     sizes and losses. With `validation_ids`, both files score the first VALIDATION_TOKENS of them."""
-    if kind not in QUANTIZATIONS:
-        raise GenError(f"unknown quantization {kind!r}; choose one of: {', '.join(QUANTIZATIONS)}")
     say = progress or (lambda message: None)
     method = "quantize_dynamic, int8 weights" if kind == "int8" else "MatMulNBits, 4-bit weight blocks of 32"
     say(f"      quantizing to {kind} (onnxruntime.quantization: {method})")
@@ -87,7 +85,7 @@ def quantize(
     try:
         _quantize_weights(fp32_path, out_path, kind)
     except Exception as error:
-        raise GenError(f"{kind} quantization failed: {str(error).strip().splitlines()[0]}") from error
+        raise GenError(f"{kind} quantization failed: {first_line(error)}") from error
     finally:
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)

@@ -319,7 +319,7 @@ def read_artifact(path: str | os.PathLike) -> Artifact:
         )
     documents = {}
     for key in (MODEL_KEY, TOKENIZER_KEY, TRAINING_KEY):
-        if key == TRAINING_KEY and key not in metadata:
+        if key not in metadata:  # the optional training document (the others were checked above)
             continue
         try:
             documents[key] = json.loads(metadata[key])
