@@ -60,6 +60,13 @@ CPU_PROVIDER = "CPUExecutionProvider"
 DEFAULT_MAX_NEW_TOKENS = 500
 
 
+def check_whole_number(name: str, value, low: int = 0, high: int | None = None) -> None:
+    """Refuse anything but an int (bools too) from `low` to `high`, naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        bounds = f"from {low} to {high}" if high is not None else f">= {low}"
+        raise GenError(f"{name} must be a whole number {bounds}, got {value!r}")
+
+
 def resolve_provider(provider: str | None) -> list[str]:
     """The providers list for a session: the chosen one first, CPU as the fallback.
 
@@ -83,9 +90,8 @@ class Generator(BackendBase):
     """A gen ONNX export loaded in onnxruntime: a generation backend and a text API."""
 
     def __init__(self, model_path: str | os.PathLike, provider: str | None = None, threads: int | None = None):
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
-                                    or not 1 <= threads <= MAX_THREADS):
-            raise GenError(f"threads must be a whole number from 1 to {MAX_THREADS}, got {threads!r}")
+        if threads is not None:
+            check_whole_number("threads", threads, 1, MAX_THREADS)
         self.path = os.fspath(model_path)
         self.artifact = read_artifact(self.path)  # a wrong file fails here, in one line
         self.session = _open_session(self.path, resolve_provider(provider), threads or 1)
@@ -207,8 +213,7 @@ class Generator(BackendBase):
         model, under what the sampler drew from, and the `logprobs` most likely alternatives."""
         if not isinstance(prompt, str):
             raise GenError("tokens() takes one prompt")
-        if isinstance(logprobs, bool) or not isinstance(logprobs, int) or logprobs < 0:
-            raise GenError(f"logprobs must be a whole number >= 0, got {logprobs!r}")
+        check_whole_number("logprobs", logprobs)
         for step in self._steps([prompt], sampler, max_new_tokens, seed, stop, rng, logit_bias, logprobs):
             if step.tokens and step.tokens[0] is not None:
                 yield step.tokens[0]
@@ -239,12 +244,11 @@ class Generator(BackendBase):
         return ["".join(text) for text in texts]
 
     def _steps(self, prompts, sampler, max_new_tokens, seed, stop, rng, logit_bias, logprobs=None) -> Iterator[TextStep]:
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise GenError(f"max_new_tokens must be a whole number >= 0, got {max_new_tokens!r}")
+        check_whole_number("max_new_tokens", max_new_tokens)
         if isinstance(stop, str):
             stop = [stop]
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-            raise GenError(f"seed must be a whole number >= 0, got {seed!r}")
+        if seed is not None:
+            check_whole_number("seed", seed)
         chain = Sampling.of(sampler, logit_bias).new()
         rng = rng if rng is not None else np.random.default_rng(seed)
         return generate_text(self, self.tokenizer, prompts, chain, rng, max_new_tokens, stop, logprobs)
