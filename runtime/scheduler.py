@@ -325,13 +325,13 @@ class Scheduler:
     """Runs every request's generation in one continuously batched loop on its own thread.
 
     `backend` is a gen.runtime.Generator (any Backend whose past is a list of
-    (batch, heads, past, head_size) arrays). `publish(events)` receives, once per step, the
-    list of (request, event) pairs of that step; by default it calls each request's
-    `deliver(event)`. `on_step(rows)` is told the number of rows of every step.
+    (batch, heads, past, head_size) arrays). Its attribute `publish(events)` receives, once per
+    step, the list of (request, event) pairs of that step; by default it calls each request's
+    `deliver(event)` (a server sets its own before `start()`). `on_step(rows)`, if set, is told
+    the number of rows of every step.
     """
 
-    def __init__(self, backend, max_batch: int = 32, max_queue: int = 256, quantum: int | None = None,
-                 publish: Callable[[list], None] | None = None, on_step: Callable[[int], None] | None = None):
+    def __init__(self, backend, max_batch: int = 32, max_queue: int = 256):
         if max_batch < 1 or max_queue < 0:
             raise GenError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch} and {max_queue}")
         if getattr(backend, "capacity", None):  # the rows' caches are padded and joined here, as arrays
@@ -343,12 +343,11 @@ class Scheduler:
         self.block_size = backend.block_size
         self.max_batch = max_batch
         self.max_queue = max_queue
-        if quantum is None:
-            quantum = exact_padding_quantum(backend) if backend.uses_cache else 1
+        quantum = exact_padding_quantum(backend) if backend.uses_cache else 1
         self.exact = quantum is not None
         self.quantum = quantum or 1
-        self.publish = publish or _deliver_each
-        self.on_step = on_step
+        self.publish: Callable[[list], None] = _deliver_each
+        self.on_step: Callable[[int], None] | None = None
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._pending: collections.deque[Request] = collections.deque()

@@ -215,13 +215,13 @@ def sampler_listing() -> list[dict]:
 
 def create_app(generator, *, model_name: str | None = None, max_batch: int = 32, max_queue: int = 256,
                limits: Limits | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               scheduler: Scheduler | None = None, announce=None) -> Starlette:
+               announce=None) -> Starlette:
     """The ASGI app serving `generator` (a gen.runtime.Generator). The scheduler thread starts
     and stops with the app's lifespan, which calls `announce("started" or "stopped", scheduler)`."""
     limits = limits or Limits()
     model_name = model_name or os.path.basename(generator.path)
     created = int(os.path.getmtime(generator.path))
-    scheduler = scheduler or Scheduler(generator, max_batch=max_batch, max_queue=max_queue)
+    scheduler = Scheduler(generator, max_batch=max_batch, max_queue=max_queue)
     metrics = Metrics(scheduler)
     scheduler.on_step = metrics.batch_size.observe
 
