@@ -51,6 +51,9 @@ def export(output, checkpoint, opset, portable, static_cache, quantize, verify, 
     if (output is None) == (genai_dir is None):
         raise GenError("give OUTPUT.onnx, or --genai DIR for onnxruntime-genai (one of them)")
     if genai_dir is not None:
+        if static_cache:
+            raise GenError("--static-cache is for gen run; onnxruntime-genai (--genai) feeds the plain "
+                           "past/present cache, so leave --static-cache out")
         from gen.export.genai import export_genai
 
         export_genai(checkpoint, genai_dir, opset=opset, quantize=quantize, verify=verify, overwrite=overwrite,

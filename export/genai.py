@@ -127,12 +127,13 @@ def export_genai(
     """Export `checkpoint` to DIRECTORY/model.onnx with DIRECTORY/genai_config.json, atomically.
 
     An existing DIRECTORY is replaced only with `overwrite` (and only once the new one is whole)."""
-    from gen.export.onnx_export import export_onnx
+    from gen.export.onnx_export import export_onnx, refuse_inside_checkpoint
 
     say = progress or (lambda message: None)
     directory = check_writable_destination(directory, "--genai")
     if directory.exists() and not directory.is_dir():
         raise GenError(f"--genai {str(directory)!r} is a file; give a directory")
+    refuse_inside_checkpoint(directory / MODEL_FILE)
     if os.path.lexists(directory) and not overwrite:
         raise GenError(f"--genai {str(directory)!r} already exists; give --overwrite to replace it, "
                        f"or choose another folder")

@@ -305,18 +305,23 @@ def check_export_destination(path: str | os.PathLike, overwrite: bool) -> Path:
     """The export's path, or a GenError if writing there would destroy something: an
     existing file (without `overwrite`), or anything inside a checkpoint folder, which
     the next checkpoint write replaces whole (and whose model.safetensors it could be)."""
-    from gen.core.checkpoint import is_checkpoint
-
     path = check_writable_destination(path, "export")
     if path.is_dir():
         raise GenError(f"{str(path)!r} is a folder; give the export a file name, e.g. {str(path / 'model.onnx')!r}")
+    refuse_inside_checkpoint(path)
+    if os.path.lexists(path) and not overwrite:
+        raise GenError(f"{str(path)!r} already exists; give --overwrite to replace it, or choose another name")
+    return path
+
+
+def refuse_inside_checkpoint(path: Path) -> None:
+    """A GenError if `path` lies inside a checkpoint folder, which training replaces whole."""
+    from gen.core.checkpoint import is_checkpoint
+
     inside = next((folder for folder in path.parents if is_checkpoint(folder)), None)
     if inside is not None:
         raise GenError(f"{str(path)!r} is inside the checkpoint folder {str(inside)!r}, which training replaces "
                        f"whole; export to a path outside it")
-    if os.path.lexists(path) and not overwrite:
-        raise GenError(f"{str(path)!r} already exists; give --overwrite to replace it, or choose another name")
-    return path
 
 
 def writes_fused_graph(model: torch.nn.Module, portable: bool) -> bool:

@@ -116,3 +116,13 @@ def test_export_needs_output_or_genai_not_both(tmp_path):
     for arguments in ([], [tmp_path / "model.onnx", "--genai", tmp_path / "genai"]):
         result = gen("export", *arguments, "--checkpoint", tmp_path)
         assert result.exit_code == 1 and "give OUTPUT.onnx, or --genai DIR" in result.output
+
+
+def test_a_static_cache_or_a_folder_inside_a_checkpoint_is_refused_before_exporting(genai_dir, tmp_path):
+    checkpoint = checkpoint_of(genai_dir)
+    result = gen("export", "--genai", tmp_path / "genai", "--checkpoint", checkpoint, "--static-cache")
+    assert result.exit_code == 1 and "--static-cache is for gen run" in result.output
+    inside = checkpoint / "genai"
+    result = gen("export", "--genai", inside, "--checkpoint", checkpoint, "--no-verify")
+    assert result.exit_code == 1 and f"{str(inside / 'model.onnx')!r} is inside the checkpoint folder" in result.output
+    assert not inside.exists() and not list(checkpoint.glob(".genai*"))
