@@ -194,5 +194,6 @@ def with_model_defaults(config: TrainConfig, given: set[str]) -> TrainConfig:
     unknown = sorted(set(defaults) - fields)
     if unknown:
         raise GenError(f"model {name!r} declares training_defaults for unknown options: {', '.join(unknown)}")
-    return dataclasses.replace(config, **{key: value for key, value in defaults.items() if key not in given})
+    typed = vars(train_config_from_dict(defaults, f"model {name!r}'s training_defaults"))  # checked like saved options
+    return dataclasses.replace(config, **{key: typed[key] for key in defaults if key not in given})
 

@@ -410,3 +410,21 @@ def test_eval_of_an_export_matches_its_checkpoint(trained, corpus, tmp_path):
     assert from_export["tokens"] == from_checkpoint["tokens"]
     assert from_export["loss"] == pytest.approx(from_checkpoint["loss"], abs=1e-4)
     assert_one_line_error(gen("eval", path), "--data")
+
+
+def test_a_model_whose_training_defaults_have_the_wrong_type_is_a_one_line_error(corpus, tmp_path, fresh_plugins):
+    from gen.core import hookimpl
+    from gen.plugins.bigram import BigramLanguageModel
+
+    class Careless(BigramLanguageModel):
+        training_defaults = {"lr": "fast"}
+
+    class CarelessPlugin:
+        @hookimpl
+        def register_models(self, register):
+            register("careless", Careless)
+
+    get_plugins().register(CarelessPlugin(), "gen-careless")
+    result = gen("train", "--model", "careless", "--data", corpus, "--out", tmp_path / "out", "--max-iters", "2")
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert "model 'careless''s training_defaults" in result.output and "lr" in result.output.splitlines()[-1]
