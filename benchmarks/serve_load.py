@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -193,6 +194,65 @@ def gen_run_tokens_per_second(generator, max_tokens: int, repeats: int) -> float
     return max_tokens / best
 
 
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU seconds (user + system) used so far by this process, or by process `pid` (from /proc,
+    Linux; nan elsewhere)."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def offline_batch_tokens_per_second(generator, clients: int, max_tokens: int, repeats: int) -> tuple[float, float]:
+    """Without a server: one prompt `clients` times as one batch (Generator.generate), the rows in
+    step, so every window slides at the same step. The best the model gives at that batch size.
+    Returns tokens/s and CPU seconds per token."""
+    prompts = [PROMPTS[0]] * clients
+    best, cpu = float("inf"), float("inf")
+    for seed in range(repeats):
+        started, cpu_before = time.perf_counter(), cpu_seconds()
+        generator.generate(prompts, seed=seed, max_new_tokens=max_tokens)
+        best = min(best, time.perf_counter() - started)
+        cpu = min(cpu, cpu_seconds() - cpu_before)
+    return clients * max_tokens / best, cpu / (clients * max_tokens)
+
+
+def scheduler_tokens_per_second(generator, clients: int, requests: int, max_tokens: int) -> tuple[float, float]:
+    """Without HTTP: `gen serve`'s scheduler in this process, `clients` threads each submitting
+    `requests` completions one after another, as the load's clients do. Returns tokens/s and
+    CPU seconds per token."""
+    import threading
+
+    from gen.core.sampling import Sampling
+    from gen.runtime.scheduler import Choice, Finished, Scheduler
+
+    scheduler = Scheduler(generator, max_batch=32).start()
+
+    def client(number: int) -> None:
+        for request in range(requests):
+            done = threading.Event()
+            prompt = generator.tokenizer.encode(PROMPTS[(number + request) % len(PROMPTS)])
+            scheduler.submit([Choice(prompt, Sampling.of(None), seed=number * requests + request,
+                                     max_tokens=max_tokens)],
+                             lambda event: isinstance(event, Finished) and done.set())
+            done.wait()
+
+    threads = [threading.Thread(target=client, args=(number,)) for number in range(clients)]
+    started, cpu_before = time.perf_counter(), cpu_seconds()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu_before
+    scheduler.stop()
+    tokens = clients * requests * max_tokens
+    return tokens / wall, cpu / tokens
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="an ONNX export (default: the quick recipe's shape, random weights)")
@@ -226,8 +286,10 @@ def main() -> None:
         try:
             asyncio.run(load(server.url, 1, 1, 20, 10**6, args.timeout))  # warm-up
             for clients in args.clients:
+                cpu_before = cpu_seconds(server.process.pid), cpu_seconds()
                 results, wall = asyncio.run(load(server.url, clients, args.requests, args.max_tokens,
                                                  clients * 1000, args.timeout, samplers))
+                cpu = cpu_seconds(server.process.pid) - cpu_before[0], cpu_seconds() - cpu_before[1]
                 tokens = sum(result.tokens for result in results)
                 errors = sum(1 for result in results if result.status != 200 or result.error)
                 ttft = [result.ttft for result in results if result.ttft is not None]
@@ -235,19 +297,19 @@ def main() -> None:
                 rate = tokens / wall
                 single = rate if clients == 1 else single
                 rows.append((clients, len(results), tokens, wall, rate, ttft, gaps, errors,
-                             mismatches(generator, results), os.getloadavg()[0]))
+                             mismatches(generator, results), os.getloadavg()[0], [part / tokens for part in cpu]))
         finally:
             server.stop()
 
         print()
         print("clients  requests  tokens  wall s  tokens/s  vs 1 client  TTFT p50/p99 ms  ITL p50/p99 ms  "
-              "errors  mismatched  load avg")
-        for clients, count, tokens, wall, rate, ttft, gaps, errors, bad, load_average in rows:
+              "errors  mismatched  load avg  CPU us/token server/clients")
+        for clients, count, tokens, wall, rate, ttft, gaps, errors, bad, load_average, cpu in rows:
             scaling = f"{rate / single:.1f}x" if single else "-"
             print(f"{clients:7d}  {count:8d}  {tokens:6d}  {wall:6.2f}  {rate:8,.0f}  {scaling:>11}  "
                   f"{percentile(ttft, 50) * 1e3:6.1f} / {percentile(ttft, 99) * 1e3:6.1f}  "
                   f"{percentile(gaps, 50) * 1e3:5.2f} / {percentile(gaps, 99) * 1e3:6.2f}  "
-                  f"{errors:6d}  {bad:10d}  {load_average:8.2f}")
+                  f"{errors:6d}  {bad:10d}  {load_average:8.2f}  {cpu[0] * 1e6:6.0f} / {cpu[1] * 1e6:4.0f}")
 
         # Overload: more clients than the batch and the queue hold.
         server = Server(model, "--max-batch", "16", "--max-queue", str(args.overload_queue))
@@ -279,6 +341,20 @@ def main() -> None:
             print(f"32 clients: {scaling:.1f}x one client's tokens/s (target >= {TARGET_SCALING_32:.0f}x), "
                   f"p99 inter-token latency {itl * 1e3:.1f} ms (target < {TARGET_ITL_P99_32_S * 1e3:.0f} ms): "
                   f"{'met' if scaling >= TARGET_SCALING_32 and itl < TARGET_ITL_P99_32_S else 'NOT met'}")
+            # Where the ceiling lies: the same work without HTTP, and without a server at all, and
+            # the CPU that each part of the system takes per token (all share this machine's cores).
+            alone, alone_cpu = scheduler_tokens_per_second(generator, 32, args.requests, args.max_tokens)
+            offline, offline_cpu = offline_batch_tokens_per_second(generator, 32, args.max_tokens, repeats=3)
+            server_cpu, clients_cpu = by_clients[32][10]
+            http_cpu = max(0.0, server_cpu - alone_cpu)
+            target = TARGET_SCALING_32 * single
+            print(f"  the target is {target:,.0f} tokens/s. Without HTTP, the scheduler alone (32 threads "
+                  f"submitting) makes {alone:,.0f} ({alone / single:.1f}x); without a server, one prompt 32 "
+                  f"times as one batch in step (Generator.generate) {offline:,.0f} ({offline / single:.1f}x).")
+            print(f"  CPU per token: that batch {offline_cpu * 1e6:.0f} us, the scheduler {alone_cpu * 1e6:.0f} us, "
+                  f"the server's HTTP side {http_cpu * 1e6:.0f} us more, the 32 clients {clients_cpu * 1e6:.0f} us. "
+                  f"At the target, even with scheduling as cheap as that batch, the whole system needs "
+                  f"{target * (offline_cpu + http_cpu + clients_cpu):.1f} cores, on {cpus} CPUs")
         if 64 in by_clients:
             row = by_clients[64]
             print(f"64 clients: {row[7]} errors, {row[8]} mismatched completions: "

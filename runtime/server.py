@@ -394,7 +394,8 @@ class Inbox:
     make each step wait for the loop to send its chunks. Instead, while events keep coming,
     the loop collects them every `POLL_SECONDS` on its own, each time taking every step
     published since (a chunk then carries several tokens); the scheduler wakes the loop
-    only when it has stopped collecting, after a quiet interval.
+    when it has stopped collecting, after a quiet interval, and when a request ends: its
+    client waits for the end before it sends its next request, so the end goes out at once.
     """
 
     POLL_SECONDS = 0.004  # far below the inter-token latency a client notices
@@ -404,19 +405,26 @@ class Inbox:
         self.steps: collections.deque[list] = collections.deque()
         self.lock = threading.Lock()  # makes "is the loop collecting?" and "anything new?" one question
         self.collecting = False
+        self.woken = False  # a wake-up is on its way to the loop
+        self.timer: asyncio.TimerHandle | None = None  # the loop's next collection
 
     def publish(self, events: list) -> None:  # on the scheduler thread
         if not events:
             return
+        ends = any(not isinstance(event, Piece) for _, event in events)  # Finished or Failed
         with self.lock:
             self.steps.append(events)
-            if self.collecting:
+            if self.woken or (self.collecting and not ends):
                 return
-            self.collecting = True
+            self.collecting = self.woken = True
         self.loop.call_soon_threadsafe(self.collect)
 
-    def collect(self) -> None:  # on the loop
+    def collect(self) -> None:  # on the loop, woken or on its timer
+        if self.timer is not None:
+            self.timer.cancel()  # one chain of collections, however it was woken
+            self.timer = None
         with self.lock:
+            self.woken = False
             steps, self.steps = self.steps, collections.deque()
             if not steps:
                 self.collecting = False  # a quiet interval: the next publish wakes the loop
@@ -424,7 +432,7 @@ class Inbox:
         for events in steps:
             for request, event in events:
                 request.deliver(event)
-        self.loop.call_later(self.POLL_SECONDS, self.collect)
+        self.timer = self.loop.call_later(self.POLL_SECONDS, self.collect)
 
 
 # --- running it ------------------------------------------------------------------------

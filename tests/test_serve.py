@@ -694,7 +694,7 @@ def test_the_inbox_delivers_every_event_in_order_and_wakes_the_loop_after_a_paus
 
         def scheduler_thread(first, count):
             for i in range(first, first + count):
-                inbox.publish([(received, i)])
+                inbox.publish([(received, Piece(0, str(i), None, 0.0))])
                 inbox.publish([])  # a step without events
                 time.sleep(0.0002)
 
@@ -710,4 +710,28 @@ def test_the_inbox_delivers_every_event_in_order_and_wakes_the_loop_after_a_paus
             assert not inbox.collecting  # nothing came for an interval: it stopped polling
         return received.events
 
-    assert asyncio.run(main()) == [*range(300), *range(1000, 1300)]
+    texts = [int(event.text) for event in asyncio.run(main())]
+    assert texts == [*range(300), *range(1000, 1300)]
+
+
+def test_the_inbox_sends_the_end_of_a_request_at_once_not_at_its_next_collection():
+    async def main():
+        inbox = Inbox(asyncio.get_running_loop())
+        inbox.POLL_SECONDS = 30  # a collection that would come far too late
+        received = Received()
+        inbox.publish([(received, Piece(0, "a", None, 0.0))])  # the loop was idle: woken at once
+        for _ in range(200):
+            if received.events:
+                break
+            await asyncio.sleep(0.01)
+        inbox.publish([(received, Piece(0, "b", None, 0.0))])  # waits for the collection...
+        await asyncio.sleep(0.05)
+        assert [event.text for event in received.events] == ["a"]
+        inbox.publish([(received, Finished(0, "c", "length", 3, 0.0))])  # ...unless a request ends
+        for _ in range(200):
+            if len(received.events) == 3:
+                break
+            await asyncio.sleep(0.01)
+        return [event.text for event in received.events]
+
+    assert asyncio.run(main()) == ["a", "b", "c"]
