@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from gen.core.data import corpus_path, read_text
-from gen.core.generate import generate_text
+from gen.core.generate import generate_ids, generate_text
 from gen.core.sampling import build_sampler_chain
 from gen.core.tokenizer import tokenizer_from_dict, tokenizer_to_dict
 from gen.core.torch_backend import TorchBackend
@@ -109,7 +109,6 @@ class FreeSampler:
 
 def model_ceiling(backend, batch: int, new_tokens: int, repeats: int) -> float:
     """Best-of-`repeats` tokens/s of the model's steps alone, for the steps `new_tokens` tokens take."""
-    from gen.core.generate import generate_ids
 
     def once(count: int) -> float:
         start = time.perf_counter()
@@ -230,8 +229,8 @@ def measure_shape(shape: str, args, work: Path) -> dict:
         print(f"  one window on {design}, batch 1: {start * 1e3:.3f} ms/token at its start, {end * 1e3:.3f} at its "
               f"end ({end / start:.2f}x); the step that slides it {slide * 1e3:.2f} ms, of which a prefill of "
               f"{config['block_size'] // 2} tokens alone is {prefill * 1e3:.2f} ms")
-    return {"results": results, "ceiling": ceiling, "window": windows[FUSED], "backends": backends, "tokenizer": tokenizer,
-            "new_tokens": new_tokens, "batches": (small, large)}
+    return {"results": results, "ceiling": ceiling, "window": windows[FUSED], "backends": backends,
+            "tokenizer": tokenizer, "new_tokens": new_tokens, "batches": (small, large)}
 
 
 def sampler_costs(measured: dict, repeats: int) -> tuple[float, float]:
