@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
-from gen.core.errors import GenError
+from gen.core.errors import GenError, first_line
 
 
 def _fsync(path: Path) -> None:
@@ -86,7 +86,7 @@ def _write_error(path: Path, error: Exception) -> GenError:
             reason += " (the folder is read-only or not yours)"
     else:  # safetensors' own error type, which wraps the OS error in its text
         full_disk = any(marker in str(error) for marker in ("os error 28", "code: 28"))
-        reason = os.strerror(errno.ENOSPC) if full_disk else str(error).splitlines()[0]
+        reason = os.strerror(errno.ENOSPC) if full_disk else first_line(error)
     return GenError(f"cannot write {str(path)!r}: {reason}; nothing was changed there")
 
 

@@ -31,7 +31,7 @@ import pickle
 from pathlib import Path
 from typing import Callable
 
-from gen.core.errors import GenError
+from gen.core.errors import GenError, first_line
 
 PLAIN_TYPES = (dict, list, tuple, str, int, float, bool, type(None))
 # nanoGPT's data/<dataset>/prepare.py downloads the corpus that gen knows by this name,
@@ -98,9 +98,8 @@ def load_weights_only(path: str | os.PathLike) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0]
         raise GenError(
-            f"refused to load {path}: it holds more than tensors and plain data ({first_line}); "
+            f"refused to load {path}: it holds more than tensors and plain data ({first_line(error)}); "
             f"nothing in it was run"
         ) from None
     except Exception as error:  # a truncated or foreign file

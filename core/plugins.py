@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -76,11 +77,10 @@ class PluginEntry:
 
     def options_json(self) -> dict[str, dict]:
         """The options as JSON, {name: {"type": "float", "default": 0.9}} (default None when
-        required), as `gen plugins --json` and `GET /v1/samplers` show them."""
-        return {
-            name: {"type": option.type.__name__, "default": None if option.default is REQUIRED else option.default}
-            for name, option in self.options().items()
-        }
+        required), as `gen plugins --json` and `GET /v1/samplers` show them. A default of inf or
+        nan, which JSON cannot hold, is the string "inf" or "nan"."""
+        return {name: {"type": option.type.__name__, "default": _default_as_json(option.default)}
+                for name, option in self.options().items()}
 
     def options_text(self) -> str:
         """The options as `name (type=default), ...` ("" if none), as `gen plugins` and `gen train
@@ -90,6 +90,14 @@ class PluginEntry:
             return ", ".join(option.describe() for option in self.options().values())
         except GenError as error:
             return f"(unavailable: {error})"
+
+
+def _default_as_json(default):
+    if default is REQUIRED:
+        return None
+    if isinstance(default, float) and not math.isfinite(default):
+        return str(default)
+    return default
 
 
 @dataclass

@@ -38,16 +38,17 @@ from onnx import TensorProto, helper
 
 from gen.core.errors import GenError
 from gen.core.files import check_writable_destination, replace_directory_atomically
-from gen.runtime.artifact import ATTENTION_MASK, INPUT_IDS, LOGITS, MODEL_KEY, read_artifact
+from gen.runtime.artifact import ATTENTION_MASK, INPUT_IDS, LOGITS, MODEL_KEY
 
 CONFIG_FILE = "genai_config.json"
 MODEL_FILE = "model.onnx"
 END_LOGIT = -1e30  # far below any real logit, and finite: softmax gives it exactly 0, never NaN
 
 
-def add_end_token(path: Path) -> int:
+def add_end_token(path: Path) -> dict:
     """Append to the logits of the export at `path` one column fixed at END_LOGIT: a
-    token id (the old vocab_size) that is never generated. Returns that id."""
+    token id (the old vocab_size) that is never generated. Returns the file's new gen.model
+    document, whose vocab_size counts that token."""
     model = onnx.load(str(path))
     graph = model.graph
     document = next(entry for entry in model.metadata_props if entry.key == MODEL_KEY)
@@ -70,17 +71,17 @@ def add_end_token(path: Path) -> int:
     document.value = json.dumps(gen_model, sort_keys=True)
     onnx.checker.check_model(model, full_check=True)
     onnx.save_model(model, str(path))
-    return end_id
+    return gen_model
 
 
-def genai_config(model: dict, end_id: int) -> dict:
-    """The genai_config.json of an export, from its gen.model metadata (with the end token)."""
+def genai_config(model: dict) -> dict:
+    """The genai_config.json of an export, from its gen.model metadata (with the end token, the last id)."""
     return {
         "model": {
             "type": "decoder",  # onnxruntime-genai's generic decoder-only model
             "context_length": model["block_size"],
             "vocab_size": model["vocab_size"],
-            "eos_token_id": end_id,  # the logit add_end_token appended: never generated
+            "eos_token_id": model["vocab_size"] - 1,  # the logit add_end_token appended: never generated
             "pad_token_id": 0,  # left padding of a batch (a real id, to embed); masked out by attention_mask
             "decoder": {
                 "filename": MODEL_FILE,
@@ -127,7 +128,8 @@ def export_genai(
     """Export `checkpoint` to DIRECTORY/model.onnx with DIRECTORY/genai_config.json, atomically.
 
     An existing DIRECTORY is replaced only with `overwrite` (and only once the new one is whole)."""
-    from gen.export.onnx_export import export_onnx, refuse_inside_checkpoint
+    from gen.core.model import has_kv_cache
+    from gen.export.onnx_export import export_onnx, loaded_checkpoint, refuse_inside_checkpoint
 
     say = progress or (lambda message: None)
     directory = check_writable_destination(directory, "--genai")
@@ -137,22 +139,21 @@ def export_genai(
     if os.path.lexists(directory) and not overwrite:
         raise GenError(f"--genai {str(directory)!r} already exists; give --overwrite to replace it, "
                        f"or choose another folder")
+    checkpoint = loaded_checkpoint(checkpoint, say)
+    if not has_kv_cache(checkpoint.model):
+        raise GenError(
+            f"onnxruntime-genai runs models with a KV cache; the {checkpoint.model_name} model has none "
+            f"(export it without --genai for gen run)"
+        )
     with replace_directory_atomically(directory) as temporary:
         # The export's messages name the file where it will be, not the temporary folder.
         result = export_onnx(checkpoint, temporary / MODEL_FILE, opset=opset, quantize=quantize, verify=verify,
                              portable=portable,
                              progress=lambda message: say(message.replace(str(temporary), str(directory))))
-        model = read_artifact(temporary / MODEL_FILE).model
-        if not model["n_layer"]:
-            raise GenError(
-                f"onnxruntime-genai runs models with a KV cache; the {model['name']} model has none "
-                f"(export it without --genai for gen run)"
-            )
-        end_id = add_end_token(temporary / MODEL_FILE)
-        model = read_artifact(temporary / MODEL_FILE).model
-        (temporary / CONFIG_FILE).write_text(json.dumps(genai_config(model, end_id), indent=2) + "\n",
-                                             encoding="utf-8")
+        model = add_end_token(temporary / MODEL_FILE)
+        (temporary / CONFIG_FILE).write_text(json.dumps(genai_config(model), indent=2) + "\n", encoding="utf-8")
     result.path = directory / MODEL_FILE
+    end_id = model["vocab_size"] - 1
     say(f"wrote {directory}/ for onnxruntime-genai: {MODEL_FILE} (with end-of-sequence id {end_id}, never "
         f"generated) and {CONFIG_FILE} (context {model['block_size']} tokens; tokenize with gen)")
     return result

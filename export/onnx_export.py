@@ -41,7 +41,8 @@ from gen.core.files import check_writable_destination, replace_file_atomically
 from gen.core.model import has_kv_cache
 from gen.core.tokenizer import tokenizer_from_dict
 from gen.export.attention import TRANSLATIONS
-from gen.export.quantize import QUANTIZATIONS
+from gen.export.quantize import QUANTIZATIONS, validation_ids_of
+from gen.export.quantize import quantize as quantize_file
 from gen.runtime.artifact import (
     ATTENTION_MASK,
     FORMAT_KEY,
@@ -401,7 +402,7 @@ def export_model(
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as error:
-        raise GenError(f"the exported graph fails onnx.checker: {str(error).splitlines()[0]}") from None
+        raise GenError(f"the exported graph fails onnx.checker: {first_line(error)}") from None
 
     # The file is written under a temporary name beside the output and renamed into
     # place at the end, so a failed export or verification never leaves half a file.
@@ -421,8 +422,6 @@ def export_model(
 
         quantized = {}
         if quantize is not None:
-            from gen.export.quantize import quantize as quantize_file
-
             with replace_file_atomically(output) as quantized_output:  # takes the fp32 file's place
                 quantized = quantize_file(
                     output, quantized_output, quantize, validation_ids=validation_ids,
@@ -431,6 +430,16 @@ def export_model(
     result = ExportResult(path, path.stat().st_size, produced_opset, max_diff, quantized)
     say(f"wrote {path} ({result.size_bytes / 1e6:.2f} MB); run it with: gen run {path}")
     return result
+
+
+def loaded_checkpoint(checkpoint, say: Progress):
+    """A checkpoint directory loaded on the CPU (saying so), or an already loaded checkpoint as it is."""
+    if isinstance(checkpoint, (str, os.PathLike)):
+        from gen.core.checkpoint import load_checkpoint
+
+        checkpoint = load_checkpoint(checkpoint, device="cpu")
+        say(f"loaded checkpoint {checkpoint.path} ({checkpoint.model_name}, step {checkpoint.step})")
+    return checkpoint
 
 
 def export_onnx(
@@ -448,15 +457,9 @@ def export_onnx(
     """Export a checkpoint (a directory written by `gen train`, or a loaded checkpoint) to `path`."""
     say = progress or (lambda message: None)
     check_export_destination(path, overwrite)
-    if isinstance(checkpoint, (str, os.PathLike)):
-        from gen.core.checkpoint import load_checkpoint
-
-        checkpoint = load_checkpoint(checkpoint, device="cpu")
-        say(f"loaded checkpoint {checkpoint.path} ({checkpoint.model_name}, step {checkpoint.step})")
+    checkpoint = loaded_checkpoint(checkpoint, say)
     validation_ids, validation_source = None, ""
     if quantize:
-        from gen.export.quantize import validation_ids_of
-
         say(f"reading the checkpoint's validation data (to measure what {quantize} costs)")
         validation_ids, validation_source = validation_ids_of(checkpoint)
     return export_model(

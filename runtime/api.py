@@ -327,14 +327,8 @@ class LogprobsWriter:
 
 
 def dumps(document) -> str:
-    """Compact JSON; a sampler option's default of inf (not JSON) as the string "inf"."""
-    return json.dumps(document, separators=(",", ":"), default=_json_default)
-
-
-def _json_default(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON")
+    """Compact JSON."""
+    return json.dumps(document, separators=(",", ":"))
 
 
 class StreamChunks:

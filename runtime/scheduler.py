@@ -346,7 +346,7 @@ class Scheduler:
         quantum = exact_padding_quantum(backend) if backend.uses_cache else 1
         self.exact = quantum is not None
         self.quantum = quantum or 1
-        self.publish: Callable[[list], None] = _deliver_each
+        self.publish: Callable[[list], None] = deliver_each
         self.on_step: Callable[[int], None] | None = None
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -448,7 +448,12 @@ class Scheduler:
                     logits = members[0][1] if len(members) == 1 else np.concatenate([part for _, part in members])
                     chain = self._chain_for(key, members[0][0])
                     ids = chain(logits, _RowStreams([row.rng for row, _ in members]))
-                    drawn = [(ids[i:i + 1], logits[i:i + 1], chain.drawn_from[i:i + 1]) for i in range(len(members))]
+                    # A chain without filters drew from the logits themselves: keep that identity per row,
+                    # so that token_choices need not compute the same log-probabilities twice.
+                    unfiltered = chain.drawn_from is logits
+                    parts = [logits[i:i + 1] for i in range(len(members))]
+                    drawn = [(ids[i:i + 1], part, part if unfiltered else chain.drawn_from[i:i + 1])
+                             for i, part in enumerate(parts)]
                 else:
                     row, logits = members[0]
                     ids, drawn_from = row.draw(logits, self.tokenizer)
@@ -482,7 +487,8 @@ class Scheduler:
 
     def _admit(self, events: list) -> None:
         with self._lock:
-            while self._pending and self.active_rows < self.max_batch:
+            room = self.max_batch - self.active_rows
+            while self._pending and room > 0:
                 request = self._pending[0]
                 index = request.admitted
                 request.admitted += 1
@@ -497,6 +503,7 @@ class Scheduler:
                     events.append((request, Finished(index, "", "length", 0, time.perf_counter())))
                     continue
                 self._to_prefill.append(row)
+                room -= 1
 
     def _decode_and_prefill(self, events: list) -> list[tuple[_Row, np.ndarray]]:
         """One decode step of every batch, then prefills within the budget: each row's (1, vocab) logits."""
@@ -507,7 +514,6 @@ class Scheduler:
             except Exception as error:  # onnxruntime's own exception types
                 for row in batch.live:
                     self._fail(row.request, f"the model failed: {first_line(error)}", events)
-        self._prefilled = []
         sampled += self._prefill(events)
         return sampled
 
@@ -622,7 +628,7 @@ class Scheduler:
         self.publish(events)
 
 
-def _deliver_each(events: list) -> None:
+def deliver_each(events: list) -> None:
     for request, event in events:
         request.deliver(event)
 
@@ -668,7 +674,9 @@ def exact_padding_quantum(backend, candidates: Sequence[int] = QUANTUM_CANDIDATE
             batch.join([(f"probe row of {length}", *prefill(length)[:2]) for length in lengths])
             mask = np.concatenate([batch.mask, np.ones((len(lengths), 1), dtype=np.int64)], axis=1)
             logits, _ = backend.step(np.repeat(next_token, len(lengths), axis=0), mask, batch.past)
-            exact = exact and all(np.array_equal(logits[i], prefill(length)[2]) for i, length in enumerate(lengths))
+            exact = all(np.array_equal(logits[i], prefill(length)[2]) for i, length in enumerate(lengths))
+            if not exact:
+                break
         if exact:
             return quantum
     return None

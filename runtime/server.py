@@ -60,7 +60,7 @@ from gen.runtime.api import (
     parse_completion_request,
     usage_object,
 )
-from gen.runtime.scheduler import Busy, Failed, Piece, Scheduler
+from gen.runtime.scheduler import Busy, Failed, Piece, Scheduler, deliver_each
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 RETRY_AFTER_S = 1  # what a 503 tells the client to wait
@@ -195,7 +195,7 @@ async def wait_for_disconnect(request: Request) -> None:
 
 def sampler_listing() -> list[dict]:
     """Every registered sampler: name, options with defaults, description, who registered it,
-    whether it is a filter (may stand anywhere in a chain) and whether it reads the text so far."""
+    and whether it is a filter (may stand anywhere in a chain)."""
     registry = get_registry()
     samplers = []
     for name in registry.names("sampler"):
@@ -430,8 +430,7 @@ class Inbox:
                 self.collecting = False  # a quiet interval: the next publish wakes the loop
                 return
         for events in steps:
-            for request, event in events:
-                request.deliver(event)
+            deliver_each(events)
         self.timer = self.loop.call_later(self.POLL_SECONDS, self.collect)
 
 
