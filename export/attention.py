@@ -26,7 +26,7 @@ from onnxscript import ir
 from onnxscript import opset18 as op
 from onnxscript.function_libs.torch_lib.ops.nn import aten_scaled_dot_product_attention
 
-_LOWEST_FLOAT32 = float(torch.finfo(torch.float32).min)
+LOWEST_FLOAT32 = float(torch.finfo(torch.float32).min)
 
 
 def scaled_dot_product_attention(
@@ -60,7 +60,7 @@ def scaled_dot_product_attention(
         attn_mask = op.LessOrEqual(op.Unsqueeze(key_at, [0]), op.Unsqueeze(query_at, [1]))
     if attn_mask is not None:
         if is_causal or attn_mask.dtype == ir.DataType.BOOL:
-            scores = op.Where(attn_mask, scores, op.Constant(value_float=_LOWEST_FLOAT32))
+            scores = op.Where(attn_mask, scores, op.Constant(value_float=LOWEST_FLOAT32))
         else:
             scores = op.Add(scores, attn_mask)
     return op.MatMul(op.Softmax(scores, axis=-1), value)

@@ -28,11 +28,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from gen.export.attention import LOWEST_FLOAT32
 from gen.runtime.artifact import ATTENTION_MASK, CACHE_POSITION, INPUT_IDS, LOGITS, past_names, present_names
 
 OPSET = 20  # Gelu is a standard operator from opset 20
 MICROSOFT = "com.microsoft"
-LOWEST_FLOAT32 = float(np.finfo(np.float32).min)
 
 
 class GraphBuilder:
@@ -51,8 +51,10 @@ class GraphBuilder:
         self.initializers.append(numpy_helper.from_array(np.array(array, order="C"), name))  # keeps 0-d scalars
         return name
 
-    def op(self, op_type: str, inputs: list[str], outputs: int = 1, domain: str = "", **attributes) -> list[str]:
-        names = [self.name(op_type.lower()) for _ in range(outputs)]
+    def op(self, op_type: str, inputs: list[str], outputs: int | list[str] = 1, domain: str = "",
+           **attributes) -> list[str]:
+        """A node with `outputs` new names, or with the given output names (the graph's own)."""
+        names = outputs if isinstance(outputs, list) else [self.name(op_type.lower()) for _ in range(outputs)]
         self.nodes.append(helper.make_node(op_type, inputs, names, name=self.name(op_type), domain=domain,
                                            **attributes))
         return names
@@ -110,7 +112,7 @@ def build_gpt_graph(model, capacity: int | None = None) -> onnx.ModelProto:
     total = g.one("Add", [past_length, length])  # P + T
 
     # Positions count real tokens only: cumsum(mask) - 1, at least 0, at the T new tokens.
-    positions = g.one("Sub", [g.one("CumSum", [ATTENTION_MASK, g.constant("axis_1", np.array(1, np.int64))]), one])
+    positions = g.one("Sub", [g.one("CumSum", [ATTENTION_MASK, one]), one])  # CumSum along axis 1
     positions = g.one("Max", [positions, zero])
     first_new = g.one("Unsqueeze", [past_length, axes_zero])
     positions = g.one("Slice", [positions, first_new, g.one("Unsqueeze", [total, axes_zero]), axis_one])
@@ -156,16 +158,12 @@ def build_gpt_graph(model, capacity: int | None = None) -> onnx.ModelProto:
             for new, past, present in ((key, past_key, present_key), (value, past_value, present_value)):
                 heads = g.one("Transpose", [g.one("Reshape", [new, head_shape])], perm=[0, 2, 1, 3])  # (B, N, T, H)
                 indices = g.one("Expand", [slots, g.one("Shape", [heads])])
-                g.nodes.append(helper.make_node("ScatterElements", [past, indices, heads], [present],
-                                                name=g.name("ScatterElements"), axis=2))
-            g.nodes.append(helper.make_node(
-                "MultiHeadAttention", [query, present_key, present_value, "", "", bias],
-                [attended], name=g.name("MultiHeadAttention"), domain=MICROSOFT, num_heads=n_head))
+                g.op("ScatterElements", [past, indices, heads], [present], axis=2)
+            g.op("MultiHeadAttention", [query, present_key, present_value, "", "", bias], [attended],
+                 MICROSOFT, num_heads=n_head)
         else:
-            g.nodes.append(helper.make_node(
-                "MultiHeadAttention", [query, key, value, "", "", bias, past_key, past_value],
-                [attended, present_key, present_value], name=g.name("MultiHeadAttention"), domain=MICROSOFT,
-                num_heads=n_head))
+            g.op("MultiHeadAttention", [query, key, value, "", "", bias, past_key, past_value],
+                 [attended, present_key, present_value], MICROSOFT, num_heads=n_head)
         projected = linear(attended, block.attn.c_proj, f"h.{i}.attn.c_proj")
         normed, residual = skip_norm(projected, residual, block.ln_2, f"h.{i}.ln_2")
         hidden = g.one("Gelu", [linear(normed, block.mlp.c_fc, f"h.{i}.mlp.c_fc")])
@@ -174,9 +172,7 @@ def build_gpt_graph(model, capacity: int | None = None) -> onnx.ModelProto:
         prefix = f"h.{i + 1}.ln_1" if i + 1 < n_layer else "ln_f"
         normed, residual = skip_norm(projected, residual, following, prefix)
     # The head is tied to the token embedding (GPT), so the same weights, transposed.
-    g.nodes.append(helper.make_node("MatMul", [normed, g.constant("lm_head.weight_t",
-                                                                   _weight(model.lm_head.weight).T)],
-                                    [LOGITS], name=g.name("MatMul")))
+    g.op("MatMul", [normed, g.constant("lm_head.weight_t", _weight(model.lm_head.weight).T)], [LOGITS])
 
     batch, sequence = "batch", "sequence"
     past, total_sequence = (capacity, capacity) if static else ("past_sequence", "total_sequence")

@@ -22,8 +22,8 @@ outputs are `logits` float32 [batch, sequence, vocab] and `present.{i}.key` / `.
 a one-line error saying what is wrong with it. It walks only the top level of the
 protobuf (a few dozen bytes read, the graph skipped with a seek), which is enough to
 tell "not ONNX" from "truncated" and to read the metadata, without the onnx package.
-`read_graph_summary` walks one level further, into the graph's nodes, initializers
-and inputs, for `gen info`.
+`read_graph_summary` walks one level further, into the graph's nodes and
+initializers, for `gen info`.
 """
 from __future__ import annotations
 
@@ -39,8 +39,6 @@ from gen.core.errors import GenError
 from gen.core.files import check_utf8_path
 
 FORMAT_VERSION = 1
-# More onnxruntime threads than this only spin: four per core is already far past any gain.
-MAX_THREADS = 4 * (os.cpu_count() or 1)
 # The largest sizes an export's metadata may claim; beyond them a file is damaged or
 # hostile (gen would allocate for them before onnxruntime could object).
 METADATA_LIMITS = {"block_size": 2**20, "vocab_size": 2**24, "n_layer": 1024, "n_head": 1024, "head_size": 2**16}
@@ -94,7 +92,7 @@ class Artifact:
 
 _VARINT, _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 0, 1, 2, 5
 _IR_VERSION_FIELD, _GRAPH_FIELD, _OPSET_FIELD, _METADATA_FIELD = 1, 7, 8, 14  # of ModelProto
-_NODE_FIELD, _INITIALIZER_FIELD, _INPUT_FIELD = 1, 5, 11  # of GraphProto
+_NODE_FIELD, _INITIALIZER_FIELD = 1, 5  # of GraphProto
 _OP_TYPE_FIELD = 4  # of NodeProto
 _DIMS_FIELD, _DATA_TYPE_FIELD = 1, 2  # of TensorProto
 _MAX_PLAUSIBLE_IR_VERSION = 100  # ONNX is at 11 in 2025; random bytes are rarely this small
@@ -250,7 +248,6 @@ class GraphSummary:
     opset: int | None  # of the default (ai.onnx) domain
     operators: dict[str, int]  # op_type -> nodes of the main graph
     weights: dict[str, int]  # type name -> elements in initializers of rank 1 or more
-    inputs: list[str]
 
 
 def _varints(wire_type: int, value) -> list[int]:
@@ -264,7 +261,7 @@ def _varints(wire_type: int, value) -> list[int]:
 
 
 def read_graph_summary(path: str | os.PathLike) -> GraphSummary:
-    """The opset, operators, weights and inputs of the ONNX file at `path` (read whole into memory)."""
+    """The opset, operators and weights of the ONNX file at `path` (read whole into memory)."""
     fields = _read_model(path, (_GRAPH_FIELD, _OPSET_FIELD))
     try:
         opset = None
@@ -274,7 +271,6 @@ def read_graph_summary(path: str | os.PathLike) -> GraphSummary:
                 opset = opset_fields.get(2)
         operators: dict[str, int] = {}
         weights: dict[str, int] = {}
-        inputs = []
         for field, _, value in _fields(fields[_GRAPH_FIELD][0]):
             if field == _NODE_FIELD:
                 op_type = next((v.decode() for f, _, v in _fields(value) if f == _OP_TYPE_FIELD), "")
@@ -289,11 +285,9 @@ def read_graph_summary(path: str | os.PathLike) -> GraphSummary:
                 if dims and data_type in WEIGHT_TYPES:
                     elements = math.prod(dims)
                     weights[WEIGHT_TYPES[data_type]] = weights.get(WEIGHT_TYPES[data_type], 0) + elements
-            elif field == _INPUT_FIELD:
-                inputs.append(next((v.decode() for f, _, v in _fields(value) if f == 1), ""))
     except (_NotOnnx, _Truncated, UnicodeDecodeError):
         raise GenError(f"{os.fspath(path)} has a damaged graph; export it again") from None
-    return GraphSummary(opset, operators, weights, inputs)
+    return GraphSummary(opset, operators, weights)
 
 
 def read_artifact(path: str | os.PathLike) -> Artifact:

@@ -48,7 +48,6 @@ from gen.core.tokenizer import tokenizer_from_dict
 from gen.runtime.artifact import (
     ATTENTION_MASK,
     CACHE_POSITION,
-    MAX_THREADS,
     INPUT_IDS,
     LOGITS,
     past_names,
@@ -57,6 +56,8 @@ from gen.runtime.artifact import (
 )
 
 CPU_PROVIDER = "CPUExecutionProvider"
+# More onnxruntime threads than this only spin: four per core is already far past any gain.
+MAX_THREADS = 4 * (os.cpu_count() or 1)
 DEFAULT_MAX_NEW_TOKENS = 500
 
 
