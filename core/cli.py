@@ -32,7 +32,7 @@ COMPLETE_VARIABLE = "_GEN_COMPLETE"
 
 
 @click.group(cls=GenGroup)
-@click.version_option(package_name="gen", allow_from_autoenv=False)
+@click.version_option(package_name="gen")
 @click.pass_context
 def cli(ctx):
     """gen: train small language models, export them to ONNX, generate text.

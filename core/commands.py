@@ -13,7 +13,6 @@ from click.core import ParameterSource
 from gen.core.errors import GenError
 from gen.core.generation_options import echo_from_options, generation_options
 from gen.core.hookspecs import hookimpl
-from gen.core.plot import check_matplotlib
 from gen.core.specs import format_spec, options_of
 from gen.core.train_config import DTYPES, LIMITS, TrainConfig
 
@@ -187,6 +186,8 @@ def _train(ctx, config, **options):
     plot = options.pop("plot")  # what to do after the run, not a training option
     given.discard("plot")
     if plot:
+        from gen.core.plot import check_matplotlib, plot_run
+
         check_matplotlib()  # before the run, not after it
 
     from gen.core.train import train as run_training
@@ -196,8 +197,6 @@ def _train(ctx, config, **options):
     except KeyboardInterrupt:  # Ctrl-C: the run saved what it had and said how to resume
         raise SystemExit(130) from None
     if plot:
-        from gen.core.plot import plot_run
-
         click.echo(f"wrote {plot_run(result.out)}")
 
 

@@ -157,12 +157,13 @@ def read_text(path: Path) -> str:
         raise GenError(f"the corpus {str(path)!r} does not exist; give --data a UTF-8 text file or one of: {known}")
     if path.is_dir():
         raise GenError(f"the corpus {str(path)!r} is a directory; give --data a UTF-8 text file")
-    if not stat.S_ISREG(path.stat().st_mode):  # /dev/zero or a FIFO would be read forever
+    status = path.stat()
+    if not stat.S_ISREG(status.st_mode):  # /dev/zero or a FIFO would be read forever
         raise GenError(f"the corpus {str(path)!r} is not a regular file (a device or a pipe); "
                        f"give --data a UTF-8 text file")
     # The text, its UTF-8 decoding (up to 4 bytes a character in Python's str) and the
     # encoded corpus are in memory at once; a file that cannot fit is refused, not read.
-    check_fits(8 * path.stat().st_size, f"the corpus {str(path)!r} ({format_bytes(path.stat().st_size)})",
+    check_fits(8 * status.st_size, f"the corpus {str(path)!r} ({format_bytes(status.st_size)})",
                "give --data a smaller file (gen reads the whole corpus into memory)")
     try:
         text = path.read_bytes().decode("utf-8")

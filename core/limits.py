@@ -27,11 +27,11 @@ def available_memory() -> int | None:
 
 
 def format_bytes(count: float) -> str:
-    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
-        if count < 1000 or unit == "PB":
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if count < 1000:
             return f"{count:,.0f} {unit}" if unit == "bytes" else f"{count:,.1f} {unit}"
         count /= 1000
-    raise AssertionError("unreachable")
+    return f"{count:,.1f} PB"
 
 
 def check_fits(needed: float, what: str, advice: str) -> None:
