@@ -31,7 +31,7 @@ test: install
 
 # docs/cli.md from the commands' own help (tests/test_docs.py checks it is up to date)
 docs: install
-	$(BIN)/python -m gen.core.cli_reference docs/cli.md
+	$(BIN)/python -m gen.core.cli.reference docs/cli.md
 
 clean:
 	rm -rf $(VENV) .venv-runtime $(OUT) build *.egg-info .pytest_cache .hypothesis

@@ -19,7 +19,7 @@ policy's re-prefills) with a sampler that costs nothing, which no generator on t
 beat. Then, on onnxruntime: the cost of the samplers that look at the text so far (against
 top_k alone) and mirostat's surprise; the time per token across one full window
 (flat as the context fills?) and the step that slides the window; and `gen run`
-start to finish. Every generator runs the same shared loop (gen.core.generate:
+start to finish. Every generator runs the same shared loop (gen.core.generation:
 prompt "\\n", multinomial sampling, the same context policy past block_size), so the
 numbers compare the model step and what surrounds it. Each figure is the best of
 --repeats runs after a warm-up, because other processes on a small machine add noise
@@ -40,14 +40,14 @@ import numpy as np
 import torch
 
 from gen.core.data import corpus_path, read_text
-from gen.core.generate import generate_ids, generate_text
+from gen.core.generation import generate_ids, generate_text
 from gen.core.sampling import build_sampler_chain
 from gen.core.tokenizer import tokenizer_from_dict, tokenizer_to_dict
-from gen.core.torch_backend import TorchBackend
+from gen.core.training.torch_backend import TorchBackend
 from gen.export.onnx_export import export_model
 from gen.plugins.gpt import GPT
 from gen.plugins.tokenizers import CharTokenizer
-from gen.runtime.generator import Generator
+from gen.runtime.onnx_model import OnnxModel
 
 SHAPES = {
     "quick": dict(block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0),  # nanoGPT's CPU recipe
@@ -69,7 +69,7 @@ STATIC = "onnxruntime fused, static cache"
 
 def model_and_tokenizer_document(shape: str, checkpoint: str | None, data: str):
     if checkpoint:
-        from gen.core.checkpoint import load_checkpoint
+        from gen.core.training.checkpoint import load_checkpoint
 
         loaded = load_checkpoint(checkpoint, device="cpu")
         return loaded.model, loaded.model_name, loaded.tokenizer_document
@@ -173,7 +173,7 @@ def time_gen_run(model_path: Path, new_tokens: int) -> tuple[str, float | None]:
     return " ".join(command), min(walls)
 
 
-def export_designs(model, model_name, tokenizer_document, work: Path, threads: int) -> dict[str, Generator]:
+def export_designs(model, model_name, tokenizer_document, work: Path, threads: int) -> dict[str, OnnxModel]:
     """Every onnxruntime design of this model, exported and loaded."""
     variants = {
         PREVIOUS: dict(portable=True),
@@ -187,7 +187,7 @@ def export_designs(model, model_name, tokenizer_document, work: Path, threads: i
         path = work / f"{name.replace(' ', '_').replace(',', '').replace('(', '').replace(')', '')}.onnx"
         export_model(model, path, tokenizer_document=tokenizer_document, model_name=model_name, progress=None,
                      **options)
-        generators[name] = Generator(path, threads=threads)
+        generators[name] = OnnxModel(path, threads=threads)
         generators[name].file_size = path.stat().st_size
     return generators
 

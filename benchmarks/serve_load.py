@@ -6,10 +6,10 @@ For each number of clients, every client sends --requests streaming completions 
 another (each with its own seed and a sampler chain from a fixed list); the script prints the
 aggregate tokens/s, time to first token and inter-token latency (p50/p99, measured by the
 clients: the gap between two chunks), errors, and checks every completion against the text
-the offline `Generator` gives for its seed (nothing lost, nothing mixed between requests).
+the offline `OnnxModel` gives for its seed (nothing lost, nothing mixed between requests).
 Then an overload run: 64 clients against a server with a small --max-queue, where the
 requests over the queue must get 503 with Retry-After, quickly, and the others the right text.
-The baseline is `gen run`'s generation loop (Generator.stream, in this process) on the idle
+The baseline is `gen run`'s generation loop (OnnxModel.stream, in this process) on the idle
 machine, with the same prompt, sampler and length.
 
 The model is nanoGPT's CPU recipe (the quick recipe: 4 layers, 4 heads, 128 wide, block 64)
@@ -172,7 +172,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def mismatches(generator, results: list[Result]) -> int:
-    """Completions that differ from the offline Generator's text for their seed."""
+    """Completions that differ from the offline OnnxModel's text for their seed."""
     bad = 0
     for result in results:
         if result.status != 200 or result.error:
@@ -208,7 +208,7 @@ def cpu_seconds(pid: int | None = None) -> float:
 
 
 def offline_batch_tokens_per_second(generator, clients: int, max_tokens: int, repeats: int) -> tuple[float, float]:
-    """Without a server: one prompt `clients` times as one batch (Generator.generate), the rows in
+    """Without a server: one prompt `clients` times as one batch (OnnxModel.generate), the rows in
     step, so every window slides at the same step. The best the model gives at that batch size.
     Returns tokens/s and CPU seconds per token."""
     prompts = [PROMPTS[0]] * clients
@@ -267,19 +267,19 @@ def main() -> None:
                              "of every built-in kind")
     args = parser.parse_args()
 
-    from gen.runtime.generator import Generator
+    from gen.runtime.onnx_model import OnnxModel
 
     samplers = MIXED_SAMPLERS if args.samplers == "mixed" else [[]]
     with tempfile.TemporaryDirectory() as work:
         model = Path(args.model) if args.model else Path(work) / "quick.onnx"
         if not args.model:
             export_quick_recipe(args.data, model)
-        generator = Generator(model)
+        generator = OnnxModel(model)
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         print(f"model: {args.model or 'quick recipe shape, random weights'}; {cpus} CPUs to run on, "
               f"load average {os.getloadavg()[0]:.2f} before the runs; samplers: {args.samplers}")
         baseline = gen_run_tokens_per_second(generator, args.max_tokens, repeats=5)
-        print(f"gen run's loop (Generator.stream, one prompt, {args.max_tokens} tokens): {baseline:,.0f} tokens/s")
+        print(f"gen run's loop (OnnxModel.stream, one prompt, {args.max_tokens} tokens): {baseline:,.0f} tokens/s")
 
         server = Server(model)
         rows, single = [], None
@@ -350,7 +350,7 @@ def main() -> None:
             target = TARGET_SCALING_32 * single
             print(f"  the target is {target:,.0f} tokens/s. Without HTTP, the scheduler alone (32 threads "
                   f"submitting) makes {alone:,.0f} ({alone / single:.1f}x); without a server, one prompt 32 "
-                  f"times as one batch in step (Generator.generate) {offline:,.0f} ({offline / single:.1f}x).")
+                  f"times as one batch in step (OnnxModel.generate) {offline:,.0f} ({offline / single:.1f}x).")
             print(f"  CPU per token: that batch {offline_cpu * 1e6:.0f} us, the scheduler {alone_cpu * 1e6:.0f} us, "
                   f"the server's HTTP side {http_cpu * 1e6:.0f} us more, the 32 clients {clients_cpu * 1e6:.0f} us. "
                   f"At the target, even with scheduling as cheap as that batch, the whole system needs "

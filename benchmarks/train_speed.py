@@ -9,7 +9,7 @@ The configuration is nanoGPT's CPU recipe for Tiny Shakespeare: 4 layers, 4 head
 nanoGPT's step is re-typed from its model.py and train.py (the parts that run on a
 CPU with --compile=False): its model and configure_optimizers (plain AdamW on a CPU)
 in benchmarks/nanogpt_model.py, its get_batch and the body of its training loop
-below. gen's step is gen.core.train.Trainer.train_step, exactly what `gen train` runs.
+below. gen's step is gen.core.training.loop.Trainer.train_step, exactly what `gen train` runs.
 
 What makes gen faster here (measured on 2 AMD EPYC cores with AVX512-BF16): bfloat16
 autocast with torch's math attention kernel (flash attention's bfloat16 backward is
@@ -31,10 +31,11 @@ import numpy as np
 import torch
 from nanogpt_model import GPT, GPTConfig  # beside this script
 
-from gen.core.checkpoint import build_model
-from gen.core.train_config import TrainConfig
+from gen.core.training.checkpoint import build_model
+from gen.core.training.config import TrainConfig
 from gen.core.data import load_dataset
-from gen.core.train import Trainer, resolve_device, resolve_dtype
+from gen.core.training.devices import resolve_device, resolve_dtype
+from gen.core.training.loop import Trainer
 
 NANOGPT_TOKENS_PER_SECOND = 13_000  # the figure for nanoGPT on this kind of machine
 TARGET_RATIO = 1.3

@@ -1,6 +1,6 @@
 """gen.core: the plugin API, the model, tokenizer and sampler contracts and helpers, the CLI.
 
-Everything importable from here is torch-free; the training loop (gen.core.train)
+Everything importable from here is torch-free; the training loop (gen.core.training.loop)
 imports torch when it runs.
 """
 from gen.core.errors import GenError

@@ -192,7 +192,7 @@ def _hash(*parts: str) -> str:
 def train_tokenizer(text: str, spec: str, progress: bool = False) -> tuple[Tokenizer, dict]:
     """The tokenizer named by `spec` (e.g. 'bpe:vocab_size=512'), trained on `text` or
     taken from the cache. Returns the tokenizer and its document {"name", "state"}."""
-    from gen.core.plugins import get_registry
+    from gen.core.registry import get_registry
 
     name, raw_options = parse_spec(spec, "tokenizer")
     entry = get_registry().entry("tokenizer", name)

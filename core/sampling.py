@@ -288,7 +288,7 @@ class Multinomial:
 
 def _build(spec: str):
     """The sampler object a spec string names, the distribution that registered it, and the spec."""
-    from gen.core.plugins import get_registry
+    from gen.core.registry import get_registry
 
     name, raw_options = parse_spec(spec, "sampler")
     entry = get_registry().entry("sampler", name)

@@ -31,7 +31,7 @@ def tokenizer_to_dict(name: str, tokenizer: Tokenizer) -> dict:
 
 def tokenizer_from_dict(document: dict | str) -> Tokenizer:
     """Rebuild a tokenizer from `{"name": ..., "state": ...}` (a dict or its JSON)."""
-    from gen.core.plugins import get_registry
+    from gen.core.registry import get_registry
 
     if isinstance(document, str):
         try:

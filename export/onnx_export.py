@@ -138,7 +138,7 @@ def model_config(model: torch.nn.Module) -> dict:
 
 def registered_model_name(model: torch.nn.Module) -> str:
     """The name under which a plugin registered the model's class."""
-    from gen.core.plugins import get_registry
+    from gen.core.registry import get_registry
 
     registry = get_registry()
     for name in registry.names("model"):
@@ -317,7 +317,7 @@ def check_export_destination(path: str | os.PathLike, overwrite: bool) -> Path:
 
 def refuse_inside_checkpoint(path: Path) -> None:
     """A GenError if `path` lies inside a checkpoint folder, which training replaces whole."""
-    from gen.core.checkpoint import is_checkpoint
+    from gen.core.training.checkpoint import is_checkpoint
 
     inside = next((folder for folder in path.parents if is_checkpoint(folder)), None)
     if inside is not None:
@@ -326,12 +326,11 @@ def refuse_inside_checkpoint(path: Path) -> None:
 
 
 def writes_fused_graph(model: torch.nn.Module, portable: bool) -> bool:
-    """Whether the export is gen.export.gpt_graph's fused decode graph: for gen's own GPT
-    (exactly that class: a subclass may compute something else), unless asked for the
-    portable graph (`portable`, or an explicit opset, which only that graph offers)."""
-    from gen.plugins.gpt import GPT
-
-    return type(model) is GPT and not portable
+    """Whether the export is gen.export.gpt_graph's fused decode graph: for a class that
+    declares `fused_graph = "gpt"` in its own body (gen's GPT; a subclass does not inherit the
+    declaration, since it may compute something else), unless asked for the portable graph
+    (`portable`, or an explicit opset, which only that graph offers)."""
+    return vars(type(model)).get("fused_graph") == "gpt" and not portable
 
 
 def export_model(
@@ -435,7 +434,7 @@ def export_model(
 def loaded_checkpoint(checkpoint, say: Progress):
     """A checkpoint directory loaded on the CPU (saying so), or an already loaded checkpoint as it is."""
     if isinstance(checkpoint, (str, os.PathLike)):
-        from gen.core.checkpoint import load_checkpoint
+        from gen.core.training.checkpoint import load_checkpoint
 
         checkpoint = load_checkpoint(checkpoint, device="cpu")
         say(f"loaded checkpoint {checkpoint.path} ({checkpoint.model_name}, step {checkpoint.step})")

@@ -114,8 +114,8 @@ def quantize(
 
 
 def _loss(path: Path, ids: Sequence[int]) -> tuple[float, int]:
-    from gen.runtime.generator import Generator
+    from gen.runtime.onnx_model import OnnxModel
 
-    generator = Generator(path)
+    generator = OnnxModel(path)
     loss, tokens = exact_loss(generator.logits, ids, generator.block_size)
     return float(loss), tokens

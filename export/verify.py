@@ -47,7 +47,7 @@ def _as_numpy(past, length: int) -> list[np.ndarray]:
     pairs, onnxruntime's list, or the buffers of a fixed-capacity cache."""
     if past is None:
         return []
-    if hasattr(past, "arrays"):  # gen.runtime.generator.CapacityCache
+    if hasattr(past, "arrays"):  # gen.runtime.onnx_model.CapacityCache
         return past.arrays(length)
     flat = [tensor for pair in past for tensor in pair] if past and isinstance(past[0], tuple) else past
     return [tensor.numpy() if isinstance(tensor, torch.Tensor) else tensor for tensor in flat]
@@ -61,17 +61,17 @@ def verify_export(
 ) -> float:
     """Compare the file at `path` with `model`; return the max abs logits difference.
 
-    Both sides run through their generation backends (gen.core.torch_backend and
-    gen.runtime.generator), so what is verified is what `gen sample` and `gen run`
+    Both sides run through their generation backends (gen.core.training.torch_backend and
+    gen.runtime.onnx_model), so what is verified is what `gen sample` and `gen run`
     execute. Raises GenError naming the first case over `tolerance`.
     """
-    from gen.core.torch_backend import TorchBackend
-    from gen.runtime.generator import Generator
+    from gen.core.training.torch_backend import TorchBackend
+    from gen.runtime.onnx_model import OnnxModel
 
     say = progress or (lambda message: None)
     expected_backend = TorchBackend(model)
     try:
-        exported_backend = Generator(path)
+        exported_backend = OnnxModel(path)
     except GenError as error:
         raise GenError(f"verification failed: {error}") from None
     block_size, vocab_size = expected_backend.block_size, expected_backend.vocab_size

@@ -116,6 +116,9 @@ class GPT(LanguageModel, nn.Module):
     """A decoder-only transformer in the nanoGPT lineage, with a KV cache."""
 
     Config = GPTConfig
+    # `gen export` writes this class (not its subclasses, which may compute something else)
+    # as gen.export.gpt_graph's fused decode graph; see gen.export.onnx_export.writes_fused_graph.
+    fused_graph = "gpt"
 
     def __init__(self, config: GPTConfig):
         super().__init__()

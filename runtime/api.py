@@ -25,7 +25,7 @@ import secrets
 from dataclasses import dataclass
 
 from gen.core.errors import GenError
-from gen.core.generate import TokenChoice
+from gen.core.generation import TokenChoice
 from gen.core.sampling import Sampling
 from gen.core.specs import format_spec
 from gen.runtime.scheduler import Choice

@@ -1,6 +1,6 @@
 """Continuous batching for `gen serve`: many generations share one decode step (numpy, no torch).
 
-    scheduler = Scheduler(Generator("model.onnx"), max_batch=32)
+    scheduler = Scheduler(OnnxModel("model.onnx"), max_batch=32)
     scheduler.start()
     request = scheduler.submit([Choice(prompt_ids, Sampling(["top_p:p=0.9"]), seed=1, max_tokens=100)],
                                deliver=print)       # Piece, Finished or Failed events, in order
@@ -17,7 +17,7 @@ One thread owns the model. Each step it
 
 A row's text does not depend on the rows beside it. Each row has its own sampler chain (fresh
 from its spec), its own `np.random.default_rng(seed)`, its own history, and its own window,
-which follows the context policy of gen.core.generate.generate_ids; it is sampled alone on its
+which follows the context policy of gen.core.generation.generate_ids; it is sampled alone on its
 own (1, vocab) logits. The rows share only the model's forward pass: their KV caches lie side
 by side, left-padded to one length. The graph derives positions from the attention mask, so
 padding moves no position, but onnxruntime's CPU kernels sum over the cache in a few
@@ -47,7 +47,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from gen.core.errors import GenError, first_line
-from gen.core.generate import (
+from gen.core.generation import (
     History,
     RowText,
     TokenChoice,
@@ -324,7 +324,7 @@ class _Batch:
 class Scheduler:
     """Runs every request's generation in one continuously batched loop on its own thread.
 
-    `backend` is a gen.runtime.Generator (any Backend whose past is a list of
+    `backend` is a gen.runtime.OnnxModel (any Backend whose past is a list of
     (batch, heads, past, head_size) arrays). Its attribute `publish(events)` receives, once per
     step, the list of (request, event) pairs of that step; by default it calls each request's
     `deliver(event)` (a server sets its own before `start()`). `on_step(rows)`, if set, is told

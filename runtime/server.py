@@ -1,7 +1,7 @@
 """`gen serve`: OpenAI's completions API, the playground page and metrics over HTTP, on
 Starlette and uvicorn (the `serve` extra), without torch.
 
-    app = create_app(Generator("model.onnx"))     # an ASGI application
+    app = create_app(OnnxModel("model.onnx"))     # an ASGI application
     serve("model.onnx", host="127.0.0.1", port=8000)  # what `gen serve` runs
 
 Routes: POST /v1/completions, GET /v1/models, GET /v1/samplers, GET /health, GET /metrics,
@@ -45,8 +45,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from gen.core.errors import GenError
-from gen.core.generate import PROBABILITY_COLOURS
-from gen.core.plugins import get_registry
+from gen.core.colours import PROBABILITY_COLOURS
+from gen.core.registry import get_registry
 from gen.core.sampling import LogitsFilter
 from gen.runtime.api import (
     APIError,
@@ -216,7 +216,7 @@ def sampler_listing() -> list[dict]:
 def create_app(generator, *, model_name: str | None = None, max_batch: int = 32, max_queue: int = 256,
                limits: Limits | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                announce=None) -> Starlette:
-    """The ASGI app serving `generator` (a gen.runtime.Generator). The scheduler thread starts
+    """The ASGI app serving `generator` (a gen.runtime.OnnxModel). The scheduler thread starts
     and stops with the app's lifespan, which calls `announce("started" or "stopped", scheduler)`."""
     limits = limits or Limits()
     model_name = model_name or os.path.basename(generator.path)
@@ -457,9 +457,9 @@ def serve(model_path: str, *, host: str = "127.0.0.1", port: int = 8000, max_bat
     """Serve a model until SIGTERM or Ctrl-C; then stop accepting, finish what runs, and return."""
     import uvicorn
 
-    from gen.runtime.generator import Generator
+    from gen.runtime.onnx_model import OnnxModel
 
-    generator = Generator(model_path, provider=provider, threads=threads)
+    generator = OnnxModel(model_path, provider=provider, threads=threads)
     sock = listening_socket(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     url = f"http://{bound_host if ':' not in bound_host else f'[{bound_host}]'}:{bound_port}"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from gen.core.plugins import reset_plugins
+from gen.core.registry import reset_plugins
 
 # The first 59,804 characters of Tiny Shakespeare (public domain): the suite's corpus,
 # inside the repository so that a bare clone passes its tests.

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from gen.core import checkpoint as ckpt
+from gen.core.training import checkpoint as ckpt
 from gen.core.errors import GenError
-from gen.core.plugins import get_registry
+from gen.core.registry import get_registry
 from gen.core.tokenizer import tokenizer_to_dict
 
 TEXT = "hello world, hello gen\n"

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from gen.core import GenError, LogitsFilter, SamplingContext, hookimpl, log_softmax, softmax
-from gen.core.generate import generate_ids
-from gen.core.plugins import get_plugins
+from gen.core.generation import generate_ids
+from gen.core.registry import get_plugins
 from gen.core.sampling import Sampling, build_sampler, build_sampler_chain
 from gen.plugins.tokenizers import CharTokenizer
 

@@ -11,7 +11,7 @@ import pytest
 
 from gen.core import data
 from gen.core.errors import GenError
-from gen.core.plugins import get_registry
+from gen.core.registry import get_registry
 
 SHAKESPEARE = Path(__file__).resolve().parent / "data" / "tinyshakespeare-excerpt.txt"  # its first 59,804 characters
 GOOD_BODY = b"To be, or not to be, that is the question.\n" * 200

@@ -36,15 +36,15 @@ RUN_TIMEOUT = 180  # seconds for one torchrun of 20 steps (about 8 s on 2 busy c
 KEEP_WEIGHTS = """
 import os, sys
 from safetensors.torch import save_model
-import gen.core.train
+import gen.core.training.loop
 from gen.core.cli import cli
 
 runs = []
-prepare_run = gen.core.train.prepare_run
+prepare_run = gen.core.training.loop.prepare_run
 def keeping_the_run(*args, **kwargs):
     runs.append(prepare_run(*args, **kwargs))
     return runs[-1]
-gen.core.train.prepare_run = keeping_the_run
+gen.core.training.loop.prepare_run = keeping_the_run
 try:
     cli.main(args=sys.argv[2:], prog_name="gen")
 finally:
@@ -82,10 +82,10 @@ def on_checkpoint(step, path):
 # process 0 a SIGINT (Ctrl-C) as it begins step k.
 MISBEHAVE = """
 import os, signal, sys
-import gen.core.train
+import gen.core.training.loop
 from gen.core.cli import cli
 
-Trainer, rank = gen.core.train.Trainer, int(os.environ["RANK"])
+Trainer, rank = gen.core.training.loop.Trainer, int(os.environ["RANK"])
 nan_from, ctrl_c_at = os.environ.get("GEN_TEST_NAN_FROM"), os.environ.get("GEN_TEST_CTRL_C_AT")
 
 if nan_from and rank == 1:
@@ -307,7 +307,7 @@ def test_a_process_that_dies_stops_the_run(corpus, tmp_path):
     # torchrun's report names the process that died and how.
     assert "rank      : 1 (local_rank: 1)" in stderr and "SIGKILL" in stderr, stderr
     # The survivor either was stopped by torchrun or saw its peer go: never gen's own traceback.
-    assert "[rank0]: Traceback" not in stderr and "core/train.py" not in stderr, stderr
+    assert "[rank0]: Traceback" not in stderr and "core/training/loop.py" not in stderr, stderr
     for pid in ranks.values():
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
 
@@ -354,7 +354,7 @@ def test_ctrl_c_under_torchrun_saves_nothing_and_resumes_from_the_last_evaluatio
 def test_compile_where_attention_is_not_the_math_kernel():
     """torch.compile is lazy, so this only builds the wrapper: it once failed right here
     for float32 and for CUDA (an import inside compile_model shadowed `torch`)."""
-    from gen.core.train import compile_model
+    from gen.core.training.loop import compile_model
 
     model = torch.nn.Linear(2, 2)
     compiled = compile_model(model, torch.device("cpu"), torch.float32)
@@ -366,11 +366,11 @@ def test_accumulation_averages_gradients_only_on_the_last_micro_step(corpus, mon
     DDP's communication hook counts the gradient all-reduces of two steps of 3 micro-steps."""
     import socket
 
-    from gen.core.checkpoint import build_model
+    from gen.core.training.checkpoint import build_model
     from gen.core.data import load_dataset
-    from gen.core.distributed import Distributed
-    from gen.core.train import Trainer
-    from gen.core.train_config import TrainConfig
+    from gen.core.training.distributed import Distributed
+    from gen.core.training.loop import Trainer
+    from gen.core.training.config import TrainConfig
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

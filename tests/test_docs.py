@@ -5,14 +5,14 @@ from pathlib import Path
 import click
 
 from gen.core.cli import cli
-from gen.core.cli_reference import render
+from gen.core.cli.reference import render
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
 def test_the_cli_reference_is_up_to_date(fresh_plugins):
     assert (DOCS / "cli.md").read_text(encoding="utf-8") == render(), (
-        "docs/cli.md is out of date: run `make docs` (python -m gen.core.cli_reference docs/cli.md)"
+        "docs/cli.md is out of date: run `make docs` (python -m gen.core.cli.reference docs/cli.md)"
     )
 
 

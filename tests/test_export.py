@@ -15,12 +15,12 @@ import torch
 from click.testing import CliRunner
 
 from gen.core import hookimpl
-from gen.core.checkpoint import save_checkpoint
+from gen.core.training.checkpoint import save_checkpoint
 from gen.core.cli import GenGroup
 from gen.core.errors import GenError
-from gen.core.plugins import get_plugins
+from gen.core.registry import get_plugins
 from gen.core.tokenizer import tokenizer_from_dict, tokenizer_to_dict
-from gen.export.cli import export
+from gen.core.cli.export_commands import export
 from gen.export.attention import TRANSLATIONS
 from gen.export.onnx_export import _quiet_exporter, cache_shape, export_model
 from gen.export.verify import verify_export
@@ -28,7 +28,7 @@ from gen.plugins.bigram import BigramLanguageModel
 from gen.plugins.gpt import GPT
 
 from gen.runtime.artifact import FORMAT_VERSION, past_names, present_names
-from gen.runtime.generator import Generator
+from gen.runtime.onnx_model import OnnxModel
 
 BLOCK_SIZE = 16  # conftest's small GPT
 GPT_CONFIG = dict(block_size=BLOCK_SIZE, n_layer=2, n_head=2, n_embd=32)
@@ -423,7 +423,7 @@ def test_gpt_exports_a_fused_graph_with_fewer_operators_and_portable_on_request(
 
 
 def test_every_graph_variant_generates_the_same_text(variants):
-    generators = {name: Generator(path) for name, path in variants.items()}
+    generators = {name: OnnxModel(path) for name, path in variants.items()}
     prompts = ["ROMEO:", "\n", "What, ho! Who is there?"]
     for sampler, seed in (("greedy", None), ("top_k:k=5", 3)):
         texts = {name: generator.generate(prompts, sampler=sampler, seed=seed, max_new_tokens=3 * BLOCK_SIZE)
@@ -441,7 +441,7 @@ def test_the_fixed_capacity_cache_is_declared_and_updated_in_place(variants):
     kinds = node_kinds(variants["static"])
     assert "cache_position" in kinds["inputs"] and "ScatterElements" in kinds["ops"]
     assert read_artifact(variants["static"]).cache_capacity == BLOCK_SIZE
-    generator = Generator(variants["static"])
+    generator = OnnxModel(variants["static"])
     cache = generator.empty_past(1)
     buffers = [id(buffer) for buffer in cache.buffers]
     logits, after = generator.forward(np.array([[1, 2, 3]]), np.ones((1, 3), dtype=np.int64), cache)
@@ -469,7 +469,7 @@ def test_int4_weights_shrink_the_file_and_the_loss_is_reported(gpt, tokenizer, t
     assert any("size: fp32" in message and "-> int4" in message for message in messages)
     assert "MatMulNBits" in node_kinds(result.path)["ops"]
     assert onnx.load(str(result.path)).ir_version <= 10  # see test_files_declare_the_oldest_ir_version...
-    assert len(Generator(result.path).generate(["ROMEO:"], max_new_tokens=20, seed=1)[0]) == 20
+    assert len(OnnxModel(result.path).generate(["ROMEO:"], max_new_tokens=20, seed=1)[0]) == 20
 
 
 def test_files_declare_the_oldest_ir_version_their_opsets_need(variants):

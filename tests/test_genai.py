@@ -12,13 +12,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from gen.core.checkpoint import save_checkpoint
+from gen.core.training.checkpoint import save_checkpoint
 from gen.core.cli import cli
 from gen.core.tokenizer import tokenizer_to_dict
 from gen.plugins.bigram import BigramLanguageModel
 from gen.plugins.gpt import GPT
 from gen.runtime.artifact import read_artifact
-from gen.runtime.generator import Generator
+from gen.runtime.onnx_model import OnnxModel
 
 NEW_TOKENS = 200
 PROMPT = "ROMEO:"
@@ -74,14 +74,14 @@ def test_the_end_logit_changes_nothing_gen_generates(genai_dir, sampler):
     ran = gen("run", genai_dir / "model.onnx", *arguments)
     sampled = gen("sample", "--checkpoint", checkpoint_of(genai_dir), *arguments)
     assert ran.exit_code == 0 and ran.output == sampled.output, ran.output + sampled.output
-    logits = Generator(genai_dir / "model.onnx").logits(np.array([[1, 2, 3]]))
+    logits = OnnxModel(genai_dir / "model.onnx").logits(np.array([[1, 2, 3]]))
     assert logits.shape[-1] == read_artifact(genai_dir / "model.onnx").model["vocab_size"]
     assert (logits[..., -1] == -1e30).all()
 
 
 def test_onnxruntime_genai_greedy_ids_equal_gen_run(genai_dir):
     og = pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai is not installed (pip install 'gen[genai]')")
-    generator = Generator(genai_dir / "model.onnx")
+    generator = OnnxModel(genai_dir / "model.onnx")
     prompt = generator.tokenizer.encode(PROMPT)
 
     model = og.Model(str(genai_dir))

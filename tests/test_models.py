@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from gen.core.errors import GenError
-from gen.core.generate import generate_ids, left_pad
-from gen.core.plugins import get_registry
+from gen.core.generation import generate_ids, left_pad
+from gen.core.registry import get_registry
 from gen.core.sampling import build_sampler_chain
-from gen.core.torch_backend import TorchBackend
+from gen.core.training.torch_backend import TorchBackend
 
 VOCAB = 11
 BLOCK_SIZE = 12

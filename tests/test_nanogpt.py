@@ -15,10 +15,10 @@ import torch
 from click.testing import CliRunner
 from nanogpt_model import GPT, GPTConfig  # benchmarks/nanogpt_model.py: nanoGPT's model.py (MIT)
 
-from gen.core.checkpoint import load_checkpoint
+from gen.core.training.checkpoint import load_checkpoint
 from gen.core.cli import cli
 from gen.core.errors import GenError
-from gen.core.nanogpt import load_plain_pickle
+from gen.core.training.nanogpt import load_plain_pickle
 
 SHAKESPEARE = Path(__file__).resolve().parent / "data" / "tinyshakespeare-excerpt.txt"
 pytestmark = pytest.mark.usefixtures("module_cache", "one_torch_thread")

@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from serve_helpers import running_server
-from gen.core.plugins import get_plugins
-from gen.runtime.generator import Generator
+from gen.core.registry import get_plugins
+from gen.runtime.onnx_model import OnnxModel
 from gen.runtime.server import create_app
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -42,7 +42,7 @@ def typical_plugin():
 
 @pytest.fixture(scope="module")
 def served(small_gpt_onnx, typical_plugin):
-    generator = Generator(small_gpt_onnx)
+    generator = OnnxModel(small_gpt_onnx)
     with running_server(create_app(generator, max_batch=8)) as url:
         yield url, generator
 

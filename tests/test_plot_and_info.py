@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from matplotlib.image import imread
 
 from gen.core.cli import cli
-from gen.core.plot import COLOURS, DPI, SIZE_INCHES
+from gen.core.cli.plot import COLOURS, DPI, SIZE_INCHES
 
 SHAKESPEARE = Path(__file__).resolve().parent / "data" / "tinyshakespeare-excerpt.txt"
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "8",
@@ -149,7 +149,7 @@ def info(path) -> dict:
 
 
 def test_info_of_a_checkpoint_matches_what_torch_loads(run):
-    from gen.core.checkpoint import load_checkpoint
+    from gen.core.training.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(run / "best")
     described = info(run / "best")

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from gen.core import GenError, hookimpl
 from gen.core.cli import cli
-from gen.core.plugins import get_plugins, get_registry, reset_plugins
+from gen.core.registry import get_plugins, get_registry, reset_plugins
 from gen.core.sampling import build_sampler_chain
 
 REPOSITORY = Path(__file__).resolve().parents[1]

@@ -18,23 +18,24 @@ from click.testing import CliRunner
 
 from conftest import SHAKESPEARE
 from gen.core import hookimpl
-from gen.core.checkpoint import save_checkpoint
-from gen.core.plugins import get_plugins
+from gen.core.training.checkpoint import save_checkpoint
+from gen.core.registry import get_plugins
 from gen.core.cli import GenGroup
-from gen.core.commands import sample
+from gen.core.cli.commands import sample
 from gen.core.errors import GenError
-from gen.core.generate import SAMPLE_SEPARATOR, generate_text
+from gen.core.cli.generation_options import SAMPLE_SEPARATOR
+from gen.core.generation import generate_text
 from gen.core.sampling import Sampling, build_sampler_chain
 from gen.core.scoring import exact_loss
 from gen.core.tokenizer import tokenizer_to_dict
-from gen.core.torch_backend import TorchBackend
-from gen.export.cli import export
+from gen.core.training.torch_backend import TorchBackend
+from gen.core.cli.export_commands import export
 from gen.export.onnx_export import export_model
 from gen.plugins.bigram import BigramLanguageModel
 from gen.runtime.artifact import FORMAT_VERSION
-from gen.runtime.cli import run
-from gen.runtime.backends import open_backend
-from gen.runtime.generator import Generator
+from gen.core.cli.runtime_commands import run
+from gen.core.cli.backends import open_backend
+from gen.runtime.onnx_model import OnnxModel
 
 BLOCK_SIZE = 16  # conftest's small GPT
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -60,7 +61,7 @@ def gpt_path(checkpoint_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def generator(gpt_path):
-    return Generator(gpt_path)
+    return OnnxModel(gpt_path)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +112,7 @@ def test_sampled_text_equals_torch_with_the_same_seed(gpt, tokenizer, generator,
 
 
 def test_bigram_text_equals_torch_without_a_cache(bigram, tokenizer, bigram_path):
-    generator = Generator(bigram_path)
+    generator = OnnxModel(bigram_path)
     assert not generator.uses_cache and generator.block_size == 8
     expected = torch_text(bigram, tokenizer, ["to be"], ["top_k:k=3"], seed=3, max_new_tokens=100, use_cache=False)
     assert generator.generate(["to be"], sampler="top_k:k=3", seed=3, max_new_tokens=100) == expected
@@ -282,7 +283,7 @@ def test_logit_bias_in_the_python_api_bans_and_favours_tokens(generator, tokeniz
     assert "e" not in text and len(text) == 300
 
 
-# --- the Generator API ----------------------------------------------------------------------
+# --- the OnnxModel API ----------------------------------------------------------------------
 
 
 def test_a_batch_of_prompts_of_different_lengths_equals_each_prompt_alone(generator):
@@ -394,7 +395,7 @@ def bad(gpt_path, tmp_path_factory):
 def test_a_bad_file_is_a_one_line_error_saying_what_is_wrong(bad, kind):
     path, message = bad[kind]
     with pytest.raises(GenError, match=message) as error:
-        Generator(path)
+        OnnxModel(path)
     assert "\n" not in str(error.value)
     result = CliRunner().invoke(cli_group(), ["run", str(path)])
     assert result.exit_code == 1
@@ -404,14 +405,14 @@ def test_a_bad_file_is_a_one_line_error_saying_what_is_wrong(bad, kind):
 
 def test_an_unavailable_provider_names_the_available_ones(gpt_path):
     with pytest.raises(GenError, match="execution provider 'NoSuchExecutionProvider' is not available") as error:
-        Generator(gpt_path, provider="NoSuchExecutionProvider")
+        OnnxModel(gpt_path, provider="NoSuchExecutionProvider")
     for name in onnxruntime.get_available_providers():
         assert name in str(error.value)
 
 
 def test_providers_are_named_in_full_or_short(gpt_path):
-    assert Generator(gpt_path, provider="cpu").session.get_providers() == ["CPUExecutionProvider"]
-    assert Generator(gpt_path, provider="CPUExecutionProvider").session.get_providers() == ["CPUExecutionProvider"]
+    assert OnnxModel(gpt_path, provider="cpu").session.get_providers() == ["CPUExecutionProvider"]
+    assert OnnxModel(gpt_path, provider="CPUExecutionProvider").session.get_providers() == ["CPUExecutionProvider"]
 
 
 # --- `gen run` -------------------------------------------------------------------------------
@@ -474,15 +475,16 @@ sys.modules["torch"] = None  # any `import torch` now raises ImportError
 import click
 from click.testing import CliRunner
 import gen.runtime
-from gen.runtime import Generator, open_backend
-from gen.runtime.cli import run
+from gen.runtime import OnnxModel
+from gen.core.cli.backends import open_backend
+from gen.core.cli.runtime_commands import run
 from gen.core import hookimpl
-from gen.core.checkpoint import save_checkpoint
-from gen.core.plugins import get_plugins
+from gen.core.training.checkpoint import save_checkpoint
+from gen.core.registry import get_plugins
 from gen.core.cli import GenGroup
-from gen.core.commands import sample
+from gen.core.cli.commands import sample
 
-generator = Generator(sys.argv[1])
+generator = OnnxModel(sys.argv[1])
 text = generator.generate(["ROMEO:"], sampler="greedy", max_new_tokens=100)[0]
 backend = open_backend(sys.argv[1])
 assert backend.logits(__import__("numpy").zeros((2, backend.block_size), dtype="int64")).shape[:2] == (2, backend.block_size)
@@ -507,7 +509,7 @@ def test_the_runtime_runs_with_torch_blocked(gpt_path, generator):
 
 def test_importing_the_cli_commands_stays_light():
     script = (
-        "import sys; import gen.runtime.cli, gen.export.cli, gen.runtime, gen.export; "
+        "import sys; import gen.core.cli.runtime_commands, gen.core.cli.export_commands, gen.runtime, gen.export; "
         "heavy = [m for m in ('torch', 'onnx', 'onnxruntime', 'onnxscript') if m in sys.modules]; "
         "print(heavy)"
     )

@@ -2,7 +2,7 @@
 
 There torch cannot be imported, `gen plugins` lists the samplers and tokenizers,
 and a model trained and exported in the main environment generates with `gen run`
-and with the Python `Generator` API the same greedy text as in the main environment;
+and with the Python `OnnxModel` API the same greedy text as in the main environment;
 with the serve extra added, `gen serve` answers a completion with that text too.
 A third-party model plugin (examples/gen-mlp) installs there with pip, loads without
 torch, and its export there gives the greedy text of `gen sample` in the main environment.
@@ -82,7 +82,7 @@ def test_an_export_runs_without_torch_and_matches_the_main_environment(runtime_p
 
     through_api = run([runtime_python, "-c", (
         "import sys, gen.runtime\n"
-        "generator = gen.runtime.Generator(sys.argv[1])\n"
+        "generator = gen.runtime.OnnxModel(sys.argv[1])\n"
         f"text = generator.generate([{PROMPT!r}], sampler='greedy', max_new_tokens=120)[0]\n"
         "assert 'torch' not in sys.modules\n"
         "sys.stdout.write(text)\n"
@@ -173,7 +173,7 @@ import sys
 sys.path.insert(0, {str(MLP_PLUGIN)!r})
 import gen_mlp
 from gen.core.cli import cli
-from gen.core.plugins import get_plugins
+from gen.core.registry import get_plugins
 get_plugins().register(gen_mlp, "gen-mlp")
 cli(sys.argv[1:], prog_name="gen")
 """

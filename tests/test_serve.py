@@ -3,7 +3,7 @@ API driven by the official `openai` client against a server on 127.0.0.1.
 
 The model is conftest's small GPT exported to ONNX (block_size 16, so long generations slide
 their window and are prefilled again while others run beside them). What a choice must
-equal is `Generator.generate([prompt], sampler, seed)`, the text `gen run` prints after the
+equal is `OnnxModel.generate([prompt], sampler, seed)`, the text `gen run` prints after the
 prompt with that seed.
 """
 import asyncio
@@ -22,10 +22,10 @@ import pytest
 
 from serve_helpers import running_server
 from gen.core import LogitsFilter, hookimpl, mask_logits
-from gen.core.plugins import get_plugins
+from gen.core.registry import get_plugins
 from gen.core.sampling import Sampling
 from gen.runtime.api import Limits
-from gen.runtime.generator import Generator
+from gen.runtime.onnx_model import OnnxModel
 from gen.runtime.scheduler import Choice, Failed, Finished, Piece, Scheduler, exact_padding_quantum
 from gen.runtime.server import Inbox, create_app
 
@@ -39,7 +39,7 @@ PROMPTS = ["ROMEO:", "\n", "First Citizen:\nBefore we proceed any further, hear 
 
 @pytest.fixture(scope="module")
 def generator(small_gpt_onnx):
-    return Generator(small_gpt_onnx)
+    return OnnxModel(small_gpt_onnx)
 
 
 def alone(generator, prompt, specs, seed, max_tokens, stop=()):
@@ -79,7 +79,7 @@ def test_padding_by_the_measured_quantum_keeps_logits_bitwise_equal(generator):
     assert quantum is not None and quantum >= 1
     # The property itself, on lengths the probe did not use: a row padded by 2 quanta.
     ids = [5, 9, 2, 7, 1]
-    from gen.core.generate import left_pad
+    from gen.core.generation import left_pad
     _, past = generator.step(*left_pad([ids]), None)
     token = np.array([[3]], dtype=np.int64)
     expected, _ = generator.step(token, np.ones((1, len(ids) + 1), dtype=np.int64), past)
@@ -210,7 +210,7 @@ def test_a_model_without_a_kv_cache_batches_whole_windows(tokenizer, tmp_path):
     model = BigramLanguageModel.from_config({"vocab_size": tokenizer.vocab_size, "block_size": 8}).eval()
     path = tmp_path / "bigram.onnx"
     export_model(model, path, tokenizer_document=tokenizer_to_dict("char", tokenizer), progress=None, verify=False)
-    bigram = Generator(path)
+    bigram = OnnxModel(path)
     scheduler = Scheduler(bigram, max_batch=3).start()
     try:
         jobs = [(prompt, specs, seed, Collector()) for seed, (prompt, specs) in
@@ -244,7 +244,7 @@ def test_a_sentencepiece_style_tokenizer_keeps_its_spaces_as_gen_run_does(make_g
     path = tmp_path / "sentencepiece.onnx"
     export_model(make_gpt(tokenizer.vocab_size), path, tokenizer_document=tokenizer_to_dict("hf", tokenizer),
                  progress=None, verify=False)
-    model = Generator(path)
+    model = OnnxModel(path)
     scheduler = Scheduler(model, max_batch=4).start()
     try:
         jobs = [(prompt, seed, Collector()) for seed, prompt in enumerate(["ROMEO: the", "First Citizen:", "a b"] * 2)]
@@ -285,11 +285,11 @@ class BanLetterPlugin:
 @pytest.fixture(scope="module")
 def server(small_gpt_onnx):
     """A server with a plugin sampler registered, and small limits to test them."""
-    from gen.core.plugins import reset_plugins
+    from gen.core.registry import reset_plugins
 
     reset_plugins()
     get_plugins().register(BanLetterPlugin(), "gen-ban-letter")
-    generator = Generator(small_gpt_onnx)
+    generator = OnnxModel(small_gpt_onnx)
     app = create_app(generator, max_batch=8, max_queue=32, max_body_bytes=4096,
                      limits=Limits(max_tokens=500, max_prompt_tokens=100, max_choices=8))
     with running_server(app) as url:
@@ -500,7 +500,7 @@ def test_models_samplers_health_and_metrics(server, client):
 def test_the_playground_page_and_its_files_come_from_the_package(server):
     page = httpx.get(f"{server[0]}/", timeout=30)
     assert page.status_code == 200 and "<title>gen playground: small-gpt.onnx</title>" in page.text
-    assert '[[0.85, "red"]' in page.text  # gen.core.generate.PROBABILITY_COLOURS
+    assert '[[0.85, "red"]' in page.text  # gen.core.colours.PROBABILITY_COLOURS
     for name in ("playground.js", "playground.css"):
         assert httpx.get(f"{server[0]}/playground/{name}", timeout=30).status_code == 200
     for name in ("", "playground/playground.js", "playground/playground.css"):
@@ -509,7 +509,7 @@ def test_the_playground_page_and_its_files_come_from_the_package(server):
 
 def test_the_model_name_cannot_break_the_page(small_gpt_onnx):
     name = 'my "model"</script><b>.onnx'
-    with running_server(create_app(Generator(small_gpt_onnx), model_name=name)) as url:
+    with running_server(create_app(OnnxModel(small_gpt_onnx), model_name=name)) as url:
         page = httpx.get(f"{url}/", timeout=30).text
     assert "</script><b>" not in page  # the name cannot close the script or add markup
     assert "<title>gen playground: my &quot;model&quot;&lt;/script&gt;&lt;b&gt;.onnx</title>" in page
@@ -553,7 +553,7 @@ def slow_sampler():
 
 
 def test_a_full_queue_answers_503_with_retry_after(small_gpt_onnx, slow_sampler):
-    generator = Generator(small_gpt_onnx)
+    generator = OnnxModel(small_gpt_onnx)
     app = create_app(generator, max_batch=1, max_queue=1)
     with running_server(app) as url:
         body = {"prompt": "a", "max_tokens": 1000, "stream": True, "sampler": [slow_sampler]}
@@ -624,7 +624,7 @@ def test_sigterm_finishes_the_requests_in_flight_then_exits(small_gpt_onnx):
     events = [line[len("data: "):] for line in received if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     text = "".join(json.loads(event)["choices"][0]["text"] for event in events[:-1])
-    assert text == alone(Generator(small_gpt_onnx), "ROMEO:", [], 8, 4000)
+    assert text == alone(OnnxModel(small_gpt_onnx), "ROMEO:", [], 8, 4000)
 
 
 def test_gen_serve_says_what_is_wrong_in_one_line(small_gpt_onnx, tmp_path):
@@ -651,10 +651,10 @@ sys.modules["torch"] = None  # from here on, `import torch` raises ImportError
 sys.path.insert(0, {os.path.dirname(__file__)!r})
 import httpx
 from serve_helpers import running_server
-from gen.runtime.generator import Generator
+from gen.runtime.onnx_model import OnnxModel
 from gen.runtime.server import create_app
 
-with running_server(create_app(Generator({str(small_gpt_onnx)!r}))) as url:
+with running_server(create_app(OnnxModel({str(small_gpt_onnx)!r}))) as url:
     response = httpx.post(url + "/v1/completions", json={{"prompt": "ROMEO:", "max_tokens": 5, "seed": 1}}, timeout=30)
     assert response.status_code == 200, response.text
     assert httpx.get(url + "/v1/samplers", timeout=30).status_code == 200
@@ -676,7 +676,7 @@ def test_an_export_with_a_fixed_capacity_cache_is_refused_in_one_line(make_gpt, 
     export_model(make_gpt(tokenizer.vocab_size), path, tokenizer_document=tokenizer_to_dict("char", tokenizer),
                  static_cache=True, progress=None, verify=False)
     with pytest.raises(GenError, match="fixed-capacity cache .* which gen serve cannot batch"):
-        Scheduler(Generator(path))
+        Scheduler(OnnxModel(path))
 
 
 class Received:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from gen.core.errors import GenError
 from gen.core.data import train_tokenizer
-from gen.core.plugins import get_registry
+from gen.core.registry import get_registry
 from gen.core.tokenizer import TextStream, Tokenizer, tokenizer_from_dict, tokenizer_to_dict
 from gen.plugins.tokenizers import (
     PRE_SPLIT,
@@ -385,7 +385,7 @@ def test_plugin_imports_and_works_with_torch_blocked():
         "import sys\n"
         "sys.modules['torch'] = None\n"  # any `import torch` now raises ImportError
         "import gen.plugins.tokenizers as t\n"
-        "from gen.core.plugins import get_registry\n"
+        "from gen.core.registry import get_registry\n"
         "cls = get_registry().get('tokenizer', 'bpe')\n"
         "tok = cls.train('the cat sat on the mat ' * 20, vocab_size=270)\n"
         "assert tok.decode(tok.encode('the mat')) == 'the mat'\n"

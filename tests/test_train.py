@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from gen.core import hookimpl
 from gen.core.cli import cli
-from gen.core.plugins import get_plugins
+from gen.core.registry import get_plugins
 
 GEN_SCRIPT = Path(sys.executable).parent / "gen"
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "8",
@@ -329,7 +329,7 @@ def test_options_the_model_does_not_take(corpus, tmp_path):
 @pytest.mark.parametrize("recipe", sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.toml")),
                          ids=lambda path: path.name)
 def test_example_recipes_hold_only_known_options(recipe):
-    from gen.core.commands import _options_from_file, train as train_command
+    from gen.core.cli.commands import _options_from_file, train_command
 
     options = _options_from_file(str(recipe), train_command, click.Context(train_command))
     assert options and "max_iters" in options

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 import gen_mlp
 from gen.core.cli import cli
-from gen.core.plugins import get_plugins, reset_plugins
-from gen.runtime import Generator
+from gen.core.registry import get_plugins, reset_plugins
+from gen.runtime import OnnxModel
 from gen_mlp.model import MLP, PAD_ID
 
 CORPUS = Path(__file__).resolve().parents[2] / "tests" / "data" / "tinyshakespeare-excerpt.txt"
@@ -113,7 +113,7 @@ def test_sample_and_the_export_give_the_same_greedy_text(work, trained):
     # A batch of prompts of different lengths is left-padded with token 0, which is
     # what the model fills its window with before a sequence starts: so every row of
     # the batch continues exactly as its prompt alone.
-    generator = Generator(work / "mlp.onnx")
+    generator = OnnxModel(work / "mlp.onnx")
     prompts = [PROMPT, "A", "First Citizen:\nBefore we proceed any further"]
     batch = generator.generate(prompts, sampler="greedy", max_new_tokens=40)
     alone = [generator.generate([prompt], sampler="greedy", max_new_tokens=40)[0] for prompt in prompts]

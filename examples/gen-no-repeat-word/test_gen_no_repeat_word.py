@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 import gen_no_repeat_word
 from gen.core import GenError, SamplingContext
 from gen.core.cli import cli
-from gen.core.plugins import get_plugins, reset_plugins
+from gen.core.registry import get_plugins, reset_plugins
 from gen.core.sampling import build_sampler_chain
 from gen.plugins.tokenizers import ByteTokenizer, CharTokenizer
 from gen_no_repeat_word import NoRepeatWord

@@ -6,7 +6,7 @@ from click.testing import CliRunner
 import gen_typical
 from gen.core import GenError
 from gen.core.cli import cli
-from gen.core.plugins import get_plugins, reset_plugins
+from gen.core.registry import get_plugins, reset_plugins
 from gen.core.sampling import build_sampler_chain
 
 

@@ -8,7 +8,7 @@ import pytest
 from reliability_helpers import TINY, assert_one_line_error, gen
 
 from gen.core import GenError
-from gen.runtime.generator import Generator
+from gen.runtime.onnx_model import OnnxModel
 
 # --- seeds, learning rates, temperatures, threads ---------------------------------------
 
@@ -28,7 +28,7 @@ def test_a_seed_too_large_for_torch_is_refused_before_the_data_loads(workspace, 
 
 def test_the_python_api_refuses_a_negative_seed(workspace):
     with pytest.raises(GenError, match="seed must be a whole number >= 0"):
-        Generator(workspace / "model.onnx").generate(["a"], seed=-1)
+        OnnxModel(workspace / "model.onnx").generate(["a"], seed=-1)
 
 
 @pytest.mark.parametrize("lr", ["nan", "inf"])
@@ -66,7 +66,7 @@ def test_a_thread_count_past_the_machines_is_refused(workspace):
     result = gen("run", workspace / "model.onnx", "--threads", "100000")
     assert_one_line_error(result, "threads must be a whole number from 1 to")
     with pytest.raises(GenError, match="threads must be a whole number from 1 to"):
-        Generator(workspace / "model.onnx", threads=100_000)
+        OnnxModel(workspace / "model.onnx", threads=100_000)
 
 
 # --- corpora that never end -------------------------------------------------------------
@@ -201,7 +201,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_temporary_behind(workspace, tiny_
 
 
 def test_a_stop_string_of_100000_characters_is_handled(workspace):
-    generator = Generator(workspace / "model.onnx")
+    generator = OnnxModel(workspace / "model.onnx")
     expected = generator.generate(["ROMEO:"], sampler="greedy", max_new_tokens=2000)[0]
     assert generator.generate(["ROMEO:"], sampler="greedy", max_new_tokens=2000, stop=["a" * 100_000]) == [expected]
     tail = expected[500:520]
@@ -210,7 +210,7 @@ def test_a_stop_string_of_100000_characters_is_handled(workspace):
 
 
 def test_generate_accepts_any_iterable_of_prompts(workspace):
-    generator = Generator(workspace / "model.onnx")
+    generator = OnnxModel(workspace / "model.onnx")
     prompts = ["ROMEO:", "JULIET:"]
     assert generator.generate((p for p in prompts), sampler="greedy", max_new_tokens=10) == \
         generator.generate(prompts, sampler="greedy", max_new_tokens=10)

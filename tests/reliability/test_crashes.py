@@ -10,14 +10,14 @@ import sys
 import pytest
 from reliability_helpers import TINY, gen
 
-from gen.core.checkpoint import LATEST
+from gen.core.training.checkpoint import LATEST
 
 # Runs `gen` with a plugin that interrupts the run at one moment, in a process of its own.
 DRIVER = r'''
 import os, signal, sys
 
 from gen.core import hookimpl
-from gen.core.plugins import get_plugins
+from gen.core.registry import get_plugins
 
 moment, at = sys.argv[1], int(sys.argv[2])
 kill = lambda: os.kill(os.getpid(), signal.SIGINT if moment == "ctrl-c" else signal.SIGKILL)
@@ -36,7 +36,7 @@ class Interrupter:
 
 
 if moment in ("step", "ctrl-c"):
-    from gen.core import train
+    from gen.core.training import loop as train
 
     train_step = train.Trainer.train_step
 

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gen.core import GenError
-from gen.core.checkpoint import build_model, read_config
+from gen.core.training.checkpoint import build_model, read_config
 from gen.core.sampling import build_sampler_chain
 from gen.core.specs import parse_spec
 from gen.core.tokenizer import tokenizer_from_dict

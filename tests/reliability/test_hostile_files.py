@@ -9,7 +9,7 @@ from reliability_helpers import assert_one_line_error, gen
 
 from gen.core import GenError
 from gen.core.tokenizer import tokenizer_from_dict
-from gen.runtime.generator import Generator
+from gen.runtime.onnx_model import OnnxModel
 
 # --- a 1 KB file that describes terabytes ----------------------------------------------
 
@@ -103,7 +103,7 @@ def test_a_bad_format_version_is_refused(workspace, tmp_path, version):
             entry.value = version
     onnx.save(proto, str(tmp_path / "odd.onnx"))
     with pytest.raises(GenError, match="malformed gen.format"):
-        Generator(tmp_path / "odd.onnx")
+        OnnxModel(tmp_path / "odd.onnx")
 
 
 # --- damaged resume state ---------------------------------------------------------------

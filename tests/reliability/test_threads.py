@@ -1,8 +1,8 @@
-"""One Generator shared by threads: each thread's text depends only on its own prompt,
-sampler and seed (the thread-safety contract in gen.runtime.generator)."""
+"""One OnnxModel shared by threads: each thread's text depends only on its own prompt,
+sampler and seed (the thread-safety contract in gen.runtime.onnx_model)."""
 import threading
 
-from gen.runtime.generator import Generator
+from gen.runtime.onnx_model import OnnxModel
 
 SAMPLERS = ["top_k:k=10", "repetition_penalty:penalty=1.3", "mirostat:tau=3.0", "top_p:p=0.9"]
 
@@ -13,7 +13,7 @@ def request(number: int) -> dict:
 
 
 def test_eight_threads_sharing_one_generator_get_their_single_threaded_texts(workspace):
-    generator = Generator(workspace / "model.onnx", threads=1)
+    generator = OnnxModel(workspace / "model.onnx", threads=1)
     expected = [generator.generate(**request(number)) for number in range(8)]
     results: dict[int, list[str]] = {}
     errors = []

@@ -162,7 +162,7 @@ def model_spec(config: TrainConfig) -> tuple[str, dict]:
 
     Values are typed and checked against the model's options (its Config's fields).
     """
-    from gen.core.plugins import get_registry
+    from gen.core.registry import get_registry
 
     name, text_options = parse_spec(config.model, "model")
     entry = get_registry().entry("model", name)
@@ -186,7 +186,7 @@ def model_spec(config: TrainConfig) -> tuple[str, dict]:
 
 def with_model_defaults(config: TrainConfig, given: set[str]) -> TrainConfig:
     """`config` with the model's training_defaults for the options that were not given."""
-    from gen.core.plugins import get_registry
+    from gen.core.registry import get_registry
 
     name, _ = parse_spec(config.model, "model")
     defaults = getattr(get_registry().get("model", name), "training_defaults", None) or {}

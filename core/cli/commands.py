@@ -11,10 +11,10 @@ import click
 from click.core import ParameterSource
 
 from gen.core.errors import GenError
-from gen.core.generation_options import echo_from_options, generation_options
+from gen.core.cli.generation_options import echo_from_options, generation_options
 from gen.core.hookspecs import hookimpl
 from gen.core.specs import format_spec, options_of
-from gen.core.train_config import DTYPES, LIMITS, TrainConfig
+from gen.core.training.config import DTYPES, LIMITS, TrainConfig
 
 
 # --- gen train ------------------------------------------------------------------------
@@ -152,7 +152,7 @@ def _model_table(path: str, table: dict) -> str:
 
 def _models_help() -> str:
     """Every registered model with its options and defaults, for `gen train --help`."""
-    from gen.core.plugins import get_registry
+    from gen.core.registry import get_registry
 
     registry = get_registry()
     return "\n".join(f"{name}: {registry.entry('model', name).options_text()}" for name in registry.names("model"))
@@ -169,7 +169,7 @@ class TrainCommand(click.Command):
                 formatter.write_text(line)
 
 
-def _train(ctx, config, **options):
+def _train_from_options(ctx, config, **options):
     """Train a model on a text corpus; longer recipes are in examples/*.toml.
 
     The run directory --out holds latest/ (what --resume continues), best/ (the lowest
@@ -186,11 +186,11 @@ def _train(ctx, config, **options):
     plot = options.pop("plot")  # what to do after the run, not a training option
     given.discard("plot")
     if plot:
-        from gen.core.plot import check_matplotlib, plot_run
+        from gen.core.cli.plot import check_matplotlib, plot_run
 
         check_matplotlib()  # before the run, not after it
 
-    from gen.core.train import train as run_training
+    from gen.core.training.loop import run_training
 
     try:
         result = run_training(TrainConfig(**options), given=given, say=click.echo)
@@ -200,8 +200,8 @@ def _train(ctx, config, **options):
         click.echo(f"wrote {plot_run(result.out)}")
 
 
-def _train_command() -> click.Command:
-    function = click.pass_context(_train)
+def _build_train_command() -> click.Command:
+    function = click.pass_context(_train_from_options)
     for decorator in reversed(_train_option_decorators()):
         function = decorator(function)
     function = click.option(
@@ -215,7 +215,7 @@ def _train_command() -> click.Command:
     return click.command(name="train", cls=TrainCommand)(function)
 
 
-train = _train_command()
+train_command = _build_train_command()
 
 
 # --- gen sample -----------------------------------------------------------------------
@@ -234,7 +234,7 @@ def sample(checkpoint, no_cache, device, **options):
     full the last block_size/2 tokens are fed again as a fresh prefill; without it,
     every step sees the last block_size tokens.
     """
-    from gen.core.torch_backend import TorchBackend
+    from gen.core.training.torch_backend import TorchBackend
 
     backend = TorchBackend.from_checkpoint(checkpoint, device=device, use_cache=not no_cache)
     echo_from_options(backend, backend.tokenizer, **options)
@@ -242,5 +242,5 @@ def sample(checkpoint, no_cache, device, **options):
 
 @hookimpl
 def register_commands(cli):
-    cli.add_command(train)
+    cli.add_command(train_command)
     cli.add_command(sample)

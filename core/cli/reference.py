@@ -1,6 +1,6 @@
 """docs/cli.md, the command-line reference, generated from the commands' own help.
 
-    python -m gen.core.cli_reference docs/cli.md      # what `make docs` runs
+    python -m gen.core.cli.reference docs/cli.md      # what `make docs` runs
 
 Only gen's own commands and plugins are described (GEN_PLUGINS is set empty while
 rendering), at a fixed width of 80 columns, so the page is the same on every
@@ -20,7 +20,7 @@ HEADER = """# Command-line reference
 Every `gen` command with its `--help`. Each option can also be set through the
 environment variable shown beside it (the command line wins); see the README for
 shell completion. This page is generated from the commands themselves by `make docs`
-(`python -m gen.core.cli_reference docs/cli.md`), and a test checks that it is up to
+(`python -m gen.core.cli.reference docs/cli.md`), and a test checks that it is up to
 date.
 """
 
@@ -41,7 +41,7 @@ def _sections(command: click.Command, context: click.Context):
 
 def render() -> str:
     """The reference page, as markdown."""
-    from gen.core import plugins
+    from gen.core import registry as plugins
     from gen.core.cli import cli
 
     saved = os.environ.get("GEN_PLUGINS")
@@ -65,7 +65,7 @@ def main(arguments: list[str]) -> None:
     from gen.core.files import replace_file_atomically
 
     if len(arguments) != 1:
-        raise SystemExit("usage: python -m gen.core.cli_reference docs/cli.md")
+        raise SystemExit("usage: python -m gen.core.cli.reference docs/cli.md")
     with replace_file_atomically(arguments[0]) as temporary:
         Path(temporary).write_text(render(), encoding="utf-8")
     print(f"wrote {arguments[0]}")

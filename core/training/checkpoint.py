@@ -219,7 +219,7 @@ def build_model(model_name: str, model_config: dict):
     import torch
 
     from gen.core.limits import check_fits
-    from gen.core.plugins import get_registry
+    from gen.core.registry import get_registry
 
     cls = get_registry().get("model", model_name)
 

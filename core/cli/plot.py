@@ -17,10 +17,10 @@ import math
 import os
 from pathlib import Path
 
-from gen.core.checkpoint import LATEST, METRICS_FILE, is_checkpoint, read_config
+from gen.core.training.checkpoint import LATEST, METRICS_FILE, is_checkpoint, read_config
 from gen.core.errors import GenError
 from gen.core.files import replace_file_atomically
-from gen.core.train_config import learning_rate, train_config_from_dict
+from gen.core.training.config import learning_rate, train_config_from_dict
 
 PLOT_FILE = "loss.png"
 COLOURS = {"train": "#1f77b4", "val": "#d62728", "uniform": "#7f7f7f", "lr": "#2ca02c"}

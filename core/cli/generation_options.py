@@ -6,11 +6,21 @@ apart: the same checkpoint, export, options and seed print the same text.
 """
 from __future__ import annotations
 
+import json
 import math
+from typing import TYPE_CHECKING, Sequence
 
 import click
 
+from gen.core.colours import PROBABILITY_COLOURS, probability_colour
 from gen.core.errors import GenError
+
+if TYPE_CHECKING:  # numpy and the generation loop load when a command runs, not at gen's start-up
+    import numpy as np
+
+    from gen.core.generation import Backend
+    from gen.core.sampling import Sampling
+    from gen.core.tokenizer import Tokenizer
 
 OPTIONS = [
     click.option("--prompt", default="\n", show_default="a newline", help="Text to continue."),
@@ -65,10 +75,9 @@ def parse_logit_biases(items, tokenizer) -> dict[int, float]:
 
 def echo_from_options(backend, tokenizer, *, prompt, samplers, logit_biases, max_new_tokens, num_samples,
                       seed, stop, as_json, logprobs, show_probs) -> None:
-    """Build the sampler recipe from the options and print the samples (gen.core.generate)."""
+    """Build the sampler recipe from the options and print the samples (gen.core.generation)."""
     import numpy as np
 
-    from gen.core.generate import echo_samples
     from gen.core.sampling import Sampling
 
     if as_json and show_probs:
@@ -79,3 +88,55 @@ def echo_from_options(backend, tokenizer, *, prompt, samplers, logit_biases, max
     output = "json" if as_json else "probs" if show_probs else "text"
     echo_samples(backend, tokenizer, prompt, sampling, np.random.default_rng(seed), max_new_tokens,
                  num_samples, stop, output=output, logprobs=logprobs or 0)
+
+
+SAMPLE_SEPARATOR = "-" * 15  # the line between samples on the terminal
+
+
+def echo_samples(
+    backend: Backend,
+    tokenizer: Tokenizer,
+    prompt: str,
+    sampling: Sampling,
+    rng: np.random.Generator,
+    max_new_tokens: int,
+    num_samples: int,
+    stop: Sequence[str] = (),
+    output: str = "text",
+    logprobs: int = 0,
+) -> None:
+    """Stream `num_samples` continuations of `prompt` to the terminal, one after another.
+
+    `gen sample` (torch) and `gen run` (onnxruntime) both print through this, with one
+    random stream for the whole run, so the same seed prints the same text on both.
+    Each sample gets a fresh sampler chain from `sampling`. `output` is "text", "json"
+    (one JSON object per token, with `logprobs` alternatives) or "probs" (the text,
+    each token coloured by its probability under the model; plain on a non-terminal).
+    """
+    from gen.core.generation import encode_prompt, generate_text
+
+    encode_prompt(tokenizer, prompt)  # a prompt it cannot encode fails before any output
+    report = None if output == "text" else logprobs
+    if output == "probs":
+        legend = " ".join(click.style(f">={lowest:.0%}", fg=colour) for lowest, colour in reversed(PROBABILITY_COLOURS))
+        click.echo(f"token probability under the model: {legend}", err=True)
+    try:
+        for sample in range(num_samples):
+            if output != "json":
+                click.echo(prompt, nl=False)
+            chain = sampling.new()
+            for step in generate_text(backend, tokenizer, [prompt], chain, rng, max_new_tokens, stop, report):
+                token = step.tokens[0] if step.tokens else None
+                if output == "json":
+                    if token is not None:
+                        click.echo(json.dumps({"sample": sample, **token.to_json()}))
+                elif output == "probs" and token is not None:
+                    click.echo(click.style(step.pieces[0], fg=probability_colour(math.exp(token.logprob))), nl=False)
+                else:
+                    click.echo(step.pieces[0], nl=False)
+            if output != "json":
+                click.echo()
+                click.echo(SAMPLE_SEPARATOR)
+    except KeyboardInterrupt:  # Ctrl-C ends the stream, not with a traceback
+        click.echo()
+        raise SystemExit(130) from None

@@ -1,14 +1,14 @@
 """Text generation from a gen ONNX export with onnxruntime and numpy (no torch).
 
-    from gen.runtime import Generator
+    from gen.runtime import OnnxModel
 
-    generator = Generator("model.onnx")
-    for piece in generator.stream("ROMEO:", sampler="top_p:p=0.9", seed=1, max_new_tokens=200):
+    model = OnnxModel("model.onnx")
+    for piece in model.stream("ROMEO:", sampler="top_p:p=0.9", seed=1, max_new_tokens=200):
         print(piece, end="", flush=True)
-    generator.generate(["ROMEO:", "JULIET:"], sampler="greedy", max_new_tokens=100)
+    model.generate(["ROMEO:", "JULIET:"], sampler="greedy", max_new_tokens=100)
 
-A Generator is a backend of gen.core.generate (as gen.core.torch_backend.TorchBackend
-is for a checkpoint; `gen.runtime.open_backend` opens either): the generation loop, the context
+An OnnxModel is a backend of gen.core.generation (as gen.core.training.torch_backend.TorchBackend
+is for a checkpoint; `gen.core.cli.backends.open_backend` opens either): the generation loop, the context
 policy past `block_size`, the stop strings and the samplers are the very code the
 torch generator (`gen sample`) runs, so the same export, sampler and seed give the
 same text on both. This module supplies only the model step: it prefills the prompt
@@ -24,13 +24,13 @@ chain of tiny operators where a thread pool gains nothing, and on a busy machine
 its spinning threads halve the speed (measured on 2 cores: batch 1 is as fast on
 one thread as on two when the machine is idle and twice as fast when it is busy).
 Large batches are matrix work that more threads speed up on an idle machine:
-`Generator(path, threads=2)`.
+`OnnxModel(path, threads=2)`.
 
-Threads: one Generator may be shared by any number of Python threads. After it is
+Threads: one OnnxModel may be shared by any number of Python threads. After it is
 built it holds only read-only state (the session, the tokenizer, the metadata);
 each call makes its own sampler chain, random stream, history and KV cache, and
 onnxruntime's `InferenceSession.run` is safe to call from several threads at once.
-So a call's text depends only on its own arguments: threads that share a Generator,
+So a call's text depends only on its own arguments: threads that share an OnnxModel,
 each with its own seed, get exactly the texts they would get alone.
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ import numpy as np
 import onnxruntime
 
 from gen.core.errors import GenError, first_line
-from gen.core.generate import BackendBase, TextStep, TokenChoice, generate_text
+from gen.core.generation import BackendBase, TextStep, TokenChoice, generate_text
 from gen.core.sampling import Sampler, Sampling
 from gen.core.tokenizer import tokenizer_from_dict
 from gen.runtime.artifact import (
@@ -87,7 +87,7 @@ def resolve_provider(provider: str | None) -> list[str]:
     )
 
 
-class Generator(BackendBase):
+class OnnxModel(BackendBase):
     """A gen ONNX export loaded in onnxruntime: a generation backend and a text API."""
 
     def __init__(self, model_path: str | os.PathLike, provider: str | None = None, threads: int | None = None):
@@ -152,7 +152,7 @@ class Generator(BackendBase):
         if logits.shape != (1, tokens, self.vocab_size):
             raise mismatch(f"a step gives logits of shape {logits.shape}, not (1, {tokens}, {self.vocab_size})")
 
-    # --- the Backend protocol of gen.core.generate (step and logits from BackendBase) ---
+    # --- the Backend protocol of gen.core.generation (step and logits from BackendBase) ---
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, past):
         """(B, T) ids, (B, P+T) mask, past or None -> ((B, T, vocab) logits, past)."""
@@ -265,7 +265,7 @@ class CapacityCache:
     Each generation has its own buffers and binding, so threads never share one.
     """
 
-    def __init__(self, generator: "Generator", batch_size: int):
+    def __init__(self, generator: "OnnxModel", batch_size: int):
         n_head, head_size = generator._cache_dims
         self.session = generator.session
         self.capacity = generator.capacity

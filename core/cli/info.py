@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from gen.core.checkpoint import (
+from gen.core.training.checkpoint import (
     BEST,
     LATEST,
     METRICS_FILE,
@@ -46,7 +46,7 @@ def _tokenizer(document: dict) -> dict:
 
 def describe(path: str | os.PathLike) -> dict:
     """What the checkpoint, run directory or export at `path` holds."""
-    from gen.runtime.backends import is_onnx_path
+    from gen.core.cli.backends import is_onnx_path
 
     path = Path(path)
     if not path.exists():

@@ -3,7 +3,7 @@
     backend = open_backend("model.onnx")        # onnxruntime, no torch
     backend = open_backend("out")               # a checkpoint or run directory, with torch
 
-Both give the methods of gen.core.generate.Backend (forward, step, logits,
+Both give the methods of gen.core.generation.Backend (forward, step, logits,
 empty_past, block_size, vocab_size) and a `tokenizer`; torch is imported only for a
 checkpoint.
 """
@@ -25,15 +25,15 @@ def open_backend(
     threads: int | None = None,
     use_cache: bool = True,
 ):
-    """The model at `path`: a Generator for an ONNX file, a TorchBackend for a checkpoint.
+    """The model at `path`: an OnnxModel for an ONNX file, a TorchBackend for a checkpoint.
 
     `provider` and `threads` apply to an ONNX file (onnxruntime), `device` and
     `use_cache` to a checkpoint (torch).
     """
     if is_onnx_path(path):
-        from gen.runtime.generator import Generator
+        from gen.runtime.onnx_model import OnnxModel
 
-        return Generator(path, provider=provider, threads=threads)
-    from gen.core.torch_backend import TorchBackend
+        return OnnxModel(path, provider=provider, threads=threads)
+    from gen.core.training.torch_backend import TorchBackend
 
     return TorchBackend.from_checkpoint(path, device=device, use_cache=use_cache)

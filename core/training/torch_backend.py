@@ -1,9 +1,9 @@
 """A torch model as a backend of the shared generation loop and the scorer.
 
 The backend only runs the model: every policy (context sliding, padding, sampling,
-stop strings) lives in gen.core.generate, so the torch generator (`gen sample`) and
+stop strings) lives in gen.core.generation, so the torch generator (`gen sample`) and
 the onnxruntime generator (`gen run`) produce the same text. Its methods are those
-of the onnxruntime backend (gen.runtime.generator.Generator); `gen.runtime.open_backend`
+of the onnxruntime backend (gen.runtime.onnx_model.OnnxModel); `gen.core.cli.backends.open_backend`
 opens either from a path.
 """
 from __future__ import annotations
@@ -13,12 +13,12 @@ import os
 import numpy as np
 import torch
 
-from gen.core.generate import BackendBase
+from gen.core.generation import BackendBase
 from gen.core.model import has_kv_cache
 
 
 class TorchBackend(BackendBase):
-    """A torch model as a gen.core.generate.Backend.
+    """A torch model as a gen.core.generation.Backend.
 
     Models with a KV cache (gen.core.model.has_kv_cache) always run through the
     cached forward, which honours the attention mask and the positions of left-padded
@@ -35,14 +35,14 @@ class TorchBackend(BackendBase):
         self.vocab_size = int(config["vocab_size"])
         self.has_cache = has_kv_cache(model)
         self.uses_cache = bool(use_cache and self.has_cache)
-        self.checkpoint = checkpoint  # the gen.core.checkpoint.Checkpoint it came from, if any
+        self.checkpoint = checkpoint  # the gen.core.training.checkpoint.Checkpoint it came from, if any
         self.tokenizer = checkpoint.tokenizer if checkpoint is not None else None
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto", use_cache: bool = True) -> "TorchBackend":
         """The checkpoint (or run directory's best checkpoint) at `path`, on `device`."""
-        from gen.core.checkpoint import load_checkpoint
-        from gen.core.train import resolve_device
+        from gen.core.training.checkpoint import load_checkpoint
+        from gen.core.training.devices import resolve_device
 
         torch_device = str(resolve_device(device))
         loaded = load_checkpoint(path, device=torch_device)

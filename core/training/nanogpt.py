@@ -115,7 +115,7 @@ def load_weights_only(path: str | os.PathLike) -> dict:
 
 def char_tokenizer_from_meta(meta, path) -> object:
     """gen's char tokenizer with the ids of nanoGPT's meta.pkl (`itos`: id -> character)."""
-    from gen.plugins.tokenizers import CharTokenizer
+    from gen.core.tokenizer import tokenizer_from_dict
 
     itos = meta.get("itos") if isinstance(meta, dict) else None
     if not isinstance(itos, dict) or not itos:
@@ -128,7 +128,8 @@ def char_tokenizer_from_meta(meta, path) -> object:
     stoi = meta.get("stoi")
     if isinstance(stoi, dict) and any(stoi.get(c) != i for i, c in enumerate(characters)):
         raise GenError(f"{path}: 'stoi' and 'itos' disagree")
-    return CharTokenizer(characters)
+    # Through the registry, as any plugin's tokenizer: the built-in `char` state is its characters.
+    return tokenizer_from_dict({"name": "char", "state": {"characters": characters}})
 
 
 def _model_config(model_args: dict, path) -> dict:
@@ -172,7 +173,7 @@ def import_nanogpt(
     say: Callable[[str], None] = print,
 ) -> Path:
     """Write the nanoGPT checkpoint `ckpt` as a gen checkpoint directory at `out`."""
-    from gen.core.checkpoint import build_model, save_checkpoint
+    from gen.core.training.checkpoint import build_model, save_checkpoint
     from gen.core.tokenizer import tokenizer_to_dict
 
     out = Path(out)

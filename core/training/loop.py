@@ -1,6 +1,6 @@
 """The training loop behind `gen train` (torch is imported here, and only when it runs).
 
-The run's options and the learning rate schedule are in gen.core.train_config. Read
+The run's options and the learning rate schedule are in gen.core.training.config. Read
 top to bottom: the device and precision, random batches, the `Trainer` (model,
 optimizer and one training step), the `Run` (the run directory: evaluation,
 checkpoints, metrics), `prepare_run` (options, data, model, resume) and `train`, the
@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from gen.core.checkpoint import (
+from gen.core.training.checkpoint import (
     BEST,
     LATEST,
     METRICS_FILE,
@@ -40,12 +40,13 @@ from gen.core.checkpoint import (
     save_checkpoint,
 )
 from gen.core.data import Dataset, check_split_lengths, load_dataset
-from gen.core.distributed import Distributed, is_collective_failure, processes
-from gen.core.errors import GenError
+from gen.core.training.devices import resolve_device, resolve_dtype, uses_math_attention
+from gen.core.training.distributed import Distributed, is_collective_failure, processes
+from gen.core.errors import GenError, first_line
 from gen.core.files import check_writable_destination, recover_interrupted_replace
 from gen.core.limits import check_fits
-from gen.core.plugins import get_plugins
-from gen.core.train_config import (
+from gen.core.registry import get_plugins
+from gen.core.training.config import (
     FIXED_ON_RESUME,
     MODEL_SHORTCUTS,
     NOT_SAVED,
@@ -58,55 +59,6 @@ from gen.core.train_config import (
     train_config_from_dict,
     with_model_defaults,
 )
-
-# --- device and precision -------------------------------------------------------------
-
-
-def resolve_device(name: str) -> torch.device:
-    """cpu, cuda[:N], or auto (cuda when there is one)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise GenError(f"unknown device {name!r}; use cpu, cuda or auto") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        build = "this torch is a CPU-only build" if torch.version.cuda is None else "no CUDA GPU was found"
-        raise GenError(f"--device {name}: CUDA is not available ({build}); use --device cpu or auto")
-    if device.type not in ("cpu", "cuda"):
-        raise GenError(f"unsupported device {name!r}; use cpu, cuda or auto")
-    return device
-
-
-def cpu_has_bfloat16() -> bool:
-    """Whether this CPU does bfloat16 arithmetic natively (AVX512-BF16 or AMX)."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, check, lambda: False)() for check in checks)
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """The autocast precision: bfloat16 where the hardware runs it natively, else float32.
-
-    Weights, optimizer state and the loss stay float32 either way (autocast).
-    """
-    if name == "float32":
-        return torch.float32
-    if name == "bfloat16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if cpu_has_bfloat16() else torch.float32
-
-
-def uses_math_attention(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether training runs attention through torch's math kernel instead of flash attention.
-
-    On the CPU in bfloat16, torch's flash-attention kernel is slow (its backward took
-    four times as long as the rest of a training step at block size 64); the math
-    kernel is plain matmuls, which autocast runs in bfloat16, and a float32 softmax.
-    """
-    return device.type == "cpu" and dtype == torch.bfloat16
-
 
 def forward_context(device: torch.device, dtype: torch.dtype):
     """A context for the training and evaluation forwards: autocast, and the attention kernel."""
@@ -199,7 +151,7 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.A
 class Trainer:
     """One run's model, optimizer, batches and random state, and its training step.
 
-    In a run of several processes (gen.core.distributed) every process has a Trainer;
+    In a run of several processes (gen.core.training.distributed) every process has a Trainer;
     `ddp` is then the model in DistributedDataParallel, and the losses it reports are
     means over the processes, so every process sees the same numbers.
     """
@@ -633,7 +585,7 @@ class Throughput:
         return True
 
 
-def train(
+def run_training(
     config: TrainConfig,
     given: set[str] | None = None,
     progress: bool = True,
@@ -644,13 +596,13 @@ def train(
     differ from TrainConfig's defaults."""
     distributed = Distributed.from_environment()
     try:
-        result = _train(config, given, progress, say, distributed)
+        result = _training_loop(config, given, progress, say, distributed)
     except Exception as error:
         # The process group is left to the process's exit: leaving it cleanly could
         # wait on the other processes, which may be gone.
         if distributed.started and is_collective_failure(error):
             raise GenError(
-                f"process {distributed.rank} of this run lost the others ({_first_line(error)}); "
+                f"process {distributed.rank} of this run lost the others ({first_line(error).split('. ')[0][:200]}); "
                 f"another process failed or was stopped: see its error (torchrun names it)"
             ) from None
         raise
@@ -658,7 +610,7 @@ def train(
     return result
 
 
-def _train(config: TrainConfig, given: set[str] | None, progress: bool, say: Callable[[str], None],
+def _training_loop(config: TrainConfig, given: set[str] | None, progress: bool, say: Callable[[str], None],
            distributed: Distributed) -> TrainResult:
     from tqdm import tqdm
 
@@ -732,12 +684,6 @@ def _interrupted_distributed(run: Run) -> str:
     return (f"interrupted at step {step}; a distributed run saves no checkpoint when interrupted: it "
             f"resumes from its last evaluation's, step {run.saved_step} in {run.out / LATEST}; continue "
             f"with the same torchrun command and: gen train --out {run.out} --resume")
-
-
-def _first_line(error: BaseException) -> str:
-    """The gist of a collective's error: its first sentence, without gloo's source location."""
-    text = re.sub(r"^\[[^\]]*\]\s*", "", str(error).strip()).split(". ")[0].splitlines()
-    return text[0][:200] if text else type(error).__name__
 
 
 def _describe(metrics: dict, vocab_size: int) -> str:

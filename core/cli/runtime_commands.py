@@ -14,7 +14,7 @@ import click
 
 from gen.core import hookimpl
 from gen.core.errors import GenError
-from gen.core.generation_options import echo_from_options, generation_options
+from gen.core.cli.generation_options import echo_from_options, generation_options
 
 
 @click.command()
@@ -30,9 +30,9 @@ from gen.core.generation_options import echo_from_options, generation_options
 )
 def run(model, provider, threads, **options):
     """Generate text from MODEL.onnx (written by `gen export`) on onnxruntime."""
-    from gen.runtime.generator import Generator
+    from gen.runtime.onnx_model import OnnxModel
 
-    generator = Generator(model, provider=provider, threads=threads)
+    generator = OnnxModel(model, provider=provider, threads=threads)
     echo_from_options(generator, generator.tokenizer, **options)
 
 
@@ -97,7 +97,7 @@ def evaluate(model, checkpoint, data, split, batch_size, device, as_json):
 
     from gen.core.data import load_dataset
     from gen.core.scoring import exact_loss, loss_report
-    from gen.runtime.backends import open_backend
+    from gen.core.cli.backends import open_backend
 
     if model is not None and checkpoint is not None:
         raise GenError("give either MODEL or --checkpoint, not both")

@@ -23,7 +23,7 @@ def plot(run_dir, output):
     the training and validation losses at every evaluation, the uniform baseline
     ln(vocab) and the learning rate (second axis). Needs matplotlib: pip install 'gen[plot]'.
     """
-    from gen.core.plot import plot_run
+    from gen.core.cli.plot import plot_run
 
     click.echo(f"wrote {plot_run(run_dir, output)}")
 
@@ -41,7 +41,7 @@ def info(path, as_json):
     """
     import json
 
-    from gen.core.info import describe, format_info
+    from gen.core.cli.info import describe, format_info
 
     described = describe(path)
     if as_json:
@@ -76,7 +76,7 @@ def nanogpt(ckpt, meta, tokenizer, data, out, overwrite):
     torch.load(weights_only=True) and meta.pkl by an unpickler that builds plain data
     only; a file holding anything else is refused.
     """
-    from gen.core.nanogpt import import_nanogpt
+    from gen.core.training.nanogpt import import_nanogpt
 
     import_nanogpt(ckpt, out, meta=meta, tokenizer=tokenizer, data=data, overwrite=overwrite, say=click.echo)
 

@@ -29,7 +29,7 @@ from gen.core.tokenizer import TextStream, Tokenizer
 
 class Backend(Protocol):
     """A model that the generation loop and the scorer can run: a torch checkpoint
-    (gen.core.torch_backend) or an ONNX export (gen.runtime.generator)."""
+    (gen.core.training.torch_backend) or an ONNX export (gen.runtime.onnx_model)."""
 
     block_size: int  # the longest context the model reads
     vocab_size: int
@@ -334,63 +334,3 @@ def generate_text(
         if all(row.finished for row in texts):
             break
     yield TextStep([row.close() for row in texts], None)
-
-
-SAMPLE_SEPARATOR = "-" * 15  # the line between samples on the terminal
-# Token probability -> colour for --show-probs, cold to warm, as (lowest probability, colour).
-PROBABILITY_COLOURS = ((0.85, "red"), (0.6, "yellow"), (0.3, "green"), (0.1, "cyan"), (0.0, "blue"))
-
-
-def probability_colour(probability: float) -> str:
-    return next(colour for lowest, colour in PROBABILITY_COLOURS if probability >= lowest)
-
-
-def echo_samples(
-    backend: Backend,
-    tokenizer: Tokenizer,
-    prompt: str,
-    sampling: Sampling,
-    rng: np.random.Generator,
-    max_new_tokens: int,
-    num_samples: int,
-    stop: Sequence[str] = (),
-    output: str = "text",
-    logprobs: int = 0,
-) -> None:
-    """Stream `num_samples` continuations of `prompt` to the terminal, one after another.
-
-    `gen sample` (torch) and `gen run` (onnxruntime) both print through this, with one
-    random stream for the whole run, so the same seed prints the same text on both.
-    Each sample gets a fresh sampler chain from `sampling`. `output` is "text", "json"
-    (one JSON object per token, with `logprobs` alternatives) or "probs" (the text,
-    each token coloured by its probability under the model; plain on a non-terminal).
-    """
-    import json
-
-    import click
-
-    encode_prompt(tokenizer, prompt)  # a prompt it cannot encode fails before any output
-    report = None if output == "text" else logprobs
-    if output == "probs":
-        legend = " ".join(click.style(f">={lowest:.0%}", fg=colour) for lowest, colour in reversed(PROBABILITY_COLOURS))
-        click.echo(f"token probability under the model: {legend}", err=True)
-    try:
-        for sample in range(num_samples):
-            if output != "json":
-                click.echo(prompt, nl=False)
-            chain = sampling.new()
-            for step in generate_text(backend, tokenizer, [prompt], chain, rng, max_new_tokens, stop, report):
-                token = step.tokens[0] if step.tokens else None
-                if output == "json":
-                    if token is not None:
-                        click.echo(json.dumps({"sample": sample, **token.to_json()}))
-                elif output == "probs" and token is not None:
-                    click.echo(click.style(step.pieces[0], fg=probability_colour(math.exp(token.logprob))), nl=False)
-                else:
-                    click.echo(step.pieces[0], nl=False)
-            if output != "json":
-                click.echo()
-                click.echo(SAMPLE_SEPARATOR)
-    except KeyboardInterrupt:  # Ctrl-C ends the stream, not with a traceback
-        click.echo()
-        raise SystemExit(130) from None

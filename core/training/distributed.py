@@ -14,7 +14,7 @@ either way. What a distributed run does differently, in the training loop's term
   averages the gradients over the processes in the backward pass (gloo on the CPU,
   nccl on CUDA, where each process takes the GPU of its local rank);
 - the processes share one batch order: each draws the starts of the whole global
-  batch from the same generator and keeps its own rows (gen.core.train.BatchSampler),
+  batch from the same generator and keeps its own rows (gen.core.training.loop.BatchSampler),
   so a run on N processes of batch B draws exactly the rows that one process of
   batch N*B draws, and its losses match that run's;
 - dropout differs between processes: process r > 0 reseeds torch's global RNG with

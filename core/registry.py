@@ -28,10 +28,10 @@ BUILTIN_PLUGINS = (
     "gen.plugins.hf_tokenizers",
     "gen.plugins.samplers",
     "gen.plugins.models",
-    "gen.core.commands",
-    "gen.core.tools",
-    "gen.export.cli",
-    "gen.runtime.cli",
+    "gen.core.cli.commands",
+    "gen.core.cli.tools",
+    "gen.core.cli.export_commands",
+    "gen.core.cli.runtime_commands",
 )
 KINDS = ("model", "sampler", "tokenizer")
 _HOOK_OF_KIND = {

@@ -1,4 +1,15 @@
-"""The `gen` command line. Commands that train or export import torch only when run.
+"""gen.core.cli: the `gen` command line, the top layer (it may import every other layer; nothing
+imports it but its own modules). Commands that train or export import torch only when run.
+
+    __init__.py            the `gen` group and `gen plugins`
+    commands.py            gen train, gen sample
+    generation_options.py  the options gen sample and gen run share, and the printing of samples
+    runtime_commands.py    gen run, gen serve, gen eval
+    export_commands.py     gen export
+    tools.py               gen info, gen plot, gen import
+    info.py, plot.py       what gen info and gen plot show
+    backends.py            a path -> an ONNX model or a torch checkpoint, for gen eval
+    reference.py           docs/cli.md from the commands' own help
 
 The group itself holds only `gen plugins`; every other command (train, sample, run,
 eval, export, and any a third-party plugin adds) arrives through the
@@ -11,7 +22,7 @@ import json
 import click
 
 from gen.core.errors import GenError
-from gen.core.plugins import KINDS, get_plugins, get_registry
+from gen.core.registry import KINDS, get_plugins, get_registry
 
 
 class GenGroup(click.Group):
