@@ -203,13 +203,14 @@ def test_a_model_without_a_kv_cache_batches_whole_windows(tokenizer, tmp_path):
     import torch
 
     from gen.core.tokenizer import tokenizer_to_dict
-    from gen.export.onnx_export import export_model
+    from gen.export.onnx_export import ExportOptions, export_model
     from gen.plugins.bigram import BigramLanguageModel
 
     torch.manual_seed(0)
     model = BigramLanguageModel.from_config({"vocab_size": tokenizer.vocab_size, "block_size": 8}).eval()
     path = tmp_path / "bigram.onnx"
-    export_model(model, path, tokenizer_document=tokenizer_to_dict("char", tokenizer), progress=None, verify=False)
+    export_model(model, path, tokenizer_document=tokenizer_to_dict("char", tokenizer),
+                 options=ExportOptions(verify=False, progress=None))
     bigram = OnnxModel(path)
     scheduler = Scheduler(bigram, max_batch=3).start()
     try:
@@ -230,7 +231,7 @@ def test_a_sentencepiece_style_tokenizer_keeps_its_spaces_as_gen_run_does(make_g
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     from gen.core.tokenizer import tokenizer_to_dict
-    from gen.export.onnx_export import export_model
+    from gen.export.onnx_export import ExportOptions, export_model
     from gen.plugins.hf_tokenizers import HFTokenizer
 
     file = tmp_path / "tokenizer.json"
@@ -243,7 +244,7 @@ def test_a_sentencepiece_style_tokenizer_keeps_its_spaces_as_gen_run_does(make_g
     tokenizer = HFTokenizer.train(text, path=str(file))
     path = tmp_path / "sentencepiece.onnx"
     export_model(make_gpt(tokenizer.vocab_size), path, tokenizer_document=tokenizer_to_dict("hf", tokenizer),
-                 progress=None, verify=False)
+                 options=ExportOptions(verify=False, progress=None))
     model = OnnxModel(path)
     scheduler = Scheduler(model, max_batch=4).start()
     try:
@@ -670,11 +671,11 @@ print("torch-free", response.json()["choices"][0]["text"])
 def test_an_export_with_a_fixed_capacity_cache_is_refused_in_one_line(make_gpt, tokenizer, tmp_path):
     from gen.core.errors import GenError
     from gen.core.tokenizer import tokenizer_to_dict
-    from gen.export.onnx_export import export_model
+    from gen.export.onnx_export import ExportOptions, export_model
 
     path = tmp_path / "static.onnx"
     export_model(make_gpt(tokenizer.vocab_size), path, tokenizer_document=tokenizer_to_dict("char", tokenizer),
-                 static_cache=True, progress=None, verify=False)
+                 options=ExportOptions(static_cache=True, verify=False, progress=None))
     with pytest.raises(GenError, match="fixed-capacity cache .* which gen serve cannot batch"):
         Scheduler(OnnxModel(path))
 

@@ -399,10 +399,10 @@ def test_the_gen_command_prints_one_line_without_a_traceback(tmp_path):
 
 def test_eval_of_an_export_matches_its_checkpoint(trained, corpus, tmp_path):
     """`gen eval MODEL.onnx --data ...` scores the same split as the checkpoint it came from."""
-    from gen.export.onnx_export import export_onnx
+    from gen.export.onnx_export import ExportOptions, export_onnx
 
     path = tmp_path / "model.onnx"
-    export_onnx(trained, path, verify=False, progress=None)
+    export_onnx(trained, path, options=ExportOptions(verify=False, progress=None))
     from_checkpoint = json.loads(gen("eval", "--checkpoint", trained, "--json").stdout)
     result = gen("eval", path, "--data", corpus, "--json")
     assert result.exit_code == 0, result.output
