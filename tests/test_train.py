@@ -3,6 +3,7 @@ on a slice of Tiny Shakespeare, exact reproducibility and resuming, the plugin h
 and bad input (a one-line error, a non-zero exit, nothing already written destroyed)."""
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from safetensors.torch import load_file
 from gen.core import hookimpl
 from gen.core.cli import cli
 from gen.core.registry import get_plugins
+from gen.core.training.config import TrainConfig
 
 GEN_SCRIPT = Path(sys.executable).parent / "gen"
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "8",
@@ -256,6 +258,14 @@ def test_train_help_lists_every_model_with_its_options():
     assert result.exit_code == 0, result.output
     assert "bigram: block_size (int=64)" in result.output
     assert "gpt: block_size (int=64), n_layer (int=4), n_head (int=4), n_embd (int=128)," in result.output
+
+
+def test_train_help_gives_the_learning_rate_one_default_and_lists_the_models_own():
+    output = gen("train", "--help").output
+    lr_help = " ".join(output.split("  --lr ")[1].split("  --min-lr ")[0].split())
+    assert re.findall(r"default:? [0-9.]+", lr_help) == [f"default: {TrainConfig.lr}"], lr_help
+    assert "bigram: block_size (int=64); trains by default with --lr 0.1" in output  # its training_defaults
+    assert "trains by default" not in output.split("  gpt: ")[1]
 
 
 # --- sample and eval ----------------------------------------------------------------
