@@ -44,7 +44,7 @@ from gen.core.generation import generate_ids, generate_text
 from gen.core.sampling import build_sampler_chain
 from gen.core.tokenizer import tokenizer_from_dict, tokenizer_to_dict
 from gen.core.training.torch_backend import TorchBackend
-from gen.export.onnx_export import export_model
+from gen.export.onnx_export import ExportOptions, export_model
 from gen.plugins.gpt import GPT
 from gen.plugins.tokenizers import CharTokenizer
 from gen.runtime.onnx_model import OnnxModel
@@ -185,8 +185,8 @@ def export_designs(model, model_name, tokenizer_document, work: Path, threads: i
     generators = {}
     for name, options in variants.items():
         path = work / f"{name.replace(' ', '_').replace(',', '').replace('(', '').replace(')', '')}.onnx"
-        export_model(model, path, tokenizer_document=tokenizer_document, model_name=model_name, progress=None,
-                     **options)
+        export_model(model, path, tokenizer_document=tokenizer_document, model_name=model_name,
+                     options=ExportOptions(progress=None, **options))
         generators[name] = OnnxModel(path, threads=threads)
         generators[name].file_size = path.stat().st_size
     return generators

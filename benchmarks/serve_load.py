@@ -66,7 +66,7 @@ def export_quick_recipe(data: str, path: Path) -> None:
 
     from gen.core.data import corpus_path, read_text
     from gen.core.tokenizer import tokenizer_to_dict
-    from gen.export.onnx_export import export_model
+    from gen.export.onnx_export import ExportOptions, export_model
     from gen.plugins.gpt import GPT
     from gen.plugins.tokenizers import CharTokenizer
 
@@ -74,7 +74,8 @@ def export_quick_recipe(data: str, path: Path) -> None:
     torch.manual_seed(0)
     model = GPT.from_config(dict(block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0,
                                  vocab_size=tokenizer.vocab_size))
-    export_model(model.eval(), path, tokenizer_document=tokenizer_to_dict("char", tokenizer), progress=None)
+    export_model(model.eval(), path, tokenizer_document=tokenizer_to_dict("char", tokenizer),
+                 options=ExportOptions(progress=None))
 
 
 class Server:

@@ -28,10 +28,11 @@ window, greedy search gives the token ids of `gen run --sampler greedy`
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 
 import onnx
 from onnx import TensorProto, helper
@@ -39,6 +40,9 @@ from onnx import TensorProto, helper
 from gen.core.errors import GenError
 from gen.core.files import check_writable_destination, replace_directory_atomically
 from gen.runtime.artifact import ATTENTION_MASK, INPUT_IDS, LOGITS, MODEL_KEY
+
+if TYPE_CHECKING:  # gen.export.onnx_export imports torch: only when export_genai runs
+    from gen.export.onnx_export import ExportOptions
 
 CONFIG_FILE = "genai_config.json"
 MODEL_FILE = "model.onnx"
@@ -114,29 +118,24 @@ def genai_config(model: dict) -> dict:
     }
 
 
-def export_genai(
-    checkpoint,
-    directory: str | os.PathLike,
-    *,
-    opset: int | None = None,
-    quantize: str | None = None,
-    verify: bool = True,
-    overwrite: bool = False,
-    portable: bool = False,
-    progress: Callable[[str], None] | None = print,
-):
-    """Export `checkpoint` to DIRECTORY/model.onnx with DIRECTORY/genai_config.json, atomically.
+def export_genai(checkpoint, directory: str | os.PathLike, *, options: ExportOptions | None = None):
+    """Export `checkpoint` to DIRECTORY/model.onnx with DIRECTORY/genai_config.json, atomically,
+    as `options` say (static_cache excepted: onnxruntime-genai feeds the plain cache).
 
-    An existing DIRECTORY is replaced only with `overwrite` (and only once the new one is whole)."""
+    An existing DIRECTORY is replaced only with `options.overwrite` (and only once the new one is whole)."""
     from gen.core.model import has_kv_cache
-    from gen.export.onnx_export import export_onnx, loaded_checkpoint, refuse_inside_checkpoint
+    from gen.export.onnx_export import ExportOptions, export_onnx, loaded_checkpoint, refuse_inside_checkpoint
 
-    say = progress or (lambda message: None)
+    options = options or ExportOptions()
+    say = options.say
+    if options.static_cache:
+        raise GenError("--static-cache is for gen run; onnxruntime-genai (--genai) feeds the plain "
+                       "past/present cache, so leave --static-cache out")
     directory = check_writable_destination(directory, "--genai")
     if directory.exists() and not directory.is_dir():
         raise GenError(f"--genai {str(directory)!r} is a file; give a directory")
     refuse_inside_checkpoint(directory / MODEL_FILE)
-    if os.path.lexists(directory) and not overwrite:
+    if os.path.lexists(directory) and not options.overwrite:
         raise GenError(f"--genai {str(directory)!r} already exists; give --overwrite to replace it, "
                        f"or choose another folder")
     checkpoint = loaded_checkpoint(checkpoint, say)
@@ -146,10 +145,10 @@ def export_genai(
             f"(export it without --genai for gen run)"
         )
     with replace_directory_atomically(directory) as temporary:
-        # The export's messages name the file where it will be, not the temporary folder.
-        result = export_onnx(checkpoint, temporary / MODEL_FILE, opset=opset, quantize=quantize, verify=verify,
-                             portable=portable,
-                             progress=lambda message: say(message.replace(str(temporary), str(directory))))
+        # The file is new in the fresh temporary folder; its messages name it where it will be.
+        in_temporary = dataclasses.replace(
+            options, overwrite=False, progress=lambda message: say(message.replace(str(temporary), str(directory))))
+        result = export_onnx(checkpoint, temporary / MODEL_FILE, options=in_temporary)
         model = add_end_token(temporary / MODEL_FILE)
         (temporary / CONFIG_FILE).write_text(json.dumps(genai_config(model), indent=2) + "\n", encoding="utf-8")
     result.path = directory / MODEL_FILE

@@ -71,6 +71,24 @@ class ExportResult:
     quantized: dict = field(default_factory=dict)  # sizes and losses when --quantize was given
 
 
+@dataclass(frozen=True)
+class ExportOptions:
+    """How to export: the choices of `gen export`, taken alike by export_model, export_onnx
+    and gen.export.genai.export_genai."""
+
+    opset: int | None = None  # the ONNX opset of torch's portable graph (implies portable); None: its own
+    quantize: str | None = None  # "int8" or "int4" weights (one of QUANTIZATIONS); None: float32
+    verify: bool = True  # compare onnxruntime with torch on the written file
+    overwrite: bool = False  # replace an existing file (kept until the new one is whole)
+    portable: bool = False  # torch's operator-by-operator graph instead of gpt's fused one
+    static_cache: bool = False  # gpt's cache of block_size positions, updated in place
+    progress: Progress | None = print  # where each step is announced; None: nowhere
+
+    def say(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress(message)
+
+
 # --- what the graph looks like for a given model -------------------------------------
 
 
@@ -338,33 +356,28 @@ def export_model(
     path: str | os.PathLike,
     *,
     tokenizer_document: dict,
+    options: ExportOptions = ExportOptions(),
     model_name: str | None = None,
-    opset: int | None = None,
-    quantize: str | None = None,
-    verify: bool = True,
-    overwrite: bool = False,
-    portable: bool = False,
-    static_cache: bool = False,
     validation_ids: Sequence[int] | None = None,
     validation_source: str = "",
     training: dict | None = None,
-    progress: Progress | None = print,
 ) -> ExportResult:
-    """Export `model` (with its tokenizer document {"name", "state"}) to `path`.
+    """Export `model` (with its tokenizer document {"name", "state"}) to `path`, as `options` say.
 
     gen's GPT is written as a fused decode graph (gen.export.gpt_graph) unless
-    `portable` (or an `opset`) asks for torch's exporter. `training` (the checkpoint's
-    step, losses and data, see `training_document`) is recorded in the file for `gen info`.
+    `options.portable` (or an `options.opset`) asks for torch's exporter. `training` (the
+    checkpoint's step, losses and data, see `training_document`) is recorded in the file for
+    `gen info`.
 
     `validation_ids` (token ids, described by `validation_source`), when given with
-    `quantize`, are scored by both the fp32 and the quantized model to report the loss the
-    quantization costs. The model is moved to the
+    `options.quantize`, are scored by both the fp32 and the quantized model to report the loss
+    the quantization costs. The model is moved to the
     CPU, float32 and eval mode in place (as `Module.to` does).
     """
-    say = progress or (lambda message: None)
-    path = check_export_destination(path, overwrite)
-    if quantize is not None and quantize not in QUANTIZATIONS:
-        raise GenError(f"unknown quantization {quantize!r}; choose one of: {', '.join(QUANTIZATIONS)}")
+    say = options.say
+    path = check_export_destination(path, options.overwrite)
+    if options.quantize is not None and options.quantize not in QUANTIZATIONS:
+        raise GenError(f"unknown quantization {options.quantize!r}; choose one of: {', '.join(QUANTIZATIONS)}")
     # The file's contract is float32 on any device; the export traces and verifies on the CPU.
     model = model.to(device="cpu", dtype=torch.float32).eval()
     config = model_config(model)
@@ -380,24 +393,25 @@ def export_model(
         f"KV cache of {cache.n_layer} layers x {cache.n_head} heads x {cache.head_size}"
         if cache else "no KV cache"
     )
-    fused = writes_fused_graph(model, portable or opset is not None)
-    if static_cache and not fused:
+    fused = writes_fused_graph(model, options.portable or options.opset is not None)
+    if options.static_cache and not fused:
         raise GenError("a fixed-capacity cache (--static-cache) is written for gen's gpt model only, and not "
                        "with --portable or --opset")
     if fused:
         from gen.export.gpt_graph import build_gpt_graph
 
-        kind = f"a fixed-capacity cache of {config['block_size']} positions" if static_cache else layout
+        kind = f"a fixed-capacity cache of {config['block_size']} positions" if options.static_cache else layout
         say(f"[1/4] writing the decode graph of {name} ({parameters:,} parameters, {kind}) with "
             f"onnxruntime's fused operators (--portable for torch's operator-by-operator graph)...")
-        proto = build_gpt_graph(model, capacity=config["block_size"] if static_cache else None)
+        proto = build_gpt_graph(model, capacity=config["block_size"] if options.static_cache else None)
     else:
         say(f"[1/4] tracing {name} ({parameters:,} parameters, {layout}) and translating to ONNX...")
-        proto = to_onnx_proto(model, cache, opset)
+        proto = to_onnx_proto(model, cache, options.opset)
     produced_opset = _default_opset(proto)
 
     say(f"[2/4] adding gen metadata and checking the graph with onnx.checker (full check, opset {produced_opset})")
-    add_metadata(proto, model_document(name, config, cache, parameters, static_cache), tokenizer_document, training)
+    add_metadata(proto, model_document(name, config, cache, parameters, options.static_cache), tokenizer_document,
+                 training)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as error:
@@ -410,7 +424,7 @@ def export_model(
         say(f"[3/4] serialised to one file: {output.stat().st_size / 1e6:.2f} MB, no external data")
 
         max_diff = None
-        if verify:
+        if options.verify:
             from gen.export.verify import verify_export
 
             past_text = ", with and without a past" if cache else ""
@@ -420,10 +434,10 @@ def export_model(
             say("[4/4] verification skipped (--no-verify)")
 
         quantized = {}
-        if quantize is not None:
+        if options.quantize is not None:
             with replace_file_atomically(output) as quantized_output:  # takes the fp32 file's place
                 quantized = quantize_file(
-                    output, quantized_output, quantize, validation_ids=validation_ids,
+                    output, quantized_output, options.quantize, validation_ids=validation_ids,
                     validation_source=validation_source, progress=say,
                 )
     result = ExportResult(path, path.stat().st_size, produced_opset, max_diff, quantized)
@@ -441,41 +455,23 @@ def loaded_checkpoint(checkpoint, say: Progress):
     return checkpoint
 
 
-def export_onnx(
-    checkpoint,
-    path: str | os.PathLike,
-    *,
-    opset: int | None = None,
-    quantize: str | None = None,
-    verify: bool = True,
-    overwrite: bool = False,
-    portable: bool = False,
-    static_cache: bool = False,
-    progress: Progress | None = print,
-) -> ExportResult:
+def export_onnx(checkpoint, path: str | os.PathLike, *, options: ExportOptions = ExportOptions()) -> ExportResult:
     """Export a checkpoint (a directory written by `gen train`, or a loaded checkpoint) to `path`."""
-    say = progress or (lambda message: None)
-    check_export_destination(path, overwrite)
-    checkpoint = loaded_checkpoint(checkpoint, say)
+    check_export_destination(path, options.overwrite)
+    checkpoint = loaded_checkpoint(checkpoint, options.say)
     validation_ids, validation_source = None, ""
-    if quantize:
-        say(f"reading the checkpoint's validation data (to measure what {quantize} costs)")
+    if options.quantize:
+        options.say(f"reading the checkpoint's validation data (to measure what {options.quantize} costs)")
         validation_ids, validation_source = validation_ids_of(checkpoint)
     return export_model(
         checkpoint.model,
         path,
         tokenizer_document=checkpoint.tokenizer_document,
+        options=options,
         model_name=checkpoint.model_name,
-        opset=opset,
-        quantize=quantize,
-        verify=verify,
-        overwrite=overwrite,
-        portable=portable,
-        static_cache=static_cache,
         validation_ids=validation_ids,
         validation_source=validation_source,
         training=training_document(checkpoint),
-        progress=progress,
     )
 
 

@@ -5,11 +5,13 @@ Starlette and uvicorn (the `serve` extra), without torch.
     serve("model.onnx", host="127.0.0.1", port=8000)  # what `gen serve` runs
 
 Routes: POST /v1/completions, GET /v1/models, GET /v1/samplers, GET /health, GET /metrics,
-GET / (the playground) and its files under /playground/. The request handlers run on the
-event loop and never call the model: a request's choices go to the Scheduler
-(gen.runtime.scheduler), whose thread batches every running generation into one decode
-step and sends each request its events; the loop only turns events into JSON or
-server-sent events. The fields and their mapping onto gen's samplers are in gen.runtime.api.
+GET / (the playground) and its files under /playground/. Each route has its handler here, a
+function of the request that finds what it shares with the others (the model, scheduler,
+metrics, limits) in the app's ServerState, `request.app.state.server`; `create_app` only
+wires them together. The handlers run on the event loop and never call the model: a
+request's choices go to the Scheduler (gen.runtime.scheduler), whose thread batches every
+running generation into one decode step and sends each request its events; the loop only
+turns events into JSON or server-sent events. The fields and their mapping onto gen's samplers are in gen.runtime.api.
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ import threading
 import time
 import traceback
 import uuid
+from dataclasses import dataclass
+from typing import Callable
 
 import click
 from prometheus_client import (
@@ -44,7 +48,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from gen.core.errors import GenError
+from gen.core.errors import GenError, first_line
 from gen.core.colours import PROBABILITY_COLOURS
 from gen.core.registry import get_registry
 from gen.core.sampling import LogitsFilter
@@ -213,64 +217,119 @@ def sampler_listing() -> list[dict]:
     return samplers
 
 
-def create_app(generator, *, model_name: str | None = None, max_batch: int = 32, max_queue: int = 256,
-               limits: Limits | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               announce=None) -> Starlette:
-    """The ASGI app serving `generator` (a gen.runtime.OnnxModel). The scheduler thread starts
-    and stops with the app's lifespan, which calls `announce("started" or "stopped", scheduler)`."""
-    limits = limits or Limits()
-    model_name = model_name or os.path.basename(generator.path)
-    created = int(os.path.getmtime(generator.path))
-    scheduler = Scheduler(generator, max_batch=max_batch, max_queue=max_queue)
-    metrics = Metrics(scheduler)
-    scheduler.on_step = metrics.batch_size.observe
+# --- what the handlers share -----------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app):
-        loop = asyncio.get_running_loop()
-        scheduler.publish = Inbox(loop).publish
-        scheduler.start()
-        if announce is not None:
-            announce("started", scheduler)
-        try:
-            yield
-        finally:
-            # uvicorn gets here after the requests in flight have finished.
-            await loop.run_in_executor(None, scheduler.stop)
-            if announce is not None:
-                announce("stopped", scheduler)
 
-    async def completions(request: Request) -> Response:
-        arrived = time.perf_counter()
-        try:
-            body = await read_body(request, max_body_bytes)
-            parsed = parse_completion_request(body, generator.tokenizer, generator.vocab_size, limits)
-        except APIError as error:
-            metrics.requests.labels("bad_request").inc()
-            return error_response(error)
-        events = Events()
-        try:
-            handle = scheduler.submit(parsed.choices, events.put)
-        except Busy as busy:
-            metrics.requests.labels("rejected").inc()
-            error = APIError(f"the server is busy: {busy}; retry in {RETRY_AFTER_S} s", status=503,
-                             type="server_overloaded")
-            return error_response(error, headers={"Retry-After": str(RETRY_AFTER_S)})
-        progress = Progress(parsed, metrics, arrived)
-        request_id = f"cmpl-{uuid.uuid4().hex}"
-        now = int(time.time())
-        if parsed.stream:
-            return StreamingResponse(
-                stream(handle, events, progress, request_id, now), media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        return await complete(request, handle, events, progress, request_id, now)
+@dataclass
+class ServerState:
+    """Everything the handlers read, one per app, in `app.state.server`: the model and its
+    names, the scheduler that runs it, the metrics, and the limits on requests."""
 
-    async def complete(request, handle, events, progress, request_id, now) -> Response:
+    model: object  # a gen.runtime.OnnxModel
+    model_name: str  # what /v1/models, the replies and the playground call it
+    created: int  # /v1/models' "created": when the model file was written
+    scheduler: Scheduler
+    metrics: Metrics
+    limits: Limits
+    max_body_bytes: int
+    playground_page: str  # the playground's index.html, filled in for this model
+    announce: Callable[[str, Scheduler], None] | None = None  # told "started" and "stopped" by the lifespan
+
+    @classmethod
+    def for_model(cls, model, *, model_name: str | None = None, max_batch: int = 32, max_queue: int = 256,
+                  limits: Limits | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                  announce=None) -> ServerState:
+        """The state of a server of `model`; its scheduler is made here and started by the lifespan."""
+        model_name = model_name or os.path.basename(model.path)
+        scheduler = Scheduler(model, max_batch=max_batch, max_queue=max_queue)
+        metrics = Metrics(scheduler)
+        scheduler.on_step = metrics.batch_size.observe
+        return cls(model=model, model_name=model_name, created=int(os.path.getmtime(model.path)),
+                   scheduler=scheduler, metrics=metrics, limits=limits or Limits(),
+                   max_body_bytes=max_body_bytes, playground_page=playground_page(model_name), announce=announce)
+
+
+def state_of(request: Request) -> ServerState:
+    return request.app.state.server
+
+
+def playground_page(model_name: str) -> str:
+    """The playground's index.html for a model. Its name is a file name: escaped for HTML,
+    and for the script as a JSON string that cannot close its <script> element."""
+    page = importlib.resources.files("gen.runtime").joinpath("playground", "index.html").read_text("utf-8")
+    return (page.replace("{{PROBABILITY_COLOURS}}", json.dumps(PROBABILITY_COLOURS))
+            .replace("{{MODEL_JSON}}", json.dumps(model_name).replace("</", "<\\/"))
+            .replace("{{MODEL}}", html.escape(model_name)))
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: Starlette):
+    """Run the scheduler thread while the app runs, its events delivered through an Inbox."""
+    state: ServerState = app.state.server
+    loop = asyncio.get_running_loop()
+    state.scheduler.publish = Inbox(loop).publish
+    state.scheduler.start()
+    if state.announce is not None:
+        state.announce("started", state.scheduler)
+    try:
+        yield
+    finally:
+        # uvicorn gets here after the requests in flight have finished.
+        await loop.run_in_executor(None, state.scheduler.stop)
+        if state.announce is not None:
+            state.announce("stopped", state.scheduler)
+
+
+# --- POST /v1/completions ----------------------------------------------------------------
+
+
+async def completions(request: Request) -> Response:
+    """Parse the request, hand its choices to the scheduler, and answer whole or as a stream."""
+    state = state_of(request)
+    arrived = time.perf_counter()
+    try:
+        body = await read_body(request, state.max_body_bytes)
+        parsed = parse_completion_request(body, state.model.tokenizer, state.model.vocab_size, state.limits)
+    except APIError as error:
+        state.metrics.requests.labels("bad_request").inc()
+        return error_response(error)
+    events = Events()
+    try:
+        handle = state.scheduler.submit(parsed.choices, events.put)
+    except Busy as busy:
+        state.metrics.requests.labels("rejected").inc()
+        error = APIError(f"the server is busy: {busy}; retry in {RETRY_AFTER_S} s", status=503,
+                         type="server_overloaded")
+        return error_response(error, headers={"Retry-After": str(RETRY_AFTER_S)})
+    completion = Completion(state, handle, events, Progress(parsed, state.metrics, arrived))
+    if parsed.stream:
+        return StreamingResponse(completion.stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return await completion.whole(request)
+
+
+class Completion:
+    """One request the scheduler took, on its way back to the client: whole or streamed.
+    Either way, a client that leaves cancels it, and its outcome is counted once."""
+
+    def __init__(self, state: ServerState, handle, events: Events, progress: Progress):
+        self.state = state
+        self.handle = handle  # the scheduler's, to cancel it
+        self.events = events
+        self.progress = progress
+        self.id = f"cmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+
+    def count(self, outcome: str) -> None:
+        self.state.metrics.requests.labels(outcome).inc()
+
+    async def whole(self, request: Request) -> Response:
         """Collect every choice's text; a client that leaves meanwhile cancels the request."""
+        progress = self.progress
 
         async def collect():
             while not progress.done:
-                progress.take(await events.next_batch())
+                progress.take(await self.events.next_batch())
 
         collecting = asyncio.ensure_future(collect())
         leaving = asyncio.ensure_future(wait_for_disconnect(request))
@@ -280,12 +339,12 @@ def create_app(generator, *, model_name: str | None = None, max_batch: int = 32,
             leaving.cancel()
         if not collecting.done():
             collecting.cancel()
-            handle.cancel()
-            metrics.requests.labels("cancelled").inc()
+            self.handle.cancel()
+            self.count("cancelled")
             return Response(status_code=499)  # nobody reads it; the client has gone
         if progress.error is not None:
-            handle.cancel()
-            metrics.requests.labels("failed").inc()
+            self.handle.cancel()
+            self.count("failed")
             return error_response(APIError(progress.error, status=500, type="server_error"))
         parsed = progress.parsed
         choices = []
@@ -297,20 +356,21 @@ def create_app(generator, *, model_name: str | None = None, max_batch: int = 32,
         if parsed.logprobs is not None:
             for choice, writer, tokens in zip(choices, progress.logprobs, progress.all_tokens):
                 choice["logprobs"] = writer.write(tokens)
-        metrics.requests.labels("completed").inc()
-        return JSONResponse(completion_object(request_id, now, model_name, choices, usage=progress.usage(),
-                                              seed=parsed.seed, sampler=parsed.sampler))
+        self.count("completed")
+        return JSONResponse(completion_object(self.id, self.created, self.state.model_name, choices,
+                                              usage=progress.usage(), seed=parsed.seed, sampler=parsed.sampler))
 
-    async def stream(handle, events, progress, request_id, now):
+    async def stream(self):
         """Server-sent events: a chunk per choice per batch of events, then usage if asked, then [DONE]."""
+        progress = self.progress
         parsed = progress.parsed
-        sse = StreamChunks(request_id, now, model_name)
+        sse = StreamChunks(self.id, self.created, self.state.model_name)
         outcome = "cancelled"  # unless it gets to the end
         try:
             if parsed.echo:
                 yield "".join(sse.choice(k, parsed.prompt_of(k), None, None) for k in range(len(parsed.choices)))
             while not progress.done:
-                changed = progress.take(await events.next_batch())
+                changed = progress.take(await self.events.next_batch())
                 if progress.error is not None:
                     outcome = "failed"
                     yield sse.error(APIError(progress.error, status=500, type="server_error"))
@@ -327,51 +387,71 @@ def create_app(generator, *, model_name: str | None = None, max_batch: int = 32,
             outcome = "completed"
         finally:
             if outcome != "completed":
-                handle.cancel()  # the client left mid-stream: free its rows at the next step
-            metrics.requests.labels(outcome).inc()
+                self.handle.cancel()  # the client left mid-stream: free its rows at the next step
+            self.count(outcome)
 
-    async def models(request: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [{
-            "id": model_name, "object": "model", "created": created, "owned_by": "gen",
-            "block_size": generator.block_size, "vocab_size": generator.vocab_size,
-            "model": generator.artifact.model.get("name"),
-        }]})
 
-    async def samplers(request: Request) -> Response:
-        return Response(dumps({"object": "list", "data": sampler_listing()}), media_type="application/json")
+# --- the other routes --------------------------------------------------------------------
 
-    async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "model": model_name, "queue_depth": scheduler.queue_depth,
-                             "active_rows": scheduler.active_rows, "max_batch": scheduler.max_batch,
-                             "exact_batching": scheduler.exact})
 
-    async def prometheus(request: Request) -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+async def models(request: Request) -> Response:
+    """GET /v1/models: the one model served, with its context and vocabulary sizes."""
+    state = state_of(request)
+    return JSONResponse({"object": "list", "data": [{
+        "id": state.model_name, "object": "model", "created": state.created, "owned_by": "gen",
+        "block_size": state.model.block_size, "vocab_size": state.model.vocab_size,
+        "model": state.model.artifact.model.get("name"),
+    }]})
 
-    page = importlib.resources.files("gen.runtime").joinpath("playground", "index.html").read_text("utf-8")
-    # The model's name is a file name: escaped for HTML, and for the script as a JSON string
-    # that cannot close its <script> element.
-    page = (page.replace("{{PROBABILITY_COLOURS}}", json.dumps(PROBABILITY_COLOURS))
-            .replace("{{MODEL_JSON}}", json.dumps(model_name).replace("</", "<\\/"))
-            .replace("{{MODEL}}", html.escape(model_name)))
 
-    async def playground(request: Request) -> Response:
-        return HTMLResponse(page)
+async def samplers(request: Request) -> Response:
+    """GET /v1/samplers: every registered sampler (see sampler_listing)."""
+    return Response(dumps({"object": "list", "data": sampler_listing()}), media_type="application/json")
 
-    async def http_error(request: Request, error: HTTPException) -> Response:
-        kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
-        message = f"{request.method} {request.url.path}: {error.detail}"
-        if error.status_code == 404:
-            message += "; the routes are POST /v1/completions, GET /v1/models, /v1/samplers, /health, /metrics, /"
-        return error_response(APIError(message, status=error.status_code, type=kind), headers=error.headers)
 
-    async def server_error(request: Request, error: Exception) -> Response:
-        traceback.print_exception(error, file=sys.stderr)  # for the server's log, never the client
-        return error_response(APIError(f"internal error: {type(error).__name__}: {error}".splitlines()[0],
-                                       status=500, type="server_error"))
+async def health(request: Request) -> Response:
+    """GET /health: the scheduler's load and how it batches."""
+    state = state_of(request)
+    scheduler = state.scheduler
+    return JSONResponse({"status": "ok", "model": state.model_name,
+                         "queue_depth": scheduler.queue_depth, "active_rows": scheduler.active_rows,
+                         "max_batch": scheduler.max_batch, "exact_batching": scheduler.exact})
 
-    static = StaticFiles(packages=[("gen.runtime", "playground")])
-    return Starlette(
+
+async def prometheus(request: Request) -> Response:
+    """GET /metrics: the app's metrics in Prometheus' text format."""
+    return Response(generate_latest(state_of(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def playground(request: Request) -> Response:
+    """GET /: the playground page (its script and style are under /playground/)."""
+    return HTMLResponse(state_of(request).playground_page)
+
+
+async def http_error(request: Request, error: HTTPException) -> Response:
+    """An unknown route or a wrong method, in OpenAI's error shape."""
+    kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
+    message = f"{request.method} {request.url.path}: {error.detail}"
+    if error.status_code == 404:
+        message += "; the routes are POST /v1/completions, GET /v1/models, /v1/samplers, /health, /metrics, /"
+    return error_response(APIError(message, status=error.status_code, type=kind), headers=error.headers)
+
+
+async def server_error(request: Request, error: Exception) -> Response:
+    """A bug: the traceback goes to the server's log, one line of it to the client."""
+    traceback.print_exception(error, file=sys.stderr)
+    name = type(error).__name__
+    line = first_line(error)  # the type's name alone when the error has no message
+    message = f"internal error: {name}" if line == name else f"internal error: {name}: {line}"
+    return error_response(APIError(message, status=500, type="server_error"))
+
+
+def create_app(generator, *, model_name: str | None = None, max_batch: int = 32, max_queue: int = 256,
+               limits: Limits | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               announce=None) -> Starlette:
+    """The ASGI app serving `generator` (a gen.runtime.OnnxModel). The scheduler thread starts
+    and stops with the app's lifespan, which calls `announce("started" or "stopped", scheduler)`."""
+    app = Starlette(
         routes=[
             Route("/v1/completions", completions, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
@@ -379,11 +459,15 @@ def create_app(generator, *, model_name: str | None = None, max_batch: int = 32,
             Route("/health", health, methods=["GET"]),
             Route("/metrics", prometheus, methods=["GET"]),
             Route("/", playground, methods=["GET"]),
-            Mount("/playground", app=static),
+            Mount("/playground", app=StaticFiles(packages=[("gen.runtime", "playground")])),
         ],
         exception_handlers={HTTPException: http_error, Exception: server_error},
         lifespan=lifespan,
     )
+    app.state.server = ServerState.for_model(generator, model_name=model_name, max_batch=max_batch,
+                                             max_queue=max_queue, limits=limits, max_body_bytes=max_body_bytes,
+                                             announce=announce)
+    return app
 
 
 class Inbox:

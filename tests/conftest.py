@@ -87,11 +87,11 @@ def gpt(make_gpt, tokenizer):
 def small_gpt_onnx(make_gpt, tokenizer, tmp_path_factory):
     """conftest's small GPT (block_size 16, so generation slides its window often) exported to ONNX."""
     from gen.core.tokenizer import tokenizer_to_dict
-    from gen.export.onnx_export import export_model
+    from gen.export.onnx_export import ExportOptions, export_model
 
     path = tmp_path_factory.mktemp("served") / "small-gpt.onnx"
     export_model(make_gpt(tokenizer.vocab_size), path, tokenizer_document=tokenizer_to_dict("char", tokenizer),
-                 progress=None, verify=False)  # the export itself is tested in test_export
+                 options=ExportOptions(verify=False, progress=None))  # the export itself is tested in test_export
     return path
 
 

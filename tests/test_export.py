@@ -22,7 +22,7 @@ from gen.core.registry import get_plugins
 from gen.core.tokenizer import tokenizer_from_dict, tokenizer_to_dict
 from gen.core.cli.export_commands import export
 from gen.export.attention import TRANSLATIONS
-from gen.export.onnx_export import _quiet_exporter, cache_shape, export_model
+from gen.export.onnx_export import ExportOptions, _quiet_exporter, cache_shape, export_model
 from gen.export.verify import verify_export
 from gen.plugins.bigram import BigramLanguageModel
 from gen.plugins.gpt import GPT
@@ -41,7 +41,7 @@ def gpt_export(gpt, tokenizer, tmp_path_factory):
     messages = []
     result = export_model(
         gpt, folder / "model.onnx", tokenizer_document=tokenizer_to_dict("char", tokenizer),
-        progress=messages.append,
+        options=ExportOptions(progress=messages.append),
     )
     return result, messages
 
@@ -205,7 +205,8 @@ def test_bigram_exports_with_the_mask_as_an_input_and_matches_torch(tokenizer, t
     torch.manual_seed(0)
     bigram = BigramLanguageModel.from_config({"vocab_size": tokenizer.vocab_size, "block_size": 8}).eval()
     result = export_model(
-        bigram, tmp_path / "bigram.onnx", tokenizer_document=tokenizer_to_dict("char", tokenizer), progress=None
+        bigram, tmp_path / "bigram.onnx", tokenizer_document=tokenizer_to_dict("char", tokenizer),
+        options=ExportOptions(progress=None),
     )
     session = onnxruntime.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask"]
@@ -223,8 +224,8 @@ def test_int8_quantization_shrinks_the_file_and_reports_the_loss_it_costs(gpt, t
     messages = []
     result = export_model(
         gpt, tmp_path / "int8.onnx", tokenizer_document=tokenizer_to_dict("char", tokenizer),
-        quantize="int8", verify=False, validation_ids=tokenizer.encode(text[-3000:]), validation_source="the test text",
-        progress=messages.append,
+        options=ExportOptions(quantize="int8", verify=False, progress=messages.append),
+        validation_ids=tokenizer.encode(text[-3000:]), validation_source="the test text",
     )
     report = result.quantized
     assert report["int8_bytes"] < report["fp32_bytes"] / 1.5  # ~3.5x on bigger models, where weights dominate
@@ -240,15 +241,18 @@ def test_int8_quantization_shrinks_the_file_and_reports_the_loss_it_costs(gpt, t
 def test_an_opset_the_exporter_cannot_reach_is_a_clear_error(gpt, tokenizer, tmp_path):
     document = tokenizer_to_dict("char", tokenizer)
     with pytest.raises(GenError, match="cannot export at opset 17: .* use --opset 18 or newer"):
-        export_model(gpt, tmp_path / "old.onnx", tokenizer_document=document, opset=17, progress=None)
+        export_model(gpt, tmp_path / "old.onnx", tokenizer_document=document,
+                     options=ExportOptions(opset=17, progress=None))
     with pytest.raises(GenError, match="cannot export at opset 99: .*could not convert this model to it"):
-        export_model(gpt, tmp_path / "new.onnx", tokenizer_document=document, opset=99, progress=None)
+        export_model(gpt, tmp_path / "new.onnx", tokenizer_document=document,
+                     options=ExportOptions(opset=99, progress=None))
     assert list(tmp_path.iterdir()) == []  # nothing half-written
 
 
 def test_another_supported_opset_is_written_and_verified(gpt, tokenizer, tmp_path):
     result = export_model(
-        gpt, tmp_path / "m.onnx", tokenizer_document=tokenizer_to_dict("char", tokenizer), opset=18, progress=None,
+        gpt, tmp_path / "m.onnx", tokenizer_document=tokenizer_to_dict("char", tokenizer),
+        options=ExportOptions(opset=18, progress=None),
     )
     assert result.opset == 18
     assert {entry.domain: entry.version for entry in onnx.load(str(result.path)).opset_import}[""] == 18
@@ -347,7 +351,8 @@ def third_party_model(fresh_plugins):
 def test_a_third_party_model_without_a_cache_exports_through_forward(third_party_model, tokenizer, tmp_path):
     torch.manual_seed(0)
     model = PreviousTwoTokens(tokenizer.vocab_size, block_size=12).eval()
-    result = export_model(model, tmp_path / "p2.onnx", tokenizer_document=tokenizer_to_dict("char", tokenizer), progress=None)
+    result = export_model(model, tmp_path / "p2.onnx", tokenizer_document=tokenizer_to_dict("char", tokenizer),
+                          options=ExportOptions(progress=None))
     assert result.max_logits_diff <= 1e-4
     metadata = onnx.load(str(result.path)).metadata_props
     assert json.loads({e.key: e.value for e in metadata}["gen.model"])["name"] == "previous_two"
@@ -376,7 +381,7 @@ def test_a_third_party_model_with_a_cache_exports_its_kv_inputs(tokenizer, tmp_p
     model = WrappedGPT(GPT.from_config(dict(block_size=8, n_layer=1, n_head=4, n_embd=16, vocab_size=tokenizer.vocab_size)))
     result = export_model(
         model, tmp_path / "wrapped.onnx", tokenizer_document=tokenizer_to_dict("char", tokenizer),
-        model_name="wrapped", progress=None,
+        model_name="wrapped", options=ExportOptions(progress=None),
     )
     session = onnxruntime.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()][2:] == past_names(1)
@@ -398,10 +403,11 @@ def variants(gpt, tokenizer, tmp_path_factory):
     """The small GPT exported four ways, each verified against torch (int4: not verifiable)."""
     folder = tmp_path_factory.mktemp("variants")
     document = tokenizer_to_dict("char", tokenizer)
-    options = {"fused": {}, "portable": {"portable": True}, "static": {"static_cache": True}}
+    options = {"fused": ExportOptions(progress=None), "portable": ExportOptions(portable=True, progress=None),
+               "static": ExportOptions(static_cache=True, progress=None)}
     paths = {}
-    for name, extra in options.items():
-        result = export_model(gpt, folder / f"{name}.onnx", tokenizer_document=document, progress=None, **extra)
+    for name, how in options.items():
+        result = export_model(gpt, folder / f"{name}.onnx", tokenizer_document=document, options=how)
         assert result.max_logits_diff <= 1e-4
         paths[name] = result.path
     return paths
@@ -453,15 +459,15 @@ def test_the_fixed_capacity_cache_is_declared_and_updated_in_place(variants):
 def test_a_fixed_capacity_cache_needs_the_fused_gpt_graph(gpt, tokenizer, tmp_path):
     with pytest.raises(GenError, match="fixed-capacity cache .* gpt model only, and not with --portable"):
         export_model(gpt, tmp_path / "m.onnx", tokenizer_document=tokenizer_to_dict("char", tokenizer),
-                     portable=True, static_cache=True, progress=None)
+                     options=ExportOptions(portable=True, static_cache=True, progress=None))
 
 
 def test_int4_weights_shrink_the_file_and_the_loss_is_reported(gpt, tokenizer, text, tmp_path):
     messages = []
     result = export_model(
-        gpt, tmp_path / "int4.onnx", tokenizer_document=tokenizer_to_dict("char", tokenizer), quantize="int4",
-        verify=False, validation_ids=tokenizer.encode(text[-3000:]), validation_source="the test text",
-        progress=messages.append,
+        gpt, tmp_path / "int4.onnx", tokenizer_document=tokenizer_to_dict("char", tokenizer),
+        options=ExportOptions(quantize="int4", verify=False, progress=messages.append),
+        validation_ids=tokenizer.encode(text[-3000:]), validation_source="the test text",
     )
     report = result.quantized
     assert report["int4_bytes"] < report["fp32_bytes"] / 2 and result.size_bytes == report["int4_bytes"]

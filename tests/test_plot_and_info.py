@@ -201,14 +201,14 @@ def test_info_of_an_export_matches_onnx_and_its_checkpoint(run, exports, kind):
 
 def test_info_of_a_model_without_a_cache(tmp_path):
     from gen.core.tokenizer import tokenizer_to_dict
-    from gen.export.onnx_export import export_model
+    from gen.export.onnx_export import ExportOptions, export_model
     from gen.plugins.bigram import BigramLanguageModel
     from gen.plugins.tokenizers import CharTokenizer
 
     tokenizer = CharTokenizer.train("abcdef")
     model = BigramLanguageModel.from_config({"vocab_size": 6, "block_size": 8})
     export_model(model, tmp_path / "bigram.onnx", tokenizer_document=tokenizer_to_dict("char", tokenizer),
-                 verify=False, progress=None)
+                 options=ExportOptions(verify=False, progress=None))
     described = info(tmp_path / "bigram.onnx")
     assert described["kv_cache"] is None and described["parameters"] == 36
     assert described["step"] is None  # exported from a model in code: no checkpoint recorded

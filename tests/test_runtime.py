@@ -30,7 +30,7 @@ from gen.core.scoring import exact_loss
 from gen.core.tokenizer import tokenizer_to_dict
 from gen.core.training.torch_backend import TorchBackend
 from gen.core.cli.export_commands import export
-from gen.export.onnx_export import export_model
+from gen.export.onnx_export import ExportOptions, export_model
 from gen.plugins.bigram import BigramLanguageModel
 from gen.runtime.artifact import FORMAT_VERSION
 from gen.core.cli.runtime_commands import run
@@ -76,7 +76,8 @@ def bigram(tokenizer):
 @pytest.fixture(scope="module")
 def bigram_path(bigram, tokenizer, tmp_path_factory):
     path = tmp_path_factory.mktemp("bigram") / "bigram.onnx"
-    export_model(bigram, path, tokenizer_document=tokenizer_to_dict("char", tokenizer), progress=None)
+    export_model(bigram, path, tokenizer_document=tokenizer_to_dict("char", tokenizer),
+                 options=ExportOptions(progress=None))
     return path
 
 

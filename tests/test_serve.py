@@ -19,6 +19,10 @@ import httpx
 import numpy as np
 import openai
 import pytest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.routing import Route
+from starlette.testclient import TestClient
 
 from serve_helpers import running_server
 from gen.core import LogitsFilter, hookimpl, mask_logits
@@ -27,7 +31,18 @@ from gen.core.sampling import Sampling
 from gen.runtime.api import Limits
 from gen.runtime.onnx_model import OnnxModel
 from gen.runtime.scheduler import Choice, Failed, Finished, Piece, Scheduler, exact_padding_quantum
-from gen.runtime.server import Inbox, create_app
+from gen.runtime.server import (
+    Inbox,
+    ServerState,
+    completions,
+    create_app,
+    health,
+    http_error,
+    models,
+    playground,
+    samplers,
+    server_error,
+)
 
 BUILT_IN_CHAINS = [
     ["multinomial"], ["greedy"], ["temperature:t=0.7"], ["top_k:k=5"], ["top_p:p=0.8"], ["min_p:p=0.2"],
@@ -203,13 +218,14 @@ def test_a_model_without_a_kv_cache_batches_whole_windows(tokenizer, tmp_path):
     import torch
 
     from gen.core.tokenizer import tokenizer_to_dict
-    from gen.export.onnx_export import export_model
+    from gen.export.onnx_export import ExportOptions, export_model
     from gen.plugins.bigram import BigramLanguageModel
 
     torch.manual_seed(0)
     model = BigramLanguageModel.from_config({"vocab_size": tokenizer.vocab_size, "block_size": 8}).eval()
     path = tmp_path / "bigram.onnx"
-    export_model(model, path, tokenizer_document=tokenizer_to_dict("char", tokenizer), progress=None, verify=False)
+    export_model(model, path, tokenizer_document=tokenizer_to_dict("char", tokenizer),
+                 options=ExportOptions(verify=False, progress=None))
     bigram = OnnxModel(path)
     scheduler = Scheduler(bigram, max_batch=3).start()
     try:
@@ -230,7 +246,7 @@ def test_a_sentencepiece_style_tokenizer_keeps_its_spaces_as_gen_run_does(make_g
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     from gen.core.tokenizer import tokenizer_to_dict
-    from gen.export.onnx_export import export_model
+    from gen.export.onnx_export import ExportOptions, export_model
     from gen.plugins.hf_tokenizers import HFTokenizer
 
     file = tmp_path / "tokenizer.json"
@@ -243,7 +259,7 @@ def test_a_sentencepiece_style_tokenizer_keeps_its_spaces_as_gen_run_does(make_g
     tokenizer = HFTokenizer.train(text, path=str(file))
     path = tmp_path / "sentencepiece.onnx"
     export_model(make_gpt(tokenizer.vocab_size), path, tokenizer_document=tokenizer_to_dict("hf", tokenizer),
-                 progress=None, verify=False)
+                 options=ExportOptions(verify=False, progress=None))
     model = OnnxModel(path)
     scheduler = Scheduler(model, max_batch=4).start()
     try:
@@ -516,6 +532,70 @@ def test_the_model_name_cannot_break_the_page(small_gpt_onnx):
     assert 'window.MODEL = "my \\"model\\"<\\/script><b>.onnx";' in page  # a JSON string: the same text in JS
 
 
+# --- each handler on its own: an app with just that route, and a ServerState ---------------
+
+
+def app_of(handler, path: str = "/", state: ServerState | None = None, **route) -> TestClient:
+    """A client of an app with one route to `handler` and gen serve's error handlers; no
+    lifespan, so the scheduler stays unstarted unless a test starts it."""
+    app = Starlette(routes=[Route(path, handler, **route)],
+                    exception_handlers={HTTPException: http_error, Exception: server_error})
+    app.state.server = state
+    return TestClient(app, raise_server_exceptions=False)
+
+
+def test_health_models_and_the_playground_answer_from_the_state_alone(generator, small_gpt_onnx):
+    state = ServerState.for_model(generator, model_name="m.onnx", max_batch=4)
+    assert app_of(health, "/health", state).get("/health").json() == {
+        "status": "ok", "model": "m.onnx", "queue_depth": 0, "active_rows": 0, "max_batch": 4,
+        "exact_batching": state.scheduler.exact}
+    listed = app_of(models, "/v1/models", state).get("/v1/models").json()["data"]
+    assert listed == [{"id": "m.onnx", "object": "model", "created": int(os.path.getmtime(small_gpt_onnx)),
+                       "owned_by": "gen", "block_size": 16, "vocab_size": generator.vocab_size, "model": "gpt"}]
+    page = app_of(playground, "/", state).get("/")
+    assert page.headers["content-type"].startswith("text/html") and page.text == state.playground_page
+    assert "<title>gen playground: m.onnx</title>" in page.text
+
+
+def test_the_samplers_handler_needs_no_state():
+    listed = {entry["name"]: entry for entry in app_of(samplers, "/v1/samplers").get("/v1/samplers").json()["data"]}
+    assert listed["top_k"]["kind"] == "filter" and listed["greedy"]["kind"] == "sampler"
+    assert listed["min_p"]["options"] == {"p": {"type": "float", "default": 0.05}}
+
+
+def test_completions_refuses_a_bad_body_and_counts_it_before_the_scheduler_sees_it(generator):
+    state = ServerState.for_model(generator)  # its scheduler never started: nothing may reach it
+    response = app_of(completions, "/v1/completions", state, methods=["POST"]).post(
+        "/v1/completions", json={"prompt": 1})
+    assert response.status_code == 400
+    assert response.json()["error"]["message"].startswith("prompt must be a string")
+    assert state.metrics.registry.get_sample_value("gen_requests_total", {"outcome": "bad_request"}) == 1
+    assert state.scheduler.queue_depth == 0
+
+
+def test_the_error_handlers_answer_in_openais_shape_with_one_line(capsys):
+    def fails(request):
+        raise RuntimeError("[../src/step.cc:12] the disk is on fire\nand more detail below")
+
+    def asserts(request):
+        raise AssertionError()
+
+    client = app_of(fails, "/fails")
+    missing = client.get("/nowhere")
+    assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
+    assert missing.json()["error"]["message"].startswith("GET /nowhere: Not Found; the routes are POST /v1/completions")
+    wrong_method = client.post("/fails")
+    assert wrong_method.status_code == 405 and wrong_method.json()["error"]["type"] == "invalid_request_error"
+    assert set(wrong_method.headers["allow"].split(", ")) == {"GET", "HEAD"}  # the route's headers go along
+    failed = client.get("/fails")
+    assert failed.status_code == 500
+    assert failed.json()["error"] == {"message": "internal error: RuntimeError: the disk is on fire",
+                                      "type": "server_error", "param": None, "code": None}
+    assert "and more detail below" in capsys.readouterr().err  # the whole traceback, for the server's log
+    bare = app_of(asserts, "/asserts").get("/asserts")
+    assert bare.json()["error"]["message"] == "internal error: AssertionError"
+
+
 def test_a_client_that_leaves_mid_stream_frees_its_rows(server):
     url, _ = server
     with httpx.stream("POST", f"{url}/v1/completions", timeout=30,
@@ -670,11 +750,11 @@ print("torch-free", response.json()["choices"][0]["text"])
 def test_an_export_with_a_fixed_capacity_cache_is_refused_in_one_line(make_gpt, tokenizer, tmp_path):
     from gen.core.errors import GenError
     from gen.core.tokenizer import tokenizer_to_dict
-    from gen.export.onnx_export import export_model
+    from gen.export.onnx_export import ExportOptions, export_model
 
     path = tmp_path / "static.onnx"
     export_model(make_gpt(tokenizer.vocab_size), path, tokenizer_document=tokenizer_to_dict("char", tokenizer),
-                 static_cache=True, progress=None, verify=False)
+                 options=ExportOptions(static_cache=True, verify=False, progress=None))
     with pytest.raises(GenError, match="fixed-capacity cache .* which gen serve cannot batch"):
         Scheduler(OnnxModel(path))
 

@@ -3,6 +3,7 @@ on a slice of Tiny Shakespeare, exact reproducibility and resuming, the plugin h
 and bad input (a one-line error, a non-zero exit, nothing already written destroyed)."""
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from safetensors.torch import load_file
 from gen.core import hookimpl
 from gen.core.cli import cli
 from gen.core.registry import get_plugins
+from gen.core.training.config import TrainConfig
 
 GEN_SCRIPT = Path(sys.executable).parent / "gen"
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "8",
@@ -258,6 +260,14 @@ def test_train_help_lists_every_model_with_its_options():
     assert "gpt: block_size (int=64), n_layer (int=4), n_head (int=4), n_embd (int=128)," in result.output
 
 
+def test_train_help_gives_the_learning_rate_one_default_and_lists_the_models_own():
+    output = gen("train", "--help").output
+    lr_help = " ".join(output.split("  --lr ")[1].split("  --min-lr ")[0].split())
+    assert re.findall(r"default:? [0-9.]+", lr_help) == [f"default: {TrainConfig.lr}"], lr_help
+    assert "bigram: block_size (int=64); trains by default with --lr 0.1" in output  # its training_defaults
+    assert "trains by default" not in output.split("  gpt: ")[1]
+
+
 # --- sample and eval ----------------------------------------------------------------
 
 
@@ -399,10 +409,10 @@ def test_the_gen_command_prints_one_line_without_a_traceback(tmp_path):
 
 def test_eval_of_an_export_matches_its_checkpoint(trained, corpus, tmp_path):
     """`gen eval MODEL.onnx --data ...` scores the same split as the checkpoint it came from."""
-    from gen.export.onnx_export import export_onnx
+    from gen.export.onnx_export import ExportOptions, export_onnx
 
     path = tmp_path / "model.onnx"
-    export_onnx(trained, path, verify=False, progress=None)
+    export_onnx(trained, path, options=ExportOptions(verify=False, progress=None))
     from_checkpoint = json.loads(gen("eval", "--checkpoint", trained, "--json").stdout)
     result = gen("eval", path, "--data", corpus, "--json")
     assert result.exit_code == 0, result.output

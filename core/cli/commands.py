@@ -14,7 +14,7 @@ from gen.core.errors import GenError
 from gen.core.cli.generation_options import echo_from_options, generation_options
 from gen.core.hookspecs import hookimpl
 from gen.core.specs import format_spec, options_of
-from gen.core.training.config import DTYPES, LIMITS, TrainConfig
+from gen.core.training.config import DTYPES, LIMITS, TrainConfig, option_flag
 
 
 # --- gen train ------------------------------------------------------------------------
@@ -34,7 +34,7 @@ TRAIN_OPTIONS = [
     ("max-iters", "Optimizer steps to train for (in all, counting resumed ones)."),
     ("batch-size", "Sequences per micro-batch."),
     ("grad-accum", "Micro-batches accumulated per optimizer step."),
-    ("lr", "Peak learning rate (default: the model's, else 0.003)."),
+    ("lr", "Peak learning rate (a model may set its own default, listed at the end)."),
     ("min-lr", "Learning rate at the end of the cosine decay."),
     ("warmup-iters", "Steps of linear warmup."),
     ("lr-decay-iters", "Step where the cosine decay reaches --min-lr (default: --max-iters)."),
@@ -151,11 +151,24 @@ def _model_table(path: str, table: dict) -> str:
 
 
 def _models_help() -> str:
-    """Every registered model with its options and defaults, for `gen train --help`."""
+    """Every registered model with its options and defaults, and the training defaults it
+    sets in place of TrainConfig's (the bigram's --lr 0.1), for `gen train --help`."""
     from gen.core.registry import get_registry
 
     registry = get_registry()
-    return "\n".join(f"{name}: {registry.entry('model', name).options_text()}" for name in registry.names("model"))
+    lines = []
+    for name in registry.names("model"):
+        entry = registry.entry("model", name)
+        line = f"{name}: {entry.options_text()}"
+        try:
+            training_defaults = getattr(entry.load(), "training_defaults", None) or {}
+        except GenError:  # options_text has said why the model is unavailable
+            training_defaults = {}
+        if training_defaults:
+            line += "; trains by default with " + ", ".join(
+                f"{option_flag(key)} {value}" for key, value in training_defaults.items())
+        lines.append(line)
+    return "\n".join(lines)
 
 
 class TrainCommand(click.Command):

@@ -50,19 +50,16 @@ def export(output, checkpoint, opset, portable, static_cache, quantize, verify, 
 
     if (output is None) == (genai_dir is None):
         raise GenError("give OUTPUT.onnx, or --genai DIR for onnxruntime-genai (one of them)")
+    from gen.export.onnx_export import ExportOptions, export_onnx
+
+    options = ExportOptions(opset=opset, quantize=quantize, verify=verify, overwrite=overwrite, portable=portable,
+                            static_cache=static_cache, progress=click.echo)
     if genai_dir is not None:
-        if static_cache:
-            raise GenError("--static-cache is for gen run; onnxruntime-genai (--genai) feeds the plain "
-                           "past/present cache, so leave --static-cache out")
         from gen.export.genai import export_genai
 
-        export_genai(checkpoint, genai_dir, opset=opset, quantize=quantize, verify=verify, overwrite=overwrite,
-                     portable=portable, progress=click.echo)
-        return
-    from gen.export.onnx_export import export_onnx
-
-    export_onnx(checkpoint, output, opset=opset, quantize=quantize, verify=verify, overwrite=overwrite,
-                portable=portable, static_cache=static_cache, progress=click.echo)
+        export_genai(checkpoint, genai_dir, options=options)
+    else:
+        export_onnx(checkpoint, output, options=options)
 
 
 @hookimpl
