@@ -299,6 +299,7 @@ def to_onnx_proto(model: torch.nn.Module, cache: CacheShape | StateShape | None,
         input_names = [INPUT_IDS, ATTENTION_MASK, *past_names(cache.n_layer)]
         output_names = [LOGITS, *present_names(cache.n_layer)]
     sample = _sample_inputs(model, cache, config["block_size"], config["vocab_size"])
+    _forget_rnn_kernels()
     try:
         with _quiet_exporter(), torch.no_grad():
             program = torch.onnx.export(
@@ -316,10 +317,10 @@ def to_onnx_proto(model: torch.nn.Module, cache: CacheShape | StateShape | None,
         raise GenError(f"torch could not export {type(model).__name__} to ONNX: {first_line(error)}") from error
     proto = program.model_proto
     if isinstance(cache, StateShape):
-        # torch.export specialises the sequence length inside nn.GRU and nn.LSTM (the graph
-        # still gets ONNX's GRU/LSTM operator, which takes any length), so the intermediate
-        # shapes torch's exporter records would say the sample's length, and onnxruntime would
-        # plan its buffers on them. The hints are optional: onnxruntime infers the shapes.
+        # The shapes torch's exporter records between the operators (optional hints) can
+        # fix a sequence length to the sample's where recurrent layers are stacked (nn.GRU
+        # feeding nn.GRU, torch 2.13), and onnxruntime would plan its buffers on them; without
+        # the hints it infers the shapes itself. KV exports keep theirs (and their bytes).
         del proto.graph.value_info[:]
     produced = _default_opset(proto)
     if opset is not None and produced != opset:
@@ -328,6 +329,18 @@ def to_onnx_proto(model: torch.nn.Module, cache: CacheShape | StateShape | None,
             f"(it fell back to opset {produced}); choose another --opset or leave it out"
         )
     return proto
+
+
+def _forget_rnn_kernels() -> None:
+    """Clear the dispatch caches of nn.GRU's and nn.LSTM's operators before a trace.
+
+    For dynamic shapes, torch's exporter swaps in a decomposition of these operators that
+    keeps the sequence length symbolic, but (torch 2.13) an operator whose kernel was looked
+    up before, e.g. by an earlier export in the process, keeps its cached kernel, which fixes
+    the length to the sample's: the graph would then take only inputs of that length.
+    """
+    for operator in (torch.ops.aten.gru.input, torch.ops.aten.lstm.input):
+        operator._dispatch_cache.clear()
 
 
 def _default_opset(proto: onnx.ModelProto) -> int:

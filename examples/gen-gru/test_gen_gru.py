@@ -28,7 +28,7 @@ from gen_gru.model import GRU
 
 CORPUS = Path(__file__).resolve().parents[2] / "tests" / "data" / "tinyshakespeare-excerpt.txt"
 PROMPT = "ROMEO:"
-SMALL_MODEL = "gru:block_size=16,n_embd=16,hidden=32"
+SMALL_MODEL = "gru:block_size=16,n_embd=16,hidden=32,n_layer=2"
 TRAIN = ["--max-iters", "30", "--eval-interval", "15", "--eval-iters", "4", "--batch-size", "8", "--seed", "1"]
 
 
@@ -96,14 +96,14 @@ def test_gen_train_trains_it(trained):
 
 def test_the_export_carries_a_fixed_size_state_and_gen_info_says_so(exported):
     text = gen("info", exported).output
-    assert "  cache " in text and "state of h 1 x 32 per row (fixed size" in text
+    assert "  cache " in text and "state of h 2 x 32 per row (fixed size" in text
     assert "head" not in text and "KV cache" not in text
     described = json.loads(gen("info", exported, "--json").output)
-    assert described["state"] == {"h": [1, 32]} and described["kv_cache"] is None
+    assert described["state"] == {"h": [2, 32]} and described["kv_cache"] is None
     model = OnnxModel(exported)
     inputs = {node.name: node.shape for node in model.session.get_inputs()}
     outputs = {node.name: node.shape for node in model.session.get_outputs()}
-    assert inputs["past_state.h"] == outputs["present_state.h"] == ["batch", 1, 32]
+    assert inputs["past_state.h"] == outputs["present_state.h"] == ["batch", 2, 32]
     assert model.cache_kind == "state" and model.uses_cache
 
 
