@@ -167,7 +167,8 @@ class OnnxModel(BackendBase):
             raise mismatch(f"a step at position {self.block_size - 1} fails: {first_line(error)[:200]}") from None
         if logits.shape != (1, tokens, self.vocab_size):
             raise mismatch(f"a step gives logits of shape {logits.shape}, not (1, {tokens}, {self.vocab_size})")
-        for name, array, shape in zip(self._output_names[1:], presents, self._state_shapes.values()):
+        for name, array, shape in zip(self._output_names[1:], presents if self._state_shapes else (),
+                                      self._state_shapes.values()):
             if array.shape != (1, *shape):  # the state a step gives must be the one the next step takes
                 raise mismatch(f"{name} has shape {array.shape}, not (1, {', '.join(map(str, shape))})")
 
