@@ -140,15 +140,17 @@ class OnnxModel(BackendBase):
                                                    extra and "the graph also has " + ", ".join(extra)])))
         n_head, head_size = self._cache_dims
         # (Dimensions the graph leaves symbolic are checked by the step below.)
-        for name, shape in zip(self._past_names, self._state_shapes.values()):
-            graph_shape = inputs[name][1:]
-            if len(graph_shape) != len(shape) or any(isinstance(got, int) and got != want
-                                                     for got, want in zip(graph_shape, shape)):
-                raise mismatch(f"{name} has shape {graph_shape} after the batch, the metadata {list(shape)}")
-        for name in self._past_names if not self._state_shapes else ():
-            _, heads, _, size = inputs[name]
-            if any(isinstance(got, int) and got != want for got, want in ((heads, n_head), (size, head_size))):
-                raise mismatch(f"{name} has {heads} heads of size {size}, the metadata {n_head} of {head_size}")
+        if self._state_shapes:
+            for name, shape in zip(self._past_names, self._state_shapes.values()):
+                graph_shape = inputs[name][1:]
+                if len(graph_shape) != len(shape) or any(isinstance(got, int) and got != want
+                                                         for got, want in zip(graph_shape, shape)):
+                    raise mismatch(f"{name} has shape {graph_shape} after the batch, the metadata {list(shape)}")
+        else:
+            for name in self._past_names:
+                _, heads, _, size = inputs[name]
+                if any(isinstance(got, int) and got != want for got, want in ((heads, n_head), (size, head_size))):
+                    raise mismatch(f"{name} has {heads} heads of size {size}, the metadata {n_head} of {head_size}")
         if isinstance(outputs[LOGITS][-1], int) and outputs[LOGITS][-1] != self.vocab_size:
             raise mismatch(f"the graph's logits have {outputs[LOGITS][-1]} entries, the metadata's vocabulary "
                            f"{self.vocab_size}")
@@ -167,10 +169,10 @@ class OnnxModel(BackendBase):
             raise mismatch(f"a step at position {self.block_size - 1} fails: {first_line(error)[:200]}") from None
         if logits.shape != (1, tokens, self.vocab_size):
             raise mismatch(f"a step gives logits of shape {logits.shape}, not (1, {tokens}, {self.vocab_size})")
-        for name, array, shape in zip(self._output_names[1:], presents if self._state_shapes else (),
-                                      self._state_shapes.values()):
-            if array.shape != (1, *shape):  # the state a step gives must be the one the next step takes
-                raise mismatch(f"{name} has shape {array.shape}, not (1, {', '.join(map(str, shape))})")
+        if self._state_shapes:  # the state a step gives must be the one the next step takes
+            for name, array, shape in zip(self._output_names[1:], presents, self._state_shapes.values()):
+                if array.shape != (1, *shape):
+                    raise mismatch(f"{name} has shape {array.shape}, not (1, {', '.join(map(str, shape))})")
 
     # --- the Backend protocol of gen.core.generation (step and logits from BackendBase) ---
 
