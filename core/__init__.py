@@ -5,7 +5,7 @@ imports torch when it runs.
 """
 from gen.core.errors import GenError
 from gen.core.hookspecs import hookimpl, hookspec
-from gen.core.model import LanguageModel, has_kv_cache
+from gen.core.model import LanguageModel, cache_kind, has_kv_cache
 from gen.core.sampling import (
     LogitBias,
     LogitsFilter,
@@ -31,6 +31,7 @@ __all__ = [
     "SamplingContext",
     "Tokenizer",
     "argmax",
+    "cache_kind",
     "check_logits",
     "draw",
     "has_kv_cache",

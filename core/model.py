@@ -34,24 +34,44 @@ Optional:
 - `training_defaults`: a dict of `gen train` options (`lr`, `max_iters`, ...) that
   this model trains best with. They apply when neither the command line nor the
   config file gives the option.
-- A KV cache, for fast generation and for the cache inputs of the ONNX export:
+- A cache, for fast generation and for the cache inputs of the ONNX export, of one of
+  two kinds (`cache_kind(model)` says which):
+
+  A KV cache, which grows with the text (attention):
       forward_cached(input_ids, attention_mask, past_key_values) -> (logits, presents)
       empty_past(batch_size, device=None) -> [(key, value), ...]
-  input_ids (B, T) int64; attention_mask (B, P+T) int64, 1 for real tokens and 0 for
-  left padding (positions count real tokens only); past_key_values one (key, value)
-  pair per layer, each (B, heads, P, head_size) float32, P possibly 0; logits
-  (B, T, vocab); presents the pairs grown to P+T. `empty_past` gives the zero-length
-  pairs of a prefill, on `device` (default: the model's). A model has a cache when it
-  defines both (`has_kv_cache`); an ONNX export records it in its metadata (`n_layer`
-  > 0), which is how the torch-free runtime knows.
+  past_key_values one (key, value) pair per layer, each (B, heads, P, head_size)
+  float32, P possibly 0; presents the pairs grown to P+T. `empty_past` gives the
+  zero-length pairs of a prefill. An ONNX export records the layout in its metadata
+  (`n_layer` > 0), which is how the torch-free runtime knows.
+
+  A state of fixed size, which each step replaces (GRU, LSTM, state-space models):
+      forward_cached(input_ids, attention_mask, state) -> (logits, new_state)
+      empty_state(batch_size, device=None) -> {name: tensor}
+  state a dict of float32 tensors, batch first, each of a shape that never changes
+  (e.g. "h": (B, layers, hidden)); new_state the same names and shapes after the T new
+  tokens. `empty_state` gives the state before the first token: zeros, which is what
+  the torch-free runtime starts from (a learned start belongs inside forward_cached).
+  Names are letters, digits and underscores. An ONNX export records the names and shapes in
+  its metadata ("cache": "state", "state": {name: shape without the batch}).
+
+  For both: input_ids (B, T) int64; attention_mask (B, P+T) int64, 1 for real tokens
+  and 0 for padding, where P is the number of tokens the cache has seen; logits
+  (B, T, vocab); tensors on `device` (default: the model's). Rows are padded on the
+  left: in a batch, a shorter row's padding comes before its tokens, and a row whose
+  generation ended keeps its slot with mask 0 from then on. A step's own mask is the
+  last T columns of attention_mask. Positions count real tokens only, and a position
+  whose mask is 0 must change nothing: no key or value that is attended, no state
+  (a state model keeps a row's state as it is where its mask is 0). `gen export`
+  checks this: a left-padded row must give the logits it gives alone.
 
 Without a cache, generation feeds the last `block_size` tokens at every step through
 `forward`. A batch of prompts of different lengths is left-padded with token id 0
 (and such a model is given no mask), so for a prompt's text in a batch to equal its
 text alone, the model must not depend on absolute positions, and a model that looks
 before the start of the sequence (an MLP over the last few tokens) must fill that
-window with token 0 too. `block_size` is the longest context the model reads at once,
-and the length of the windows training cuts.
+window with token 0 too (`gen export` checks this as well). `block_size` is the
+longest context the model reads at once, and the length of the windows training cuts.
 """
 from __future__ import annotations
 
@@ -97,6 +117,22 @@ def model_options(model_class) -> dict[str, Option]:
     return {name: option for name, option in options_of(config_class).items() if name not in SET_BY_GEN}
 
 
+KV, STATE = "kv", "state"  # the kinds of cache, as cache_kind names them
+
+
+def cache_kind(model) -> str | None:
+    """The kind of cache a model offers: "kv" (forward_cached and empty_past), "state"
+    (forward_cached and empty_state), or None (generation feeds whole windows to forward)."""
+    if not callable(getattr(model, "forward_cached", None)):
+        return None
+    kinds = [kind for kind, method in ((KV, "empty_past"), (STATE, "empty_state"))
+             if callable(getattr(model, method, None))]
+    if len(kinds) == 2:
+        raise GenError(f"{type(model).__name__} defines both empty_past (a KV cache) and empty_state (a fixed-size "
+                       f"state); define the one its forward_cached takes")
+    return kinds[0] if kinds else None
+
+
 def has_kv_cache(model) -> bool:
-    """Whether a model offers the cached step (forward_cached and empty_past)."""
-    return callable(getattr(model, "forward_cached", None)) and callable(getattr(model, "empty_past", None))
+    """Whether a model offers the cached step with a KV cache (forward_cached and empty_past)."""
+    return cache_kind(model) == KV

@@ -8,9 +8,12 @@ How a model plugin takes part: through the model contract of gen.core.model and
 nothing else, so a third-party model needs no registration beyond its
 `register_models` hook.
 
-- A model with a KV cache (`has_kv_cache`) is traced through `forward_cached`; the
+- A model with a KV cache (`cache_kind` "kv") is traced through `forward_cached`; the
   number of layers, heads and the head size are read off `empty_past(1)`. The graph
   gets the cache inputs and outputs, and generation reuses the cache.
+- A model with a fixed-size state (`cache_kind` "state") is traced through
+  `forward_cached` too, with one `past_state.{name}` input and `present_state.{name}`
+  output per tensor of `empty_state(1)`, whose names and shapes the metadata records.
 - Any other model is traced through `forward(idx)`, with inputs `input_ids` and
   `attention_mask` (kept so that every gen export takes the same inputs; such a
   model ignores it) and output `logits`. Generation then feeds the last
@@ -38,7 +41,7 @@ import torch
 
 from gen.core.errors import GenError, first_line
 from gen.core.files import check_writable_destination, replace_file_atomically
-from gen.core.model import has_kv_cache
+from gen.core.model import STATE, cache_kind
 from gen.core.tokenizer import tokenizer_from_dict
 from gen.export.attention import TRANSLATIONS
 from gen.export.quantize import QUANTIZATIONS, validation_ids_of
@@ -52,8 +55,11 @@ from gen.runtime.artifact import (
     MODEL_KEY,
     TOKENIZER_KEY,
     TRAINING_KEY,
+    STATE_NAME,
     past_names,
+    past_state_names,
     present_names,
+    present_state_names,
 )
 
 Progress = Callable[[str], None]
@@ -101,10 +107,24 @@ class CacheShape:
     head_size: int
 
 
-def cache_shape(model: torch.nn.Module) -> CacheShape | None:
-    """The model's KV cache layout, or None for a model exported without a cache."""
-    if not has_kv_cache(model):
+@dataclass
+class StateShape:
+    """The fixed-size state of a model, read off its empty_state(1): name -> shape without the batch."""
+
+    shapes: dict[str, tuple[int, ...]]  # in the order of the graph's inputs (sorted by name)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.shapes)
+
+
+def cache_shape(model: torch.nn.Module) -> CacheShape | StateShape | None:
+    """The model's cache layout, or None for a model exported without a cache."""
+    kind = cache_kind(model)
+    if kind is None:
         return None
+    if kind == STATE:
+        return state_shape(model)
     past = model.empty_past(1)
     if not past:
         raise GenError(f"{type(model).__name__}.empty_past(1) returned no layers; it must return one (key, value) pair per layer")
@@ -115,6 +135,35 @@ def cache_shape(model: torch.nn.Module) -> CacheShape | None:
             f"got shape {tuple(key.shape)}"
         )
     return CacheShape(n_layer=len(past), n_head=key.size(1), head_size=key.size(3))
+
+
+def state_shape(model: torch.nn.Module) -> StateShape:
+    """The names and shapes of `model.empty_state(1)`, checked against the contract."""
+    what = f"{type(model).__name__}.empty_state(1)"
+    state = model.empty_state(1)
+    if not isinstance(state, dict) or not state:
+        raise GenError(f"{what} must return a non-empty dict of name -> tensor, got {type(state).__name__}")
+    shapes = {}
+    for name in sorted(state):
+        tensor = state[name]
+        if not isinstance(name, str) or not STATE_NAME.fullmatch(name):
+            raise GenError(f"{what} has a state named {name!r}; use letters, digits and underscores (at most 64)")
+        if not isinstance(tensor, torch.Tensor) or tensor.dim() < 1 or tensor.size(0) != 1 \
+                or not tensor.is_floating_point():
+            got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            raise GenError(f"{what}[{name!r}] must be a float tensor of shape (1, ...), batch first; got {got}")
+        shapes[name] = tuple(tensor.shape[1:])
+    return StateShape(shapes)
+
+
+def _layout(cache: CacheShape | StateShape | None) -> str:
+    """The cache as the export's progress describes it."""
+    if isinstance(cache, StateShape):
+        return "state of " + ", ".join(f"{name} {' x '.join(map(str, shape)) or 'scalar'}"
+                                       for name, shape in cache.shapes.items()) + " (fixed size)"
+    if cache:
+        return f"KV cache of {cache.n_layer} layers x {cache.n_head} heads x {cache.head_size}"
+    return "no KV cache"
 
 
 class CachedStep(torch.nn.Module):
@@ -129,6 +178,19 @@ class CachedStep(torch.nn.Module):
         past = [(past_flat[2 * i], past_flat[2 * i + 1]) for i in range(self.n_layer)]
         logits, presents = self.model.forward_cached(input_ids, attention_mask, past)
         return (logits, *[tensor for pair in presents for tensor in pair])
+
+
+class StateStep(torch.nn.Module):
+    """forward_cached of a state model with flat tensors in and out, in the order of `names`."""
+
+    def __init__(self, model: torch.nn.Module, names: list[str]):
+        super().__init__()
+        self.model = model
+        self.names = names
+
+    def forward(self, input_ids, attention_mask, *state_flat):
+        logits, state = self.model.forward_cached(input_ids, attention_mask, dict(zip(self.names, state_flat)))
+        return (logits, *[state[name] for name in self.names])
 
 
 class WholeSequence(torch.nn.Module):
@@ -168,7 +230,7 @@ def registered_model_name(model: torch.nn.Module) -> str:
     )
 
 
-def _sample_inputs(model: torch.nn.Module, cache: CacheShape | None, block_size: int, vocab_size: int):
+def _sample_inputs(model: torch.nn.Module, cache: CacheShape | StateShape | None, block_size: int, vocab_size: int):
     """Inputs to trace with: every dynamic axis at least 2 (torch.export specialises 0 and 1)
     and each a different size, with a non-empty past so the cache's concatenation is traced."""
     batch, past_length, length = 2, 3, 2
@@ -181,6 +243,9 @@ def _sample_inputs(model: torch.nn.Module, cache: CacheShape | None, block_size:
     attention_mask = torch.zeros(batch, total, dtype=torch.long)
     attention_mask[:, -min(total, block_size):] = 1
     weight = next(model.parameters())
+    if isinstance(cache, StateShape):
+        state = [torch.randn(batch, *shape, generator=generator).to(weight.dtype) for shape in cache.shapes.values()]
+        return (input_ids, attention_mask, *state)
     past = [
         torch.randn(batch, cache.n_head, past_length, cache.head_size, generator=generator).to(weight.dtype)
         for _ in range(2 * cache.n_layer)
@@ -188,15 +253,18 @@ def _sample_inputs(model: torch.nn.Module, cache: CacheShape | None, block_size:
     return (input_ids, attention_mask, *past)
 
 
-def _dynamic_shapes(cache: CacheShape | None):
+def _dynamic_shapes(cache: CacheShape | StateShape | None):
     batch = torch.export.Dim("batch")
     sequence = torch.export.Dim("sequence")
     if cache is None:
         return ({0: batch, 1: sequence}, {0: batch, 1: sequence})
     # The exporter does not accept past + sequence as the mask's length, so the total
     # gets its own Dim; the graph then works for any past length, zero included.
-    past_sequence = torch.export.Dim("past_sequence")
     total_sequence = torch.export.Dim("total_sequence")
+    if isinstance(cache, StateShape):  # a state has the batch axis only
+        state = tuple({0: batch} for _ in cache.names)
+        return ({0: batch, 1: sequence}, {0: batch, 1: total_sequence}, state)
+    past_sequence = torch.export.Dim("past_sequence")
     past = tuple({0: batch, 2: past_sequence} for _ in range(2 * cache.n_layer))
     return ({0: batch, 1: sequence}, {0: batch, 1: total_sequence}, past)  # past: CachedStep's *past_flat
 
@@ -228,7 +296,7 @@ def _quiet_exporter():
             logger.setLevel(level)
 
 
-def to_onnx_proto(model: torch.nn.Module, cache: CacheShape | None, opset: int | None) -> onnx.ModelProto:
+def to_onnx_proto(model: torch.nn.Module, cache: CacheShape | StateShape | None, opset: int | None) -> onnx.ModelProto:
     """Trace the model and translate it to an ONNX ModelProto (weights inline)."""
     config = model_config(model)
     if opset is not None and opset < OLDEST_OPSET:
@@ -240,11 +308,16 @@ def to_onnx_proto(model: torch.nn.Module, cache: CacheShape | None, opset: int |
         module = WholeSequence(model).eval()
         input_names = [INPUT_IDS, ATTENTION_MASK]
         output_names = [LOGITS]
+    elif isinstance(cache, StateShape):
+        module = StateStep(model, cache.names).eval()
+        input_names = [INPUT_IDS, ATTENTION_MASK, *past_state_names(cache.names)]
+        output_names = [LOGITS, *present_state_names(cache.names)]
     else:
         module = CachedStep(model, cache.n_layer).eval()
         input_names = [INPUT_IDS, ATTENTION_MASK, *past_names(cache.n_layer)]
         output_names = [LOGITS, *present_names(cache.n_layer)]
     sample = _sample_inputs(model, cache, config["block_size"], config["vocab_size"])
+    _forget_rnn_kernels()
     try:
         with _quiet_exporter(), torch.no_grad():
             program = torch.onnx.export(
@@ -261,6 +334,12 @@ def to_onnx_proto(model: torch.nn.Module, cache: CacheShape | None, opset: int |
     except Exception as error:
         raise GenError(f"torch could not export {type(model).__name__} to ONNX: {first_line(error)}") from error
     proto = program.model_proto
+    if isinstance(cache, StateShape):
+        # The shapes torch's exporter records between the operators (optional hints) can
+        # fix a sequence length to the sample's where recurrent layers are stacked (nn.GRU
+        # feeding nn.GRU, torch 2.13), and onnxruntime would plan its buffers on them; without
+        # the hints it infers the shapes itself. KV exports keep theirs (and their bytes).
+        del proto.graph.value_info[:]
     produced = _default_opset(proto)
     if opset is not None and produced != opset:
         raise GenError(
@@ -268,6 +347,18 @@ def to_onnx_proto(model: torch.nn.Module, cache: CacheShape | None, opset: int |
             f"(it fell back to opset {produced}); choose another --opset or leave it out"
         )
     return proto
+
+
+def _forget_rnn_kernels() -> None:
+    """Clear the dispatch caches of nn.GRU's and nn.LSTM's operators before a trace.
+
+    For dynamic shapes, torch's exporter swaps in a decomposition of these operators that
+    keeps the sequence length symbolic, but (torch 2.13) an operator whose kernel was looked
+    up before, e.g. by an earlier export in the process, keeps its cached kernel, which fixes
+    the length to the sample's: the graph would then take only inputs of that length.
+    """
+    for operator in (torch.ops.aten.gru.input, torch.ops.aten.lstm.input):
+        operator._dispatch_cache.clear()
 
 
 def _default_opset(proto: onnx.ModelProto) -> int:
@@ -291,8 +382,11 @@ def add_metadata(proto: onnx.ModelProto, model_document: dict, tokenizer_documen
         proto.metadata_props.add(key=key, value=value)
 
 
-def model_document(model_name: str, config: dict, cache: CacheShape | None, parameters: int,
+def model_document(model_name: str, config: dict, cache: CacheShape | StateShape | None, parameters: int,
                    static_cache: bool = False) -> dict:
+    if isinstance(cache, StateShape):  # no KV cache (n_layer 0); the state's names and shapes instead
+        return {**model_document(model_name, config, None, parameters), "cache": STATE,
+                "state": {name: list(shape) for name, shape in cache.shapes.items()}}
     document = {
         "name": model_name,
         "config": config,
@@ -389,10 +483,7 @@ def export_model(
         )
     cache = cache_shape(model)
     parameters = sum(parameter.numel() for parameter in model.parameters())
-    layout = (
-        f"KV cache of {cache.n_layer} layers x {cache.n_head} heads x {cache.head_size}"
-        if cache else "no KV cache"
-    )
+    layout = _layout(cache)
     fused = writes_fused_graph(model, options.portable or options.opset is not None)
     if options.static_cache and not fused:
         raise GenError("a fixed-capacity cache (--static-cache) is written for gen's gpt model only, and not "

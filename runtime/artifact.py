@@ -5,7 +5,9 @@ One `model.onnx` file holds the graph, the weights and three `metadata_props`:
 - `gen.format`:    an integer, FORMAT_VERSION when written; the runtime refuses newer ones.
 - `gen.model`:     JSON {"name": model plugin, "config": its config, "block_size",
                    "vocab_size", "n_layer", "n_head", "head_size"}; the last three describe
-                   the KV cache and are 0 for a model exported without one.
+                   the KV cache and are 0 for a model exported without one. A model whose
+                   cache is a fixed-size state (gen.core.model) adds "cache": "state" and
+                   "state": {name: shape without the batch axis}, e.g. {"h": [1, 64]}.
 - `gen.tokenizer`: JSON {"name": tokenizer plugin, "state": its to_dict()}.
 
 For `gen info`, an export also records `gen.model` "parameters" (the model's
@@ -17,6 +19,9 @@ Graph inputs are `input_ids` int64 [batch, sequence], `attention_mask` int64
 [batch, past_sequence + sequence] and, for a model with a KV cache,
 `past_key_values.{i}.key` / `.value` float32 [batch, heads, past_sequence, head_size];
 outputs are `logits` float32 [batch, sequence, vocab] and `present.{i}.key` / `.value`.
+A state model has instead `past_state.{name}` float32 [batch, *shape] inputs and
+`present_state.{name}` outputs of the same shapes (no sequence axis: the state after the
+new tokens replaces the one before).
 
 `read_artifact` checks a file before onnxruntime sees it, so that a wrong file gets
 a one-line error saying what is wrong with it. It walks only the top level of the
@@ -31,6 +36,7 @@ import io
 import json
 import math
 import os
+import re
 import stat
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
@@ -63,6 +69,20 @@ def present_names(n_layer: int) -> list[str]:
     return [f"present.{i}.{part}" for i in range(n_layer) for part in ("key", "value")]
 
 
+def past_state_names(names) -> list[str]:
+    """Graph input names of a fixed-size state, in the order of `names`."""
+    return [f"past_state.{name}" for name in names]
+
+
+def present_state_names(names) -> list[str]:
+    """Graph output names of the state after the step, in the order of `past_state_names`."""
+    return [f"present_state.{name}" for name in names]
+
+
+STATE_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
+STATE_ELEMENTS_LIMIT = 2**24  # floats of one row's state, at most (as for METADATA_LIMITS)
+
+
 @dataclass
 class Artifact:
     """What `read_artifact` learned about a gen ONNX file."""
@@ -81,6 +101,18 @@ class Artifact:
     def cache_capacity(self) -> int | None:
         """The positions of a fixed-capacity cache (updated in place), or None for the plain one."""
         return self.model.get("cache_capacity")
+
+    @property
+    def cache_kind(self) -> str | None:
+        """"kv", "state" or None, as gen.core.model.cache_kind says of the model exported."""
+        if self.model.get("cache") == "state":
+            return "state"
+        return "kv" if self.model["n_layer"] > 0 else None
+
+    @property
+    def state_shapes(self) -> dict[str, tuple[int, ...]]:
+        """A state model's state tensors: name -> shape without the batch axis ({} for other models)."""
+        return {name: tuple(shape) for name, shape in self.model.get("state", {}).items()}
 
 
 # --- a minimal reader of the protobuf wire format -----------------------------------
@@ -333,4 +365,20 @@ def read_artifact(path: str | os.PathLike) -> Artifact:
     if capacity is not None and (not cached or capacity != model["block_size"]):
         raise GenError(f"{path} has {MODEL_KEY} metadata with a cache_capacity ({capacity!r}) that is not its "
                        f"block_size; the file was altered or is not from gen export; export it again")
+    _check_state_metadata(path, model)
     return Artifact(path, format_version, model, documents[TOKENIZER_KEY], documents.get(TRAINING_KEY))
+
+
+def _check_state_metadata(path: str, model: dict) -> None:
+    """A state model's "cache" and "state" entries: names the graph can carry, shapes of
+    positive sizes (a damaged or hostile file would have gen allocate for them)."""
+    if "cache" not in model and "state" not in model:
+        return
+    state = model.get("state")
+    valid = (model.get("cache") == "state" and model["n_layer"] == 0 and isinstance(state, dict) and state
+             and all(STATE_NAME.fullmatch(name) and isinstance(shape, list)
+                     and all(isinstance(size, int) and not isinstance(size, bool) and size >= 1 for size in shape)
+                     and math.prod(shape) <= STATE_ELEMENTS_LIMIT for name, shape in state.items()))
+    if not valid:
+        raise GenError(f"{path} has {MODEL_KEY} metadata with a malformed state ({state!r}); the file was altered "
+                       f"or is not from gen export; export it again")

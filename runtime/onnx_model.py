@@ -13,7 +13,10 @@ policy past `block_size`, the stop strings and the samplers are the very code th
 torch generator (`gen sample`) runs, so the same export, sampler and seed give the
 same text on both. This module supplies only the model step: it prefills the prompt
 with a zero-length past, then feeds one token per step and hands onnxruntime's
-`present.*` outputs back as the next `past_key_values.*` inputs.
+`present.*` outputs back as the next `past_key_values.*` inputs. For a model whose
+cache is a fixed-size state (`gen info`: "state of ..."), the past is the list of its
+state arrays (batch first, in the metadata's order) instead: it starts at zeros and
+each step's `present_state.*` replaces it.
 
 Speed: a decode step of a small model is a few hundred microseconds, so what matters
 is what runs around it. The session runs with all graph optimisations (onnxruntime
@@ -51,7 +54,9 @@ from gen.runtime.artifact import (
     INPUT_IDS,
     LOGITS,
     past_names,
+    past_state_names,
     present_names,
+    present_state_names,
     read_artifact,
 )
 
@@ -100,19 +105,25 @@ class OnnxModel(BackendBase):
         model = self.artifact.model
         self.block_size = self.artifact.block_size
         self.vocab_size = model["vocab_size"]
-        n_layer = model["n_layer"]  # 0: a model exported without a KV cache
-        self.uses_cache = n_layer > 0
+        self.cache_kind = self.artifact.cache_kind  # "kv", "state" or None (the whole window each step)
+        self.uses_cache = self.cache_kind is not None
         self._cache_dims = (model["n_head"], model["head_size"])
-        self._past_names = past_names(n_layer)
-        self._output_names = [LOGITS, *present_names(n_layer)]
+        self._state_shapes = self.artifact.state_shapes  # name -> shape without the batch ({} but for a state)
+        if self._state_shapes:
+            self._past_names = past_state_names(self._state_shapes)
+            self._output_names = [LOGITS, *present_state_names(self._state_shapes)]
+        else:
+            self._past_names = past_names(model["n_layer"])  # n_layer 0: no KV cache
+            self._output_names = [LOGITS, *present_names(model["n_layer"])]
         self.capacity = self.artifact.cache_capacity  # None: the plain, growing cache
         self._check_graph_against_metadata()
 
     def _check_graph_against_metadata(self) -> None:
         """Refuse a file whose metadata does not describe its graph (altered, or foreign),
         before anything is generated: the inputs and outputs it names, the cache's heads
-        and head size, the vocabulary and the tokenizer's, and one step at the last
-        position of the context (a block_size larger than the model's fails there)."""
+        and head size (or the state's shapes), the vocabulary and the tokenizer's, and one
+        step at the last position of the context (a block_size larger than the model's
+        fails there)."""
 
         def mismatch(problem: str) -> GenError:
             return GenError(f"{self.path} does not match its gen.model metadata ({problem}): the file was "
@@ -129,10 +140,17 @@ class OnnxModel(BackendBase):
                                                    extra and "the graph also has " + ", ".join(extra)])))
         n_head, head_size = self._cache_dims
         # (Dimensions the graph leaves symbolic are checked by the step below.)
-        for name in self._past_names:
-            _, heads, _, size = inputs[name]
-            if any(isinstance(got, int) and got != want for got, want in ((heads, n_head), (size, head_size))):
-                raise mismatch(f"{name} has {heads} heads of size {size}, the metadata {n_head} of {head_size}")
+        if self._state_shapes:
+            for name, shape in zip(self._past_names, self._state_shapes.values()):
+                graph_shape = inputs[name][1:]
+                if len(graph_shape) != len(shape) or any(isinstance(got, int) and got != want
+                                                         for got, want in zip(graph_shape, shape)):
+                    raise mismatch(f"{name} has shape {graph_shape} after the batch, the metadata {list(shape)}")
+        else:
+            for name in self._past_names:
+                _, heads, _, size = inputs[name]
+                if any(isinstance(got, int) and got != want for got, want in ((heads, n_head), (size, head_size))):
+                    raise mismatch(f"{name} has {heads} heads of size {size}, the metadata {n_head} of {head_size}")
         if isinstance(outputs[LOGITS][-1], int) and outputs[LOGITS][-1] != self.vocab_size:
             raise mismatch(f"the graph's logits have {outputs[LOGITS][-1]} entries, the metadata's vocabulary "
                            f"{self.vocab_size}")
@@ -141,16 +159,20 @@ class OnnxModel(BackendBase):
         # One step at position block_size - 1: a past of block_size - 1 (cached models) or a
         # whole window (the others). Small: one query, or no attention at all.
         length = self.block_size - 1 if self.uses_cache else 0
-        past = self.empty_past(1) if self.capacity else \
+        past = self.empty_past(1) if self.capacity or self._state_shapes else \
             [np.zeros((1, n_head, length, head_size), dtype=np.float32)] * len(self._past_names)
         tokens = 1 if self.uses_cache else self.block_size
         ids = np.zeros((1, tokens), dtype=np.int64)
         try:
-            logits, _ = self.forward(ids, np.ones((1, length + tokens), dtype=np.int64), past)
+            logits, presents = self.forward(ids, np.ones((1, length + tokens), dtype=np.int64), past)
         except Exception as error:  # onnxruntime's own exception types
             raise mismatch(f"a step at position {self.block_size - 1} fails: {first_line(error)[:200]}") from None
         if logits.shape != (1, tokens, self.vocab_size):
             raise mismatch(f"a step gives logits of shape {logits.shape}, not (1, {tokens}, {self.vocab_size})")
+        if self._state_shapes:  # the state a step gives must be the one the next step takes
+            for name, array, shape in zip(self._output_names[1:], presents, self._state_shapes.values()):
+                if array.shape != (1, *shape):
+                    raise mismatch(f"{name} has shape {array.shape}, not (1, {', '.join(map(str, shape))})")
 
     # --- the Backend protocol of gen.core.generation (step and logits from BackendBase) ---
 
@@ -167,9 +189,12 @@ class OnnxModel(BackendBase):
 
     def empty_past(self, batch_size: int):
         """An empty KV cache for a prefill: zero-length arrays (an empty list for a model
-        without a cache), or for a fixed-capacity export a new CapacityCache."""
+        without a cache), or for a fixed-capacity export a new CapacityCache; for a state
+        model its state before the first token, zeros of (batch_size, *shape) per tensor."""
         if self.capacity:
             return CapacityCache(self, batch_size)
+        if self._state_shapes:
+            return [np.zeros((batch_size, *shape), dtype=np.float32) for shape in self._state_shapes.values()]
         n_head, head_size = self._cache_dims
         empty = np.zeros((batch_size, n_head, 0, head_size), dtype=np.float32)
         return [empty] * len(self._past_names)

@@ -234,11 +234,17 @@ class _Batch:
     cache: the slot's mask is zeroed, so it decodes nothing that matters (and no position grows),
     and the next row to join that fits the batch's length takes it over. When most slots are
     free the batch is compacted.
+
+    For a model whose cache is a fixed-size state (`state`), the past is one (B, ...) array per
+    state tensor, which has no sequence axis to pad: only the mask is padded (the model reads a
+    step's own mask columns), a row that joins puts its state in its slot, and a free slot's
+    mask column 0 leaves its state as it is.
     """
 
-    def __init__(self):
+    def __init__(self, state: bool = False):
+        self.state = state
         self.rows: list[_Row | None] = []  # one per slot of the arrays; None: free
-        self.past: list[np.ndarray] = []  # one (B, heads, P, head_size) array per past input of the graph
+        self.past: list[np.ndarray] = []  # per past input of the graph: (B, heads, P, head_size), or (B, ...) state
         self.mask = np.zeros((0, 0), dtype=np.int64)  # (B, P): 1 for a cached token, 0 for padding
         self.changed = False  # rows joined or left since the last trim
 
@@ -260,8 +266,9 @@ class _Batch:
         return [(row, logits[slot:slot + 1]) for slot, row in enumerate(self.rows) if row is not None]
 
     def join(self, entries: list[tuple[_Row, list[np.ndarray], np.ndarray]]) -> None:
-        """Add prefilled rows, each with its (1, heads, L, head_size) cache and (1, L) mask: into a
-        free slot when L fits the batch's length, else appended (padding the shorter side)."""
+        """Add prefilled rows, each with its (1, heads, L, head_size) cache (or (1, ...) state) and
+        (1, L) mask: into a free slot when L fits the batch's length, else appended (padding the
+        shorter side)."""
         self.changed = True
         free = [slot for slot, row in enumerate(self.rows) if row is None]
         appended = []
@@ -272,8 +279,11 @@ class _Batch:
                 continue
             slot = free.pop(0)
             for array, own in zip(self.past, past):
-                array[slot, :, :pad] = 0
-                array[slot, :, pad:] = own[0]
+                if self.state:
+                    array[slot] = own[0]
+                else:
+                    array[slot, :, :pad] = 0
+                    array[slot, :, pad:] = own[0]
             self.mask[slot] = 0
             self.mask[slot, pad:] = mask[0]
             self.rows[slot] = row
@@ -282,8 +292,8 @@ class _Batch:
         width = max([self.width] + [mask.shape[1] for _, _, mask in appended])
         parts = [(self.past, self.mask)] if self.rows else []
         parts += [(past, mask) for _, past, mask in appended]
-        padded = [(_pad_past(past, width - mask.shape[1]), _pad_mask(mask, width - mask.shape[1]))
-                  for past, mask in parts]
+        padded = [(past if self.state else _pad_past(past, width - mask.shape[1]),
+                   _pad_mask(mask, width - mask.shape[1])) for past, mask in parts]
         self.past = [np.concatenate(arrays, axis=0) for arrays in zip(*(past for past, _ in padded))]
         self.mask = np.concatenate([mask for _, mask in padded], axis=0)
         self.rows += [row for row, _, _ in appended]
@@ -314,7 +324,8 @@ class _Batch:
         padding = int(used.argmax()) if used.any() else self.width
         padding -= padding % quantum
         if padding >= TRIM_COLUMNS:
-            self.past = [np.ascontiguousarray(array[:, :, padding:]) for array in self.past]
+            if not self.state:
+                self.past = [np.ascontiguousarray(array[:, :, padding:]) for array in self.past]
             self.mask = self.mask[:, padding:]
 
 
@@ -325,7 +336,7 @@ class Scheduler:
     """Runs every request's generation in one continuously batched loop on its own thread.
 
     `backend` is a gen.runtime.OnnxModel (any Backend whose past is a list of
-    (batch, heads, past, head_size) arrays). Its attribute `publish(events)` receives, once per
+    (batch, heads, past, head_size) arrays, or of (batch, ...) state arrays). Its attribute `publish(events)` receives, once per
     step, the list of (request, event) pairs of that step; by default it calls each request's
     `deliver(event)` (a server sets its own before `start()`). `on_step(rows)`, if set, is told
     the number of rows of every step.
@@ -610,7 +621,7 @@ class Scheduler:
         for residue, entries in groups.items():
             batch = next((b for b in self._batches if b.width % self.quantum == residue), None)
             if batch is None:
-                batch = _Batch()
+                batch = _Batch(state=self.backend.cache_kind == "state")
                 self._batches.append(batch)
             batch.join(entries)
 
@@ -670,7 +681,7 @@ def exact_padding_quantum(backend, candidates: Sequence[int] = QUANTUM_CANDIDATE
         exact = True
         for widest in (longest, longest - 1):
             lengths = list(range(widest, 0, -quantum))[:12]
-            batch = _Batch()
+            batch = _Batch(state=backend.cache_kind == "state")
             batch.join([(f"probe row of {length}", *prefill(length)[:2]) for length in lengths])
             mask = np.concatenate([batch.mask, np.ones((len(lengths), 1), dtype=np.int64)], axis=1)
             logits, _ = backend.step(np.repeat(next_token, len(lengths), axis=0), mask, batch.past)

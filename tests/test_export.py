@@ -332,7 +332,8 @@ class PreviousTwoTokens(torch.nn.Module):
         return {"vocab_size": self.vocab_size, "block_size": self.block_size}
 
     def forward(self, idx, targets=None):
-        previous = torch.cat([idx[:, :1], idx[:, :-1]], dim=1)
+        # Token 0 before the first (gen.core.model's contract: what batches are left-padded with).
+        previous = torch.cat([torch.zeros_like(idx[:, :1]), idx[:, :-1]], dim=1)
         return self.table(idx) + 0.5 * self.table(previous), None
 
 

@@ -110,7 +110,7 @@ def describe_export(path: Path) -> dict:
         quantization = "int8 (static)"
     else:
         quantization = None
-    return {
+    described = {
         "kind": "export",
         "path": str(path),
         "format_version": artifact.format_version,
@@ -131,6 +131,9 @@ def describe_export(path: Path) -> dict:
             if model["n_layer"] else None
         ),
     }
+    if artifact.cache_kind == "state":  # a fixed-size state instead of a KV cache
+        described["state"] = {name: list(shape) for name, shape in artifact.state_shapes.items()}
+    return described
 
 
 # --- as text --------------------------------------------------------------------------
@@ -189,8 +192,13 @@ def format_info(info: dict) -> list[str]:
         rows.append(("quantization", f"{info['quantization']} (weights: {weights})" if info["quantization"]
                      else f"none (weights: {weights})"))
         cache = info["kv_cache"]
-        rows.append(("KV cache", f"yes: {_count(cache['n_layer'], 'layer')} x {_count(cache['n_head'], 'head')} x "
-                                 f"{cache['head_size']}" if cache else "no (the model reads its whole window each step)"))
+        if "state" in info:
+            tensors = ", ".join(f"{name} {' x '.join(map(str, shape)) or '(scalar)'}"
+                                for name, shape in info["state"].items())
+            rows.append(("cache", f"state of {tensors} per row (fixed size: each step replaces it)"))
+        else:
+            rows.append(("KV cache", f"yes: {_count(cache['n_layer'], 'layer')} x {_count(cache['n_head'], 'head')} x "
+                                     f"{cache['head_size']}" if cache else "no (the model reads its whole window each step)"))
     if "run" in info:
         heading = f"{info['run']['path']}: a gen train run directory, described by its checkpoint {info['path']}:"
     elif info["kind"] == "checkpoint":

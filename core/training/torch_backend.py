@@ -14,17 +14,18 @@ import numpy as np
 import torch
 
 from gen.core.generation import BackendBase
-from gen.core.model import has_kv_cache
+from gen.core.model import KV, STATE, cache_kind
 
 
 class TorchBackend(BackendBase):
     """A torch model as a gen.core.generation.Backend.
 
-    Models with a KV cache (gen.core.model.has_kv_cache) always run through the
-    cached forward, which honours the attention mask and the positions of left-padded
-    rows; with use_cache=False every step starts from an empty past and feeds the whole
-    window again. Other models (bigram) get a plain forward on the window: their
-    logits depend on the last token only, which is never padding.
+    Models with a cache (gen.core.model.cache_kind: a KV cache, or a fixed-size state
+    passed as the model's dict) always run through the cached forward, which honours the
+    attention mask and the positions of left-padded rows; with use_cache=False every step
+    starts from an empty past and feeds the whole window again. Other models (bigram) get
+    a plain forward on the window: their logits depend on the last token only, which is
+    never padding.
     """
 
     def __init__(self, model, device: str = "cpu", use_cache: bool = True, checkpoint=None):
@@ -33,7 +34,8 @@ class TorchBackend(BackendBase):
         config = model.config_dict()
         self.block_size = int(config["block_size"])
         self.vocab_size = int(config["vocab_size"])
-        self.has_cache = has_kv_cache(model)
+        self.cache_kind = cache_kind(model)  # "kv", "state" or None
+        self.has_cache = self.cache_kind is not None
         self.uses_cache = bool(use_cache and self.has_cache)
         self.checkpoint = checkpoint  # the gen.core.training.checkpoint.Checkpoint it came from, if any
         self.tokenizer = checkpoint.tokenizer if checkpoint is not None else None
@@ -49,7 +51,11 @@ class TorchBackend(BackendBase):
         return cls(loaded.model, device=torch_device, use_cache=use_cache, checkpoint=loaded)
 
     def empty_past(self, batch_size: int):
-        return self.model.empty_past(batch_size, self.device) if self.has_cache else None
+        if self.cache_kind == KV:
+            return self.model.empty_past(batch_size, self.device)
+        if self.cache_kind == STATE:
+            return self.model.empty_state(batch_size, self.device)
+        return None
 
     def _run(self, input_ids: np.ndarray, attention_mask: np.ndarray, past):
         """The model on numpy inputs: ((B, T, vocab) logits as a torch tensor, past)."""
