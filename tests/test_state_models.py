@@ -13,7 +13,7 @@ import torch
 from gen.core.errors import GenError
 from gen.core.model import cache_kind, has_kv_cache
 from gen.core.tokenizer import tokenizer_to_dict
-from gen.export.onnx_export import export_model
+from gen.export.onnx_export import ExportOptions, export_model
 from gen.plugins.bigram import BigramLanguageModel
 from gen.plugins.gpt import GPT
 from gen.runtime.artifact import read_artifact
@@ -93,7 +93,7 @@ def test_export_refuses_a_model_whose_padded_rows_differ_from_the_rows_alone(tok
     torch.manual_seed(0)
     with pytest.raises(GenError) as raised:
         export_model(FirstTokenBefore(tokenizer.vocab_size), tmp_path / "first.onnx", model_name="first",
-                     tokenizer_document=tokenizer_to_dict("char", tokenizer), progress=None)
+                     tokenizer_document=tokenizer_to_dict("char", tokenizer), options=ExportOptions(progress=None))
     message = str(raised.value)
     assert "\n" not in message
     assert message.startswith("export refused: row 1 of a left-padded batch (batch 3, length 7, 2 padding tokens) "
