@@ -20,7 +20,7 @@ from typing import Iterator, Mapping, Protocol, Sequence
 import numpy as np
 
 from gen.core.errors import GenError
-from gen.core.sampling import Sampler, Sampling, SamplingContext, log_softmax
+from gen.core.sampling import Sampler, SamplingContext, log_softmax
 from gen.core.tokenizer import TextStream, Tokenizer
 
 

@@ -17,8 +17,9 @@ One thread owns the model. Each step it
 
 A row's text does not depend on the rows beside it. Each row is a gen.core.generation.RowPolicy,
 the very policy `gen run` follows for a prompt (its window and slides, history, draw, stop strings
-and limit), with its own sampler chain (fresh from its recipes) and its own
-`np.random.default_rng(seed)`; it is sampled alone on its own (1, vocab) logits. The rows share only the model's forward pass: their KV caches lie side
+and limit), with its own sampler chain (fresh from its recipes) and its own random stream,
+`np.random.default_rng(seed)`; it is sampled alone on its own (1, vocab) logits.
+The rows share only the model's forward pass: their KV caches lie side
 by side, left-padded to one length. The graph derives positions from the attention mask, so
 padding moves no position, but onnxruntime's CPU kernels sum over the cache in a few
 interleaved partial sums: padding by an amount that is not a multiple of their count rounds
