@@ -209,19 +209,25 @@ def _run_batch(backend: Backend, rows: list[RowPolicy]) -> Iterator[tuple[np.nda
     with their whole window), so a prompt's text in a batch equals its text alone."""
     chain, rng = rows[0].chain, rows[0].rng
     past = mask = input_ids = None
-    while not all(row.done for row in rows):
+    generating = sum(not row.done for row in rows)
+    while generating:
         if past is None:
             input_ids, mask = left_pad([row.window for row in rows])
         logits, past = backend.step(input_ids, mask, past)
         next_ids = draw_rows(rows, logits, chain, rng)
-        pieces = [row.accept(token)[0] for row, token in zip(rows, next_ids.tolist())]
+        pieces = []
+        for row, token in zip(rows, next_ids.tolist()):
+            piece, reason = row.accept(token)
+            pieces.append(piece)
+            generating -= reason is not None
         yield next_ids, logits, pieces
         if not backend.uses_cache:
             past = None
-        elif any(row.slide_due for row in rows):
-            for row in rows:
-                if row.slide_due:  # a shorter, left-padded row does not slide, as it would not alone
-                    row.slide()
+            continue
+        sliding = [row for row in rows if row.slide_due]  # a shorter, left-padded row does not, as alone
+        if sliding:
+            for row in sliding:
+                row.slide()
             past = None
         else:
             input_ids = next_ids.reshape(-1, 1)
