@@ -6,24 +6,21 @@ current positions, and the past (the KV cache, or None), its `step` returns the
 logits of the last position and the new past. Because the loop, the context policy and the
 samplers are shared, the same model, sampler and seed give the same text on both.
 
-Context policy (generation past `block_size`): prompts longer than `block_size`
-keep their last `block_size` tokens. With a KV cache, when a row's cache is full the
-loop keeps the last `block_size // 2` tokens of that row and prefills them again
-(positions restart at 0), then goes on reusing the cache. Rows of a batch slide
-when each would alone (the batch is prefilled again, the other rows with their
-whole context), so a prompt's text in a batch equals its text alone. Without a
-cache, every step feeds the last `block_size` tokens.
+What happens to one row (its window past `block_size`, the history samplers see, the
+draw, the text with stop strings, the limit) is `RowPolicy`, which gen serve's scheduler
+uses too: rows of a batch slide when each would alone (the batch is prefilled again, the
+other rows with their whole window), so a prompt's text in a batch equals its text alone,
+and equals its text from the server for the same seed.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Iterator, Protocol, Sequence
+from typing import Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
 from gen.core.errors import GenError
-from gen.core.sampling import Sampler, Sampling, SamplingContext, log_softmax
+from gen.core.sampling import Sampler, SamplingContext, log_softmax
 from gen.core.tokenizer import TextStream, Tokenizer
 
 
@@ -79,39 +76,162 @@ def left_pad(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     return ids, mask
 
 
-class History:
-    """Every row's prompt ids and generated ids, grown in place: what samplers see as
-    `SamplingContext.tokens`. Appending a step writes one id per row; the rows handed
-    to samplers are read-only views, so nothing is copied or rebuilt per step."""
+class RowHistory:
+    """One row's prompt ids and generated ids, grown in place: its row of
+    `SamplingContext.tokens`. Appending writes one id; samplers get a read-only view,
+    so nothing is copied or rebuilt per step."""
 
-    def __init__(self, prompts: Sequence[Sequence[int]]):
-        self.prompt_lengths = [len(row) for row in prompts]
-        self.lengths = np.array(self.prompt_lengths, dtype=np.int64)
-        self.ids = np.zeros((len(prompts), 2 * max(self.prompt_lengths) + 16), dtype=np.int64)
-        for i, row in enumerate(prompts):
-            self.ids[i, :len(row)] = row
+    def __init__(self, prompt_ids: Sequence[int]):
+        self.prompt_length = len(prompt_ids)
+        self.length = self.prompt_length
+        self._ids = np.zeros(2 * self.prompt_length + 16, dtype=np.int64)
+        self._ids[:self.length] = prompt_ids
+        self._read_only = self._view()
 
-    def append(self, next_ids: np.ndarray) -> None:
-        if self.lengths.max() == self.ids.shape[1]:  # full: double the capacity
-            self.ids = np.concatenate([self.ids, np.zeros_like(self.ids)], axis=1)
-        self.ids[np.arange(len(self.lengths)), self.lengths] = next_ids
-        self.lengths += 1
-
-    def context(self, step: int, tokenizer) -> SamplingContext:
-        read_only = self.ids.view()
+    def _view(self) -> np.ndarray:
+        read_only = self._ids.view()
         read_only.flags.writeable = False
-        rows = [read_only[i, :length] for i, length in enumerate(self.lengths.tolist())]
-        return SamplingContext(rows, list(self.prompt_lengths), step, tokenizer)
+        return read_only
+
+    def append(self, token: int) -> None:
+        if self.length == len(self._ids):  # full: double the capacity
+            self._ids = np.concatenate([self._ids, np.zeros_like(self._ids)])
+            self._read_only = self._view()
+        self._ids[self.length] = token
+        self.length += 1
+
+    @property
+    def tokens(self) -> np.ndarray:
+        return self._read_only[:self.length]
 
 
-def prompt_window(prompt_ids: Sequence[int], block_size: int) -> list[int]:
-    """The context a prompt conditions on: its last `block_size` tokens."""
-    return list(prompt_ids)[-block_size:]
+class RowPolicy:
+    """How one row (one prompt, sample or request choice) is generated: the policy written
+    once for the batch generator (generate_ids, generate_text) and for gen serve's scheduler
+    (gen.runtime.scheduler), so that their texts agree by construction.
+
+    It holds the row's window (what the model conditions on), its history (what samplers
+    that want `context` see), the sampler chain and random stream it draws with (the batch
+    generator's rows share one of each and draw together; the scheduler's rows each have
+    their own stream), its text with the stop strings, its limit and its count. Whoever
+    runs the model drives it:
+
+        prefill `window` (a new row, or one that slid), or decode `window[-1]`;
+        ids = row.draw(logits), or draw_rows(rows, ...) for rows that draw together;
+        piece, reason = row.accept(token)   # reason: "stop", "length", or None
+        if row.slide_due: row.slide(), then prefill `window` again.
+
+    The context policy: a prompt longer than `block_size` keeps its last `block_size`
+    tokens. With a KV cache, a row whose cache cannot take its new token keeps the last
+    `block_size // 2` tokens and is prefilled again (positions restart at 0). Without one,
+    every step feeds the window, its last `block_size` tokens.
+    """
+
+    def __init__(self, prompt_ids: Sequence[int], block_size: int, uses_cache: bool, max_tokens: int,
+                 chain: Sampler, rng, tokenizer: Tokenizer | None = None, stop: Sequence[str] = (),
+                 keep_text: bool = True):
+        if len(prompt_ids) == 0:
+            raise GenError("every prompt needs at least one token; give a non-empty --prompt")
+        self.block_size = block_size
+        self.uses_cache = uses_cache
+        self.window = list(prompt_ids)[-block_size:]
+        self.chain = chain
+        self.rng = rng
+        self.tokenizer = tokenizer
+        self.history = RowHistory(prompt_ids) if getattr(chain, "wants_context", False) else None
+        self.text = RowText.start(tokenizer, prompt_ids, stop) if keep_text else None
+        self.max_tokens = max_tokens
+        self.count = 0  # tokens generated
+        self.finish_reason: str | None = None  # "stop" or "length" once the row has ended
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None or self.count >= self.max_tokens
+
+    @property
+    def slide_due(self) -> bool:
+        """Whether the KV cache cannot take the window's last token: slide, then prefill again."""
+        return self.uses_cache and len(self.window) > self.block_size
+
+    def slide(self) -> None:
+        self.window = self.window[-max(1, self.block_size // 2):]
+
+    def draw(self, logits: np.ndarray) -> np.ndarray:
+        """The next token of this row alone from its (1, vocab) logits, as a (1,) array."""
+        return draw_rows([self], logits, self.chain, self.rng)
+
+    def accept(self, token: int) -> tuple[str, str | None]:
+        """Take the drawn token; return the text it made safe to show, and why the row ended
+        with it ("stop": a stop string; "length": max_tokens) or None."""
+        self.count += 1
+        self.window.append(token)
+        if not self.uses_cache:
+            del self.window[:-self.block_size]  # only the last block_size tokens are ever read
+        if self.history is not None:
+            self.history.append(token)
+        piece = self.text.push(token) if self.text is not None else ""
+        if self.finish_reason is not None:  # ended before: a batch draws on for its other rows
+            return piece, None
+        if self.text is not None and self.text.finished:
+            self.finish_reason = "stop"
+        elif self.count >= self.max_tokens:
+            self.finish_reason = "length"
+        return piece, self.finish_reason
+
+    def close(self) -> str:
+        """The text held back until the end."""
+        return self.text.close()
 
 
-def slid_window(row: list[int], block_size: int) -> list[int]:
-    """What a row whose KV cache is full keeps, to be prefilled again: its last `block_size // 2` tokens."""
-    return row[-max(1, block_size // 2):]
+def draw_rows(rows: Sequence[RowPolicy], logits: np.ndarray, chain: Sampler, rng) -> np.ndarray:
+    """The next token of every row, (rows,) int64, from their stacked (rows, vocab) logits in
+    one call of `chain` with `rng` (a Generator, or a gen.core.sampling.RowStreams). A chain
+    that wants the text so far gets the rows' histories as its SamplingContext."""
+    if not getattr(chain, "wants_context", False):
+        return chain(logits, rng)
+    context = SamplingContext([row.history.tokens for row in rows], [row.history.prompt_length for row in rows],
+                              rows[0].count, rows[0].tokenizer)
+    return chain(logits, rng, context)
+
+
+def _batch_rows(backend: Backend, prompts: Sequence[Sequence[int]], sampler: Sampler, rng, max_new_tokens: int,
+                tokenizer, stop: Sequence[str] = (), keep_text: bool = True) -> list[RowPolicy]:
+    if not prompts:
+        raise GenError("every prompt needs at least one token; give a non-empty --prompt")
+    return [RowPolicy(ids, backend.block_size, backend.uses_cache, max_new_tokens, sampler, rng, tokenizer, stop,
+                      keep_text) for ids in prompts]
+
+
+def _run_batch(backend: Backend, rows: list[RowPolicy]) -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
+    """Generate `rows`, which share one chain and one random stream, as one left-padded batch:
+    yield every step's ids (B,), the logits they were drawn from (B, V), and each row's piece
+    of text. Rows slide when each would alone (the batch is prefilled again, the other rows
+    with their whole window), so a prompt's text in a batch equals its text alone."""
+    chain, rng = rows[0].chain, rows[0].rng
+    past = mask = input_ids = None
+    generating = sum(not row.done for row in rows)
+    while generating:
+        if past is None:
+            input_ids, mask = left_pad([row.window for row in rows])
+        logits, past = backend.step(input_ids, mask, past)
+        next_ids = draw_rows(rows, logits, chain, rng)
+        pieces = []
+        for row, token in zip(rows, next_ids.tolist()):
+            piece, reason = row.accept(token)
+            pieces.append(piece)
+            generating -= reason is not None
+        yield next_ids, logits, pieces
+        if not backend.uses_cache:
+            past = None
+            continue
+        sliding = [row for row in rows if row.slide_due]  # a shorter, left-padded row does not, as alone
+        if sliding:
+            for row in sliding:
+                row.slide()
+            past = None
+        else:
+            input_ids = next_ids.reshape(-1, 1)
+            mask = np.concatenate([mask, np.ones((len(rows), 1), dtype=np.int64)], axis=1)
 
 
 def generate_ids(
@@ -123,43 +243,15 @@ def generate_ids(
     tokenizer=None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield, `max_new_tokens` times, the next token id of every row, (B,) int64, and the
-    logits it was drawn from, (B, V) float32.
+    logits it was drawn from, (B, V) float32. The rows draw together: one call of `sampler`
+    with `rng` per step.
 
     A sampler (chain) whose `wants_context` is true gets the SamplingContext, built
     from the history only then; `tokenizer` goes into that context.
     """
-    if not prompts or any(len(row) == 0 for row in prompts):
-        raise GenError("every prompt needs at least one token; give a non-empty --prompt")
-    block_size = backend.block_size
-    rows = [prompt_window(row, block_size) for row in prompts]  # the context each row conditions on
-    history = History(prompts) if getattr(sampler, "wants_context", False) else None
-    past = None
-    mask = None
-    for step in range(max_new_tokens):
-        if past is None:
-            window = rows if backend.uses_cache else [row[-block_size:] for row in rows]
-            input_ids, mask = left_pad(window)
-        logits, past = backend.step(input_ids, mask, past)
-        if history is None:
-            next_ids = sampler(logits, rng)
-        else:
-            next_ids = sampler(logits, rng, history.context(step, tokenizer))
-            history.append(next_ids)
+    rows = _batch_rows(backend, prompts, sampler, rng, max_new_tokens, tokenizer, keep_text=False)
+    for next_ids, logits, _ in _run_batch(backend, rows):
         yield next_ids, logits
-        for row, token in zip(rows, next_ids.tolist()):
-            row.append(token)
-        if not backend.uses_cache:
-            past = None
-            continue
-        # A row whose cache cannot take its new token slides its window; a shorter,
-        # left-padded row does not, exactly as it would not if it ran alone.
-        full = [len(row) > block_size for row in rows]
-        if any(full):
-            rows = [slid_window(row, block_size) if row_is_full else row for row, row_is_full in zip(rows, full)]
-            past = None
-        else:
-            input_ids = next_ids.reshape(-1, 1)
-            mask = np.concatenate([mask, np.ones((len(rows), 1), dtype=np.int64)], axis=1)
 
 
 class StopMatcher:
@@ -306,7 +398,7 @@ class TextStep:
 def generate_text(
     backend: Backend,
     tokenizer: Tokenizer,
-    prompts: Sequence[str],
+    prompts: Sequence[str | Sequence[int]],
     sampler: Sampler,
     rng: np.random.Generator,
     max_new_tokens: int,
@@ -315,22 +407,42 @@ def generate_text(
 ) -> Iterator[TextStep]:
     """Stream text: yield, per step, the new piece of text of every row.
 
-    A row ends at the first stop string (which is not included); the loop ends
-    when every row has ended or `max_new_tokens` tokens were drawn; a last step
-    without tokens flushes what was held back. With `logprobs` (a number of
-    alternatives, 0 for none) each step also reports every row's TokenChoice,
-    read off the sampler chain (gen.core.sampling.SamplerChain).
+    Each prompt is text, or its token ids when the caller has encoded it already. A row
+    ends at the first stop string (which is not included); the loop ends when every row
+    has ended or `max_new_tokens` tokens were drawn; a last step without tokens flushes
+    what was held back. The rows draw together: one call of `sampler` with `rng` per step.
+    With `logprobs` (a number of alternatives, 0 for none) each step also reports every
+    row's TokenChoice, read off the sampler chain (gen.core.sampling.SamplerChain).
     """
-    prompt_ids = [encode_prompt(tokenizer, prompt) for prompt in prompts]
-    texts = [RowText.start(tokenizer, ids, stop) for ids in prompt_ids]
-    for next_ids, logits in generate_ids(backend, prompt_ids, sampler, rng, max_new_tokens, tokenizer):
+    prompt_ids = [encode_prompt(tokenizer, prompt) if isinstance(prompt, str) else prompt for prompt in prompts]
+    rows = _batch_rows(backend, prompt_ids, sampler, rng, max_new_tokens, tokenizer, stop)
+    for next_ids, logits, pieces in _run_batch(backend, rows):
         tokens = None
         if logprobs is not None:
             tokens = token_choices(logits, sampler.drawn_from, next_ids, logprobs, tokenizer)
-        pieces = [row.push(token) for row, token in zip(texts, next_ids.tolist())]
-        if tokens is not None:
-            tokens = [None if row.finished else token for row, token in zip(texts, tokens)]
+            tokens = [None if row.text.finished else token for row, token in zip(rows, tokens)]
         yield TextStep(pieces, tokens)
-        if all(row.finished for row in texts):
-            break
-    yield TextStep([row.close() for row in texts], None)
+    yield TextStep([row.close() for row in rows], None)
+
+
+DEFAULT_MAX_NEW_TOKENS = 500
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """How to generate text, as gen.runtime.OnnxModel's text methods take it.
+
+    `sampler` is a spec ("top_k:k=40"), a list of specs (a chain), a SamplerRecipe, a
+    Sampling, a sampler object (used as it is, state and all) or None (multinomial);
+    every generation gets fresh sampler objects from specs and recipes. `logit_bias` maps
+    token ids to a bias added to their logits (-inf forbids a token). `rng` (which
+    overrides `seed`) lets several calls share one random stream, as `gen run
+    --num-samples` does. `stop` is a string or a list of them.
+    """
+
+    sampler: object = None
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    seed: int | None = None
+    stop: str | Sequence[str] = ()
+    rng: np.random.Generator | None = None
+    logit_bias: Mapping[int, float] | None = None

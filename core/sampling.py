@@ -1,29 +1,63 @@
-"""Samplers: the contract, helpers for their authors, and the chain gen builds from specs (numpy, no torch).
+"""Samplers: the contract, helpers for their authors, and the chain gen builds from recipes (numpy, no torch).
 
 A sampler turns the logits of the last position into next-token ids:
 
-    sampler(logits: float32 (batch, vocab), rng: np.random.Generator) -> int64 (batch,)
+    sampler(logits: float32 (batch, vocab), rng) -> int64 (batch,)
 
 A *filter* only reshapes the distribution (temperature, top-k, top-p): it subclasses
 `LogitsFilter` and implements `filter(logits) -> logits`. Filters chain, in the
 order given, before one final draw, so `top_k:k=40` then `temperature:t=0.8`
 applies both and then draws from the result.
 
+The random stream. `rng` is a `np.random.Generator`, or, when gen samples rows of
+different generations in one call, a `RowStreams`: each row's own Generator behind the
+one method samplers may call, `rng.random(batch)`, which returns one uniform number per
+row (`draw` does exactly this). A sampler that needs randomness calls `rng.random(len(logits))`
+once per call, or uses `draw(probs, rng)`.
+
+What it drew from. After a call a final sampler may set `self.drawn_from` to the (batch,
+vocab) logits it really drew from, when it reshaped them itself (greedy puts all the mass
+on one token, mirostat truncates); per-token log-probabilities (`--logprobs`, the API's
+`logprobs`) are read off it. Without it, the chain takes the logits it handed the sampler.
+
+Capabilities. A sampler or filter class that treats each row on its own and keeps no state
+between calls says so with a class attribute `row_wise = True` (greedy, multinomial,
+temperature, top_k, top_p, min_p and the logit bias do). Then `gen serve` samples the rows
+of all the requests that use the same recipe in one call on their stacked logits, each
+row drawing from its own stream through a `RowStreams`, which is far cheaper than one call
+per row. It must hold: each row's result is what that row alone gets; numpy's reductions
+over the last axis do this. A sampler that names `context` is never batched so.
+
+    class Sharpen(LogitsFilter):
+        row_wise = True  # each row on its own, no state: gen serve may batch it
+
+        def filter(self, logits):
+            return logits * 2
+
 A sampler or filter that names a parameter `context` (`filter(self, logits, context)`,
 `__call__(self, logits, rng, context)`) also receives a `SamplingContext`: the text
-so far of every row. gen builds a fresh chain (fresh sampler objects) for every
-generation, so a sampler may keep per-generation state in its attributes.
+so far of every row. gen builds fresh sampler objects for every generation from a
+`SamplerRecipe` (a spec parsed and checked once), so a sampler may keep per-generation
+state in its attributes.
 """
 from __future__ import annotations
 
 import inspect
+import threading
 from dataclasses import dataclass
 from typing import Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
 from gen.core.errors import GenError
-from gen.core.specs import BUILTIN_PROVIDER, call_with_options, convert_options, describe_options, parse_spec
+from gen.core.specs import (
+    BUILTIN_PROVIDER,
+    call_with_options,
+    convert_options,
+    describe_options,
+    format_spec,
+    parse_spec,
+)
 
 
 class Sampler(Protocol):
@@ -57,6 +91,20 @@ def wants_context(method: Callable) -> bool:
         return "context" in inspect.signature(method).parameters
     except (TypeError, ValueError):  # a builtin without a signature
         return False
+
+
+class RowStreams:
+    """Each row's own random stream, handed to a sampler as its `rng` when rows of different
+    generations are sampled in one call: `random(batch)` draws one number per row, each from
+    that row's own `np.random.Generator`, so a row draws what it would draw alone."""
+
+    def __init__(self, rngs: Sequence[np.random.Generator]):
+        self.rngs = list(rngs)
+
+    def random(self, size: int) -> np.ndarray:
+        if size != len(self.rngs):
+            raise GenError(f"a row-wise sampler asked for {size} random numbers for {len(self.rngs)} rows")
+        return np.array([rng.random() for rng in self.rngs])
 
 
 # --- helpers for sampler authors -------------------------------------------------
@@ -150,8 +198,11 @@ class LogitsFilter:
 
     Subclasses implement `filter(logits)`, or `filter(logits, context)` to see the
     text so far; used alone, a filter draws with multinomial sampling, and in a
-    chain it hands its logits on to the next sampler.
+    chain it hands its logits on to the next sampler. A subclass that treats each row
+    on its own and keeps no state sets `row_wise = True` (see the module docstring).
     """
+
+    row_wise = False
 
     def filter(self, logits: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -164,6 +215,8 @@ class LogitsFilter:
 
 class LogitBias(LogitsFilter):
     """Add a bias to chosen token ids; a bias of -inf forbids the token (OpenAI's logit_bias)."""
+
+    row_wise = True
 
     def __init__(self, bias: Mapping[int, float]):
         self.ids = np.array(list(bias), dtype=np.int64)
@@ -193,6 +246,8 @@ class ChainLink:
         self.provider = provider
         self.is_filter = isinstance(sampler, LogitsFilter)
         self.wants_context = wants_context(sampler.filter if self.is_filter else sampler)
+        # Declared by the class; a sampler that reads the text so far sees its own rows only.
+        self.row_wise = getattr(sampler, "row_wise", False) is True and not self.wants_context
         # gen's own samplers are tested to return what they must; checking their every
         # result would cost a few passes over the logits per step for nothing.
         self.checked = provider != BUILTIN_PROVIDER
@@ -250,6 +305,9 @@ class SamplerChain:
     `drawn_from` those it drew from: the same, unless the final sampler reshapes
     them itself and says so by setting its own `drawn_from` (greedy's one token,
     mirostat's truncation). Per-token probabilities are read off these.
+
+    `row_wise`: every sampler of the chain declares `row_wise = True`, so the chain may
+    sample rows of different generations in one call (see the module docstring).
     """
 
     def __init__(self, links: Sequence[ChainLink]):
@@ -262,6 +320,7 @@ class SamplerChain:
         self.filters = filters
         self.final = final
         self.wants_context = any(link.wants_context for link in links)
+        self.row_wise = all(link.row_wise for link in [*filters, final])
         self.filtered = None
         self.drawn_from = None
 
@@ -279,66 +338,114 @@ class SamplerChain:
 class Multinomial:
     """Draw the next token from the model's distribution as it is."""
 
+    row_wise = True
+
     def __call__(self, logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return draw(softmax(check_logits(logits)), rng)
 
 
-# --- `--sampler` specs ------------------------------------------------------------
+# --- recipes: `--sampler` specs parsed and checked once ---------------------------------
 
 
-def _build(spec: str):
-    """The sampler object a spec string names, the distribution that registered it, and the spec."""
-    from gen.core.registry import get_registry
+@dataclass(frozen=True)
+class SamplerRecipe:
+    """How to make one sampler: its registered name, its options (typed, checked against the
+    plugin's signature) and its registry entry. `spec` is the text shown for it: the spec it
+    was parsed from, or the one gen.core.specs.format_spec writes. `build()` makes a fresh
+    sampler object each time, with no parsing left to do."""
 
-    name, raw_options = parse_spec(spec, "sampler")
-    entry = get_registry().entry("sampler", name)
-    options = entry.options()
-    kwargs = convert_options(raw_options, options, f"sampler {name!r}")
-    sampler = call_with_options(entry.load(), kwargs, f"sampler {spec!r}", describe_options(options))
-    return sampler, entry.provider, spec
+    name: str
+    options: Mapping[str, object]
+    entry: object  # the gen.core.registry.PluginEntry that registered it
+    spec: str
+
+    @classmethod
+    def parse(cls, spec: str) -> "SamplerRecipe":
+        """The recipe a `--sampler` spec like 'top_k:k=40' names (see gen.core.specs)."""
+        name, options = parse_spec(spec, "sampler")
+        return cls._checked(name, options, spec)
+
+    @classmethod
+    def of(cls, name: str, **options) -> "SamplerRecipe":
+        """The recipe of sampler `name` with typed options, e.g. `SamplerRecipe.of("top_p", p=0.9)`."""
+        return cls._checked(name, options, None)
+
+    @classmethod
+    def _checked(cls, name: str, options: dict, spec: str | None) -> "SamplerRecipe":
+        from gen.core.registry import get_registry
+
+        entry = get_registry().entry("sampler", name)
+        typed = convert_options(options, entry.options(), f"sampler {name!r}")
+        return cls(name, typed, entry, spec if spec is not None else format_spec(name, typed))
+
+    @property
+    def provider(self) -> str:
+        return self.entry.provider
+
+    def build(self) -> ChainLink:
+        """A fresh sampler object, in the chain link that checks what it returns."""
+        sampler = call_with_options(self.entry.load(), dict(self.options), f"sampler {self.spec!r}",
+                                    describe_options(self.entry.options()))
+        return ChainLink(sampler, self.entry.provider, self.spec)
 
 
 def build_sampler(spec: str):
     """One sampler object from a spec string like 'top_k:k=40' (see gen.core.specs)."""
-    return _build(spec)[0]
+    return SamplerRecipe.parse(spec).build().sampler
 
 
 def build_sampler_chain(specs: Sequence[str], logit_bias: Mapping[int, float] | None = None) -> SamplerChain:
-    """A fresh chain for repeated --sampler options: filters in order, then the final draw.
-
-    No spec means multinomial sampling from the model's distribution. A chain
-    ending in a filter draws with multinomial; a sampler that is not a filter
-    (greedy, multinomial, a plugin's) may only stand last. A logit bias applies first.
-    """
-    links = [ChainLink(*_build(spec)) for spec in specs or ["multinomial"]]
-    return _chain(links, logit_bias)
-
-
-def _chain(links: list[ChainLink], logit_bias: Mapping[int, float] | None) -> SamplerChain:
-    """The chain of `links`, with a logit bias applied first."""
-    if logit_bias:
-        links.insert(0, ChainLink(LogitBias(logit_bias), BUILTIN_PROVIDER, "logit_bias"))
-    return SamplerChain(links)
+    """A fresh chain for repeated --sampler options (see Sampling)."""
+    return Sampling(specs, logit_bias).new()
 
 
 class Sampling:
-    """What to sample with, built afresh for every generation (`new()`).
+    """What to sample with: sampler recipes and a logit bias, from which every generation gets
+    a fresh chain (`new()`), so per-generation state never leaks from one prompt, sample or
+    request to the next. A sampler object handed in directly is used as it is, state and all.
 
-    From specs (and a logit bias), each generation gets new sampler objects, so
-    per-generation state never leaks from one prompt, sample or request to the next.
-    A sampler object handed in directly is used as it is, state and all.
+    `samplers` are recipes or spec strings (parsed here, once). No sampler means multinomial
+    sampling from the model's distribution. A chain ending in a filter draws with multinomial;
+    a sampler that is not a filter (greedy, multinomial, a plugin's) may only stand last. A
+    logit bias applies first.
+
+    The first chain is built here, so that a bad option value (which the plugin's own
+    `__init__` checks) fails before any output; the first `new()` hands out that chain.
     """
 
-    def __init__(self, specs: Sequence[str] = (), logit_bias: Mapping[int, float] | None = None, sampler=None):
-        self.specs = list(specs)
+    def __init__(self, samplers: Sequence[str | SamplerRecipe] = (), logit_bias: Mapping[int, float] | None = None,
+                 sampler=None):
+        self.recipes = [item if isinstance(item, SamplerRecipe) else SamplerRecipe.parse(item) for item in samplers]
         self.logit_bias = dict(logit_bias or {})
         self.sampler = sampler
-        self.new()  # a bad spec fails now, before any output
+        self._lock = threading.Lock()  # one Sampling may serve generations on several threads
+        self._unused: SamplerChain | None = self._build()
+        # Rows whose Sampling has the same key may share one chain (gen serve); None if they may not.
+        self.row_wise_key = (
+            (tuple((recipe.name, tuple(recipe.options.items())) for recipe in self.recipes),
+             tuple(sorted(self.logit_bias.items())))
+            if self.sampler is None and self._unused.row_wise else None
+        )
+
+    @property
+    def specs(self) -> list[str]:
+        """The recipes as spec text, for display."""
+        return [recipe.spec for recipe in self.recipes]
 
     def new(self) -> SamplerChain:
-        if self.sampler is None:
-            return build_sampler_chain(self.specs, self.logit_bias)
-        return _chain([ChainLink(self.sampler, "the caller")], self.logit_bias)
+        """A chain of fresh sampler objects."""
+        with self._lock:
+            chain, self._unused = self._unused, None
+        return chain if chain is not None else self._build()
+
+    def _build(self) -> SamplerChain:
+        if self.sampler is not None:
+            links = [ChainLink(self.sampler, "the caller")]
+        else:
+            links = [recipe.build() for recipe in self.recipes] or [SamplerRecipe.of("multinomial").build()]
+        if self.logit_bias:
+            links.insert(0, ChainLink(LogitBias(self.logit_bias), BUILTIN_PROVIDER, "logit_bias"))
+        return SamplerChain(links)
 
     @classmethod
     def of(cls, sampler=None, logit_bias: Mapping[int, float] | None = None) -> "Sampling":
@@ -347,10 +454,10 @@ class Sampling:
             if not logit_bias:
                 return sampler
             # A logit bias given beside it adds to its own.
-            return cls(sampler.specs, {**sampler.logit_bias, **logit_bias}, sampler.sampler)
+            return cls(sampler.recipes, {**sampler.logit_bias, **logit_bias}, sampler.sampler)
         if sampler is None:
             return cls([], logit_bias)
-        if isinstance(sampler, str):
+        if isinstance(sampler, (str, SamplerRecipe)):
             return cls([sampler], logit_bias)
         if isinstance(sampler, (list, tuple)):
             return cls(list(sampler), logit_bias)

@@ -5,8 +5,10 @@
 sampling, or hand their logits on to the next sampler in a chain. `temperature`,
 `top_k`, `top_p` and `min_p` look at the logits alone; `repetition_penalty`,
 `penalties` and `no_repeat_ngram` also at the text so far (their `filter` names a
-`context` parameter). The contract is in gen.core.sampling; the first docstring
-line of each class is what `gen plugins` shows.
+`context` parameter). Those that treat each row on their own and keep no state declare
+`row_wise = True`, so that gen serve samples the rows that use them in one call. The
+contract is in gen.core.sampling; the first docstring line of each class is what
+`gen plugins` shows.
 """
 from __future__ import annotations
 
@@ -33,6 +35,8 @@ from gen.core.sampling import Multinomial
 class Greedy:
     """Always pick the most likely token (deterministic)."""
 
+    row_wise = True
+
     def __call__(self, logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         logits = check_logits(logits)
         ids = argmax(logits)
@@ -50,6 +54,8 @@ MIN_TEMPERATURE = 1e-4
 
 class Temperature(LogitsFilter):
     """Divide the logits by t: t < 1 sharpens the distribution, t > 1 flattens it."""
+
+    row_wise = True
 
     def __init__(self, t: float = 1.0):
         if t == 0:
@@ -70,6 +76,8 @@ class Temperature(LogitsFilter):
 class TopK(LogitsFilter):
     """Keep the k most likely tokens (ties go to the lower id, as with greedy)."""
 
+    row_wise = True
+
     def __init__(self, k: int = 40):
         if k < 1:
             raise GenError(f"top_k needs k >= 1, got k={k}")
@@ -88,6 +96,8 @@ class TopK(LogitsFilter):
 class TopP(LogitsFilter):
     """Nucleus sampling: keep the fewest most likely tokens whose mass reaches p."""
 
+    row_wise = True
+
     def __init__(self, p: float = 0.9):
         if not (0 < p <= 1):  # also rejects NaN
             raise GenError(f"top_p needs 0 < p <= 1, got p={p}")
@@ -103,6 +113,8 @@ class TopP(LogitsFilter):
 
 class MinP(LogitsFilter):
     """Keep the tokens at least p times as likely as the most likely one."""
+
+    row_wise = True
 
     def __init__(self, p: float = 0.05):
         if not (0 <= p <= 1):  # also rejects NaN

@@ -1,7 +1,8 @@
 """OpenAI's completions API on gen: a request's JSON checked and turned into scheduler choices,
 and the shapes of responses, stream chunks and errors (no torch, no web framework).
 
-Fields map onto gen's samplers:
+Fields map onto gen's sampler recipes (gen.core.sampling.SamplerRecipe), built from the typed
+fields without going through spec text:
 
 | OpenAI field | gen |
 | --- | --- |
@@ -26,8 +27,7 @@ from dataclasses import dataclass
 
 from gen.core.errors import GenError
 from gen.core.generation import TokenChoice
-from gen.core.sampling import Sampling
-from gen.core.specs import format_spec
+from gen.core.sampling import SamplerRecipe, Sampling
 from gen.runtime.scheduler import Choice
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default
@@ -72,7 +72,7 @@ class CompletionRequest:
     prompts: list[str]  # each prompt as text (token-id prompts decoded), for echo and text offsets
     prompt_tokens: list[int]  # each prompt's length in tokens
     choices: list[Choice]  # choice k = prompt k // n, sample k % n
-    sampler: list[str]  # the specs of the chain that runs
+    sampler: list[str]  # the specs of the chain that runs, for the response
     seed: int
     stream: bool = False
     include_usage: bool = False
@@ -226,16 +226,17 @@ def _logit_bias(body: dict, vocab_size: int) -> dict[int, float]:
     return biases
 
 
-def sampler_specs(body: dict, limits: Limits) -> list[str]:
-    """The `--sampler` chain a request asks for: its `sampler` field, or what temperature and top_p
-    build; the OpenAI penalties, when set, come first."""
+def sampler_recipes(body: dict, limits: Limits) -> list[SamplerRecipe]:
+    """The sampler chain a request asks for: its `sampler` field (a list of `--sampler` specs), or
+    what temperature and top_p build; the OpenAI penalties, when set, come first. Typed fields
+    become recipes directly; only the `sampler` list is parsed."""
     temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
     top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
     presence = _number(body, "presence_penalty", 0.0, -2.0, 2.0)
     frequency = _number(body, "frequency_penalty", 0.0, -2.0, 2.0)
-    specs = []
+    recipes = []
     if presence or frequency:
-        specs.append(format_spec("penalties", {"presence": presence, "frequency": frequency}))
+        recipes.append(SamplerRecipe.of("penalties", presence=presence, frequency=frequency))
     sampler = body.get("sampler")
     if sampler is not None:
         if not isinstance(sampler, list) or not all(isinstance(spec, str) for spec in sampler):
@@ -243,16 +244,16 @@ def sampler_specs(body: dict, limits: Limits) -> list[str]:
                            f"got {_json_type(sampler)}", "sampler")
         if len(sampler) > limits.max_samplers:
             raise APIError(f"sampler has {len(sampler)} specs; give at most {limits.max_samplers}", "sampler")
-        return specs + sampler
+        return recipes + [SamplerRecipe.parse(spec) for spec in sampler]
     if temperature == 0:
-        return specs + ["greedy"]
+        return recipes + [SamplerRecipe.of("greedy")]
     if top_p == 0:
         raise APIError("top_p must be above 0 (0 would keep no token)", "top_p")
     if temperature != 1:
-        specs.append(format_spec("temperature", {"t": temperature}))
+        recipes.append(SamplerRecipe.of("temperature", t=temperature))
     if top_p != 1:
-        specs.append(format_spec("top_p", {"p": top_p}))
-    return specs
+        recipes.append(SamplerRecipe.of("top_p", p=top_p))
+    return recipes
 
 
 def parse_completion_request(body: bytes | dict, tokenizer, vocab_size: int, limits: Limits) -> CompletionRequest:
@@ -288,9 +289,8 @@ def parse_completion_request(body: bytes | dict, tokenizer, vocab_size: int, lim
     include_usage = _boolean(options or {}, "include_usage")
     stop = _stop(document)
     logit_bias = _logit_bias(document, vocab_size)
-    specs = sampler_specs(document, limits)
     try:
-        sampling = Sampling(specs, logit_bias)  # an unknown sampler or option fails here
+        sampling = Sampling(sampler_recipes(document, limits), logit_bias)  # an unknown sampler or option fails here
     except GenError as error:
         raise APIError(str(error), "sampler" if document.get("sampler") is not None else None) from None
     choices = [
@@ -298,7 +298,7 @@ def parse_completion_request(body: bytes | dict, tokenizer, vocab_size: int, lim
         for prompt_index, ids in enumerate(prompt_ids)
         for sample in range(n)
     ]
-    return CompletionRequest(prompts, [len(ids) for ids in prompt_ids], choices, specs, seed, stream,
+    return CompletionRequest(prompts, [len(ids) for ids in prompt_ids], choices, sampling.specs, seed, stream,
                              include_usage, _boolean(document, "echo"), logprobs, n)
 
 

@@ -45,7 +45,14 @@ import numpy as np
 import onnxruntime
 
 from gen.core.errors import GenError, first_line
-from gen.core.generation import BackendBase, TextStep, TokenChoice, generate_text
+from gen.core.generation import (
+    DEFAULT_MAX_NEW_TOKENS,
+    BackendBase,
+    GenerationOptions,
+    TextStep,
+    TokenChoice,
+    generate_text,
+)
 from gen.core.sampling import Sampler, Sampling
 from gen.core.tokenizer import tokenizer_from_dict
 from gen.runtime.artifact import (
@@ -63,7 +70,6 @@ from gen.runtime.artifact import (
 CPU_PROVIDER = "CPUExecutionProvider"
 # More onnxruntime threads than this only spin: four per core is already far past any gain.
 MAX_THREADS = 4 * (os.cpu_count() or 1)
-DEFAULT_MAX_NEW_TOKENS = 500
 
 
 def check_whole_number(name: str, value, low: int = 0, high: int | None = None) -> None:
@@ -201,11 +207,8 @@ class OnnxModel(BackendBase):
 
     # --- text ------------------------------------------------------------------------
     #
-    # `sampler` is a spec ("top_k:k=40"), a list of specs (a chain), a sampler object
-    # (used as it is, state and all) or None (multinomial); every call builds fresh
-    # sampler objects from specs. `logit_bias` maps token ids to a bias added to their
-    # logits (-inf forbids a token). `rng` (which overrides `seed`) lets several calls
-    # share one random stream, as `gen run --num-samples` does.
+    # The arguments after the prompt(s) are those of gen.core.generation.GenerationOptions
+    # (which says what each means); `options=GenerationOptions(...)` may give them instead.
 
     def stream(
         self,
@@ -216,11 +219,13 @@ class OnnxModel(BackendBase):
         stop: Sequence[str] = (),
         rng: np.random.Generator | None = None,
         logit_bias: Mapping[int, float] | None = None,
+        options: GenerationOptions | None = None,
     ) -> Iterator[str]:
         """Yield the text that follows `prompt`, piece by piece, as it is generated."""
         if not isinstance(prompt, str):
             raise GenError("stream() takes one prompt; use generate() for a list of prompts")
-        for step in self._steps([prompt], sampler, max_new_tokens, seed, stop, rng, logit_bias):
+        options = _options(options, GenerationOptions(sampler, max_new_tokens, seed, stop, rng, logit_bias))
+        for step in self._steps([prompt], options):
             if step.pieces[0]:
                 yield step.pieces[0]
 
@@ -234,13 +239,15 @@ class OnnxModel(BackendBase):
         rng: np.random.Generator | None = None,
         logit_bias: Mapping[int, float] | None = None,
         logprobs: int = 5,
+        options: GenerationOptions | None = None,
     ) -> Iterator[TokenChoice]:
         """Yield each token generated after `prompt` with its log-probabilities: under the
         model, under what the sampler drew from, and the `logprobs` most likely alternatives."""
         if not isinstance(prompt, str):
             raise GenError("tokens() takes one prompt")
         check_whole_number("logprobs", logprobs)
-        for step in self._steps([prompt], sampler, max_new_tokens, seed, stop, rng, logit_bias, logprobs):
+        options = _options(options, GenerationOptions(sampler, max_new_tokens, seed, stop, rng, logit_bias))
+        for step in self._steps([prompt], options, logprobs):
             if step.tokens and step.tokens[0] is not None:
                 yield step.tokens[0]
 
@@ -253,6 +260,7 @@ class OnnxModel(BackendBase):
         stop: Sequence[str] = (),
         rng: np.random.Generator | None = None,
         logit_bias: Mapping[int, float] | None = None,
+        options: GenerationOptions | None = None,
     ) -> list[str]:
         """The text that follows each prompt, generated as one left-padded batch.
 
@@ -260,24 +268,34 @@ class OnnxModel(BackendBase):
         """
         if isinstance(prompts, str):
             raise GenError("generate() takes a list of prompts; wrap a single prompt in a list or use stream()")
+        options = _options(options, GenerationOptions(sampler, max_new_tokens, seed, stop, rng, logit_bias))
         prompts = list(prompts)
         if not prompts:
             return []
         texts: list[list[str]] = [[] for _ in prompts]
-        for step in self._steps(prompts, sampler, max_new_tokens, seed, stop, rng, logit_bias):
+        for step in self._steps(prompts, options):
             for text, piece in zip(texts, step.pieces):
                 text.append(piece)
         return ["".join(text) for text in texts]
 
-    def _steps(self, prompts, sampler, max_new_tokens, seed, stop, rng, logit_bias, logprobs=None) -> Iterator[TextStep]:
-        check_whole_number("max_new_tokens", max_new_tokens)
-        if isinstance(stop, str):
-            stop = [stop]
-        if seed is not None:
-            check_whole_number("seed", seed)
-        chain = Sampling.of(sampler, logit_bias).new()
-        rng = rng if rng is not None else np.random.default_rng(seed)
-        return generate_text(self, self.tokenizer, prompts, chain, rng, max_new_tokens, stop, logprobs)
+    def _steps(self, prompts: list[str], options: GenerationOptions, logprobs: int | None = None) -> Iterator[TextStep]:
+        check_whole_number("max_new_tokens", options.max_new_tokens)
+        if options.seed is not None:
+            check_whole_number("seed", options.seed)
+        stop = [options.stop] if isinstance(options.stop, str) else options.stop
+        chain = Sampling.of(options.sampler, options.logit_bias).new()
+        rng = options.rng if options.rng is not None else np.random.default_rng(options.seed)
+        return generate_text(self, self.tokenizer, prompts, chain, rng, options.max_new_tokens, stop, logprobs)
+
+
+def _options(given: GenerationOptions | None, from_arguments: GenerationOptions) -> GenerationOptions:
+    """`options=` when given, else the separate arguments; both at once is ambiguous."""
+    if given is None:
+        return from_arguments
+    if from_arguments != GenerationOptions():
+        raise GenError("give the generation arguments either one by one or as options=GenerationOptions(...), "
+                       "not both")
+    return given
 
 
 class CapacityCache:

@@ -15,10 +15,11 @@ One thread owns the model. Each step it
    request its new text,
 5. lets finished and cancelled rows leave, and the prefilled rows join the running batch.
 
-A row's text does not depend on the rows beside it. Each row has its own sampler chain (fresh
-from its spec), its own `np.random.default_rng(seed)`, its own history, and its own window,
-which follows the context policy of gen.core.generation.generate_ids; it is sampled alone on its
-own (1, vocab) logits. The rows share only the model's forward pass: their KV caches lie side
+A row's text does not depend on the rows beside it. Each row is a gen.core.generation.RowPolicy,
+the very policy `gen run` follows for a prompt (its window and slides, history, draw, stop strings
+and limit), with its own sampler chain (fresh from its recipes) and its own random stream,
+`np.random.default_rng(seed)`; it is sampled alone on its own (1, vocab) logits.
+The rows share only the model's forward pass: their KV caches lie side
 by side, left-padded to one length. The graph derives positions from the attention mask, so
 padding moves no position, but onnxruntime's CPU kernels sum over the cache in a few
 interleaved partial sums: padding by an amount that is not a multiple of their count rounds
@@ -31,8 +32,11 @@ a batch of their own. Then every text equals `gen run`'s for its seed.
 
 What costs per step is kept per step, not per row: a row that leaves frees its slot instead
 of being cut out of the arrays (which would copy every cache), rows of one length prefill
-together, and rows whose chains are built-in row-wise samplers with the same specs draw in
-one call (ROW_WISE_SAMPLERS).
+together, and rows whose samplers all declare `row_wise = True` (gen.core.sampling), with the
+same recipes, share one chain and draw in one call on their stacked logits, each from its own
+random stream (gen.core.sampling.RowStreams): numpy reduces each row of a (rows, vocab) array
+as it reduces that row alone, so each row draws the token it would draw alone, at a fraction
+of the cost of one chain call per row.
 """
 from __future__ import annotations
 
@@ -47,17 +51,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from gen.core.errors import GenError, first_line
-from gen.core.generation import (
-    History,
-    RowText,
-    TokenChoice,
-    left_pad,
-    prompt_window,
-    slid_window,
-    token_choices,
-)
-from gen.core.sampling import Sampling
-from gen.core.specs import parse_spec
+from gen.core.generation import RowPolicy, TokenChoice, draw_rows, left_pad, token_choices
+from gen.core.sampling import RowStreams, Sampling
 
 # Prefills (new rows, slid windows) run until this much time has passed in a step, so that
 # a crowd arriving at once delays the running rows' next token by a bounded amount.
@@ -138,79 +133,32 @@ class Request:
 
 
 class _Row:
-    """The state of one choice, exactly what generate_ids and generate_text keep for a prompt alone."""
+    """One choice being generated: its RowPolicy (gen.core.generation, the very policy of
+    `gen run`) and the request it belongs to."""
 
-    def __init__(self, request: Request, index: int, tokenizer, block_size: int):
-        choice = request.choices[index]
+    def __init__(self, request: Request, index: int, policy: RowPolicy, shared: bool):
         self.request = request
         self.index = index
-        self.shared_chain = _row_wise_key(choice.sampling)  # rows with the same key sample in one call
-        self.chain = None if self.shared_chain else choice.sampling.new()
-        self.rng = np.random.default_rng(choice.seed)
-        wants_context = self.chain is not None and self.chain.wants_context
-        self.history = History([choice.prompt_ids]) if wants_context else None
-        self.window = prompt_window(choice.prompt_ids, block_size)  # what the model conditions on
-        self.text = RowText.start(tokenizer, choice.prompt_ids, choice.stop)
-        self.max_tokens = choice.max_tokens
-        self.logprobs = choice.logprobs
-        self.generated = 0
-        self.done = False
+        self.policy = policy
+        self.shared = shared  # its chain is row-wise and shared: it draws with the rows of that chain
+        self.logprobs = request.choices[index].logprobs
         self.waited = 0  # steps it waited to be prefilled in line with the batch
 
-    def draw(self, logits: np.ndarray, tokenizer) -> tuple[np.ndarray, np.ndarray]:
-        """Draw the next token from this row's (1, vocab) logits with its own chain: (ids, drawn_from)."""
-        if self.history is None:
-            ids = self.chain(logits, self.rng)
-        else:
-            ids = self.chain(logits, self.rng, self.history.context(self.generated, tokenizer))
-            self.history.append(ids)
-        return ids, self.chain.drawn_from
+    @property
+    def window(self) -> list[int]:
+        return self.policy.window
 
     def accept(self, ids: np.ndarray, logits: np.ndarray, drawn_from: np.ndarray, tokenizer) -> list:
         """Take the drawn token (ids (1,), from (1, vocab) logits and drawn_from); return its events."""
-        token = int(ids[0])
         choice = None
         if self.logprobs is not None:
             choice = token_choices(logits, drawn_from, ids, self.logprobs, tokenizer)[0]
-        piece = self.text.push(token)
+        piece, reason = self.policy.accept(int(ids[0]))
         now = time.perf_counter()
-        self.generated += 1
-        self.window.append(token)
-        events = [Piece(self.index, piece, None if self.text.finished else choice, now)]
-        if self.text.finished or self.generated >= self.max_tokens:
-            reason = "stop" if self.text.finished else "length"
-            events.append(Finished(self.index, self.text.close(), reason, self.generated, now))
-            self.done = True
+        events = [Piece(self.index, piece, None if reason == "stop" else choice, now)]
+        if reason is not None:
+            events.append(Finished(self.index, self.policy.close(), reason, self.policy.count, now))
         return events
-
-
-# Built-in samplers that treat each row on its own and keep no state. Rows whose chains are
-# made of these alone, with the same specs, are sampled in one call on their stacked logits,
-# each row drawing from its own random stream: numpy reduces each row of a (rows, vocab) array
-# as it reduces that row alone, so each row draws the token it would draw alone, at a fraction
-# of the cost of one chain call per row.
-ROW_WISE_SAMPLERS = frozenset({"greedy", "multinomial", "temperature", "top_k", "top_p", "min_p"})
-
-
-def _row_wise_key(sampling: Sampling) -> tuple | None:
-    """The key rows share when their chain is made of ROW_WISE_SAMPLERS alone; None otherwise."""
-    if sampling.sampler is not None:
-        return None
-    if not all(parse_spec(spec, "sampler")[0] in ROW_WISE_SAMPLERS for spec in sampling.specs):
-        return None
-    return tuple(sampling.specs), tuple(sorted(sampling.logit_bias.items()))
-
-
-class _RowStreams:
-    """Each row's own random stream, where a sampler draws one number per row (gen.core.draw)."""
-
-    def __init__(self, rngs: list[np.random.Generator]):
-        self.rngs = rngs
-
-    def random(self, size: int) -> np.ndarray:
-        if size != len(self.rngs):
-            raise GenError(f"a row-wise sampler asked for {size} random numbers for {len(self.rngs)} rows")
-        return np.array([rng.random() for rng in self.rngs])
 
 
 # --- rows decoded together ------------------------------------------------------------
@@ -447,18 +395,19 @@ class Scheduler:
         self.publish(events)
 
     def _sample(self, sampled: list[tuple[_Row, np.ndarray]], events: list) -> int:
-        """Draw every row's next token: rows of one row-wise chain together, the others each with
-        its own chain. Returns the number of rows sampled."""
-        groups: dict[object, list[tuple[_Row, np.ndarray]]] = collections.defaultdict(list)
+        """Draw every row's next token: rows that share a row-wise chain together (each from its
+        own random stream), the others each with its own chain. Returns the number of rows sampled."""
+        groups: dict[int, list[tuple[_Row, np.ndarray]]] = collections.defaultdict(list)
         for row, logits in sampled:
             if not row.request.over:
-                groups[row.shared_chain or id(row)].append((row, logits))
-        for key, members in groups.items():
+                groups[id(row.policy.chain) if row.shared else id(row)].append((row, logits))
+        for members in groups.values():
+            rows = [row.policy for row, _ in members]
+            chain = rows[0].chain
             try:
-                if isinstance(key, tuple):
+                if members[0][0].shared:
                     logits = members[0][1] if len(members) == 1 else np.concatenate([part for _, part in members])
-                    chain = self._chain_for(key, members[0][0])
-                    ids = chain(logits, _RowStreams([row.rng for row, _ in members]))
+                    ids = draw_rows(rows, logits, chain, RowStreams([row.rng for row in rows]))
                     # A chain without filters drew from the logits themselves: keep that identity per row,
                     # so that token_choices need not compute the same log-probabilities twice.
                     unfiltered = chain.drawn_from is logits
@@ -466,9 +415,8 @@ class Scheduler:
                     drawn = [(ids[i:i + 1], part, part if unfiltered else chain.drawn_from[i:i + 1])
                              for i, part in enumerate(parts)]
                 else:
-                    row, logits = members[0]
-                    ids, drawn_from = row.draw(logits, self.tokenizer)
-                    drawn = [(ids, logits, drawn_from)]
+                    logits = members[0][1]
+                    drawn = [(rows[0].draw(logits), logits, chain.drawn_from)]
             except GenError as error:  # a sampler plugin that misbehaves, or the model's NaNs, in one line
                 for row, _ in members:
                     self._fail(row.request, str(error), events)
@@ -477,14 +425,22 @@ class Scheduler:
                 events += [(row.request, event) for event in row.accept(ids, logits, drawn_from, self.tokenizer)]
         return sum(len(members) for members in groups.values())
 
-    def _chain_for(self, key: tuple, row: _Row):
-        """The chain rows with this row-wise key share; stateless, so one serves every step."""
-        chain = self._shared_chains.get(key)
-        if chain is None:
-            if len(self._shared_chains) > 1024:
-                self._shared_chains.clear()
-            chain = self._shared_chains[key] = row.request.choices[row.index].sampling.new()
-        return chain
+    def _new_row(self, request: Request, index: int) -> _Row:
+        """The row of choice `index`: a fresh chain of its own, or the one chain that every row
+        with the same row-wise Sampling shares (stateless, so one serves every row and step)."""
+        choice = request.choices[index]
+        key = choice.sampling.row_wise_key
+        if key is None:
+            chain = choice.sampling.new()
+        else:
+            chain = self._shared_chains.get(key)
+            if chain is None:
+                if len(self._shared_chains) > 1024:
+                    self._shared_chains.clear()
+                chain = self._shared_chains[key] = choice.sampling.new()
+        policy = RowPolicy(choice.prompt_ids, self.block_size, self.backend.uses_cache, choice.max_tokens, chain,
+                           np.random.default_rng(choice.seed), self.tokenizer, choice.stop)
+        return _Row(request, index, policy, shared=key is not None)
 
     def _drop_over_rows(self) -> None:
         """Rows of cancelled or failed requests leave before the step: their slots are free now."""
@@ -506,11 +462,11 @@ class Scheduler:
                 if request.admitted == len(request.choices):
                     self._pending.popleft()
                 try:
-                    row = _Row(request, index, self.tokenizer, self.block_size)
+                    row = self._new_row(request, index)
                 except GenError as error:
                     self._fail(request, str(error), events)
                     continue
-                if row.max_tokens == 0:
+                if row.policy.done:  # max_tokens 0
                     events.append((request, Finished(index, "", "length", 0, time.perf_counter())))
                     continue
                 self._to_prefill.append(row)
@@ -582,27 +538,23 @@ class Scheduler:
 
     def _rearrange(self, sampled: list[tuple[_Row, np.ndarray]]) -> None:
         """After sampling: finished rows leave, full windows slide, prefilled rows join a batch."""
-        block_size = self.block_size
-
         def gone(row: _Row) -> bool:
-            return row.done or row.request.over
+            return row.policy.done or row.request.over
 
         if not self.backend.uses_cache:
-            for row, _ in sampled:
-                del row.window[:-block_size]  # only the last block_size tokens are ever read
             self._to_prefill = collections.deque(row for row in self._to_prefill if not gone(row))
             return
         for batch in self._batches:
-            for row in batch.leave(lambda row: gone(row) or len(row.window) > block_size):
+            for row in batch.leave(lambda row: gone(row) or row.policy.slide_due):
                 if not gone(row):  # its cache is full: keep half the window and prefill it again
-                    row.window = slid_window(row.window, block_size)
+                    row.policy.slide()
                     self._to_prefill.append(row)
         joining = []
         for row, past, mask in self._prefilled:
             if gone(row):
                 continue
-            if len(row.window) > block_size:  # a prompt of block_size tokens slides at once
-                row.window = slid_window(row.window, block_size)
+            if row.policy.slide_due:  # a prompt of block_size tokens slides at once
+                row.policy.slide()
                 self._to_prefill.append(row)
             else:
                 joining.append((row, past, mask))

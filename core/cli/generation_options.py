@@ -115,7 +115,7 @@ def echo_samples(
     """
     from gen.core.generation import encode_prompt, generate_text
 
-    encode_prompt(tokenizer, prompt)  # a prompt it cannot encode fails before any output
+    prompt_ids = encode_prompt(tokenizer, prompt)  # once: a prompt it cannot encode fails before any output
     report = None if output == "text" else logprobs
     if output == "probs":
         legend = " ".join(click.style(f">={lowest:.0%}", fg=colour) for lowest, colour in reversed(PROBABILITY_COLOURS))
@@ -125,7 +125,7 @@ def echo_samples(
             if output != "json":
                 click.echo(prompt, nl=False)
             chain = sampling.new()
-            for step in generate_text(backend, tokenizer, [prompt], chain, rng, max_new_tokens, stop, report):
+            for step in generate_text(backend, tokenizer, [prompt_ids], chain, rng, max_new_tokens, stop, report):
                 token = step.tokens[0] if step.tokens else None
                 if output == "json":
                     if token is not None:
