@@ -300,14 +300,15 @@ class BanLetterPlugin:
 
 @pytest.fixture(scope="module")
 def server(small_gpt_onnx):
-    """A server with a plugin sampler registered, and small limits to test them."""
+    """A server with a plugin sampler registered, small limits to test them, and three names
+    for its model (the tests' requests use the shorter two)."""
     from gen.core.registry import reset_plugins
 
     reset_plugins()
     get_plugins().register(BanLetterPlugin(), "gen-ban-letter")
     generator = OnnxModel(small_gpt_onnx)
-    app = create_app(generator, max_batch=8, max_queue=32, max_body_bytes=4096,
-                     limits=Limits(max_tokens=500, max_prompt_tokens=100, max_choices=8))
+    app = create_app(generator, model_names=["small-gpt.onnx", "small-gpt", "m"], max_batch=8, max_queue=32,
+                     max_body_bytes=4096, limits=Limits(max_tokens=500, max_prompt_tokens=100, max_choices=8))
     with running_server(app) as url:
         yield url, generator
     reset_plugins()
@@ -485,7 +486,7 @@ def test_unknown_routes_and_methods_answer_in_openais_shape(server):
 
 def test_models_samplers_health_and_metrics(server, client):
     url, generator = server
-    assert [model.id for model in client.models.list()] == ["small-gpt.onnx"]
+    assert [model.id for model in client.models.list()] == ["small-gpt.onnx", "small-gpt", "m"]
     samplers = {entry["name"]: entry for entry in httpx.get(f"{url}/v1/samplers", timeout=30).json()["data"]}
     assert samplers["ban_letter"] == {"name": "ban_letter", "provider": "gen-ban-letter", "kind": "filter",
                                       "description": "Forbid one letter (a third-party sampler, registered in-process).",
@@ -525,7 +526,7 @@ def test_the_playground_page_and_its_files_come_from_the_package(server):
 
 def test_the_model_name_cannot_break_the_page(small_gpt_onnx):
     name = 'my "model"</script><b>.onnx'
-    with running_server(create_app(OnnxModel(small_gpt_onnx), model_name=name)) as url:
+    with running_server(create_app(OnnxModel(small_gpt_onnx), model_names=[name])) as url:
         page = httpx.get(f"{url}/", timeout=30).text
     assert "</script><b>" not in page  # the name cannot close the script or add markup
     assert "<title>gen playground: my &quot;model&quot;&lt;/script&gt;&lt;b&gt;.onnx</title>" in page
@@ -545,7 +546,7 @@ def app_of(handler, path: str = "/", state: ServerState | None = None, **route) 
 
 
 def test_health_models_and_the_playground_answer_from_the_state_alone(generator, small_gpt_onnx):
-    state = ServerState.for_model(generator, model_name="m.onnx", max_batch=4)
+    state = ServerState.for_model(generator, model_names=["m.onnx"], max_batch=4)
     assert app_of(health, "/health", state).get("/health").json() == {
         "status": "ok", "model": "m.onnx", "queue_depth": 0, "active_rows": 0, "max_batch": 4,
         "exact_batching": state.scheduler.exact}
@@ -647,7 +648,7 @@ def test_a_full_queue_answers_503_with_retry_after(small_gpt_onnx, slow_sampler)
                     time.sleep(0.01)
                 with openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0) as client:
                     with pytest.raises(openai.APIStatusError) as refused:
-                        client.completions.create(model="m", prompt="a", max_tokens=5)
+                        client.completions.create(model="small-gpt.onnx", prompt="a", max_tokens=5)
                 assert refused.value.status_code == 503
                 assert refused.value.response.headers["retry-after"] == "1"
                 assert "max-queue 1" in refused.value.body["message"]
