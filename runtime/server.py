@@ -4,11 +4,15 @@ Starlette and uvicorn (the `serve` extra), without torch.
     app = create_app(OnnxModel("model.onnx"))     # an ASGI application
     serve("model.onnx", host="127.0.0.1", port=8000)  # what `gen serve` runs
 
-Routes: POST /v1/completions, GET /v1/models, GET /v1/samplers, GET /health, GET /metrics,
-GET / (the playground) and its files under /playground/. Each route has its handler here, a
-function of the request that finds what it shares with the others (the model, scheduler,
-metrics, limits) in the app's ServerState, `request.app.state.server`; `create_app` only
-wires them together. The handlers run on the event loop and never call the model: a
+Routes: POST /v1/completions, GET /v1/models and /v1/models/{id}, GET /v1/samplers, GET
+/health, GET /metrics, GET / (the playground) and its script and style under /playground/.
+Each route has its handler here, a function of the request that finds what it shares with
+the others (the model, scheduler, metrics, limits) in the app's ServerState,
+`request.app.state.server`; `create_app` only wires them together, behind three checks
+that keep the server to its users: the Host header (TrustedHosts, against DNS rebinding),
+CORS (off unless origins are named) and the API key (RequireAPIKey: every route but
+/health and the playground's page and files, which hold no data). A completion's body must
+be JSON, declared so: a page on another origin can send a `text/plain` POST without asking. The handlers run on the event loop and never call the model: a
 request's choices go to the Scheduler (gen.runtime.scheduler), whose thread batches every
 running generation into one decode step and sends each request its events; the loop only
 turns events into JSON or server-sent events. The fields and their mapping onto gen's samplers are in gen.runtime.api.
@@ -18,20 +22,25 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hmac
 import html
 import importlib.resources
+import ipaddress
 import json
 import os
+import signal
 import socket
 import sys
 import threading
 import time
 import traceback
 import uuid
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import click
+import h11
+import uvicorn
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -42,11 +51,16 @@ from prometheus_client import (
     generate_latest,
 )
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from gen.core.errors import GenError, first_line
 from gen.core.colours import PROBABILITY_COLOURS
@@ -62,12 +76,17 @@ from gen.runtime.api import (
     completion_object,
     dumps,
     parse_completion_request,
+    parse_json,
     usage_object,
 )
 from gen.runtime.scheduler import Busy, Failed, Piece, Scheduler, deliver_each
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20
+DEFAULT_GRACEFUL_TIMEOUT_S = 30.0  # how long a stopping server lets its requests finish
+DEFAULT_HEADER_TIMEOUT_S = 10.0  # how long a connection may take to send a request's line and headers
 RETRY_AFTER_S = 1  # what a 503 tells the client to wait
+PLAYGROUND_FILES = {"playground.js": "text/javascript", "playground.css": "text/css"}  # served under /playground/
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # a loopback server's default --allowed-hosts
 OUTCOMES = ("completed", "cancelled", "bad_request", "rejected", "failed")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -110,7 +129,7 @@ class Progress:
         self.tokens = [0] * count
         self.last_token_at: list[float | None] = [None] * count
         self.first_token_seen = False
-        self.error: str | None = None
+        self.error: APIError | None = None  # what ends the request instead of its choices
         self.logprobs = [LogprobsWriter(len(parsed.prompt_of(k))) for k in range(count)]
 
     @property
@@ -122,7 +141,10 @@ class Progress:
         changed: dict[int, tuple[str, list, str | None]] = {}
         for event in events:
             if isinstance(event, Failed):
-                self.error = event.message
+                self.error = APIError(event.message, status=500, type="server_error")
+                continue
+            if isinstance(event, Ended):
+                self.error = event.error
                 continue
             k = event.choice
             text, tokens, finish = changed.get(k, ("", [], None))
@@ -152,6 +174,14 @@ class Progress:
         return usage_object(sum(self.parsed.prompt_tokens), sum(self.tokens))
 
 
+@dataclass
+class Ended:
+    """Not the scheduler's event but the server's: it ended the request (it is stopping and
+    the request outlasted --graceful-timeout), with this error for the client."""
+
+    error: APIError
+
+
 class Events:
     """The events the scheduler sends one request, received on the event loop."""
 
@@ -168,6 +198,19 @@ class Events:
         while not self.queue.empty():
             events.append(self.queue.get_nowait())
         return events
+
+
+class CodedAPIError(APIError):
+    """An APIError with OpenAI's machine-readable `code` as well (invalid_api_key, model_not_found)."""
+
+    def __init__(self, message: str, code: str, **details):
+        super().__init__(message, **details)
+        self.code = code
+
+    def to_json(self) -> dict:
+        document = super().to_json()
+        document["error"]["code"] = self.code
+        return document
 
 
 def error_response(error: APIError, headers: dict | None = None) -> JSONResponse:
@@ -223,10 +266,11 @@ def sampler_listing() -> list[dict]:
 @dataclass
 class ServerState:
     """Everything the handlers read, one per app, in `app.state.server`: the model and its
-    names, the scheduler that runs it, the metrics, and the limits on requests."""
+    names, the scheduler that runs it, the metrics, the limits on requests, and the
+    completions running now (so that a server out of time to stop can end them)."""
 
     model: object  # a gen.runtime.OnnxModel
-    model_name: str  # what /v1/models, the replies and the playground call it
+    model_names: tuple[str, ...]  # what a request's "model" may say; the first is the one reported
     created: int  # /v1/models' "created": when the model file was written
     scheduler: Scheduler
     metrics: Metrics
@@ -234,19 +278,32 @@ class ServerState:
     max_body_bytes: int
     playground_page: str  # the playground's index.html, filled in for this model
     announce: Callable[[str, Scheduler], None] | None = None  # told "started" and "stopped" by the lifespan
+    running: set = field(default_factory=set)  # the Completions on their way back to a client
 
     @classmethod
-    def for_model(cls, model, *, model_name: str | None = None, max_batch: int = 32, max_queue: int = 256,
+    def for_model(cls, model, *, model_names: Sequence[str] = (), max_batch: int = 32, max_queue: int = 256,
                   limits: Limits | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                   announce=None) -> ServerState:
-        """The state of a server of `model`; its scheduler is made here and started by the lifespan."""
-        model_name = model_name or os.path.basename(model.path)
+        """The state of a server of `model` (called by its file name unless `model_names` are
+        given); its scheduler is made here and started by the lifespan."""
+        model_names = tuple(model_names) or (os.path.basename(model.path),)
         scheduler = Scheduler(model, max_batch=max_batch, max_queue=max_queue)
         metrics = Metrics(scheduler)
         scheduler.on_step = metrics.batch_size.observe
-        return cls(model=model, model_name=model_name, created=int(os.path.getmtime(model.path)),
-                   scheduler=scheduler, metrics=metrics, limits=limits or Limits(),
-                   max_body_bytes=max_body_bytes, playground_page=playground_page(model_name), announce=announce)
+        return cls(model=model, model_names=model_names, created=int(os.path.getmtime(model.path)),
+                   scheduler=scheduler, metrics=metrics, limits=limits or Limits(), max_body_bytes=max_body_bytes,
+                   playground_page=playground_page(model_names[0]), announce=announce)
+
+    @property
+    def model_name(self) -> str:
+        """The name /v1/models lists first, the replies report and the playground shows."""
+        return self.model_names[0]
+
+    def end_running(self, error: APIError) -> None:
+        """End every running completion with `error` (on the event loop): a streamed one sends
+        it as its last event, a whole one answers it; their rows leave the batch."""
+        for completion in list(self.running):
+            completion.end(error)
 
 
 def state_of(request: Request) -> ServerState:
@@ -288,8 +345,10 @@ async def completions(request: Request) -> Response:
     state = state_of(request)
     arrived = time.perf_counter()
     try:
-        body = await read_body(request, state.max_body_bytes)
-        parsed = parse_completion_request(body, state.model.tokenizer, state.model.vocab_size, state.limits)
+        require_json(request)
+        document = parse_json(await read_body(request, state.max_body_bytes))
+        require_served_model(document.get("model"), state.model_names)
+        parsed = parse_completion_request(document, state.model.tokenizer, state.model.vocab_size, state.limits)
     except APIError as error:
         state.metrics.requests.labels("bad_request").inc()
         return error_response(error)
@@ -308,9 +367,28 @@ async def completions(request: Request) -> Response:
     return await completion.whole(request)
 
 
+def require_json(request: Request) -> None:
+    """Refuse a body not declared as JSON with 415: a page on another origin may POST
+    `text/plain` without the browser asking this server first (CORS), but not JSON."""
+    declared = request.headers.get("content-type", "")
+    if declared.split(";")[0].strip().lower() != "application/json":
+        raise APIError(f"{request.method} {request.url.path} takes a JSON body sent with Content-Type: "
+                       f"application/json, not {declared or 'no Content-Type'}", status=415)
+
+
+def require_served_model(model, model_names: tuple[str, ...]) -> None:
+    """A request naming a model this server does not serve is a 404, as OpenAI answers it (a
+    request without a model, or whose model is not a string, is left to the request's checks)."""
+    if isinstance(model, str) and model not in model_names:
+        served = ", ".join(repr(name) for name in model_names)
+        raise CodedAPIError(f"the model {model!r} is not served here; this server serves {served} "
+                            f"(gen serve --served-model-name)", "model_not_found", param="model", status=404)
+
+
 class Completion:
     """One request the scheduler took, on its way back to the client: whole or streamed.
-    Either way, a client that leaves cancels it, and its outcome is counted once."""
+    Either way, a client that leaves cancels it, and its outcome is counted once. While it
+    runs it is in the state's `running`, where a stopping server may `end` it."""
 
     def __init__(self, state: ServerState, handle, events: Events, progress: Progress):
         self.state = state
@@ -319,9 +397,16 @@ class Completion:
         self.progress = progress
         self.id = f"cmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
+        state.running.add(self)
 
     def count(self, outcome: str) -> None:
+        self.state.running.discard(self)
         self.state.metrics.requests.labels(outcome).inc()
+
+    def end(self, error: APIError) -> None:
+        """End it with `error` for the client (on the event loop), its rows freed at the next step."""
+        self.handle.cancel()
+        self.events.put(Ended(error))
 
     async def whole(self, request: Request) -> Response:
         """Collect every choice's text; a client that leaves meanwhile cancels the request."""
@@ -345,7 +430,7 @@ class Completion:
         if progress.error is not None:
             self.handle.cancel()
             self.count("failed")
-            return error_response(APIError(progress.error, status=500, type="server_error"))
+            return error_response(progress.error)
         parsed = progress.parsed
         choices = []
         for k, pieces in enumerate(progress.texts):
@@ -373,7 +458,7 @@ class Completion:
                 changed = progress.take(await self.events.next_batch())
                 if progress.error is not None:
                     outcome = "failed"
-                    yield sse.error(APIError(progress.error, status=500, type="server_error"))
+                    yield sse.error(progress.error)
                     return
                 chunks = []
                 for k, (text, tokens, finish) in sorted(changed.items()):
@@ -394,14 +479,27 @@ class Completion:
 # --- the other routes --------------------------------------------------------------------
 
 
+def model_object(state: ServerState, name: str) -> dict:
+    """The model served, by one of its names, with its context and vocabulary sizes."""
+    return {"id": name, "object": "model", "created": state.created, "owned_by": "gen",
+            "block_size": state.model.block_size, "vocab_size": state.model.vocab_size,
+            "model": state.model.artifact.model.get("name")}
+
+
 async def models(request: Request) -> Response:
-    """GET /v1/models: the one model served, with its context and vocabulary sizes."""
+    """GET /v1/models: the model served, once by each of its names."""
     state = state_of(request)
-    return JSONResponse({"object": "list", "data": [{
-        "id": state.model_name, "object": "model", "created": state.created, "owned_by": "gen",
-        "block_size": state.model.block_size, "vocab_size": state.model.vocab_size,
-        "model": state.model.artifact.model.get("name"),
-    }]})
+    return JSONResponse({"object": "list", "data": [model_object(state, name) for name in state.model_names]})
+
+
+async def model(request: Request) -> Response:
+    """GET /v1/models/{id}: the model by one of its names; 404 for another name."""
+    state = state_of(request)
+    try:
+        require_served_model(request.path_params["model_id"], state.model_names)
+    except APIError as error:
+        return error_response(error)
+    return JSONResponse(model_object(state, request.path_params["model_id"]))
 
 
 async def samplers(request: Request) -> Response:
@@ -428,6 +526,14 @@ async def playground(request: Request) -> Response:
     return HTMLResponse(state_of(request).playground_page)
 
 
+async def playground_file(request: Request) -> Response:
+    """GET /playground/NAME: the page's script or style, as the package holds them. Only
+    these: index.html is the page's template, served filled in at / alone."""
+    name = request.url.path.rsplit("/", 1)[1]
+    text = importlib.resources.files("gen.runtime").joinpath("playground", name).read_text("utf-8")
+    return Response(text, media_type=PLAYGROUND_FILES[name])
+
+
 async def http_error(request: Request, error: HTTPException) -> Response:
     """An unknown route or a wrong method, in OpenAI's error shape."""
     kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
@@ -446,25 +552,109 @@ async def server_error(request: Request, error: Exception) -> Response:
     return error_response(APIError(message, status=500, type="server_error"))
 
 
-def create_app(generator, *, model_name: str | None = None, max_batch: int = 32, max_queue: int = 256,
+# --- who may use it: the Host header, CORS, the API key ----------------------------------
+
+
+class TrustedHosts:
+    """Starlette's TrustedHostMiddleware (a request whose Host header names none of
+    `allowed_hosts` is refused: a DNS-rebinding page reaches the server under its own name),
+    its refusal answered in OpenAI's error shape instead of plain text."""
+
+    PASSED = "gen.host_allowed"  # set in the request's scope once the check let it through
+
+    def __init__(self, app: ASGIApp, allowed_hosts: Sequence[str]):
+        self.app = app
+        self.check = TrustedHostMiddleware(self.passed, allowed_hosts=allowed_hosts, www_redirect=False)
+
+    async def passed(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[self.PASSED] = True
+        await self.app(scope, receive, send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_unless_refused(message) -> None:
+            if scope.get(self.PASSED):
+                await send(message)
+
+        await self.check(scope, receive, send_unless_refused)
+        if not scope.get(self.PASSED):  # Starlette's plain-text refusal went nowhere: ours instead
+            host = Headers(scope=scope).get("host")
+            error = APIError(f"this server does not answer to the host {host!r} (gen serve --allowed-hosts)",
+                             status=400)
+            await error_response(error)(scope, receive, send)
+
+
+class RequireAPIKey:
+    """Answer 401 to a request without one of `keys` as `Authorization: Bearer KEY` (what
+    OpenAI's clients send), but on OPEN_PATHS: /health and the playground's page and files,
+    which hold no data (the page asks for the key and sends it with its API calls)."""
+
+    OPEN_PATHS = ("/", "/health", *(f"/playground/{name}" for name in PLAYGROUND_FILES))
+
+    def __init__(self, app: ASGIApp, keys: Sequence[str]):
+        self.app = app
+        self.keys = [key.encode() for key in keys]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        scheme, _, given = Headers(scope=scope).get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and self.known(given.strip().encode()):
+            await self.app(scope, receive, send)
+            return
+        message = ("the API key is not valid" if given else
+                   "this server needs an API key, sent as the header Authorization: Bearer KEY")
+        error = CodedAPIError(message, "invalid_api_key", status=401)
+        await error_response(error, headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
+
+    def known(self, given: bytes) -> bool:
+        """Whether `given` is one of the keys, compared in constant time with each of them."""
+        matches = [hmac.compare_digest(given, key) for key in self.keys]
+        return any(matches)
+
+
+def default_allowed_hosts(bound_host: str) -> list[str]:
+    """The Host headers a server bound to `bound_host` answers by default: on a loopback
+    address, only the loopback names (any port): a page that rebinds its own name to
+    127.0.0.1 is refused; on any other address, every host (name it with --allowed-hosts)."""
+    if not ipaddress.ip_address(bound_host).is_loopback:
+        return ["*"]
+    return [*LOOPBACK_HOSTS, f"[{bound_host}]" if ":" in bound_host else bound_host]
+
+
+def create_app(generator, *, model_names: Sequence[str] = (), max_batch: int = 32, max_queue: int = 256,
                limits: Limits | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               announce=None) -> Starlette:
+               api_keys: Sequence[str] = (), allowed_hosts: Sequence[str] = ("*",),
+               cors_origins: Sequence[str] = (), announce=None) -> Starlette:
     """The ASGI app serving `generator` (a gen.runtime.OnnxModel). The scheduler thread starts
-    and stops with the app's lifespan, which calls `announce("started" or "stopped", scheduler)`."""
+    and stops with the app's lifespan, which calls `announce("started" or "stopped", scheduler)`.
+    With `api_keys`, requests need one of them; `allowed_hosts` are the Host headers answered
+    (Starlette's patterns: "*", "*.example.com"); CORS is off unless `cors_origins` are named."""
+    for pattern in allowed_hosts:  # Starlette's own check is an assert, at the first request
+        if "*" in pattern[1:] or (pattern.startswith("*") and pattern != "*" and not pattern.startswith("*.")):
+            raise GenError(f"--allowed-hosts {pattern!r}: a pattern is a host name, *.DOMAIN (its subdomains) or *")
+    middleware = [Middleware(TrustedHosts, allowed_hosts=allowed_hosts)]
+    if cors_origins:  # outside the key check: a browser's preflight carries no key
+        middleware.append(Middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["GET", "POST"],
+                                     allow_headers=["Authorization", "Content-Type"]))
+    if api_keys:
+        middleware.append(Middleware(RequireAPIKey, keys=api_keys))
     app = Starlette(
         routes=[
             Route("/v1/completions", completions, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
+            Route("/v1/models/{model_id:path}", model, methods=["GET"]),
             Route("/v1/samplers", samplers, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
             Route("/metrics", prometheus, methods=["GET"]),
             Route("/", playground, methods=["GET"]),
-            Mount("/playground", app=StaticFiles(packages=[("gen.runtime", "playground")])),
+            *(Route(f"/playground/{name}", playground_file, methods=["GET"]) for name in PLAYGROUND_FILES),
         ],
+        middleware=middleware,
         exception_handlers={HTTPException: http_error, Exception: server_error},
         lifespan=lifespan,
     )
-    app.state.server = ServerState.for_model(generator, model_name=model_name, max_batch=max_batch,
+    app.state.server = ServerState.for_model(generator, model_names=model_names, max_batch=max_batch,
                                              max_queue=max_queue, limits=limits, max_body_bytes=max_body_bytes,
                                              announce=announce)
     return app
@@ -535,18 +725,98 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+class HeaderTimeoutProtocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol (h11), closing a connection whose request line and headers
+    have not all arrived `header_timeout` seconds after it opened or after its last response.
+    uvicorn times out only a keep-alive connection that sends nothing (timeout_keep_alive):
+    a client that sends part of a header cancels that timer and holds the connection for ever.
+    (Its `h11_max_incomplete_event_size` bounds a header's size, not its time.)"""
+
+    header_timeout = DEFAULT_HEADER_TIMEOUT_S
+    header_deadline: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def with_timeout(cls, seconds: float) -> type:
+        return type(cls.__name__, (cls,), {"header_timeout": seconds})
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._wait_for_headers()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._wait_for_headers()
+
+    def connection_lost(self, exc) -> None:
+        if self.header_deadline is not None:
+            self.header_deadline.cancel()
+        super().connection_lost(exc)
+
+    def _wait_for_headers(self) -> None:
+        if self.header_deadline is not None:
+            self.header_deadline.cancel()
+        self.header_deadline = self.loop.call_later(self.header_timeout, self._headers_late)
+
+    def _headers_late(self) -> None:
+        self.header_deadline = None
+        # IDLE: the client has not finished a request's head (h11 leaves IDLE once it has).
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.conn.send(h11.ConnectionClosed())
+            self.transport.close()
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn's server, stopped by SIGTERM or Ctrl-C: it stops accepting, lets the running
+    requests finish for up to `graceful_timeout` seconds, then ends the rest with an error
+    (a stream's last event, or a 503) rather than cutting their connections; a second Ctrl-C
+    stops at once. uvicorn raises the signal again once it has stopped, which would end `gen
+    serve` by SIGTERM or with click's "Aborted!" and exit 1: here a stop asked for is a clean exit."""
+
+    END_GRACE_S = 5.0  # after ending the requests, how long uvicorn waits before cancelling what is left
+
+    def __init__(self, config: uvicorn.Config, state: ServerState, graceful_timeout: float):
+        config.timeout_graceful_shutdown = graceful_timeout + self.END_GRACE_S
+        super().__init__(config)
+        self.state = state
+        self.graceful_timeout = graceful_timeout
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    async def shutdown(self, sockets=None) -> None:
+        error = APIError(f"the server is stopping and this request outlasted its --graceful-timeout of "
+                         f"{self.graceful_timeout:g} s; send it again once the server is back", status=503,
+                         type="server_error")
+        ending = asyncio.get_running_loop().call_later(self.graceful_timeout, self.state.end_running, error)
+        try:
+            await super().shutdown(sockets)
+        finally:
+            ending.cancel()
+
+
 def serve(model_path: str, *, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 32,
           max_queue: int = 256, threads: int | None = None, provider: str | None = None,
-          limits: Limits | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
-    """Serve a model until SIGTERM or Ctrl-C; then stop accepting, finish what runs, and return."""
-    import uvicorn
-
+          limits: Limits | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+          model_names: Sequence[str] = (), api_keys: Sequence[str] = (), allowed_hosts: Sequence[str] = (),
+          cors_origins: Sequence[str] = (), graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT_S,
+          header_timeout: float = DEFAULT_HEADER_TIMEOUT_S) -> None:
+    """Serve a model until SIGTERM or Ctrl-C; then stop accepting, finish what runs (up to
+    `graceful_timeout` seconds), and return. `allowed_hosts` default to default_allowed_hosts."""
     from gen.runtime.onnx_model import OnnxModel
 
     generator = OnnxModel(model_path, provider=provider, threads=threads)
     sock = listening_socket(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     url = f"http://{bound_host if ':' not in bound_host else f'[{bound_host}]'}:{bound_port}"
+    if not api_keys and not ipaddress.ip_address(bound_host).is_loopback:
+        click.echo(f"gen serve: warning: listening on {bound_host}, beyond this machine, without an API key: "
+                   f"whoever reaches it can use it; give --api-key or --api-key-file", err=True)
 
     def announce(event: str, scheduler: Scheduler) -> None:
         if event == "stopped":
@@ -556,8 +826,13 @@ def serve(model_path: str, *, host: str = "127.0.0.1", port: int = 8000, max_bat
                     "texts equal their runs alone up to float rounding (no exact padding step found)")
         click.echo(f"gen serve: {model_path} at {url}  (OpenAI API: {url}/v1, playground: {url}/)")
         click.echo(f"gen serve: batches of up to {max_batch} rows, queue of {max_queue}; batching {batching}")
+        if api_keys:
+            click.echo(f"gen serve: requests need one of {len(api_keys)} API key(s) (Authorization: Bearer KEY)")
 
-    app = create_app(generator, max_batch=max_batch, max_queue=max_queue, limits=limits,
-                     max_body_bytes=max_body_bytes, announce=announce)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
-    uvicorn.Server(config).run(sockets=[sock])
+    app = create_app(generator, model_names=model_names, max_batch=max_batch, max_queue=max_queue, limits=limits,
+                     max_body_bytes=max_body_bytes, api_keys=api_keys,
+                     allowed_hosts=allowed_hosts or default_allowed_hosts(bound_host), cors_origins=cors_origins,
+                     announce=announce)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
+                            http=HeaderTimeoutProtocol.with_timeout(header_timeout))
+    GracefulServer(config, app.state.server, graceful_timeout).run(sockets=[sock])

@@ -141,3 +141,29 @@ def test_an_api_error_shows_on_the_page(page):
     page.click("#generate")
     page.wait_for_function("document.querySelector('#status').classList.contains('error')", timeout=15_000)
     assert "cannot be encoded by this model's tokenizer" in page.text_content("#status")
+
+
+def test_the_page_asks_for_the_api_key_and_sends_it_with_its_calls(browser, small_gpt_onnx):
+    with running_server(create_app(OnnxModel(small_gpt_onnx), api_keys=["page-key"])) as url:
+        page = browser.new_page()
+        errors = []
+        page.on("pageerror", lambda error: errors.append(error))
+        page.goto(f"{url}/")
+        page.wait_for_selector("#key-form:not([hidden])", timeout=15_000)  # /v1/samplers answered 401
+        assert page.text_content("#key-message") == "This server needs an API key."
+        page.fill("#key", "wrong-key")
+        page.click("#key-form button")
+        page.wait_for_selector("#key-form:not([hidden])", timeout=15_000)
+        assert page.text_content("#key-message").startswith("That key was refused: the API key is not valid")
+        page.fill("#key", "page-key")
+        page.click("#key-form button")
+        page.wait_for_selector("body[data-ready=true]", timeout=15_000)  # the samplers listed, with the key
+        assert page.is_hidden("#key-form")
+        page.fill("#max-tokens", "20")
+        with page.expect_request("**/v1/completions") as sent:
+            page.click("#generate")
+        page.wait_for_function("document.querySelector('#status').textContent.startsWith('Finished')", timeout=30_000)
+        assert sent.value.headers["authorization"] == "Bearer page-key"
+        assert len(page.text_content("#completion")) == 20
+        page.close()
+    assert errors == [], errors

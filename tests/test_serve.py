@@ -26,6 +26,7 @@ from starlette.testclient import TestClient
 
 from serve_helpers import running_server
 from gen.core import LogitsFilter, hookimpl, mask_logits
+from gen.core.errors import GenError
 from gen.core.registry import get_plugins
 from gen.core.sampling import Sampling
 from gen.runtime.api import Limits
@@ -36,6 +37,7 @@ from gen.runtime.server import (
     ServerState,
     completions,
     create_app,
+    default_allowed_hosts,
     health,
     http_error,
     models,
@@ -300,14 +302,15 @@ class BanLetterPlugin:
 
 @pytest.fixture(scope="module")
 def server(small_gpt_onnx):
-    """A server with a plugin sampler registered, and small limits to test them."""
+    """A server with a plugin sampler registered, small limits to test them, and three names
+    for its model (the tests' requests use the shorter two)."""
     from gen.core.registry import reset_plugins
 
     reset_plugins()
     get_plugins().register(BanLetterPlugin(), "gen-ban-letter")
     generator = OnnxModel(small_gpt_onnx)
-    app = create_app(generator, max_batch=8, max_queue=32, max_body_bytes=4096,
-                     limits=Limits(max_tokens=500, max_prompt_tokens=100, max_choices=8))
+    app = create_app(generator, model_names=["small-gpt.onnx", "small-gpt", "m"], max_batch=8, max_queue=32,
+                     max_body_bytes=4096, limits=Limits(max_tokens=500, max_prompt_tokens=100, max_choices=8))
     with running_server(app) as url:
         yield url, generator
     reset_plugins()
@@ -485,7 +488,7 @@ def test_unknown_routes_and_methods_answer_in_openais_shape(server):
 
 def test_models_samplers_health_and_metrics(server, client):
     url, generator = server
-    assert [model.id for model in client.models.list()] == ["small-gpt.onnx"]
+    assert [model.id for model in client.models.list()] == ["small-gpt.onnx", "small-gpt", "m"]
     samplers = {entry["name"]: entry for entry in httpx.get(f"{url}/v1/samplers", timeout=30).json()["data"]}
     assert samplers["ban_letter"] == {"name": "ban_letter", "provider": "gen-ban-letter", "kind": "filter",
                                       "description": "Forbid one letter (a third-party sampler, registered in-process).",
@@ -523,9 +526,96 @@ def test_the_playground_page_and_its_files_come_from_the_package(server):
         assert "://" not in httpx.get(f"{server[0]}/{name}", timeout=30).text  # nothing fetched from elsewhere
 
 
+def test_no_page_serves_the_raw_template(server):
+    url, _ = server
+    assert httpx.get(f"{url}/playground/index.html", timeout=30).status_code == 404
+    for path in ("/", "/playground/playground.js", "/playground/playground.css"):
+        assert "{{" not in httpx.get(f"{url}{path}", timeout=30).text, path
+
+
+def test_a_body_not_declared_json_gets_415_and_runs_nothing(server):
+    url, _ = server
+    tokens = 'gen_tokens_generated_total'
+    before = [line for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines() if line.startswith(tokens)]
+    body = json.dumps({"prompt": "ROMEO:", "max_tokens": 5}).encode()
+    for headers in ({"Content-Type": "text/plain"}, {"Content-Type": "application/x-www-form-urlencoded"}, {}):
+        refused = httpx.post(f"{url}/v1/completions", content=body, headers=headers, timeout=30)
+        assert refused.status_code == 415, refused.text
+        assert refused.json()["error"]["type"] == "invalid_request_error"
+        assert "Content-Type: application/json" in refused.json()["error"]["message"]
+    after = [line for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines() if line.startswith(tokens)]
+    assert after == before  # no token was generated
+    charset = httpx.post(f"{url}/v1/completions", content=body, timeout=30,
+                         headers={"Content-Type": "application/json; charset=utf-8"})
+    assert charset.status_code == 200
+
+
+def test_a_model_name_not_served_is_a_404_in_openais_shape(server, client):
+    assert client.models.retrieve("small-gpt").id == "small-gpt"
+    with pytest.raises(openai.NotFoundError) as unknown:
+        client.models.retrieve("gpt-4")
+    assert unknown.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.NotFoundError) as unknown:
+        client.completions.create(model="gpt-4", prompt="a", max_tokens=3)
+    assert unknown.value.body["param"] == "model" and "'small-gpt.onnx', 'small-gpt', 'm'" in unknown.value.body["message"]
+    assert client.completions.create(model="small-gpt.onnx", prompt="a", max_tokens=3).model == "small-gpt.onnx"
+    assert client.completions.create(model="m", prompt="a", max_tokens=3).model == "small-gpt.onnx"  # the first name
+
+
+def test_api_keys_guard_every_route_but_health_and_the_playground_page(generator):
+    with running_server(create_app(generator, api_keys=["first-key", "second-key"])) as url:
+        for key in ("first-key", "second-key"):
+            with openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=60) as keyed:
+                assert keyed.completions.create(model="small-gpt.onnx", prompt="a", max_tokens=3, seed=1).choices
+                assert [model.id for model in keyed.models.list()] == ["small-gpt.onnx"]
+        for key in ("wrong-key", "first-keyX"):  # (without a key at all, the client refuses to send)
+            with openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=60) as unkeyed:
+                with pytest.raises(openai.AuthenticationError) as refused:
+                    unkeyed.completions.create(model="small-gpt.onnx", prompt="a", max_tokens=3)
+            assert refused.value.body["code"] == "invalid_api_key" and refused.value.status_code == 401
+        for path in ("/v1/models", "/v1/samplers", "/metrics", "/v1/nowhere"):
+            refused = httpx.get(f"{url}{path}", timeout=30)
+            assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer", path
+            assert refused.json()["error"] == {
+                "message": "this server needs an API key, sent as the header Authorization: Bearer KEY",
+                "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}
+        for path in ("/health", "/", "/playground/playground.js", "/playground/playground.css"):
+            assert httpx.get(f"{url}{path}", timeout=30).status_code == 200, path  # no data in these
+
+
+def test_a_loopback_server_refuses_other_host_headers(generator):
+    assert default_allowed_hosts("0.0.0.0") == ["*"] and default_allowed_hosts("192.168.1.5") == ["*"]
+    assert "[::1]" in default_allowed_hosts("::1") and "127.0.0.2" in default_allowed_hosts("127.0.0.2")
+    with running_server(create_app(generator, allowed_hosts=default_allowed_hosts("127.0.0.1"))) as url:
+        port = url.rsplit(":", 1)[1]
+        refused = httpx.get(f"{url}/v1/models", headers={"Host": f"evil.example:{port}"}, timeout=30)
+        assert refused.status_code == 400
+        assert refused.json()["error"]["message"] == (
+            f"this server does not answer to the host 'evil.example:{port}' (gen serve --allowed-hosts)")
+        for host in (f"localhost:{port}", "127.0.0.1", f"[::1]:{port}"):
+            assert httpx.get(f"{url}/v1/models", headers={"Host": host}, timeout=30).status_code == 200, host
+    with pytest.raises(GenError, match="--allowed-hosts 'a.\\*.example'"):
+        create_app(generator, allowed_hosts=["a.*.example"])
+
+
+def test_cors_headers_only_for_the_origins_named(generator):
+    origin = "https://app.example"
+    preflight = {"Origin": origin, "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization, content-type"}
+    closed = TestClient(create_app(generator))
+    assert "access-control-allow-origin" not in closed.get("/health", headers={"Origin": origin}).headers
+    assert "access-control-allow-origin" not in closed.options("/v1/completions", headers=preflight).headers
+    opened = TestClient(create_app(generator, cors_origins=[origin], api_keys=["key"]))
+    allowed = opened.options("/v1/completions", headers=preflight)  # a preflight sends no key
+    assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == origin
+    assert opened.get("/health", headers={"Origin": origin}).headers["access-control-allow-origin"] == origin
+    other = opened.get("/health", headers={"Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in other.headers
+
+
 def test_the_model_name_cannot_break_the_page(small_gpt_onnx):
     name = 'my "model"</script><b>.onnx'
-    with running_server(create_app(OnnxModel(small_gpt_onnx), model_name=name)) as url:
+    with running_server(create_app(OnnxModel(small_gpt_onnx), model_names=[name])) as url:
         page = httpx.get(f"{url}/", timeout=30).text
     assert "</script><b>" not in page  # the name cannot close the script or add markup
     assert "<title>gen playground: my &quot;model&quot;&lt;/script&gt;&lt;b&gt;.onnx</title>" in page
@@ -545,7 +635,7 @@ def app_of(handler, path: str = "/", state: ServerState | None = None, **route) 
 
 
 def test_health_models_and_the_playground_answer_from_the_state_alone(generator, small_gpt_onnx):
-    state = ServerState.for_model(generator, model_name="m.onnx", max_batch=4)
+    state = ServerState.for_model(generator, model_names=["m.onnx"], max_batch=4)
     assert app_of(health, "/health", state).get("/health").json() == {
         "status": "ok", "model": "m.onnx", "queue_depth": 0, "active_rows": 0, "max_batch": 4,
         "exact_batching": state.scheduler.exact}
@@ -647,7 +737,7 @@ def test_a_full_queue_answers_503_with_retry_after(small_gpt_onnx, slow_sampler)
                     time.sleep(0.01)
                 with openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0) as client:
                     with pytest.raises(openai.APIStatusError) as refused:
-                        client.completions.create(model="m", prompt="a", max_tokens=5)
+                        client.completions.create(model="small-gpt.onnx", prompt="a", max_tokens=5)
                 assert refused.value.status_code == 503
                 assert refused.value.response.headers["retry-after"] == "1"
                 assert "max-queue 1" in refused.value.body["message"]
@@ -678,14 +768,21 @@ def test_thirty_two_concurrent_streams_each_equal_their_text_alone(server):
 # --- the command ------------------------------------------------------------------------
 
 
-def test_sigterm_finishes_the_requests_in_flight_then_exits(small_gpt_onnx):
+def start_gen_serve(model, *options: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """`gen serve MODEL --port 0 OPTIONS` in a subprocess, and its URL once it listens."""
     gen = os.path.join(os.path.dirname(sys.executable), "gen")
-    process = subprocess.Popen([gen, "serve", str(small_gpt_onnx), "--port", "0"], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen([gen, "serve", str(model), "--port", "0", *options], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+    first_line = process.stdout.readline()
+    if " at http://127.0.0.1:" not in first_line:
+        process.kill()
+        raise AssertionError(first_line + process.stderr.read())
+    return process, first_line.split(" at ")[1].split()[0]
+
+
+def test_sigterm_finishes_the_requests_in_flight_then_exits(small_gpt_onnx):
+    process, url = start_gen_serve(small_gpt_onnx)
     try:
-        first_line = process.stdout.readline()
-        assert " at http://127.0.0.1:" in first_line, first_line + process.stderr.read()
-        url = first_line.split(" at ")[1].split()[0]
         body = {"prompt": "ROMEO:", "max_tokens": 4000, "seed": 8, "stream": True}
         with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as response:
             lines = response.iter_lines()
@@ -699,12 +796,88 @@ def test_sigterm_finishes_the_requests_in_flight_then_exits(small_gpt_onnx):
     finally:
         process.kill()
     output = process.stdout.read()
-    assert process.returncode in (0, -signal.SIGTERM), process.stderr.read()
+    assert process.returncode == 0, process.stderr.read()
     assert "gen serve: stopped" in output
     events = [line[len("data: "):] for line in received if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     text = "".join(json.loads(event)["choices"][0]["text"] for event in events[:-1])
     assert text == alone(OnnxModel(small_gpt_onnx), "ROMEO:", [], 8, 4000)
+
+
+def test_requests_outlasting_the_graceful_timeout_end_with_an_error_and_gen_serve_exits_0(small_gpt_onnx):
+    process, url = start_gen_serve(small_gpt_onnx, "--graceful-timeout", "1", "--max-tokens-limit", "1000000")
+    long = {"prompt": "ROMEO:", "max_tokens": 1000000, "seed": 8}  # far longer than the test
+    whole: list[httpx.Response] = []
+    try:
+        waiting = threading.Thread(target=lambda: whole.append(
+            httpx.post(f"{url}/v1/completions", json=long, timeout=60)))
+        waiting.start()
+        with httpx.stream("POST", f"{url}/v1/completions", json={**long, "stream": True}, timeout=60) as response:
+            lines = response.iter_lines()
+            received = [next(lines)]
+            deadline = time.monotonic() + 10
+            while httpx.get(f"{url}/health", timeout=30).json()["active_rows"] < 2:
+                assert time.monotonic() < deadline, "the whole request did not start"
+                time.sleep(0.02)
+            process.send_signal(signal.SIGTERM)
+            stopping = time.monotonic()
+            received += list(lines)
+        waiting.join(30)
+        process.wait(timeout=30)
+        stopped_after = time.monotonic() - stopping
+    finally:
+        process.kill()
+    stderr = process.stderr.read()
+    assert process.returncode == 0 and "Aborted!" not in stderr, stderr
+    assert 1 <= stopped_after < 5, stopped_after  # the graceful timeout, then the time to end them
+    events = [line[len("data: "):] for line in received if line.startswith("data: ")]
+    error = json.loads(events[-1])["error"]  # a stream ends with an error event in OpenAI's shape, not [DONE]
+    assert "outlasted its --graceful-timeout of 1 s" in error["message"] and error["type"] == "server_error"
+    assert whole[0].status_code == 503 and "graceful-timeout" in whole[0].json()["error"]["message"]
+
+
+def test_gen_serve_takes_keys_from_options_environment_and_file_and_checks_hosts(small_gpt_onnx, tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("from-file\n\n  second-from-file  \n")
+    # (--api-key on the command line would replace GEN_SERVE_API_KEY, as click's options do.)
+    process, url = start_gen_serve(small_gpt_onnx, "--api-key-file", str(keys), "--served-model-name", "tiny",
+                                   env={"GEN_SERVE_API_KEY": "env-one, env-two"})
+    try:
+        assert "requests need one of 4 API key(s)" in process.stdout.readline() + process.stdout.readline()
+        for key in ("from-file", "second-from-file", "env-one", "env-two"):
+            with openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=60) as client:
+                assert [model.id for model in client.models.list()] == ["tiny"], key
+        assert httpx.get(f"{url}/v1/models", timeout=30).status_code == 401
+        port = url.rsplit(":", 1)[1]
+        rebound = httpx.get(f"{url}/health", headers={"Host": f"evil.example:{port}"}, timeout=30)
+        assert rebound.status_code == 400 and "evil.example" in rebound.json()["error"]["message"]
+        process.send_signal(signal.SIGINT)  # Ctrl-C
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+    stderr = process.stderr.read()
+    assert process.returncode == 0 and "Aborted!" not in stderr, stderr
+
+
+def test_a_partial_request_header_is_closed_after_the_header_timeout(small_gpt_onnx):
+    import socket
+
+    process, url = start_gen_serve(small_gpt_onnx, "--header-timeout", "0.5")
+    try:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as slow:
+            slow.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # the rest never comes
+            opened = time.monotonic()
+            assert slow.recv(1024) == b""  # closed by the server
+            assert 0.4 < time.monotonic() - opened < 3
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as prompt:
+            prompt.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # a whole header in time
+            assert prompt.recv(1024).startswith(b"HTTP/1.1 200 ")
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 0, process.stderr.read()
 
 
 def test_gen_serve_says_what_is_wrong_in_one_line(small_gpt_onnx, tmp_path):
@@ -722,6 +895,10 @@ def test_gen_serve_says_what_is_wrong_in_one_line(small_gpt_onnx, tmp_path):
     finally:
         taken.close()
     assert in_use.exit_code == 1 and f"cannot listen on 127.0.0.1:{port}" in in_use.output, in_use.output
+    empty = tmp_path / "no-keys"
+    empty.write_text("\n")
+    no_keys = CliRunner().invoke(cli, ["serve", str(small_gpt_onnx), "--api-key-file", str(empty)])
+    assert no_keys.exit_code == 1 and "holds no key" in no_keys.output and no_keys.output.count("\n") == 1
 
 
 def test_the_server_runs_without_torch(small_gpt_onnx, tmp_path):

@@ -56,13 +56,37 @@ SERVE_MODULES = ("starlette", "uvicorn", "prometheus_client")
               help="The longest prompt a request may send, in tokens.")
 @click.option("--max-body-bytes", type=click.IntRange(min=1024), default=1 << 20, show_default=True,
               help="The largest request body; larger ones get 413.")
+@click.option("--api-key", "api_keys", multiple=True, metavar="KEY",
+              help="Answer only requests sending Authorization: Bearer KEY (repeat for several keys; in the "
+                   "environment variable, separate them with spaces or commas). /health and the playground's "
+                   "page stay open; the page asks for the key.")
+@click.option("--api-key-file", type=click.File("r", encoding="utf-8"), default=None, metavar="FILE",
+              help="Read API keys from FILE, one a line (blank lines are skipped).")
+@click.option("--allowed-hosts", multiple=True, metavar="HOST",
+              help="Answer only requests whose Host header names HOST (repeatable; *.example.com matches its "
+                   "subdomains; * any). Default: on a loopback address localhost, 127.0.0.1 and [::1] (any port), "
+                   "else any.")
+@click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN",
+              help="Let pages from ORIGIN (e.g. https://app.example.com) call the API from a browser (repeatable; "
+                   "default: none, CORS off).")
+@click.option("--served-model-name", "model_names", multiple=True, metavar="NAME",
+              help="The model's name in /v1/models and the replies (repeatable: the first is reported, all are "
+                   "accepted in a request's model; default: the file's name). Other names get 404.")
+@click.option("--graceful-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              metavar="SECONDS",
+              help="On SIGTERM or Ctrl-C, how long running requests may finish before they end with an error.")
+@click.option("--header-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              metavar="SECONDS",
+              help="Close a connection whose request line and headers have not arrived within SECONDS.")
 def serve(model, host, port, max_batch, max_queue, threads, provider, max_tokens_limit, max_prompt_tokens,
-          max_body_bytes):
+          max_body_bytes, api_keys, api_key_file, allowed_hosts, cors_origins, model_names, graceful_timeout,
+          header_timeout):
     """Serve MODEL.onnx over HTTP: OpenAI's completions API, a playground page at /, metrics.
 
     Requests are batched continuously: every running completion shares one decode step, and
     each one's text equals `gen run`'s with its seed. SIGTERM or Ctrl-C stops accepting,
-    finishes the requests in flight, and exits.
+    finishes the requests in flight (up to --graceful-timeout, then ends the rest with an
+    error), and exits 0; a second Ctrl-C stops at once.
     """
     import importlib.util
 
@@ -72,9 +96,18 @@ def serve(model, host, port, max_batch, max_queue, threads, provider, max_tokens
     from gen.runtime.api import Limits
     from gen.runtime.server import serve as run_server
 
+    # One key may not hold a space or a comma: the environment variable separates keys with either.
+    keys = [key for value in api_keys for key in value.replace(",", " ").split()]
+    if api_key_file is not None:
+        from_file = [line.strip() for line in api_key_file if line.strip()]
+        if not from_file:
+            raise GenError(f"--api-key-file {api_key_file.name} holds no key; write one key a line")
+        keys += from_file
     limits = Limits(max_tokens=max_tokens_limit, max_prompt_tokens=max_prompt_tokens)
     run_server(model, host=host, port=port, max_batch=max_batch, max_queue=max_queue, threads=threads,
-               provider=provider, limits=limits, max_body_bytes=max_body_bytes)
+               provider=provider, limits=limits, max_body_bytes=max_body_bytes, model_names=model_names,
+               api_keys=keys, allowed_hosts=allowed_hosts, cors_origins=cors_origins,
+               graceful_timeout=graceful_timeout, header_timeout=header_timeout)
 
 
 @click.command(name="eval")

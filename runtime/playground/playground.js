@@ -7,6 +7,38 @@ const $ = (selector) => document.querySelector(selector);
 const state = { samplers: [], controller: null };
 window.playground = state; // for tests and the curious
 
+// --- the API, with the key when the server asks for one ------------------------------
+
+const KEY_STORAGE = "gen-serve-api-key"; // sessionStorage: kept for this tab only
+
+class NeedsKey extends Error {}
+
+// fetch() on this server's API, sending the API key the user gave (if any). A 401 shows the
+// key form and throws NeedsKey: the page waits for a key, then starts again with it.
+async function api(path, options = {}) {
+  const key = sessionStorage.getItem(KEY_STORAGE);
+  const headers = { ...(options.headers || {}), ...(key ? { Authorization: `Bearer ${key}` } : {}) };
+  const response = await fetch(path, { ...options, headers });
+  if (response.status === 401) {
+    const error = await response.json().catch(() => ({ error: { message: response.statusText } }));
+    askForKey(key ? `That key was refused: ${error.error.message}.` : "This server needs an API key.");
+    throw new NeedsKey(error.error.message);
+  }
+  return response;
+}
+
+function askForKey(message) {
+  $("#key-message").textContent = message;
+  $("#key-form").hidden = false;
+  $("#key").focus();
+}
+
+function useKey(event) {
+  event.preventDefault();
+  sessionStorage.setItem(KEY_STORAGE, $("#key").value.trim());
+  location.reload(); // start again, with the key
+}
+
 // --- the sampler chain editor ---------------------------------------------------------
 
 function samplerByName(name) {
@@ -177,7 +209,7 @@ async function generate() {
   const started = performance.now();
   let tokens = 0, finish = null;
   try {
-    const response = await fetch("/v1/completions", {
+    const response = await api("/v1/completions", {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
       signal: state.controller.signal,
     });
@@ -216,6 +248,7 @@ async function generate() {
     setStatus(`Finished: ${tokens} tokens in ${seconds.toFixed(2)} s (${(tokens / seconds).toFixed(0)} tokens/s), ${why}.`);
   } catch (error) {
     if (error.name === "AbortError") setStatus("Stopped.");
+    else if (error instanceof NeedsKey) setStatus("Waiting for an API key.", true);
     else setStatus(`Error: ${error.message}`, true);
   } finally {
     state.controller = null;
@@ -228,10 +261,12 @@ async function generate() {
 
 async function start() {
   showLegend();
+  $("#key-form").addEventListener("submit", useKey);
   try {
-    const response = await fetch("/v1/samplers");
+    const response = await api("/v1/samplers");
     state.samplers = (await response.json()).data;
   } catch (error) {
+    if (error instanceof NeedsKey) { setStatus("Waiting for an API key.", true); return; }
     setStatus(`Error: cannot list the samplers (${error.message})`, true);
   }
   $("#add-sampler").addEventListener("click", () => addLink());
