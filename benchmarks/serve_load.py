@@ -40,6 +40,7 @@ PROMPTS = ["ROMEO:", "JULIET:\n", "First Citizen:\nBefore we proceed any further
 MIXED_SAMPLERS = [[], ["top_k:k=40", "temperature:t=0.8"], ["top_p:p=0.9"], ["min_p:p=0.1"],
                   ["penalties:presence=0.5"], ["repetition_penalty:penalty=1.2"], ["mirostat:tau=3"], ["greedy"]]
 # The targets of issue 11.
+MODEL_NAME = "m"  # the name the clients ask for, served with --served-model-name
 TARGET_SCALING_32 = 4.0
 TARGET_ITL_P99_32_S = 0.100
 TARGET_SINGLE_OVER_GEN_RUN = 0.7
@@ -83,7 +84,8 @@ class Server:
 
     def __init__(self, model: Path, *options: str):
         gen = shutil.which("gen", path=str(Path(sys.executable).parent)) or "gen"
-        self.process = subprocess.Popen([gen, "serve", str(model), "--port", "0", *options],
+        self.process = subprocess.Popen([gen, "serve", str(model), "--port", "0", "--served-model-name", MODEL_NAME,
+                                         *options],
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.process.stdout.readline()
         if " at http://" not in line:
@@ -100,7 +102,7 @@ async def one_request(client: httpx.AsyncClient, url: str, result: Result) -> No
     """One streaming completion. The client stays lean while it runs, so that its own work takes
     little from the server on a small machine: it notes when each network read arrived and
     parses the server-sent events afterwards."""
-    body = {"model": "m", "prompt": result.prompt, "max_tokens": result.max_tokens, "seed": result.seed,
+    body = {"model": MODEL_NAME, "prompt": result.prompt, "max_tokens": result.max_tokens, "seed": result.seed,
             "sampler": result.sampler, "stream": True, "stream_options": {"include_usage": True}}
     started = time.perf_counter()
     reads: list[tuple[float, bytes]] = []
