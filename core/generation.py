@@ -14,6 +14,7 @@ and equals its text from the server for the same seed.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Iterator, Mapping, Protocol, Sequence
 
@@ -264,15 +265,7 @@ class StopMatcher:
 
     def __init__(self, stop: str):
         self.stop = stop
-        # fallback[i]: the longest proper prefix of stop[:i + 1] that is also its suffix.
-        self.fallback = [0] * len(stop)
-        length = 0
-        for i in range(1, len(stop)):
-            while length and stop[i] != stop[length]:
-                length = self.fallback[length - 1]
-            if stop[i] == stop[length]:
-                length += 1
-            self.fallback[i] = length
+        self.fallback = _fallback_table(stop)
         self.matched = 0
 
     def feed(self, character: str) -> bool:
@@ -284,6 +277,21 @@ class StopMatcher:
             matched += 1
         self.matched = matched
         return matched == len(self.stop)
+
+
+@functools.lru_cache(maxsize=256)
+def _fallback_table(stop: str) -> tuple[int, ...]:
+    """fallback[i]: the longest proper prefix of stop[:i + 1] that is also its suffix. Built once
+    per stop string (a request's n rows, and the requests that repeat it, share the table)."""
+    fallback = [0] * len(stop)
+    length = 0
+    for i in range(1, len(stop)):
+        while length and stop[i] != stop[length]:
+            length = fallback[length - 1]
+        if stop[i] == stop[length]:
+            length += 1
+        fallback[i] = length
+    return tuple(fallback)
 
 
 @dataclass

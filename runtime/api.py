@@ -63,6 +63,10 @@ class Limits:
     max_choices: int = 64  # prompts x n
     max_logprobs: int = 20  # alternatives per token
     max_samplers: int = 16  # specs in `sampler`
+    # What bounds the work of preparing a request (its rows' prompts, stop tables and biases):
+    max_request_prompt_tokens: int = 65536  # prompt tokens x n, over every prompt
+    max_stop_chars: int = 4096  # the characters of every stop string together
+    max_logit_bias: int = 1024  # entries in logit_bias
 
 
 @dataclass
@@ -277,7 +281,8 @@ def parse_completion_request(body: bytes | dict, tokenizer, vocab_size: int, lim
         raise APIError("best_of other than n is not supported by this server", "best_of")
     if len(prompts) * n > limits.max_choices:
         raise APIError(f"{len(prompts)} prompt(s) x n={n} ask for {len(prompts) * n} completions; this server "
-                       f"makes at most {limits.max_choices} per request", "n")
+                       f"makes at most {limits.max_choices} per request (gen serve --max-choices)", "n")
+    check_request_work(document, prompt_ids, n, limits)
     seed = _integer(document, "seed", None, 0)
     if seed is None:
         seed = secrets.randbits(32)
@@ -300,6 +305,28 @@ def parse_completion_request(body: bytes | dict, tokenizer, vocab_size: int, lim
     ]
     return CompletionRequest(prompts, [len(ids) for ids in prompt_ids], choices, sampling.specs, seed, stream,
                              include_usage, _boolean(document, "echo"), logprobs, n)
+
+
+def check_request_work(document: dict, prompt_ids: list[list[int]], n: int, limits: Limits) -> None:
+    """Refuse a request whose preparation or rows would take more than this server allows:
+    prompt tokens x n (every row holds its prompt), the stop strings' characters (every row
+    matches them), logit_bias entries. Fields of the wrong type are left to their own checks."""
+    prompt_tokens = n * sum(len(ids) for ids in prompt_ids)
+    if prompt_tokens > limits.max_request_prompt_tokens:
+        raise APIError(f"the prompts hold {prompt_tokens} tokens with n={n}; this server takes at most "
+                       f"{limits.max_request_prompt_tokens} per request (gen serve --max-request-prompt-tokens)",
+                       "prompt")
+    stop = document.get("stop")
+    stop = [stop] if isinstance(stop, str) else stop
+    if isinstance(stop, list):
+        characters = sum(len(item) for item in stop if isinstance(item, str))
+        if characters > limits.max_stop_chars:
+            raise APIError(f"the stop strings hold {characters} characters; this server takes at most "
+                           f"{limits.max_stop_chars} (gen serve --max-stop-chars)", "stop")
+    bias = document.get("logit_bias")
+    if isinstance(bias, dict) and len(bias) > limits.max_logit_bias:
+        raise APIError(f"logit_bias has {len(bias)} entries; this server takes at most {limits.max_logit_bias} "
+                       f"(gen serve --max-logit-bias)", "logit_bias")
 
 
 # --- writing the response --------------------------------------------------------------

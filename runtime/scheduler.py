@@ -111,14 +111,16 @@ class Busy(Exception):
 
 
 class Request:
-    """A submitted request: its choices, where its events go, and whether it was cancelled."""
+    """A submitted request: its choices, their rows (made by `submit`, ready to run), where its
+    events go, and whether it was cancelled."""
 
     def __init__(self, choices: Sequence[Choice], deliver: Callable[[object], None]):
         self.choices = list(choices)
         self.deliver = deliver
         self.cancelled = False
         self.failed = False
-        self.admitted = 0  # how many of its choices have a row
+        self.rows: list[_Row] = []  # one per choice, in order
+        self.admitted = 0  # how many of its rows the scheduler has taken
 
     def cancel(self) -> None:
         """Stop generating (the client left); its rows leave the batch at the next step."""
@@ -316,7 +318,8 @@ class Scheduler:
         self._batches: list[_Batch] = []  # rows with a KV cache, grouped by cache length modulo the quantum
         self._to_prefill: collections.deque[_Row] = collections.deque()  # new and slid rows (every row without a cache)
         self._prefilled: list[tuple[_Row, list[np.ndarray], np.ndarray]] = []  # this step's, with their caches
-        self._shared_chains: dict[tuple, object] = {}  # row-wise chains by key
+        self._shared_chains: dict[tuple, object] = {}  # row-wise chains by key, made by submitting threads
+        self._chains_lock = threading.Lock()
 
     # --- the outside: submit, cancel, stop ---
 
@@ -340,8 +343,15 @@ class Scheduler:
         return queued, room
 
     def submit(self, choices: Sequence[Choice], deliver: Callable[[object], None]) -> Request:
-        """Queue a request; raises Busy when it would wait behind `max_queue` others, or when stopping."""
+        """Queue a request; raises Busy when it would wait behind `max_queue` others, or when
+        stopping, and GenError when a choice cannot start (its sampler chain cannot be made).
+
+        Every row is made here, on the caller's thread and outside the scheduler's lock: its
+        stop-string tables, sampler chain, history and text stream are the request's work,
+        and the scheduler thread, which steps every running row, only admits rows ready to run.
+        """
         request = Request(choices, deliver)
+        request.rows = [self._new_row(request, index) for index in range(len(request.choices))]
         with self._lock:
             if self._stopping:
                 raise Busy("the server is shutting down")
@@ -427,17 +437,19 @@ class Scheduler:
 
     def _new_row(self, request: Request, index: int) -> _Row:
         """The row of choice `index`: a fresh chain of its own, or the one chain that every row
-        with the same row-wise Sampling shares (stateless, so one serves every row and step)."""
+        with the same row-wise Sampling shares (stateless, so one serves every row and step).
+        Called by `submit` on the submitting threads, hence the chains' own lock."""
         choice = request.choices[index]
         key = choice.sampling.row_wise_key
         if key is None:
             chain = choice.sampling.new()
         else:
-            chain = self._shared_chains.get(key)
-            if chain is None:
-                if len(self._shared_chains) > 1024:
-                    self._shared_chains.clear()
-                chain = self._shared_chains[key] = choice.sampling.new()
+            with self._chains_lock:
+                chain = self._shared_chains.get(key)
+                if chain is None:
+                    if len(self._shared_chains) > 1024:
+                        self._shared_chains.clear()
+                    chain = self._shared_chains[key] = choice.sampling.new()
         policy = RowPolicy(choice.prompt_ids, self.block_size, self.backend.uses_cache, choice.max_tokens, chain,
                            np.random.default_rng(choice.seed), self.tokenizer, choice.stop)
         return _Row(request, index, policy, shared=key is not None)
@@ -457,17 +469,12 @@ class Scheduler:
             room = self.max_batch - self.active_rows
             while self._pending and room > 0:
                 request = self._pending[0]
-                index = request.admitted
+                row = request.rows[request.admitted]
                 request.admitted += 1
-                if request.admitted == len(request.choices):
+                if request.admitted == len(request.rows):
                     self._pending.popleft()
-                try:
-                    row = self._new_row(request, index)
-                except GenError as error:
-                    self._fail(request, str(error), events)
-                    continue
                 if row.policy.done:  # max_tokens 0
-                    events.append((request, Finished(index, "", "length", 0, time.perf_counter())))
+                    events.append((request, Finished(row.index, "", "length", 0, time.perf_counter())))
                     continue
                 self._to_prefill.append(row)
                 room -= 1

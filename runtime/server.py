@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import hmac
 import html
 import importlib.resources
@@ -348,13 +349,17 @@ async def completions(request: Request) -> Response:
         require_json(request)
         document = parse_json(await read_body(request, state.max_body_bytes))
         require_served_model(document.get("model"), state.model_names)
-        parsed = parse_completion_request(document, state.model.tokenizer, state.model.vocab_size, state.limits)
+        parsed = await off_the_loop(parse_completion_request, document, state.model.tokenizer,
+                                    state.model.vocab_size, state.limits)
     except APIError as error:
         state.metrics.requests.labels("bad_request").inc()
         return error_response(error)
     events = Events()
     try:
-        handle = state.scheduler.submit(parsed.choices, events.put)
+        handle = await off_the_loop(submit_prepared, state.scheduler, parsed, events.put)
+    except APIError as error:
+        state.metrics.requests.labels("bad_request").inc()
+        return error_response(error)
     except Busy as busy:
         state.metrics.requests.labels("rejected").inc()
         error = APIError(f"the server is busy: {busy}; retry in {RETRY_AFTER_S} s", status=503,
@@ -365,6 +370,22 @@ async def completions(request: Request) -> Response:
         return StreamingResponse(completion.stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     return await completion.whole(request)
+
+
+async def off_the_loop(function, *args):
+    """`function(*args)` on a worker thread: preparing a request (tokenizing its prompts, its
+    rows' stop tables and sampler chains) takes time in proportion to the request, and neither
+    the event loop nor the scheduler thread, which serve every other client, waits for it."""
+    return await asyncio.get_running_loop().run_in_executor(None, functools.partial(function, *args))
+
+
+def submit_prepared(scheduler: Scheduler, parsed: CompletionRequest, deliver) -> object:
+    """Make the request's rows and queue them (Scheduler.submit, on the calling thread); a
+    choice whose sampler chain cannot be made is the request's fault, a 400."""
+    try:
+        return scheduler.submit(parsed.choices, deliver)
+    except GenError as error:
+        raise APIError(str(error), "sampler") from None
 
 
 def require_json(request: Request) -> None:
