@@ -150,17 +150,17 @@ class _Row:
     def window(self) -> list[int]:
         return self.policy.window
 
-    def accept(self, ids: np.ndarray, logits: np.ndarray, drawn_from: np.ndarray, tokenizer) -> list:
-        """Take the drawn token (ids (1,), from (1, vocab) logits and drawn_from); return its events."""
+    def accept(self, token: int, logits: np.ndarray, drawn_from: np.ndarray, tokenizer, now: float) -> list:
+        """Take the drawn token (from (1, vocab) logits and drawn_from) sampled at time `now`;
+        return its events."""
         choice = None
         if self.logprobs is not None:
-            choice = token_choices(logits, drawn_from, ids, self.logprobs, tokenizer)[0]
-        piece, reason = self.policy.accept(int(ids[0]))
-        now = time.perf_counter()
-        events = [Piece(self.index, piece, None if reason == "stop" else choice, now)]
-        if reason is not None:
-            events.append(Finished(self.index, self.policy.close(), reason, self.policy.count, now))
-        return events
+            choice = token_choices(logits, drawn_from, np.array([token]), self.logprobs, tokenizer)[0]
+        piece, reason = self.policy.accept(token)
+        if reason is None:
+            return [Piece(self.index, piece, choice, now)]
+        return [Piece(self.index, piece, None if reason == "stop" else choice, now),
+                Finished(self.index, self.policy.close(), reason, self.policy.count, now)]
 
 
 # --- rows decoded together ------------------------------------------------------------
@@ -407,6 +407,7 @@ class Scheduler:
     def _sample(self, sampled: list[tuple[_Row, np.ndarray]], events: list) -> int:
         """Draw every row's next token: rows that share a row-wise chain together (each from its
         own random stream), the others each with its own chain. Returns the number of rows sampled."""
+        now = time.perf_counter()  # every token of a step is sampled at its time
         groups: dict[int, list[tuple[_Row, np.ndarray]]] = collections.defaultdict(list)
         for row, logits in sampled:
             if not row.request.over:
@@ -421,18 +422,20 @@ class Scheduler:
                     # A chain without filters drew from the logits themselves: keep that identity per row,
                     # so that token_choices need not compute the same log-probabilities twice.
                     unfiltered = chain.drawn_from is logits
+                    tokens = ids.tolist()
                     parts = [logits[i:i + 1] for i in range(len(members))]
-                    drawn = [(ids[i:i + 1], part, part if unfiltered else chain.drawn_from[i:i + 1])
+                    drawn = [(tokens[i], part, part if unfiltered else chain.drawn_from[i:i + 1])
                              for i, part in enumerate(parts)]
                 else:
                     logits = members[0][1]
-                    drawn = [(rows[0].draw(logits), logits, chain.drawn_from)]
+                    drawn = [(int(rows[0].draw(logits)[0]), logits, chain.drawn_from)]
             except GenError as error:  # a sampler plugin that misbehaves, or the model's NaNs, in one line
                 for row, _ in members:
                     self._fail(row.request, str(error), events)
                 continue
-            for (row, _), (ids, logits, drawn_from) in zip(members, drawn):
-                events += [(row.request, event) for event in row.accept(ids, logits, drawn_from, self.tokenizer)]
+            for (row, _), (token, logits, drawn_from) in zip(members, drawn):
+                request = row.request
+                events += [(request, event) for event in row.accept(token, logits, drawn_from, self.tokenizer, now)]
         return sum(len(members) for members in groups.values())
 
     def _new_row(self, request: Request, index: int) -> _Row:

@@ -184,20 +184,30 @@ class Ended:
 
 
 class Events:
-    """The events the scheduler sends one request, received on the event loop."""
+    """The events the scheduler sends one request, received on the event loop. Putting one is
+    an append (a collection of the Inbox puts every event of its steps); the reader, woken
+    once, takes all that are there: it costs per collection, not per token."""
 
     def __init__(self):
-        self.queue: asyncio.Queue = asyncio.Queue()
+        self.pending: collections.deque = collections.deque()
+        self.waiter: asyncio.Future | None = None  # the reader's, while it waits for an event
 
     def put(self, event) -> None:
-        self.queue.put_nowait(event)
+        self.pending.append(event)
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
 
     async def next_batch(self) -> list:
         """Wait for an event, then take every one already there: when the loop falls behind the
         scheduler, a chunk carries several tokens instead of the loop sending one write per token."""
-        events = [await self.queue.get()]
-        while not self.queue.empty():
-            events.append(self.queue.get_nowait())
+        while not self.pending:
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        events = list(self.pending)
+        self.pending.clear()
         return events
 
 
