@@ -7,8 +7,10 @@
     ...
     scheduler.stop()                                # finish what is running, then end the thread
 
-One thread owns the model. Each step it
-1. admits waiting requests while there is room (`max_batch` rows; each choice of a request is a row),
+`submit` makes a request's rows on the caller's thread, outside the scheduler's lock (their
+stop tables, sampler chains, histories: work in proportion to the request), so that no
+request's preparation holds up the rows already running. One thread owns the model. Each step it
+1. admits waiting rows while there is room (`max_batch` rows; each choice of a request is a row),
 2. runs one decode step for all the running rows at once,
 3. prefills the rows that are new, or whose context window slid, alone (batch 1, as `gen run` does),
 4. samples every row with its own sampler chain and its own random stream, and hands each

@@ -13,7 +13,8 @@ that keep the server to its users: the Host header (TrustedHosts, against DNS re
 CORS (off unless origins are named) and the API key (RequireAPIKey: every route but
 /health and the playground's page and files, which hold no data). A completion's body must
 be JSON, declared so: a page on another origin can send a `text/plain` POST without asking. The handlers run on the event loop and never call the model: a
-request's choices go to the Scheduler (gen.runtime.scheduler), whose thread batches every
+request is parsed and its rows made (Scheduler.submit) on a worker thread, so that a large
+one delays neither the loop nor the scheduler, and its choices go to the Scheduler (gen.runtime.scheduler), whose thread batches every
 running generation into one decode step and sends each request its events; the loop only
 turns events into JSON or server-sent events. The fields and their mapping onto gen's samplers are in gen.runtime.api.
 """
