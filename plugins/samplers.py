@@ -148,7 +148,8 @@ class RepetitionPenalty(LogitsFilter):
     def filter(self, logits: np.ndarray, context: SamplingContext) -> np.ndarray:
         rows = [tokens[-self.window:] if self.window else tokens for tokens in context.tokens]  # prompt and output
         seen = token_counts(rows, logits.shape[-1]) > 0
-        penalised = np.where(logits > 0, logits / self.penalty, logits * self.penalty)
+        with np.errstate(over="ignore"):  # an overflow is the chain's to report, naming this sampler
+            penalised = np.where(logits > 0, logits / self.penalty, logits * self.penalty)
         return np.where(seen, penalised, logits).astype(np.float32)
 
 
