@@ -97,9 +97,9 @@ def test_a_chat_template_in_the_export_is_used_and_gen_info_says_so(make_gpt, to
         assert reply.json()["choices"][0]["message"]["content"] == alone(
             model, "system: Speak verse.\nuser: Who art thou?\nassistant: ", [], 3, 12)
     info = CliRunner().invoke(cli, ["info", str(path)]).output.splitlines()
-    assert [line.split()[2] for line in info if line.split()[:2] == ["chat", "template"]] == ["yes"]
+    assert [line.split()[1] for line in info if line.split()[0] == "chat"] == ["a"]
     plain = CliRunner().invoke(cli, ["info", str(small_gpt_onnx)]).output.splitlines()
-    assert [line.split()[2] for line in plain if line.split()[:2] == ["chat", "template"]] == ["none"]
+    assert [line.split()[1] for line in plain if line.split()[0] == "chat"] == ["no"]
 
 
 @pytest.mark.parametrize("template", HOSTILE_TEMPLATES)

@@ -200,8 +200,9 @@ def format_info(info: dict) -> list[str]:
         else:
             rows.append(("KV cache", f"yes: {_count(cache['n_layer'], 'layer')} x {_count(cache['n_head'], 'head')} x "
                                      f"{cache['head_size']}" if cache else "no (the model reads its whole window each step)"))
-        rows.append(("chat template", "yes (gen serve's /v1/chat/completions uses it)" if info["chat_template"]
-                     else "none (gen serve's /v1/chat/completions uses its plain default)"))
+        # "chat", not "chat template": no label longer than the others', which would move every column
+        rows.append(("chat", "a chat template (gen serve's /v1/chat/completions uses it)" if info["chat_template"]
+                     else "no chat template (gen serve's /v1/chat/completions uses its plain default)"))
     if "run" in info:
         heading = f"{info['run']['path']}: a gen train run directory, described by its checkpoint {info['path']}:"
     elif info["kind"] == "checkpoint":
