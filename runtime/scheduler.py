@@ -54,7 +54,7 @@ import numpy as np
 
 from gen.core.errors import GenError, first_line
 from gen.core.generation import RowPolicy, TokenChoice, draw_rows, left_pad, token_choices
-from gen.core.sampling import RowStreams, Sampling
+from gen.core.sampling import RowStreams, SamplerOptionsError, Sampling
 
 # Prefills (new rows, slid windows) run until this much time has passed in a step, so that
 # a crowd arriving at once delays the running rows' next token by a bounded amount.
@@ -106,6 +106,7 @@ class Failed:
     """The request ended with an error (a sampler plugin or the model failed); one line."""
 
     message: str
+    bad_request: bool = False  # the request's own sampler options made the logits unusable, not the model
 
 
 class Busy(Exception):
@@ -433,7 +434,7 @@ class Scheduler:
                     drawn = [(int(rows[0].draw(logits)[0]), logits, chain.drawn_from)]
             except GenError as error:  # a sampler plugin that misbehaves, or the model's NaNs, in one line
                 for row, _ in members:
-                    self._fail(row.request, str(error), events)
+                    self._fail(row.request, str(error), events, isinstance(error, SamplerOptionsError))
                 continue
             for (row, _), (token, logits, drawn_from) in zip(members, drawn):
                 request = row.request
@@ -589,10 +590,10 @@ class Scheduler:
                 self._batches.append(batch)
             batch.join(entries)
 
-    def _fail(self, request: Request, message: str, events: list) -> None:
+    def _fail(self, request: Request, message: str, events: list, bad_request: bool = False) -> None:
         if not request.failed:
             request.failed = True
-            events.append((request, Failed(message)))
+            events.append((request, Failed(message, bad_request)))
 
     def _fail_everything(self, message: str) -> None:
         events: list = []
