@@ -162,7 +162,7 @@ class _Row:
         piece, reason = self.policy.accept(token)
         if reason is None:
             return [Piece(self.index, piece, choice, now)]
-        return [Piece(self.index, piece, None if reason == "stop" else choice, now),
+        return [Piece(self.index, piece, choice if self.policy.took_token else None, now),
                 Finished(self.index, self.policy.close(), reason, self.policy.count, now)]
 
 
