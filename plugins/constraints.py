@@ -8,7 +8,7 @@ Hugging Face tokenizer.json through llguidance's own reader. gen's models have n
 token, so llguidance is given one id past the vocabulary (which the model never draws) and gen
 asks it only whether the text is complete (gen.core.constraints says how a row ends).
 
-JSON is written compactly (no whitespace between tokens; `", "` and `": "` as separators), which
+JSON is written compactly (no whitespace: `,` and `:` as separators), which
 suits small models and lets a model whose vocabulary lacks `{` be refused before generating.
 Compile work is bounded by llguidance's limits (its defaults, e.g. 250,000 lexer states and
 500,000 grammar symbols): a schema or grammar past them is refused with llguidance's message.
@@ -16,6 +16,7 @@ Compile work is bounded by llguidance's limits (its defaults, e.g. 250,000 lexer
 from __future__ import annotations
 
 import json
+import re
 import weakref
 
 import numpy as np
@@ -130,10 +131,16 @@ class EngineConstraint:
 
 
 def _one_line(message: str) -> str:
-    """llguidance's message, its position and problem on one line (it adds a drawn excerpt)."""
-    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    kept = [line for line in lines if not line.startswith("^") and not line[:1].isdigit()]
-    return " ".join(kept)
+    """llguidance's message on one line, its position as "line L, column C" (it draws the position
+    with an excerpt of the grammar and a caret instead: lines dropped here)."""
+    lines = [line.strip() for line in message.strip().splitlines()]
+    first = re.sub(r"^(?:at )?(\d+)\((\d+)\):", r"at line \1, column \2:", lines[0])
+    if "regex parse error:" in message:  # the pattern, a caret under the position, then the problem
+        pattern_line, caret_line = message.split("regex parse error:")[1].lstrip("\n").splitlines()[:2]
+        column = caret_line.index("^") - (len(pattern_line) - len(pattern_line.lstrip())) + 1
+        problem = next((line for line in lines if line.startswith("error:")), "error").removeprefix("error:")
+        return f"at column {column} of the pattern:{problem}"
+    return first
 
 
 class Regex(EngineConstraint):

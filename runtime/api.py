@@ -16,6 +16,13 @@ fields without going through spec text:
 | `logit_bias` | `{"token id": bias}`, added before the chain (gen.core.LogitBias) |
 | `seed` | choice k of the request draws with `np.random.default_rng(seed + k)` |
 
+Constraints (gen.core.constraints), at most one per request, masked before the chain:
+
+| field | constraint |
+| --- | --- |
+| `response_format` | OpenAI's `{"type": "json_object"}`, `{"type": "json_schema", "json_schema": {"schema": ...}}` or `{"type": "text"}` (none) |
+| `guided_regex`, `guided_json`, `guided_grammar` (vLLM) | a regular expression, a JSON Schema (object or text), a Lark or GBNF grammar |
+
 POST /v1/chat/completions takes `messages` instead of `prompt` (rendered by the model's chat
 template, gen.runtime.chat), `max_completion_tokens` or `max_tokens`, `logprobs` (true or
 false) and `top_logprobs`, and the sampling fields above; no `echo`, `best_of` or `suffix`.
@@ -32,6 +39,7 @@ import math
 import secrets
 from dataclasses import dataclass
 
+from gen.core.constraints import CompiledConstraint, Constraint
 from gen.core.errors import GenError
 from gen.core.generation import Alternative, TokenChoice
 from gen.core.scoring import token_scores
@@ -44,10 +52,11 @@ MAX_STOP_STRINGS = 4  # as OpenAI
 # vLLM's sampling fields of the same meaning as one of gen's built-in samplers (vLLM has no
 # n-gram ban, mirostat or typical sampling among its fields, so gen adds none for them).
 VLLM_SAMPLING_FIELDS = ("top_k", "min_p", "repetition_penalty")
+CONSTRAINT_FIELDS = ("response_format", "guided_regex", "guided_json", "guided_grammar")
 FIELDS = (
     "model", "prompt", "max_tokens", "temperature", "top_p", "n", "seed", "stop", "stream", "stream_options",
     "logprobs", "logit_bias", "presence_penalty", "frequency_penalty", "echo", "best_of", "suffix", "user",
-    "sampler", *VLLM_SAMPLING_FIELDS,
+    "sampler", *VLLM_SAMPLING_FIELDS, *CONSTRAINT_FIELDS,
 )
 
 
@@ -310,6 +319,42 @@ def _penalty_recipes(body: dict) -> list[SamplerRecipe]:
     return recipes
 
 
+def _constraint(body: dict, tokenizer, vocab_size: int) -> CompiledConstraint | None:
+    """The constraint a request asks for (see the table above), compiled for the model's tokenizer
+    here, on the request's thread; a bad pattern, schema or grammar is a 400 naming the field."""
+    given = [name for name in CONSTRAINT_FIELDS if body.get(name) is not None]
+    if len(given) > 1:
+        raise APIError(f"give one of {', '.join(CONSTRAINT_FIELDS)}, not {' and '.join(given)}", given[1])
+    if not given:
+        return None
+    field, value = given[0], body[given[0]]
+    if field == "response_format":
+        kind = value.get("type") if isinstance(value, dict) else None
+        if kind == "text":
+            return None
+        if kind == "json_object":
+            constraint = Constraint("json_object")
+        elif kind == "json_schema" and isinstance(value.get("json_schema"), dict) \
+                and isinstance(value["json_schema"].get("schema"), (dict, bool)):
+            constraint = Constraint("json_schema", json.dumps(value["json_schema"]["schema"]))
+        else:
+            raise APIError('response_format must be {"type": "text"}, {"type": "json_object"} or {"type": '
+                           '"json_schema", "json_schema": {"name": ..., "schema": {...}}}', field)
+    elif field == "guided_json":
+        if not isinstance(value, (dict, bool, str)):
+            raise APIError(f"guided_json must be a JSON Schema (an object, or its text), got {_json_type(value)}",
+                           field)
+        constraint = Constraint("json_schema", value if isinstance(value, str) else json.dumps(value))
+    else:
+        if not isinstance(value, str):
+            raise APIError(f"{field} must be a string, got {_json_type(value)}", field)
+        constraint = Constraint("regex" if field == "guided_regex" else "grammar", value)
+    try:
+        return constraint.compile(tokenizer, vocab_size)
+    except GenError as error:
+        raise APIError(str(error), field) from None
+
+
 def parse_completion_request(body: bytes | dict, tokenizer, vocab_size: int, limits: Limits) -> CompletionRequest:
     """Check a POST /v1/completions body; every problem is an APIError naming the field."""
     document = parse_json(body) if isinstance(body, (bytes, str)) else body
@@ -348,8 +393,9 @@ def parse_completion_request(body: bytes | dict, tokenizer, vocab_size: int, lim
         sampling = Sampling(sampler_recipes(document, limits), logit_bias)  # an unknown sampler or option fails here
     except GenError as error:
         raise APIError(str(error), "sampler" if document.get("sampler") is not None else None) from None
+    constraint = _constraint(document, tokenizer, vocab_size)
     choices = [
-        Choice(ids, sampling, seed + prompt_index * n + sample, max_tokens, stop, logprobs)
+        Choice(ids, sampling, seed + prompt_index * n + sample, max_tokens, stop, logprobs, constraint)
         for prompt_index, ids in enumerate(prompt_ids)
         for sample in range(n)
     ]
@@ -360,7 +406,7 @@ def parse_completion_request(body: bytes | dict, tokenizer, vocab_size: int, lim
 CHAT_FIELDS = (
     "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n", "seed", "stop",
     "stream", "stream_options", "logprobs", "top_logprobs", "logit_bias", "presence_penalty",
-    "frequency_penalty", "user", "sampler", *VLLM_SAMPLING_FIELDS,
+    "frequency_penalty", "user", "sampler", *VLLM_SAMPLING_FIELDS, *CONSTRAINT_FIELDS,
 )
 
 

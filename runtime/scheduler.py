@@ -38,7 +38,8 @@ together, and rows whose samplers all declare `row_wise = True` (gen.core.sampli
 same recipes, share one chain and draw in one call on their stacked logits, each from its own
 random stream (gen.core.sampling.RowStreams): numpy reduces each row of a (rows, vocab) array
 as it reduces that row alone, so each row draws the token it would draw alone, at a fraction
-of the cost of one chain call per row.
+of the cost of one chain call per row. A constrained row (gen.core.constraints) may share such a
+chain: its constraint state is its RowPolicy's own, and masks its own row of the logits first.
 """
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from gen.core.constraints import CompiledConstraint
 from gen.core.errors import GenError, first_line
 from gen.core.generation import RowPolicy, TokenChoice, draw_rows, left_pad, token_choices
 from gen.core.sampling import RowStreams, SamplerOptionsError, Sampling
@@ -78,6 +80,7 @@ class Choice:
     max_tokens: int
     stop: Sequence[str] = ()
     logprobs: int | None = None  # alternatives to report with each token; None: no TokenChoice
+    constraint: CompiledConstraint | None = None  # each row keeps its own state of it (gen.core.constraints)
 
 
 @dataclass
@@ -96,7 +99,7 @@ class Finished:
 
     choice: int
     text: str
-    reason: str  # "stop" (a stop string) or "length" (max_tokens)
+    reason: str  # "stop" (a stop string, or a constrained text complete) or "length" (max_tokens)
     tokens: int
     time: float
 
@@ -457,7 +460,8 @@ class Scheduler:
                         self._shared_chains.clear()
                     chain = self._shared_chains[key] = choice.sampling.new()
         policy = RowPolicy(choice.prompt_ids, self.block_size, self.backend.uses_cache, choice.max_tokens, chain,
-                           np.random.default_rng(choice.seed), self.tokenizer, choice.stop)
+                           np.random.default_rng(choice.seed), self.tokenizer, choice.stop,
+                           constraint=choice.constraint)
         return _Row(request, index, policy, shared=key is not None)
 
     def _drop_over_rows(self) -> None:
