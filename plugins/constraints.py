@@ -209,9 +209,11 @@ class EngineState:
         return self.matcher.is_accepting()
 
     def allowed(self) -> np.ndarray:
-        allowed = np.frombuffer(self.matcher.compute_logit_bias(), dtype=np.uint8) != 0
-        self._check()
-        return allowed[:-1]  # the last id is the end-of-text llguidance was given
+        # The last id is the end-of-text llguidance was given, which gen's models never draw.
+        allowed = (np.frombuffer(self.matcher.compute_logit_bias(), dtype=np.uint8) != 0)[:-1]
+        if allowed.any():  # (llguidance calls a dead end an error; gen.core.constraints words it)
+            self._check()
+        return allowed
 
     def advance(self, token: int) -> None:
         self.matcher.consume_token(int(token))
