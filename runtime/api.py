@@ -27,6 +27,12 @@ POST /v1/chat/completions takes `messages` instead of `prompt` (rendered by the 
 template, gen.runtime.chat), `max_completion_tokens` or `max_tokens`, `logprobs` (true or
 false) and `top_logprobs`, and the sampling fields above; no `echo`, `best_of` or `suffix`.
 
+`removed_alternatives: true` (an extension, with `logprobs`) says why the draw could not pick
+some of each token's alternatives: the logprobs object gets a list beside `top_logprobs`, per
+token `{alternative: "constraint"}` for one the request's constraint masked out and `{alternative:
+"filter"}` for one a filter of the sampler chain removed (the playground strikes them through).
+Without it the logprobs object is OpenAI's.
+
 So choice k's text is what `gen run MODEL --prompt P --sampler ... --seed (seed + k)
 --max-new-tokens max_tokens` prints after the prompt. A request without a seed gets a
 random one, returned in the response's `seed` field (an extension, as is `sampler`, the
@@ -56,7 +62,7 @@ CONSTRAINT_FIELDS = ("response_format", "guided_regex", "guided_json", "guided_g
 FIELDS = (
     "model", "prompt", "max_tokens", "temperature", "top_p", "n", "seed", "stop", "stream", "stream_options",
     "logprobs", "logit_bias", "presence_penalty", "frequency_penalty", "echo", "best_of", "suffix", "user",
-    "sampler", *VLLM_SAMPLING_FIELDS, *CONSTRAINT_FIELDS,
+    "sampler", "removed_alternatives", *VLLM_SAMPLING_FIELDS, *CONSTRAINT_FIELDS,
 )
 
 
@@ -106,6 +112,7 @@ class CompletionRequest:
     n: int = 1  # completions per prompt
     chat: bool = False  # a chat completion: answered in chat's shapes
     prompt_ids: list[list[int]] | None = None  # each prompt's token ids
+    removed_alternatives: bool = False  # say why alternatives could not be drawn (the extension)
 
     def prompt_of(self, choice: int) -> str:
         """The prompt that choice number `choice` continues."""
@@ -382,6 +389,9 @@ def parse_completion_request(body: bytes | dict, tokenizer, vocab_size: int, lim
     if seed is None:
         seed = secrets.randbits(32)
     logprobs = _integer(document, "logprobs", None, 0, limits.max_logprobs)
+    removed_alternatives = _boolean(document, "removed_alternatives")
+    if removed_alternatives and logprobs is None:
+        raise APIError("removed_alternatives needs logprobs (how many alternatives to report)", "removed_alternatives")
     stream = _boolean(document, "stream")
     options = document.get("stream_options")
     if options is not None and (not isinstance(options, dict) or set(options) - {"include_usage"}):
@@ -400,7 +410,8 @@ def parse_completion_request(body: bytes | dict, tokenizer, vocab_size: int, lim
         for sample in range(n)
     ]
     return CompletionRequest(prompts, [len(ids) for ids in prompt_ids], choices, sampling.specs, seed, stream,
-                             include_usage, _boolean(document, "echo"), logprobs, n, prompt_ids=prompt_ids)
+                             include_usage, _boolean(document, "echo"), logprobs, n, prompt_ids=prompt_ids,
+                             removed_alternatives=removed_alternatives)
 
 
 CHAT_FIELDS = (
@@ -542,12 +553,44 @@ def check_request_work(document: dict, prompt_ids: list[list[int]], n: int, limi
 # --- writing the response --------------------------------------------------------------
 
 
+class RemovedAlternatives:
+    """Why the draw could not pick each of one choice's reported alternatives (the
+    `removed_alternatives` extension): "constraint" for a token the choice's constraint masked
+    out, "filter" for one a filter of the sampler chain removed. Both have sampled_logprob -inf,
+    so the constraint is asked: its state is followed through the choice's tokens from a fresh
+    start, as its row followed it (the same tokens give the same masks)."""
+
+    def __init__(self, constraint: CompiledConstraint | None, echoed_prompt_tokens: int = 0):
+        self.constraint = constraint.start() if constraint is not None else None
+        self.prompt_tokens_left = echoed_prompt_tokens  # an echoed prompt's tokens come first: scored, not drawn
+
+    def of(self, token: TokenChoice) -> dict[str, str]:
+        """{alternative's text: "constraint" or "filter"} for `token`, the choice's next token."""
+        if self.prompt_tokens_left:
+            self.prompt_tokens_left -= 1
+            return {}
+        removed: dict[str, str] = {}
+        seen: set[str] = set()
+        for alternative in token.top:
+            if alternative.text in seen:
+                continue  # tokens with the same text: the likelier stands for them, as in top_logprobs
+            seen.add(alternative.text)
+            if self.constraint is not None and not self.constraint.allowed[alternative.id]:
+                removed[alternative.text] = "constraint"
+            elif alternative.sampled_logprob == -math.inf:
+                removed[alternative.text] = "filter"
+        if self.constraint is not None:
+            self.constraint.advance(token.id)
+        return removed
+
+
 class LogprobsWriter:
     """OpenAI's completions `logprobs` object for the tokens of one choice, with text offsets
-    counted from the start of the prompt."""
+    counted from the start of the prompt; with `removed`, also its `removed_alternatives` list."""
 
-    def __init__(self, start: int):
+    def __init__(self, start: int, removed: RemovedAlternatives | None = None):
         self.offset = start
+        self.removed = removed
 
     def write(self, tokens: list[TokenChoice]) -> dict:
         document = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
@@ -560,6 +603,8 @@ class LogprobsWriter:
             document["top_logprobs"].append(top if token.logprob is not None else None)  # a prompt's first token
             document["text_offset"].append(self.offset)
             self.offset += len(token.text)
+        if self.removed is not None:
+            document["removed_alternatives"] = [self.removed.of(token) for token in tokens]
         return document
 
 
@@ -583,7 +628,11 @@ def logprobs_writer(parsed: CompletionRequest, choice: int, echoed_prompt: bool 
     counted from the start of the prompt (which the first entries are, when `echoed_prompt`)."""
     if parsed.chat:
         return ChatLogprobsWriter()
-    return LogprobsWriter(0 if echoed_prompt else len(parsed.prompt_of(choice)))
+    removed = None
+    if parsed.removed_alternatives:
+        echoed_tokens = len(parsed.choices[choice].prompt_ids) if echoed_prompt else 0
+        removed = RemovedAlternatives(parsed.choices[choice].constraint, echoed_tokens)
+    return LogprobsWriter(0 if echoed_prompt else len(parsed.prompt_of(choice)), removed)
 
 
 def dumps(document) -> str:

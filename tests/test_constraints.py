@@ -4,6 +4,7 @@ server's response_format and vLLM fields through the official openai client."""
 import json
 import re
 
+import httpx
 import jsonschema
 import numpy as np
 import openai
@@ -194,3 +195,31 @@ def test_a_bad_constraint_is_a_400_naming_the_field(server):
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}],
                                        response_format={"type": "json_schema", "json_schema": {"name": "x"}})
     assert raised.value.body["param"] == "response_format"
+
+
+def test_removed_alternatives_tells_the_constraints_mask_from_the_chains_filters(server):
+    client, _ = server
+    url = f"{client.base_url}completions"
+    body = {"model": "m", "prompt": "n", "max_tokens": 12, "seed": 3, "logprobs": 20, "sampler": ["top_k:k=2"],
+            "guided_regex": "[a-z]{6}"}
+    plain = httpx.post(url, json=body, timeout=60).json()["choices"][0]
+    assert set(plain["logprobs"]) == {"tokens", "token_logprobs", "top_logprobs", "text_offset"}  # OpenAI's, unasked
+
+    asked = httpx.post(url, json={**body, "removed_alternatives": True}, timeout=60).json()["choices"][0]
+    logprobs = asked["logprobs"]
+    assert asked["text"] == plain["text"] and logprobs["top_logprobs"] == plain["logprobs"]["top_logprobs"]
+    assert len(logprobs["removed_alternatives"]) == len(logprobs["tokens"]) > 0
+    for top, removed in zip(logprobs["top_logprobs"], logprobs["removed_alternatives"]):
+        # Best first: every non-letter was masked; of the letters, top_k:k=2 kept the two likeliest.
+        letters = [text for text in top if re.fullmatch("[a-z]", text)]
+        expected = {text: "constraint" for text in top if text not in letters}
+        expected.update({text: "filter" for text in letters[2:]})
+        assert removed == expected
+    reasons = {reason for removed in logprobs["removed_alternatives"] for reason in removed.values()}
+    assert reasons == {"constraint", "filter"}
+
+    # An echoed prompt's tokens were not drawn: nothing removed; the generated ones as before.
+    echoed = httpx.post(url, json={**body, "removed_alternatives": True, "echo": True}, timeout=60).json()
+    assert echoed["choices"][0]["logprobs"]["removed_alternatives"] == [{}] + logprobs["removed_alternatives"]
+    refused = httpx.post(url, json={**body, "logprobs": None, "removed_alternatives": True}, timeout=60)
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "removed_alternatives"
