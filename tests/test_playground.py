@@ -2,11 +2,14 @@
 headless. The page builds a sampler chain that includes a third-party plugin (examples/gen-typical,
 registered in-process), streams a completion, and must show exactly the text the API gives
 for the same request, each token coloured by its probability, with its alternatives on hover.
+With a constraint, the text keeps to it and the alternatives it masked out are marked as such.
 
 Without a browser these tests skip and say why: `apt-get install chromium` (`.ci/run` does).
-GEN_PLAYGROUND_SCREENSHOT=PATH saves the screenshot there as well (docs/playground.png is one).
+GEN_PLAYGROUND_SCREENSHOT=PATH saves the screenshot there as well (docs/playground.png is one);
+GEN_PLAYGROUND_CONSTRAINT_SCREENSHOT=PATH the constrained one (docs/playground-constraint.png).
 """
 import os
+import re
 import shutil
 import sys
 import time
@@ -141,6 +144,57 @@ def test_an_api_error_shows_on_the_page(page):
     page.click("#generate")
     page.wait_for_function("document.querySelector('#status').classList.contains('error')", timeout=15_000)
     assert "cannot be encoded by this model's tokenizer" in page.text_content("#status")
+
+
+def test_a_regex_constraint_keeps_the_text_to_it_and_its_masked_alternatives_are_marked(page, served, tmp_path):
+    url, _ = served
+    page.locator("#chain .link .remove").first.click()
+    add_link(page, "top_k", k=3)  # a filter too: its removed alternatives are marked apart from the masked ones
+    page.select_option("#constraint-kind", "regex")
+    page.fill("#constraint", "[A-Z]+")
+    page.fill("#prompt", "KING")
+    page.fill("#seed", "4")
+    page.fill("#max-tokens", "30")
+    page.fill("#alternatives", "12")
+    with page.expect_request("**/v1/completions") as sent:
+        page.click("#generate")
+    page.wait_for_function("document.querySelector('#status').textContent.startsWith('Finished')", timeout=30_000)
+
+    body = sent.value.post_data_json
+    assert body["guided_regex"] == "[A-Z]+" and body["removed_alternatives"] is True
+    assert "--regex '[A-Z]+'" in page.text_content("#command")
+    shown = page.text_content("#completion")
+    api = httpx.post(f"{url}/v1/completions", json={**body, "stream": False}, timeout=60).json()["choices"][0]
+    assert re.fullmatch("[A-Z]+", shown) and shown == api["text"]
+
+    # Each token's marks are the API's; some alternative of some token was masked by the constraint.
+    tokens = page.locator("#completion .token")
+    marks = tokens.evaluate_all("spans => spans.map(s => JSON.parse(s.dataset.token).removed)")
+    assert marks == api["logprobs"]["removed_alternatives"]
+    masked_at = next(i for i, removed in enumerate(marks) if "constraint" in removed.values())
+    tokens.nth(masked_at).click()
+    masked = page.locator("#tooltip tr.masked")
+    assert masked.count() == list(marks[masked_at].values()).count("constraint")
+    assert masked.first.locator("td.why").text_content() == "masked by the constraint"
+    assert masked.first.locator("td.text").evaluate("e => getComputedStyle(e).textDecorationLine") == "line-through"
+    filtered = page.locator("#tooltip tr.filtered")
+    assert filtered.count() == list(marks[masked_at].values()).count("filter")
+    assert all(row == "removed by a filter" for row in filtered.locator("td.why").all_text_contents())
+
+    page.screenshot(path=str(tmp_path / "playground-constraint.png"))
+    if os.environ.get("GEN_PLAYGROUND_CONSTRAINT_SCREENSHOT"):
+        page.screenshot(path=os.environ["GEN_PLAYGROUND_CONSTRAINT_SCREENSHOT"])
+
+
+def test_a_bad_constraint_shows_its_one_line_error(page):
+    page.select_option("#constraint-kind", "regex")
+    page.fill("#constraint", "[A-Z")
+    page.click("#generate")
+    page.wait_for_function("document.querySelector('#status').classList.contains('error')", timeout=15_000)
+    status = page.text_content("#status")
+    assert status.startswith("Error: invalid regular expression") and "\n" not in status
+    assert "invalid" in page.get_attribute("#constraint", "class")  # the box that holds the mistake
+    assert page.text_content("#completion") == ""
 
 
 def test_the_page_asks_for_the_api_key_and_sends_it_with_its_calls(browser, small_gpt_onnx):

@@ -1,5 +1,6 @@
-// The gen playground: a prompt, a sampler chain built from GET /v1/samplers, and the text
-// streamed from POST /v1/completions with each token coloured by its probability under the model.
+// The gen playground: a prompt, a sampler chain built from GET /v1/samplers, a constraint, and the
+// text streamed from POST /v1/completions with each token coloured by its probability under the
+// model; its alternatives say which the constraint masked out and which a filter removed.
 // Plain browser JavaScript: no build step, no libraries, nothing fetched but this server's API.
 "use strict";
 
@@ -102,6 +103,33 @@ function chainSpecs() {
   return specs;
 }
 
+// --- the constraint box ---------------------------------------------------------------
+
+// Per kind: the request's field (runtime/api.py), `gen run`'s option, and an example to start from.
+const CONSTRAINTS = {
+  regex: { field: (text) => ({ guided_regex: text }), option: "--regex", example: "[A-Z]+" },
+  json_schema: { field: (text) => ({ guided_json: text }), option: "--json-schema", file: "schema.json",
+    example: '{"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}' },
+  json_object: { field: () => ({ response_format: { type: "json_object" } }), option: "--json-object" },
+  grammar: { field: (text) => ({ guided_grammar: text }), option: "--grammar", file: "grammar.lark",
+    example: 'start: answer " " NUMBER\nanswer: "yes" | "no"\nNUMBER: /[1-9][0-9]?/' },
+};
+const CONSTRAINT_PARAMS = ["guided_regex", "guided_json", "guided_grammar", "response_format"];
+
+function chosenConstraint() {
+  return CONSTRAINTS[$("#constraint-kind").value] || null; // null: none
+}
+
+function showConstraintBox() {
+  const constraint = chosenConstraint();
+  const box = $("#constraint");
+  box.hidden = !constraint || !constraint.example; // any JSON object needs no text
+  box.placeholder = constraint?.example || "";
+  if (constraint?.example && box.value === "") box.value = constraint.example;
+  box.classList.remove("invalid");
+  update();
+}
+
 function shellQuote(text) {
   return /^[\w.:=,\/+-]+$/.test(text) ? text : `'${text.replace(/'/g, `'\\''`)}'`;
 }
@@ -112,7 +140,13 @@ function update() {
   for (const spec of chainSpecs()) parts.push("--sampler", shellQuote(spec));
   if ($("#seed").value !== "") parts.push("--seed", $("#seed").value);
   parts.push("--max-new-tokens", $("#max-tokens").value);
+  const constraint = chosenConstraint();
+  if (constraint) parts.push(constraint.option);
+  if (constraint?.file) parts.push(constraint.file); // the option reads a file: say which holds the box's text
+  else if (constraint?.example) parts.push(shellQuote($("#constraint").value));
   $("#command").textContent = parts.join(" ");
+  $("#command-file").hidden = !constraint?.file;
+  $("#command-file").textContent = constraint?.file ? `where ${constraint.file} holds the constraint's text` : "";
 }
 
 // --- probabilities and the tooltip -------------------------------------------------
@@ -141,14 +175,22 @@ function percent(logprob) {
   return `${(Math.exp(logprob) * 100).toFixed(1)}%`;
 }
 
+const REMOVED = {
+  constraint: { className: "masked", label: "masked by the constraint" },
+  filter: { className: "filtered", label: "removed by a filter" },
+};
+
 function showTooltip(span) {
   const tooltip = $("#tooltip");
   const token = JSON.parse(span.dataset.token);
   const rows = Object.entries(token.top).map(([text, logprob]) => {
-    const chosen = text === token.text ? ' class="is-chosen"' : "";
+    // Why the draw could not pick it (the API's removed_alternatives): struck through and said.
+    const removed = REMOVED[token.removed[text]];
+    const kind = text === token.text ? "is-chosen" : removed?.className;
     const width = Math.max(1, Math.round(Math.exp(logprob) * 80));
-    return `<tr${chosen}><td>${escapeHtml(visible(text))}</td><td class="p">${percent(logprob)}</td>` +
-      `<td><span class="bar" style="width:${width}px"></span></td></tr>`;
+    return `<tr${kind ? ` class="${kind}"` : ""}><td class="text">${escapeHtml(visible(text))}</td>` +
+      `<td class="p">${percent(logprob)}</td><td><span class="bar" style="width:${width}px"></span></td>` +
+      `<td class="why">${removed ? removed.label : ""}</td></tr>`;
   });
   tooltip.innerHTML = `<div class="chosen">${escapeHtml(visible(token.text))}: ${percent(token.logprob)}` +
     ` under the model</div><table>${rows.join("")}</table>`;
@@ -170,6 +212,7 @@ function appendPiece(text, logprobs) {
   const completion = $("#completion");
   const tokens = logprobs ? logprobs.tokens.map((t, i) => ({
     text: t, logprob: logprobs.token_logprobs[i], top: logprobs.top_logprobs[i] || {},
+    removed: logprobs.removed_alternatives?.[i] || {},
   })) : [];
   const spelled = tokens.map((token) => token.text).join("") === text;
   const parts = spelled ? tokens.map((token) => [token.text, token]) : [[text, tokens[0]]];
@@ -197,8 +240,11 @@ async function generate() {
   const body = {
     model: window.MODEL, prompt: $("#prompt").value, max_tokens: Number($("#max-tokens").value),
     seed: Number($("#seed").value), sampler: chainSpecs(), logprobs: Number($("#alternatives").value),
-    stream: true, stream_options: { include_usage: true },
+    removed_alternatives: true, stream: true, stream_options: { include_usage: true },
   };
+  const constraint = chosenConstraint();
+  if (constraint) Object.assign(body, constraint.field($("#constraint").value));
+  $("#constraint").classList.remove("invalid");
   $("#prompt-echo").textContent = body.prompt;
   $("#completion").replaceChildren();
   $("#tooltip").hidden = true;
@@ -215,7 +261,7 @@ async function generate() {
     });
     if (!response.ok) {
       const error = await response.json().catch(() => ({ error: { message: response.statusText } }));
-      throw new Error(error.error.message);
+      throw Object.assign(new Error(error.error.message), { param: error.error.param });
     }
     // Server-sent events: "data: {...}" blocks separated by blank lines, then "data: [DONE]".
     const reader = response.body.getReader();
@@ -244,12 +290,13 @@ async function generate() {
       }
     }
     const seconds = (performance.now() - started) / 1000;
-    const why = finish === "stop" ? "reached a stop string" : "reached max tokens";
+    const why = finish !== "stop" ? "reached max tokens" : constraint ? "the constrained text ended" : "reached a stop string";
     setStatus(`Finished: ${tokens} tokens in ${seconds.toFixed(2)} s (${(tokens / seconds).toFixed(0)} tokens/s), ${why}.`);
   } catch (error) {
     if (error.name === "AbortError") setStatus("Stopped.");
     else if (error instanceof NeedsKey) setStatus("Waiting for an API key.", true);
     else setStatus(`Error: ${error.message}`, true);
+    if (CONSTRAINT_PARAMS.includes(error.param)) $("#constraint").classList.add("invalid"); // a bad constraint
   } finally {
     state.controller = null;
     $("#generate").disabled = false;
@@ -272,7 +319,8 @@ async function start() {
   $("#add-sampler").addEventListener("click", () => addLink());
   $("#generate").addEventListener("click", generate);
   $("#stop").addEventListener("click", () => state.controller?.abort());
-  for (const id of ["#prompt", "#temperature", "#seed", "#max-tokens"]) $(id).addEventListener("input", update);
+  for (const id of ["#prompt", "#temperature", "#seed", "#max-tokens", "#constraint"]) $(id).addEventListener("input", update);
+  $("#constraint-kind").addEventListener("change", showConstraintBox);
   const completion = $("#completion");
   completion.addEventListener("mouseover", (event) => {
     if (event.target.classList.contains("token")) showTooltip(event.target);
