@@ -290,7 +290,8 @@ async function generate() {
       }
     }
     const seconds = (performance.now() - started) / 1000;
-    const why = finish !== "stop" ? "reached max tokens" : constraint ? "the constrained text ended" : "reached a stop string";
+    const why = finish !== "stop" ? "reached max tokens"
+      : constraint ? "the constrained text ended" : "reached a stop string"; // gen.core.constraints' ending rule
     setStatus(`Finished: ${tokens} tokens in ${seconds.toFixed(2)} s (${(tokens / seconds).toFixed(0)} tokens/s), ${why}.`);
   } catch (error) {
     if (error.name === "AbortError") setStatus("Stopped.");
