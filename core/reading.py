@@ -49,6 +49,7 @@ SIZE_LIMITS = {
     "pickle": 64 * MIB,
     "safetensors header": 100 * MIB,  # safetensors' own limit
     "npy header": 64 * KIB,
+    "cache digest": 4 * KIB,
 }
 MAX_DEPTH = 64  # gen's own documents nest 5 levels; a Hugging Face tokenizer.json 8
 MAX_INTEGER_DIGITS = 100  # far past any size, step or seed (2^64 has 20 digits)
@@ -143,10 +144,10 @@ def parse_json(text: str, source: str):
     except _TooLarge as error:
         raise GenError(f"{source} holds {error}; is it the right file?") from None
     except json.JSONDecodeError as error:
-        raise GenError(f"{source} is not valid JSON ({error.msg} at line {error.lineno}, "
+        raise GenError(f"{source} is not JSON ({error.msg} at line {error.lineno}, "
                        f"column {error.colno})") from None
     except (ValueError, RecursionError) as error:  # a number json itself cannot convert
-        raise GenError(f"{source} is not valid JSON ({error})") from None
+        raise GenError(f"{source} is not JSON ({error})") from None
 
 
 def load_json(path: str | os.PathLike, what: str):
@@ -160,7 +161,7 @@ def json_lines(path: str | os.PathLike, what: str) -> Iterator[tuple[int, object
     text = read_text(path, what, SIZE_LIMITS[what])
     for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():
-            yield number, parse_json(line, f"line {number} of the {what} {os.fspath(path)!r}")
+            yield number, parse_json(line, f"the {what} {os.fspath(path)!r}: line {number}")
 
 
 def load_toml(path: str | os.PathLike, what: str = "TOML config") -> dict:

@@ -192,6 +192,7 @@ class _CheckpointConfig(msgspec.Struct):
     best_val_loss: float | None = None
     val_loss: float | None = None
     world_size: Annotated[int, msgspec.Meta(ge=1)] = 1
+    source: dict | None = None  # where `gen import` took the model from
 
 
 def read_config(path: str | os.PathLike) -> dict:

@@ -45,6 +45,7 @@ from gen.core.training.distributed import Distributed, is_collective_failure, pr
 from gen.core.errors import GenError, first_line
 from gen.core.files import check_writable_destination, recover_interrupted_replace
 from gen.core.limits import check_fits
+from gen.core.reading import SIZE_LIMITS, parse_json, read_text
 from gen.core.registry import get_plugins
 from gen.core.training.config import (
     FIXED_ON_RESUME,
@@ -488,12 +489,14 @@ def _rewrite_metrics(path: Path, up_to_step: int | None) -> None:
     """Start metrics.jsonl afresh, or keep only the lines up to the step a resume starts at."""
     kept = []
     if up_to_step is not None and path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in read_text(path, "metrics log", SIZE_LIMITS["metrics log"]).splitlines():
             try:
-                if json.loads(line).get("step", 0) <= up_to_step:
-                    kept.append(line)
-            except json.JSONDecodeError:
-                continue
+                entry = parse_json(line, "a line")
+            except GenError:
+                continue  # a damaged line: the resumed run writes its own
+            step = entry.get("step", 0) if isinstance(entry, dict) else None
+            if isinstance(step, int) and step <= up_to_step:
+                kept.append(line)
     path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
