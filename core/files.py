@@ -78,6 +78,22 @@ def check_writable_destination(path: str | os.PathLike, what: str) -> Path:
     return path
 
 
+def check_replaceable_folder(path: str | os.PathLike, written_by_gen: tuple[str, ...], what: str) -> None:
+    """Refuse to replace the folder `path` unless all it holds is what gen writes there
+    (`written_by_gen`, names of files or folders): `--overwrite` replaces gen's own
+    output, never a training run or anyone's other files that happen to be there."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        return
+    if not path.is_dir():
+        raise GenError(f"{what} {str(path)!r} is a file; give a folder")
+    foreign = sorted(name for name in os.listdir(path) if name not in written_by_gen)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise GenError(f"{what} {str(path)!r} holds {shown}, which gen did not write there; --overwrite replaces "
+                       f"only gen's own output: choose another folder, or move those out first")
+
+
 def _write_error(path: Path, error: Exception) -> GenError:
     """A failed write as one line: what happened, and that nothing was changed."""
     if isinstance(error, OSError):

@@ -178,7 +178,8 @@ def import_nanogpt(
     say: Callable[[str], None] = print,
 ) -> Path:
     """Write the nanoGPT checkpoint `ckpt` as a gen checkpoint directory at `out`."""
-    from gen.core.training.checkpoint import build_model, save_checkpoint
+    from gen.core.files import check_replaceable_folder
+    from gen.core.training.checkpoint import CHECKPOINT_FILES, build_model, save_checkpoint
     from gen.core.tokenizer import tokenizer_to_dict
 
     out = Path(out)
@@ -187,6 +188,7 @@ def import_nanogpt(
                        "(e.g. hf:path=tokenizer.json for a model trained on GPT-2's tokens), one of them")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise GenError(f"{str(out)!r} already exists; give another --out, or --overwrite to replace it")
+    check_replaceable_folder(out, CHECKPOINT_FILES, "--out")  # a checkpoint, never a run or other files
 
     checkpoint = load_weights_only(ckpt)
     config = _model_config(checkpoint["model_args"], ckpt)
