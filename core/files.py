@@ -17,6 +17,7 @@ import contextlib
 import errno
 import os
 import shutil
+import stat
 import tempfile
 import uuid
 from pathlib import Path
@@ -110,6 +111,29 @@ def _is_write_error(error: Exception) -> bool:
     return isinstance(error, OSError) or type(error).__name__ == "SafetensorError"
 
 
+def _umask() -> int:
+    """This process's umask (read without changing it where Linux tells it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and put back at once
+    os.umask(mask)
+    return mask
+
+
+def _mode_for(path: Path, created_mode: int) -> int:
+    """The permissions of what replaces `path`: those of the file it replaces, or for a new
+    one what the user's umask gives (the temporaries start private, 0600 and 0700)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return created_mode & ~_umask()
+
+
 @contextlib.contextmanager
 def replace_file_atomically(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path` to write; on success it replaces `path`.
@@ -124,6 +148,7 @@ def replace_file_atomically(path: str | os.PathLike) -> Iterator[Path]:
         handle, name = tempfile.mkstemp(prefix=f".{path.name}.new-{os.getpid()}-", suffix=".tmp", dir=path.parent)
         os.close(handle)
         temporary = Path(name)
+        os.chmod(temporary, _mode_for(path, 0o666))
         yield temporary
         _fsync(temporary)  # on disk before the rename makes it visible
         os.replace(temporary, path)
@@ -169,6 +194,7 @@ def replace_directory_atomically(path: str | os.PathLike) -> Iterator[Path]:
         recover_interrupted_replace(path)
         remove_stale_temporaries(path)
         temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.new-{os.getpid()}-", dir=path.parent))
+        os.chmod(temporary, _mode_for(path, 0o777))
         yield temporary
         for file in temporary.iterdir():
             _fsync(file)
