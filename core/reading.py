@@ -53,7 +53,7 @@ SIZE_LIMITS = {
 }
 MAX_DEPTH = 64  # gen's own documents nest 5 levels; a Hugging Face tokenizer.json 8
 MAX_INTEGER_DIGITS = 100  # far past any size, step or seed (2^64 has 20 digits)
-MAX_INFLATION = 1000  # a zip member may inflate to this many times its compressed size
+MAX_INFLATION = 100  # a compressed zip member may inflate this many times (torch stores its own uncompressed)
 
 Schema = TypeVar("Schema")
 

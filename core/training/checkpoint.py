@@ -401,7 +401,10 @@ def load_training_state(path: str | os.PathLike, optimizer) -> dict:
         state.setdefault(int(index), {}).update(values)
     param_groups = document.param_groups
     for group in param_groups:
-        validate(group, _ParamGroup, f"checkpoint {str(directory)!r}: a param group of its {STATE_JSON_FILE}")
+        try:
+            validate(group, _ParamGroup, f"a param group of {STATE_JSON_FILE}")
+        except GenError as error:
+            raise damaged(str(error)) from None
         group["betas"] = tuple(group["betas"])  # JSON has no tuples
     try:
         optimizer.load_state_dict({"state": state, "param_groups": param_groups})

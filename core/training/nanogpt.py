@@ -191,6 +191,9 @@ def import_nanogpt(
     check_replaceable_folder(out, CHECKPOINT_FILES, "--out")  # a checkpoint, never a run or other files
 
     checkpoint = load_weights_only(ckpt)
+    step = checkpoint.get("iter_num")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+        raise GenError(f"{ckpt}: iter_num is {step!r}, not a step (a whole number, 0 or more)")
     config = _model_config(checkpoint["model_args"], ckpt)
     nanogpt_config = checkpoint.get("config") if isinstance(checkpoint.get("config"), dict) else {}
     if data is None:
@@ -226,9 +229,6 @@ def import_nanogpt(
     def plain(values: dict) -> dict:  # what JSON can hold of nanoGPT's settings
         return {key: value for key, value in values.items() if isinstance(value, (str, int, float, bool, type(None)))}
 
-    step = checkpoint.get("iter_num")
-    if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
-        raise GenError(f"{ckpt}: iter_num is {step!r}, not a step (a whole number, 0 or more)")
     best = checkpoint.get("best_val_loss")
     try:
         best = float(best) if best is not None else None  # nanoGPT saves a 0-d tensor
