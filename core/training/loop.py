@@ -568,6 +568,8 @@ def prepare_run(config: TrainConfig, given: set[str], distributed: Distributed |
     a distributed run makes the same checks, so bad input stops them all alike.
     """
     distributed = distributed or Distributed()
+    if not str(config.out).strip():  # Path("") is the current directory
+        raise GenError("--out is empty; give the folder for the run, e.g. --out out")
     out = Path(config.out)
     if config.resume and config.overwrite:
         raise GenError("--resume continues the run in --out and --overwrite starts it over; give one of them")

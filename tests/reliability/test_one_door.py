@@ -398,3 +398,21 @@ def test_written_files_follow_the_umask_and_overwrite_keeps_the_mode(workspace, 
     finally:
         os.umask(previous)
 
+
+
+# --- the low items ----------------------------------------------------------------------------
+
+
+def test_an_empty_out_is_refused_rather_than_training_into_the_current_folder(workspace, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert_one_line_error(gen("train", "--data", workspace / "corpus.txt", "--out", "", *TINY), "--out is empty")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_rank_without_torchruns_other_variables_is_one_line(workspace, tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    result = gen("train", "--data", workspace / "corpus.txt", "--out", tmp_path / "run", *TINY)
+    assert_one_line_error(result, "MASTER_ADDR", "torchrun")
