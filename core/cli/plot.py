@@ -23,7 +23,7 @@ from gen.core.training.checkpoint import LATEST, METRICS_FILE, is_checkpoint, re
 from gen.core.errors import GenError
 from gen.core.files import replace_file_atomically
 from gen.core.reading import json_lines, validate
-from gen.core.training.config import learning_rate, train_config_from_dict
+from gen.core.training.config import check_config, learning_rate, train_config_from_dict
 
 PLOT_FILE = "loss.png"
 COLOURS = {"train": "#1f77b4", "val": "#d62728", "uniform": "#7f7f7f", "lr": "#2ca02c"}
@@ -67,9 +67,12 @@ def _run_options(run_dir: Path) -> tuple[object | None, int | None]:
     config = read_config(latest)
     try:
         options = train_config_from_dict(config["train_args"], str(latest))
+        check_config(options)  # a schedule no run could have (a damaged file) is not drawn
     except (GenError, TypeError):
         options = None  # options of another gen version: fall back to the recorded rates
-    return options, config["model"]["config"].get("vocab_size")
+    vocab_size = config["model"]["config"].get("vocab_size")
+    valid = isinstance(vocab_size, int) and not isinstance(vocab_size, bool) and vocab_size >= 1
+    return options, vocab_size if valid else None
 
 
 def plot_run(run_dir: str | os.PathLike, output: str | os.PathLike | None = None) -> Path:

@@ -416,3 +416,16 @@ def test_rank_without_torchruns_other_variables_is_one_line(workspace, tmp_path,
     monkeypatch.delenv("MASTER_ADDR", raising=False)
     result = gen("train", "--data", workspace / "corpus.txt", "--out", tmp_path / "run", *TINY)
     assert_one_line_error(result, "MASTER_ADDR", "torchrun")
+
+
+@pytest.mark.parametrize("edit", [
+    lambda config: config["model"]["config"].update(vocab_size="many"),
+    lambda config: config["model"]["config"].update(vocab_size=-1),
+    lambda config: config["train_args"].update(warmup_iters=0, lr_decay_iters=0),
+    lambda config: config["train_args"].update(lr=-1.0),
+], ids=["vocab-text", "vocab-negative", "no-schedule", "negative-lr"])
+def test_plot_draws_a_run_whose_checkpoint_options_are_impossible(copy_of, edit):
+    run = copy_of("run")
+    edit_json(run / "latest" / "config.json", edit)
+    result = gen("plot", run)
+    assert result.exit_code == 0, result.output
