@@ -25,7 +25,6 @@ import hashlib
 import http.client
 import json
 import os
-import stat
 import sys
 import urllib.error
 import urllib.request
@@ -38,12 +37,13 @@ import numpy as np
 from gen.core.errors import GenError
 from gen.core.files import replace_file_atomically
 from gen.core.limits import check_fits, format_bytes
-from gen.core.reading import check_npy_header, load_json, validate
+from gen.core.reading import check_npy_header, check_regular_file, decode_utf8, load_json, read_bytes, validate
 from gen.core.specs import call_with_options, convert_options, describe_options, parse_spec
 from gen.core.tokenizer import Tokenizer, tokenizer_from_dict, tokenizer_to_dict
 
 TRAIN_FRACTION = 0.9  # the first 90% of the tokens train, the last 10% validate
 CACHE_FORMAT = 1  # bump to invalidate every cached tokenizer and token file
+MAX_CORPUS_BYTES = 2**62  # no limit of its own: the memory estimate in read_text decides
 
 
 @dataclass(frozen=True)
@@ -159,24 +159,13 @@ def read_text(path: Path) -> str:
     known = ", ".join(KNOWN_CORPORA)
     if not path.exists():
         raise GenError(f"the corpus {str(path)!r} does not exist; give --data a UTF-8 text file or one of: {known}")
-    if path.is_dir():
-        raise GenError(f"the corpus {str(path)!r} is a directory; give --data a UTF-8 text file")
-    status = path.stat()
-    if not stat.S_ISREG(status.st_mode):  # /dev/zero or a FIFO would be read forever
-        raise GenError(f"the corpus {str(path)!r} is not a regular file (a device or a pipe); "
-                       f"give --data a UTF-8 text file")
+    # /dev/zero or a FIFO would be read forever: refused here, before it is opened
+    size = check_regular_file(path, "corpus", MAX_CORPUS_BYTES).st_size
     # The text, its UTF-8 decoding (up to 4 bytes a character in Python's str) and the
     # encoded corpus are in memory at once; a file that cannot fit is refused, not read.
-    check_fits(8 * status.st_size, f"the corpus {str(path)!r} ({format_bytes(status.st_size)})",
+    check_fits(8 * size, f"the corpus {str(path)!r} ({format_bytes(size)})",
                "give --data a smaller file (gen reads the whole corpus into memory)")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise GenError(
-            f"the corpus {str(path)!r} is not UTF-8 text (byte {error.start}: {error.reason}); convert it to UTF-8"
-        ) from None
-    except OSError as error:
-        raise GenError(f"cannot read the corpus {str(path)!r}: {error.strerror}") from None
+    text = decode_utf8(read_bytes(path, "corpus", MAX_CORPUS_BYTES), f"the corpus {str(path)!r}")
     if not text:
         raise GenError(f"the corpus {str(path)!r} is empty; give --data a file with some text")
     return text

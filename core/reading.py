@@ -27,7 +27,6 @@ import re
 import stat
 import zipfile
 from itertools import accumulate
-from pathlib import Path
 from typing import Iterator, TypeVar
 
 import msgspec
@@ -84,15 +83,20 @@ def check_regular_file(path: str | os.PathLike, what: str, limit: int) -> os.sta
 def read_bytes(path: str | os.PathLike, what: str, limit: int) -> bytes:
     """The bytes of the regular file `path` (see check_regular_file); never more than `limit`,
     even if the file grows while it is read."""
-    check_regular_file(path, what, limit)
+    size = check_regular_file(path, what, limit).st_size
+    chunks, total = [], 0
     try:
         with open(path, "rb") as file:
-            data = file.read(limit + 1)
+            # (read(n) allocates n bytes at once: ask for what the file holds)
+            while chunk := file.read(min(limit + 1 - total, max(size + 1, 1 << 16))):
+                chunks.append(chunk)
+                total += len(chunk)
+                if total > limit:
+                    raise GenError(f"the {what} {os.fspath(path)!r} grew past {format_bytes(limit)} "
+                                   f"while it was read")
     except OSError as error:
         raise GenError(f"cannot read the {what} {os.fspath(path)!r}: {error.strerror}") from None
-    if len(data) > limit:
-        raise GenError(f"the {what} {os.fspath(path)!r} grew past {format_bytes(limit)} while it was read")
-    return data
+    return b"".join(chunks)
 
 
 def decode_utf8(data: bytes, source: str) -> str:
