@@ -44,6 +44,8 @@ MODEL_NAME = "m"  # the name the clients ask for, served with --served-model-nam
 TARGET_SCALING_32 = 4.0
 TARGET_ITL_P99_32_S = 0.100
 TARGET_SINGLE_OVER_GEN_RUN = 0.7
+# The target of issue 19: the server's CPU per token at 32 clients over the model's alone, in step.
+TARGET_SERVER_CPU_OVER_MODEL = 1.5
 
 
 @dataclass
@@ -358,6 +360,11 @@ def main() -> None:
                   f"the server's HTTP side {http_cpu * 1e6:.0f} us more, the 32 clients {clients_cpu * 1e6:.0f} us. "
                   f"At the target, even with scheduling as cheap as that batch, the whole system needs "
                   f"{target * (offline_cpu + http_cpu + clients_cpu):.1f} cores, on {cpus} CPUs")
+            ratio = server_cpu / offline_cpu
+            print(f"  server CPU per token {server_cpu * 1e6:.0f} us over the model alone in step "
+                  f"{offline_cpu * 1e6:.0f} us: {ratio:.2f}x (target <= {TARGET_SERVER_CPU_OVER_MODEL:.1f}x): "
+                  f"{'met' if ratio <= TARGET_SERVER_CPU_OVER_MODEL else 'NOT met'}; without HTTP, the scheduler "
+                  f"alone {alone_cpu / offline_cpu:.2f}x")
         if 64 in by_clients:
             row = by_clients[64]
             print(f"64 clients: {row[7]} errors, {row[8]} mismatched completions: "

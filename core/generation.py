@@ -14,11 +14,13 @@ and equals its text from the server for the same seed.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from gen.core.constraints import CompiledConstraint
 from gen.core.errors import GenError
 from gen.core.sampling import Sampler, SamplingContext, log_softmax
 from gen.core.tokenizer import TextStream, Tokenizer
@@ -113,8 +115,9 @@ class RowPolicy:
     It holds the row's window (what the model conditions on), its history (what samplers
     that want `context` see), the sampler chain and random stream it draws with (the batch
     generator's rows share one of each and draw together; the scheduler's rows each have
-    their own stream), its text with the stop strings, its limit and its count. Whoever
-    runs the model drives it:
+    their own stream), its text with the stop strings, its limit and its count, and its
+    constraint's state when it has one (gen.core.constraints: masked before the chain, and
+    the rule that ends a constrained row). Whoever runs the model drives it:
 
         prefill `window` (a new row, or one that slid), or decode `window[-1]`;
         ids = row.draw(logits), or draw_rows(rows, ...) for rows that draw together;
@@ -129,7 +132,7 @@ class RowPolicy:
 
     def __init__(self, prompt_ids: Sequence[int], block_size: int, uses_cache: bool, max_tokens: int,
                  chain: Sampler, rng, tokenizer: Tokenizer | None = None, stop: Sequence[str] = (),
-                 keep_text: bool = True):
+                 keep_text: bool = True, constraint: CompiledConstraint | None = None):
         if len(prompt_ids) == 0:
             raise GenError("every prompt needs at least one token; give a non-empty --prompt")
         self.block_size = block_size
@@ -141,6 +144,9 @@ class RowPolicy:
         self.history = RowHistory(prompt_ids) if getattr(chain, "wants_context", False) else None
         self.text = RowText.start(tokenizer, prompt_ids, stop) if keep_text else None
         self.max_tokens = max_tokens
+        self.constraint = constraint.start() if constraint is not None else None
+        self.ending = False  # its constraint ends it before this step's token (gen.core.constraints)
+        self.took_token = False  # whether the last accepted token joined its text (per-token reports)
         self.count = 0  # tokens generated
         self.finish_reason: str | None = None  # "stop" or "length" once the row has ended
 
@@ -160,9 +166,23 @@ class RowPolicy:
         """The next token of this row alone from its (1, vocab) logits, as a (1,) array."""
         return draw_rows([self], logits, self.chain, self.rng)
 
+    def constrain(self, logits: np.ndarray) -> np.ndarray:
+        """This row's (vocab,) logits with its constraint applied: masked to the tokens its language
+        allows, or as they are when the row ends here instead (`ending`; its draw is discarded)."""
+        if self.constraint is None or self.finish_reason is not None:
+            return logits
+        self.ending = self.constraint.ends_before(logits)
+        return logits if self.ending else self.constraint.mask(logits)
+
     def accept(self, token: int) -> tuple[str, str | None]:
         """Take the drawn token; return the text it made safe to show, and why the row ended
-        with it ("stop": a stop string; "length": max_tokens) or None."""
+        with it ("stop": a stop string or its constraint; "length": max_tokens) or None."""
+        self.took_token = False
+        if self.ending and self.finish_reason is None:  # its constraint ended it: the token is not taken
+            self.finish_reason = "stop"
+            return self._end_text(), self.finish_reason
+        if self.constraint is not None and self.finish_reason is None:
+            self.constraint.advance(token)
         self.count += 1
         self.window.append(token)
         if not self.uses_cache:
@@ -172,11 +192,25 @@ class RowPolicy:
         piece = self.text.push(token) if self.text is not None else ""
         if self.finish_reason is not None:  # ended before: a batch draws on for its other rows
             return piece, None
+        self.took_token = self.text is None or not self.text.finished  # not the end of a stop string
         if self.text is not None and self.text.finished:
             self.finish_reason = "stop"
+        elif self.constraint is not None and self.constraint.complete and not self.constraint.can_continue():
+            self.finish_reason = "stop"  # a whole sentence of its language, which nothing may follow
+            piece += self._end_text()
         elif self.count >= self.max_tokens:
-            self.finish_reason = "length"
+            complete = self.constraint is not None and self.constraint.complete
+            self.finish_reason = "stop" if complete else "length"
         return piece, self.finish_reason
+
+    def _end_text(self) -> str:
+        """What its text held back (for a stop string that did not come), handed out now that the
+        constraint ends the row; later tokens of its batch add nothing."""
+        if self.text is None:
+            return ""
+        out = self.text.close()
+        self.text.finished = True
+        return out
 
     def close(self) -> str:
         """The text held back until the end."""
@@ -186,7 +220,10 @@ class RowPolicy:
 def draw_rows(rows: Sequence[RowPolicy], logits: np.ndarray, chain: Sampler, rng) -> np.ndarray:
     """The next token of every row, (rows,) int64, from their stacked (rows, vocab) logits in
     one call of `chain` with `rng` (a Generator, or a gen.core.sampling.RowStreams). A chain
-    that wants the text so far gets the rows' histories as its SamplingContext."""
+    that wants the text so far gets the rows' histories as its SamplingContext. A row with a
+    constraint has its own row of the logits masked first (RowPolicy.constrain)."""
+    if any(row.constraint is not None for row in rows):
+        logits = np.stack([row.constrain(row_logits) for row, row_logits in zip(rows, logits)])
     if not getattr(chain, "wants_context", False):
         return chain(logits, rng)
     context = SamplingContext([row.history.tokens for row in rows], [row.history.prompt_length for row in rows],
@@ -195,11 +232,12 @@ def draw_rows(rows: Sequence[RowPolicy], logits: np.ndarray, chain: Sampler, rng
 
 
 def _batch_rows(backend: Backend, prompts: Sequence[Sequence[int]], sampler: Sampler, rng, max_new_tokens: int,
-                tokenizer, stop: Sequence[str] = (), keep_text: bool = True) -> list[RowPolicy]:
+                tokenizer, stop: Sequence[str] = (), keep_text: bool = True,
+                constraint: CompiledConstraint | None = None) -> list[RowPolicy]:
     if not prompts:
         raise GenError("every prompt needs at least one token; give a non-empty --prompt")
     return [RowPolicy(ids, backend.block_size, backend.uses_cache, max_new_tokens, sampler, rng, tokenizer, stop,
-                      keep_text) for ids in prompts]
+                      keep_text, constraint) for ids in prompts]
 
 
 def _run_batch(backend: Backend, rows: list[RowPolicy]) -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
@@ -264,15 +302,7 @@ class StopMatcher:
 
     def __init__(self, stop: str):
         self.stop = stop
-        # fallback[i]: the longest proper prefix of stop[:i + 1] that is also its suffix.
-        self.fallback = [0] * len(stop)
-        length = 0
-        for i in range(1, len(stop)):
-            while length and stop[i] != stop[length]:
-                length = self.fallback[length - 1]
-            if stop[i] == stop[length]:
-                length += 1
-            self.fallback[i] = length
+        self.fallback = _fallback_table(stop)
         self.matched = 0
 
     def feed(self, character: str) -> bool:
@@ -284,6 +314,21 @@ class StopMatcher:
             matched += 1
         self.matched = matched
         return matched == len(self.stop)
+
+
+@functools.lru_cache(maxsize=256)
+def _fallback_table(stop: str) -> tuple[int, ...]:
+    """fallback[i]: the longest proper prefix of stop[:i + 1] that is also its suffix. Built once
+    per stop string (a request's n rows, and the requests that repeat it, share the table)."""
+    fallback = [0] * len(stop)
+    length = 0
+    for i in range(1, len(stop)):
+        while length and stop[i] != stop[length]:
+            length = fallback[length - 1]
+        if stop[i] == stop[length]:
+            length += 1
+        fallback[i] = length
+    return tuple(fallback)
 
 
 @dataclass
@@ -404,6 +449,7 @@ def generate_text(
     max_new_tokens: int,
     stop: Sequence[str] = (),
     logprobs: int | None = None,
+    constraint: CompiledConstraint | None = None,
 ) -> Iterator[TextStep]:
     """Stream text: yield, per step, the new piece of text of every row.
 
@@ -413,14 +459,16 @@ def generate_text(
     what was held back. The rows draw together: one call of `sampler` with `rng` per step.
     With `logprobs` (a number of alternatives, 0 for none) each step also reports every
     row's TokenChoice, read off the sampler chain (gen.core.sampling.SamplerChain).
+    With `constraint` (compiled for `tokenizer`) each row keeps to its language, with its own
+    state (gen.core.constraints), and ends by its rule.
     """
     prompt_ids = [encode_prompt(tokenizer, prompt) if isinstance(prompt, str) else prompt for prompt in prompts]
-    rows = _batch_rows(backend, prompt_ids, sampler, rng, max_new_tokens, tokenizer, stop)
+    rows = _batch_rows(backend, prompt_ids, sampler, rng, max_new_tokens, tokenizer, stop, constraint=constraint)
     for next_ids, logits, pieces in _run_batch(backend, rows):
         tokens = None
         if logprobs is not None:
             tokens = token_choices(logits, sampler.drawn_from, next_ids, logprobs, tokenizer)
-            tokens = [None if row.text.finished else token for row, token in zip(rows, tokens)]
+            tokens = [token if row.took_token else None for row, token in zip(rows, tokens)]
         yield TextStep(pieces, tokens)
     yield TextStep([row.close() for row in rows], None)
 
@@ -437,7 +485,8 @@ class GenerationOptions:
     every generation gets fresh sampler objects from specs and recipes. `logit_bias` maps
     token ids to a bias added to their logits (-inf forbids a token). `rng` (which
     overrides `seed`) lets several calls share one random stream, as `gen run
-    --num-samples` does. `stop` is a string or a list of them.
+    --num-samples` does. `stop` is a string or a list of them. `constraint` keeps the text
+    inside a language: a gen.core.constraints.Constraint, e.g. Constraint("regex", "[0-9]+").
     """
 
     sampler: object = None
@@ -446,3 +495,4 @@ class GenerationOptions:
     stop: str | Sequence[str] = ()
     rng: np.random.Generator | None = None
     logit_bias: Mapping[int, float] | None = None
+    constraint: object = None

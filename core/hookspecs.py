@@ -16,6 +16,11 @@ def register_samplers(register):
 
 
 @hookspec
+def register_constraints(register):
+    """Register constraint kinds: register(name, cls), built as cls(value, tokenizer, vocab_size)."""
+
+
+@hookspec
 def register_tokenizers(register):
     """Register tokenizer classes following gen.core.Tokenizer."""
 

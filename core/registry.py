@@ -27,23 +27,25 @@ BUILTIN_PLUGINS = (
     "gen.plugins.tokenizers",
     "gen.plugins.hf_tokenizers",
     "gen.plugins.samplers",
+    "gen.plugins.constraints",
     "gen.plugins.models",
     "gen.core.cli.commands",
     "gen.core.cli.tools",
     "gen.core.cli.export_commands",
     "gen.core.cli.runtime_commands",
 )
-KINDS = ("model", "sampler", "tokenizer")
+KINDS = ("model", "sampler", "tokenizer", "constraint")
 _HOOK_OF_KIND = {
     "model": "register_models",
     "sampler": "register_samplers",
     "tokenizer": "register_tokenizers",
+    "constraint": "register_constraints",
 }
 
 
 @dataclass
 class PluginEntry:
-    """One registered model, sampler or tokenizer."""
+    """One registered model, sampler, tokenizer or constraint kind."""
 
     kind: str
     name: str
@@ -71,6 +73,8 @@ class PluginEntry:
             return options_of(target)
         if self.kind == "tokenizer":
             return options_of(target.train, skip=("text",))
+        if self.kind == "constraint":  # its one value is the pattern, schema or grammar itself
+            return {}
         from gen.core.model import model_options
 
         return model_options(target)

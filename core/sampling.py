@@ -110,13 +110,27 @@ class RowStreams:
 # --- helpers for sampler authors -------------------------------------------------
 
 
+class SamplerOptionsError(GenError):
+    """A sampler's options, not the model, made the logits unusable: the caller's to fix (gen
+    serve answers it 400, not 500)."""
+
+
+def finite_logits(logits: np.ndarray) -> bool:
+    """Whether no entry is NaN or +inf (-inf is a removed token, fine), in one pass: a NaN
+    anywhere makes the max NaN."""
+    top = logits.max() if logits.size else 0.0
+    return not (np.isnan(top) or top == np.inf)
+
+
 def check_logits(logits: np.ndarray) -> np.ndarray:
-    """Return logits as a float32 (batch, vocab) array; reject NaN with a clear error."""
+    """Return logits as a float32 (batch, vocab) array; reject NaN with a clear error.
+
+    A SamplerChain checks the model's logits before its first filter and blames a filter whose
+    result is not finite (SamplerOptionsError), so this error in a chain is the model's."""
     logits = np.asarray(logits, dtype=np.float32)
     if logits.ndim != 2:
         raise GenError(f"a sampler takes logits of shape (batch, vocab), got shape {logits.shape}")
-    top = logits.max() if logits.size else 0.0  # NaN if any is NaN; -inf is a masked token, fine
-    if np.isnan(top) or top == np.inf:
+    if not finite_logits(logits):
         raise GenError(
             "the model produced NaN or infinite logits; the checkpoint or export is broken "
             "(retrain or re-export)"
@@ -325,14 +339,28 @@ class SamplerChain:
         self.drawn_from = None
 
     def __call__(self, logits: np.ndarray, rng: np.random.Generator, context: SamplingContext | None = None):
-        logits = check_logits(logits)
+        logits = check_logits(logits)  # the model's own logits: NaN here is the model's fault
+        steps = [logits]
         for link in self.filters:
-            logits = link.filter(logits, context)
+            steps.append(link.filter(steps[-1], context))
+        logits = steps[-1]
+        if self.filters and not finite_logits(logits):
+            raise self._blame(steps)
         self.filtered = logits
         ids = self.final.draw(logits, rng, context)
         drawn_from = getattr(self.final.sampler, "drawn_from", None)
         self.drawn_from = logits if drawn_from is None else drawn_from
         return ids
+
+
+    def _blame(self, steps: list[np.ndarray]) -> SamplerOptionsError:
+        """The error naming the first filter whose result is NaN or +inf, its input having been finite."""
+        for link, result in zip(self.filters, steps[1:]):
+            if not finite_logits(result):
+                return SamplerOptionsError(
+                    f"sampler {link.spec!r} turned the model's finite logits into NaN or infinite ones: an option "
+                    f"of it is too extreme for float32 arithmetic; choose a value of smaller magnitude")
+        raise AssertionError("a chain blamed for non-finite logits has no filter that made them")
 
 
 class Multinomial:

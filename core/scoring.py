@@ -8,6 +8,7 @@ exactly once.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -25,6 +26,27 @@ def _windows(ids: np.ndarray, block_size: int) -> Iterator[tuple[np.ndarray, np.
         yield inputs[:len(targets)], targets
 
 
+def _scored_windows(
+    logits_of: LogitsFunction, ids: np.ndarray, block_size: int, batch_size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(B, T, vocab) log-probabilities and (B, T) targets of each batch of windows, in order.
+    Windows in one batch share a length; the last, shorter one goes alone."""
+    batch: list[tuple[np.ndarray, np.ndarray]] = []
+    for window in _windows(ids, block_size):
+        if batch and (len(batch) == batch_size or len(window[0]) != len(batch[0][0])):
+            yield log_softmax(logits_of(np.stack([inputs for inputs, _ in batch]))), np.stack([t for _, t in batch])
+            batch = []
+        batch.append(window)
+    yield log_softmax(logits_of(np.stack([inputs for inputs, _ in batch]))), np.stack([t for _, t in batch])
+
+
+def _checked_ids(ids: Sequence[int]) -> np.ndarray:
+    ids = np.asarray(ids, dtype=np.int64)
+    if len(ids) < 2:
+        raise GenError("need at least 2 tokens to score; use a longer text")
+    return ids
+
+
 def exact_loss(
     logits_of: LogitsFunction,
     ids: Sequence[int],
@@ -33,30 +55,40 @@ def exact_loss(
     progress: Callable[[int], None] | None = None,
 ) -> tuple[float, int]:
     """Mean negative log-likelihood in nats per token, and the number of tokens scored."""
-    ids = np.asarray(ids, dtype=np.int64)
-    if len(ids) < 2:
-        raise GenError("need at least 2 tokens to score; use a longer text")
+    ids = _checked_ids(ids)
     total_nll = 0.0
     scored = 0
-    batch: list[tuple[np.ndarray, np.ndarray]] = []
-
-    def score(batch):
-        nonlocal total_nll, scored
-        # Windows in one batch share a length; the last, shorter one goes alone.
-        log_probs = log_softmax(logits_of(np.stack([inputs for inputs, _ in batch])))  # (B, T, vocab)
-        targets = np.stack([t for _, t in batch])  # (B, T)
+    for log_probs, targets in _scored_windows(logits_of, ids, block_size, batch_size):
         total_nll -= np.take_along_axis(log_probs, targets[..., None], axis=-1).sum()
         scored += targets.size
         if progress:
             progress(targets.size)
-
-    for window in _windows(ids, block_size):
-        if batch and (len(batch) == batch_size or len(window[0]) != len(batch[0][0])):
-            score(batch)
-            batch = []
-        batch.append(window)
-    score(batch)
     return total_nll / scored, scored
+
+
+@dataclass
+class TokenScores:
+    """Every token but the first, scored as exact_loss scores it: `logprobs[i]` is token i + 1's
+    log-probability given the ones before it in its window, `top_ids[i]` and `top_logprobs[i]`
+    the `top_n` likeliest tokens at that position, best first."""
+
+    logprobs: np.ndarray  # (len - 1,) float64
+    top_ids: np.ndarray  # (len - 1, top_n) int64
+    top_logprobs: np.ndarray  # (len - 1, top_n) float64
+
+
+def token_scores(logits_of: LogitsFunction, ids: Sequence[int], block_size: int, top_n: int = 0,
+                 batch_size: int = 32) -> TokenScores:
+    """Each token's log-probability (and the top_n alternatives), in exact_loss's windows."""
+    ids = _checked_ids(ids)
+    logprobs, top_ids, top_logprobs = [], [], []
+    for log_probs, targets in _scored_windows(logits_of, ids, block_size, batch_size):
+        logprobs.append(np.take_along_axis(log_probs, targets[..., None], axis=-1).reshape(-1))
+        flat = log_probs.reshape(-1, log_probs.shape[-1])
+        best = np.argsort(-flat, axis=-1, kind="stable")[:, :top_n]  # ties to the lower id, as greedy
+        top_ids.append(best)
+        top_logprobs.append(np.take_along_axis(flat, best, axis=-1))
+    return TokenScores(np.concatenate(logprobs), np.concatenate(top_ids), np.concatenate(top_logprobs))
 
 
 def loss_report(loss_nats: float, tokens: int, characters: int) -> dict:

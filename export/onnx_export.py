@@ -47,6 +47,7 @@ from gen.export.attention import TRANSLATIONS
 from gen.export.quantize import QUANTIZATIONS, validation_ids_of
 from gen.export.quantize import quantize as quantize_file
 from gen.runtime.artifact import (
+    CHAT_TEMPLATE_KEY,
     ATTENTION_MASK,
     FORMAT_KEY,
     FORMAT_VERSION,
@@ -88,6 +89,7 @@ class ExportOptions:
     overwrite: bool = False  # replace an existing file (kept until the new one is whole)
     portable: bool = False  # torch's operator-by-operator graph instead of gpt's fused one
     static_cache: bool = False  # gpt's cache of block_size positions, updated in place
+    chat_template: str | None = None  # a Jinja chat template to carry (gen.runtime.chat), checked before export
     progress: Progress | None = print  # where each step is announced; None: nowhere
 
     def say(self, message: str) -> None:
@@ -366,7 +368,7 @@ def _default_opset(proto: onnx.ModelProto) -> int:
 
 
 def add_metadata(proto: onnx.ModelProto, model_document: dict, tokenizer_document: dict,
-                 training_document: dict | None = None) -> None:
+                 training_document: dict | None = None, chat_template: str | None = None) -> None:
     """Write the gen metadata_props (replacing any from an earlier pass)."""
     values = {
         FORMAT_KEY: str(FORMAT_VERSION),
@@ -375,6 +377,8 @@ def add_metadata(proto: onnx.ModelProto, model_document: dict, tokenizer_documen
     }
     if training_document is not None:
         values[TRAINING_KEY] = json.dumps(training_document, sort_keys=True)
+    if chat_template is not None:
+        values[CHAT_TEMPLATE_KEY] = chat_template
     kept = [entry for entry in proto.metadata_props if entry.key not in values]
     del proto.metadata_props[:]
     proto.metadata_props.extend(kept)
@@ -470,6 +474,10 @@ def export_model(
     """
     say = options.say
     path = check_export_destination(path, options.overwrite)
+    if options.chat_template is not None:  # a template that fails or leaves the sandbox is refused now
+        from gen.runtime.chat import check_template
+
+        check_template(options.chat_template)
     if options.quantize is not None and options.quantize not in QUANTIZATIONS:
         raise GenError(f"unknown quantization {options.quantize!r}; choose one of: {', '.join(QUANTIZATIONS)}")
     # The file's contract is float32 on any device; the export traces and verifies on the CPU.
@@ -502,7 +510,7 @@ def export_model(
 
     say(f"[2/4] adding gen metadata and checking the graph with onnx.checker (full check, opset {produced_opset})")
     add_metadata(proto, model_document(name, config, cache, parameters, options.static_cache), tokenizer_document,
-                 training)
+                 training, options.chat_template)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as error:

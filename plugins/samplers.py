@@ -47,6 +47,10 @@ class Greedy:
         return ids
 
 
+# The range of a float32 option: beyond it the value becomes 0 or inf in the logits' arithmetic.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+
 # Below this, logits of a few hundred divided by t leave float32's range, and the draw
 # is greedy anyway.
 MIN_TEMPERATURE = 1e-4
@@ -133,6 +137,9 @@ class RepetitionPenalty(LogitsFilter):
     def __init__(self, penalty: float = 1.1, window: int = 0):
         if not (math.isfinite(penalty) and penalty > 0):
             raise GenError(f"repetition_penalty needs a finite penalty > 0 (1 is none), got penalty={penalty}")
+        if not FLOAT32_TINY <= penalty <= FLOAT32_MAX:  # 0 or inf in float32: logits / penalty breaks
+            raise GenError(f"repetition_penalty needs a penalty within float32's range ({FLOAT32_TINY:.3g} to "
+                           f"{FLOAT32_MAX:.3g}; 1 is none), got penalty={penalty}")
         if window < 0:
             raise GenError(f"repetition_penalty needs window >= 0 (0: the whole text), got window={window}")
         self.penalty = np.float32(penalty)
@@ -141,7 +148,8 @@ class RepetitionPenalty(LogitsFilter):
     def filter(self, logits: np.ndarray, context: SamplingContext) -> np.ndarray:
         rows = [tokens[-self.window:] if self.window else tokens for tokens in context.tokens]  # prompt and output
         seen = token_counts(rows, logits.shape[-1]) > 0
-        penalised = np.where(logits > 0, logits / self.penalty, logits * self.penalty)
+        with np.errstate(over="ignore"):  # an overflow is the chain's to report, naming this sampler
+            penalised = np.where(logits > 0, logits / self.penalty, logits * self.penalty)
         return np.where(seen, penalised, logits).astype(np.float32)
 
 
@@ -152,6 +160,9 @@ class Penalties(LogitsFilter):
         for name, value in (("presence", presence), ("frequency", frequency)):
             if not math.isfinite(value):
                 raise GenError(f"penalties needs a finite {name}, got {name}={value}")
+            if abs(value) > FLOAT32_MAX:  # inf in float32, and inf * 0 is NaN for every unseen token
+                raise GenError(f"penalties needs {name} within float32's range (-{FLOAT32_MAX:.3g} to "
+                               f"{FLOAT32_MAX:.3g}), got {name}={value}")
         self.presence = np.float32(presence)
         self.frequency = np.float32(frequency)
 

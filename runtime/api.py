@@ -4,14 +4,28 @@ and the shapes of responses, stream chunks and errors (no torch, no web framewor
 Fields map onto gen's sampler recipes (gen.core.sampling.SamplerRecipe), built from the typed
 fields without going through spec text:
 
-| OpenAI field | gen |
+| field | gen, in the chain's order |
 | --- | --- |
-| `presence_penalty`, `frequency_penalty` | `penalties:presence=P,frequency=F`, first in the chain |
-| `temperature` | `temperature:t=T`; 0 is `greedy` |
-| `top_p` | `top_p:p=P`, after the temperature |
-| `sampler` (extension) | a list of `--sampler` specs that replaces what temperature and top_p build |
+| `repetition_penalty` (vLLM) | `repetition_penalty:penalty=R`, first; 1 is none |
+| `presence_penalty`, `frequency_penalty` | `penalties:presence=P,frequency=F` |
+| `temperature` | `temperature:t=T`; 0 is `greedy` (and the three below change nothing) |
+| `top_k` (vLLM) | `top_k:k=K`; -1 or 0 is none |
+| `top_p` | `top_p:p=P` |
+| `min_p` (vLLM) | `min_p:p=P`; 0 is none |
+| `sampler` (extension) | a list of `--sampler` specs that replaces temperature, top_k, top_p and min_p (the penalties stay, before it) |
 | `logit_bias` | `{"token id": bias}`, added before the chain (gen.core.LogitBias) |
 | `seed` | choice k of the request draws with `np.random.default_rng(seed + k)` |
+
+Constraints (gen.core.constraints), at most one per request, masked before the chain:
+
+| field | constraint |
+| --- | --- |
+| `response_format` | OpenAI's `{"type": "json_object"}`, `{"type": "json_schema", "json_schema": {"schema": ...}}` or `{"type": "text"}` (none) |
+| `guided_regex`, `guided_json`, `guided_grammar` (vLLM) | a regular expression, a JSON Schema (object or text), a Lark or GBNF grammar |
+
+POST /v1/chat/completions takes `messages` instead of `prompt` (rendered by the model's chat
+template, gen.runtime.chat), `max_completion_tokens` or `max_tokens`, `logprobs` (true or
+false) and `top_logprobs`, and the sampling fields above; no `echo`, `best_of` or `suffix`.
 
 So choice k's text is what `gen run MODEL --prompt P --sampler ... --seed (seed + k)
 --max-new-tokens max_tokens` prints after the prompt. A request without a seed gets a
@@ -25,17 +39,24 @@ import math
 import secrets
 from dataclasses import dataclass
 
+from gen.core.constraints import CompiledConstraint, Constraint
 from gen.core.errors import GenError
-from gen.core.generation import TokenChoice
+from gen.core.generation import Alternative, TokenChoice
+from gen.core.scoring import token_scores
 from gen.core.sampling import SamplerRecipe, Sampling
+from gen.runtime.chat import ROLES
 from gen.runtime.scheduler import Choice
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default
 MAX_STOP_STRINGS = 4  # as OpenAI
+# vLLM's sampling fields of the same meaning as one of gen's built-in samplers (vLLM has no
+# n-gram ban, mirostat or typical sampling among its fields, so gen adds none for them).
+VLLM_SAMPLING_FIELDS = ("top_k", "min_p", "repetition_penalty")
+CONSTRAINT_FIELDS = ("response_format", "guided_regex", "guided_json", "guided_grammar")
 FIELDS = (
     "model", "prompt", "max_tokens", "temperature", "top_p", "n", "seed", "stop", "stream", "stream_options",
     "logprobs", "logit_bias", "presence_penalty", "frequency_penalty", "echo", "best_of", "suffix", "user",
-    "sampler",
+    "sampler", *VLLM_SAMPLING_FIELDS, *CONSTRAINT_FIELDS,
 )
 
 
@@ -63,6 +84,10 @@ class Limits:
     max_choices: int = 64  # prompts x n
     max_logprobs: int = 20  # alternatives per token
     max_samplers: int = 16  # specs in `sampler`
+    # What bounds the work of preparing a request (its rows' prompts, stop tables and biases):
+    max_request_prompt_tokens: int = 65536  # prompt tokens x n, over every prompt
+    max_stop_chars: int = 4096  # the characters of every stop string together
+    max_logit_bias: int = 1024  # entries in logit_bias
 
 
 @dataclass
@@ -79,6 +104,8 @@ class CompletionRequest:
     echo: bool = False
     logprobs: int | None = None
     n: int = 1  # completions per prompt
+    chat: bool = False  # a chat completion: answered in chat's shapes
+    prompt_ids: list[list[int]] | None = None  # each prompt's token ids
 
     def prompt_of(self, choice: int) -> str:
         """The prompt that choice number `choice` continues."""
@@ -96,10 +123,17 @@ def parse_json(body: bytes) -> dict:
     """The request body as a JSON object (NaN and Infinity are not JSON, so they are refused)."""
     try:
         document = json.loads(body, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as error:
+    except (ValueError, UnicodeDecodeError) as error:  # also an integer of more than 4,300 digits
         raise APIError(f"the request body is not valid JSON ({error})") from None
+    except RecursionError:
+        raise APIError("the request body nests arrays or objects too deeply to read") from None
     if not isinstance(document, dict):
         raise APIError(f"the request body must be a JSON object, not {_json_type(document)}")
+    try:  # a \ud800 escape alone is JSON, but no text: it could not even be quoted in an error
+        json.dumps(document, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise APIError("the request body has a lone UTF-16 surrogate (a \\uD800-\\uDFFF escape without its "
+                       "pair); send valid Unicode text") from None
     return document
 
 
@@ -108,6 +142,8 @@ def _json_type(value) -> str:
         return "null"
     if isinstance(value, bool):
         return "a boolean"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "a number beyond a double's range"  # 1e999: JSON, read as infinity
     if isinstance(value, (int, float)):
         return "a number"
     if isinstance(value, str):
@@ -121,8 +157,10 @@ def _number(body: dict, name: str, default: float, low: float, high: float) -> f
     value = body.get(name)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise APIError(f"{name} must be a number, got {_json_type(value)}", name)
+    if not math.isfinite(value):
+        raise APIError(f"{name} must be a finite number, got {_json_type(value)}", name)
     if not low <= value <= high:
         raise APIError(f"{name} must be between {low:g} and {high:g}, got {value}", name)
     return float(value)
@@ -216,8 +254,11 @@ def _logit_bias(body: dict, vocab_size: int) -> dict[int, float]:
         raise APIError(f'logit_bias must be an object like {{"42": -100}}, got {_json_type(bias)}', "logit_bias")
     biases = {}
     for key, value in bias.items():
-        if not (key.isascii() and key.isdigit()) or not 0 <= int(key) < vocab_size:
-            raise APIError(f"logit_bias key {key!r} is not a token id (0 to {vocab_size - 1}, as a string)",
+        # A token id has at most as many digits as the largest; int() of 5,000 digits is refused by Python.
+        if not (key.isascii() and key.isdigit() and len(key) <= len(str(vocab_size))) \
+                or not 0 <= int(key) < vocab_size:
+            shown = key if len(key) <= 40 else f"{key[:20]}...({len(key):,} characters)"
+            raise APIError(f"logit_bias key {shown!r} is not a token id (0 to {vocab_size - 1}, as a string)",
                            "logit_bias")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 100:
             raise APIError(f"logit_bias for token {key} must be a number from -100 to 100, got {value!r}",
@@ -227,16 +268,15 @@ def _logit_bias(body: dict, vocab_size: int) -> dict[int, float]:
 
 
 def sampler_recipes(body: dict, limits: Limits) -> list[SamplerRecipe]:
-    """The sampler chain a request asks for: its `sampler` field (a list of `--sampler` specs), or
-    what temperature and top_p build; the OpenAI penalties, when set, come first. Typed fields
-    become recipes directly; only the `sampler` list is parsed."""
+    """The sampler chain a request asks for, in vLLM's order: the penalties first
+    (repetition_penalty, then presence and frequency), then either its `sampler` field (a list
+    of `--sampler` specs, which replaces the rest) or temperature, top_k, top_p and min_p.
+    Typed fields become recipes directly; only the `sampler` list is parsed."""
+    recipes = _penalty_recipes(body)
     temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
     top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
-    presence = _number(body, "presence_penalty", 0.0, -2.0, 2.0)
-    frequency = _number(body, "frequency_penalty", 0.0, -2.0, 2.0)
-    recipes = []
-    if presence or frequency:
-        recipes.append(SamplerRecipe.of("penalties", presence=presence, frequency=frequency))
+    top_k = _integer(body, "top_k", -1, -1)
+    min_p = _number(body, "min_p", 0.0, 0.0, 1.0)
     sampler = body.get("sampler")
     if sampler is not None:
         if not isinstance(sampler, list) or not all(isinstance(spec, str) for spec in sampler):
@@ -245,15 +285,74 @@ def sampler_recipes(body: dict, limits: Limits) -> list[SamplerRecipe]:
         if len(sampler) > limits.max_samplers:
             raise APIError(f"sampler has {len(sampler)} specs; give at most {limits.max_samplers}", "sampler")
         return recipes + [SamplerRecipe.parse(spec) for spec in sampler]
-    if temperature == 0:
+    if temperature == 0:  # greedy: top_k, top_p and min_p all keep the most likely token
         return recipes + [SamplerRecipe.of("greedy")]
     if top_p == 0:
         raise APIError("top_p must be above 0 (0 would keep no token)", "top_p")
     if temperature != 1:
         recipes.append(SamplerRecipe.of("temperature", t=temperature))
+    if top_k > 0:  # -1 and 0 (vLLM's "off") keep every token
+        recipes.append(SamplerRecipe.of("top_k", k=top_k))
     if top_p != 1:
         recipes.append(SamplerRecipe.of("top_p", p=top_p))
+    if min_p > 0:
+        recipes.append(SamplerRecipe.of("min_p", p=min_p))
     return recipes
+
+
+def _penalty_recipes(body: dict) -> list[SamplerRecipe]:
+    """repetition_penalty (over the prompt and the text so far; 1 is none), then OpenAI's
+    presence and frequency penalties (over the text generated), as vLLM applies them."""
+    repetition = body.get("repetition_penalty")
+    if repetition is not None and (isinstance(repetition, bool) or not isinstance(repetition, (int, float))
+                                   or not math.isfinite(repetition) or repetition <= 0):
+        raise APIError(f"repetition_penalty must be a number above 0 (1 is none), got "
+                       f"{repetition if isinstance(repetition, (int, float)) else _json_type(repetition)}",
+                       "repetition_penalty")
+    presence = _number(body, "presence_penalty", 0.0, -2.0, 2.0)
+    frequency = _number(body, "frequency_penalty", 0.0, -2.0, 2.0)
+    recipes = []
+    if repetition is not None and repetition != 1:
+        recipes.append(SamplerRecipe.of("repetition_penalty", penalty=float(repetition)))
+    if presence or frequency:
+        recipes.append(SamplerRecipe.of("penalties", presence=presence, frequency=frequency))
+    return recipes
+
+
+def _constraint(body: dict, tokenizer, vocab_size: int) -> CompiledConstraint | None:
+    """The constraint a request asks for (see the table above), compiled for the model's tokenizer
+    here, on the request's thread; a bad pattern, schema or grammar is a 400 naming the field."""
+    given = [name for name in CONSTRAINT_FIELDS if body.get(name) is not None]
+    if len(given) > 1:
+        raise APIError(f"give one of {', '.join(CONSTRAINT_FIELDS)}, not {' and '.join(given)}", given[1])
+    if not given:
+        return None
+    field, value = given[0], body[given[0]]
+    if field == "response_format":
+        kind = value.get("type") if isinstance(value, dict) else None
+        if kind == "text":
+            return None
+        if kind == "json_object":
+            constraint = Constraint("json_object")
+        elif kind == "json_schema" and isinstance(value.get("json_schema"), dict) \
+                and isinstance(value["json_schema"].get("schema"), (dict, bool)):
+            constraint = Constraint("json_schema", json.dumps(value["json_schema"]["schema"]))
+        else:
+            raise APIError('response_format must be {"type": "text"}, {"type": "json_object"} or {"type": '
+                           '"json_schema", "json_schema": {"name": ..., "schema": {...}}}', field)
+    elif field == "guided_json":
+        if not isinstance(value, (dict, bool, str)):
+            raise APIError(f"guided_json must be a JSON Schema (an object, or its text), got {_json_type(value)}",
+                           field)
+        constraint = Constraint("json_schema", value if isinstance(value, str) else json.dumps(value))
+    else:
+        if not isinstance(value, str):
+            raise APIError(f"{field} must be a string, got {_json_type(value)}", field)
+        constraint = Constraint("regex" if field == "guided_regex" else "grammar", value)
+    try:
+        return constraint.compile(tokenizer, vocab_size)
+    except GenError as error:
+        raise APIError(str(error), field) from None
 
 
 def parse_completion_request(body: bytes | dict, tokenizer, vocab_size: int, limits: Limits) -> CompletionRequest:
@@ -277,7 +376,8 @@ def parse_completion_request(body: bytes | dict, tokenizer, vocab_size: int, lim
         raise APIError("best_of other than n is not supported by this server", "best_of")
     if len(prompts) * n > limits.max_choices:
         raise APIError(f"{len(prompts)} prompt(s) x n={n} ask for {len(prompts) * n} completions; this server "
-                       f"makes at most {limits.max_choices} per request", "n")
+                       f"makes at most {limits.max_choices} per request (gen serve --max-choices)", "n")
+    check_request_work(document, prompt_ids, n, limits)
     seed = _integer(document, "seed", None, 0)
     if seed is None:
         seed = secrets.randbits(32)
@@ -293,13 +393,150 @@ def parse_completion_request(body: bytes | dict, tokenizer, vocab_size: int, lim
         sampling = Sampling(sampler_recipes(document, limits), logit_bias)  # an unknown sampler or option fails here
     except GenError as error:
         raise APIError(str(error), "sampler" if document.get("sampler") is not None else None) from None
+    constraint = _constraint(document, tokenizer, vocab_size)
     choices = [
-        Choice(ids, sampling, seed + prompt_index * n + sample, max_tokens, stop, logprobs)
+        Choice(ids, sampling, seed + prompt_index * n + sample, max_tokens, stop, logprobs, constraint)
         for prompt_index, ids in enumerate(prompt_ids)
         for sample in range(n)
     ]
     return CompletionRequest(prompts, [len(ids) for ids in prompt_ids], choices, sampling.specs, seed, stream,
-                             include_usage, _boolean(document, "echo"), logprobs, n)
+                             include_usage, _boolean(document, "echo"), logprobs, n, prompt_ids=prompt_ids)
+
+
+CHAT_FIELDS = (
+    "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n", "seed", "stop",
+    "stream", "stream_options", "logprobs", "top_logprobs", "logit_bias", "presence_penalty",
+    "frequency_penalty", "user", "sampler", *VLLM_SAMPLING_FIELDS, *CONSTRAINT_FIELDS,
+)
+
+
+def parse_chat_request(body: dict, template, tokenizer, vocab_size: int, limits: Limits) -> CompletionRequest:
+    """Check a POST /v1/chat/completions body: its messages rendered by `template` (a
+    gen.runtime.chat.ChatTemplate) become the prompt of a completion request checked as
+    parse_completion_request checks one; the template's stop strings end every reply."""
+    unknown = [name for name in body if name not in CHAT_FIELDS]
+    if unknown:
+        raise APIError(f"unknown field {unknown[0]!r}; the fields are {', '.join(CHAT_FIELDS)}", unknown[0])
+    if body.get("max_tokens") is not None and body.get("max_completion_tokens") is not None:
+        raise APIError("give max_completion_tokens or max_tokens, not both", "max_completion_tokens")
+    if body.get("logprobs") is not None and not isinstance(body["logprobs"], bool):
+        raise APIError(f"logprobs must be true or false in a chat completion, got {_json_type(body['logprobs'])}; "
+                       f"top_logprobs says how many alternatives", "logprobs")
+    top_logprobs = _integer(body, "top_logprobs", 0, 0, limits.max_logprobs)
+    if top_logprobs and not body.get("logprobs"):
+        raise APIError("top_logprobs needs logprobs: true", "top_logprobs")
+    completion = {name: value for name, value in body.items()
+                  if name not in ("messages", "max_completion_tokens", "logprobs", "top_logprobs")}
+    completion["prompt"] = template.render(_messages(body))
+    completion["max_tokens"] = body.get("max_completion_tokens", body.get("max_tokens"))
+    completion["logprobs"] = top_logprobs if body.get("logprobs") else None
+    parsed = parse_completion_request(completion, tokenizer, vocab_size, limits)
+    parsed.chat = True
+    for choice in parsed.choices:
+        choice.stop = [*choice.stop, *template.stop]
+    return parsed
+
+
+def _messages(body: dict) -> list[dict]:
+    """The messages as the template sees them: {"role", "content"} with the content as text
+    (OpenAI's text parts joined)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise APIError(f"messages must be a non-empty list of {{\"role\", \"content\"}} objects, got "
+                       f"{_json_type(messages)}{' (empty)' if messages == [] else ''}", "messages")
+    checked = []
+    for index, message in enumerate(messages):
+        where = f"messages[{index}]"
+        if not isinstance(message, dict):
+            raise APIError(f"{where} must be an object, got {_json_type(message)}", "messages")
+        if message.get("role") not in ROLES:
+            raise APIError(f"{where}.role must be one of {', '.join(ROLES)}, got {message.get('role')!r}", "messages")
+        content = message.get("content")
+        if isinstance(content, list):  # text parts: [{"type": "text", "text": "..."}]
+            if not all(isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+                       for part in content):
+                raise APIError(f"{where}.content: this server takes text parts only "
+                               f'({{"type": "text", "text": "..."}})', "messages")
+            content = "".join(part["text"] for part in content)
+        if not isinstance(content, str):
+            raise APIError(f"{where}.content must be text, got {_json_type(content)}", "messages")
+        checked.append({"role": message["role"], "content": content})
+    return checked
+
+
+# --- the tokenizer routes (vLLM's shapes) ------------------------------------------------
+
+
+def parse_tokenize_request(body: dict, tokenizer, limits: Limits) -> list[int]:
+    """POST /tokenize: {"prompt": text, "add_special_tokens": bool} -> the prompt's ids (gen's
+    tokenizers have no special tokens to add)."""
+    unknown = [name for name in body if name not in ("model", "prompt", "add_special_tokens")]
+    if unknown:
+        raise APIError(f"unknown field {unknown[0]!r}; the fields are model, prompt, add_special_tokens", unknown[0])
+    _boolean(body, "add_special_tokens")
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str):
+        raise APIError(f"prompt must be a string, got {_json_type(prompt)}", "prompt")
+    if prompt == "":
+        return []
+    return _prompts({"prompt": prompt}, tokenizer, limits)[1][0]
+
+
+def parse_detokenize_request(body: dict, vocab_size: int) -> list[int]:
+    """POST /detokenize: {"tokens": [ids]} -> the ids, checked against the vocabulary."""
+    unknown = [name for name in body if name not in ("model", "tokens")]
+    if unknown:
+        raise APIError(f"unknown field {unknown[0]!r}; the fields are model, tokens", unknown[0])
+    tokens = body.get("tokens")
+    if not isinstance(tokens, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in tokens):
+        raise APIError(f"tokens must be a list of token ids, got {_json_type(tokens)}", "tokens")
+    bad = [x for x in tokens if not 0 <= x < vocab_size]
+    if bad:
+        raise APIError(f"tokens has token id {bad[0]}, outside the vocabulary (0 to {vocab_size - 1})", "tokens")
+    return tokens
+
+
+# --- the prompt's own log-probabilities (echo with logprobs) -----------------------------------
+
+
+def prompt_token_choices(model, prompt_ids: list[int], top_n: int) -> list[TokenChoice]:
+    """Each prompt token with its log-probability given the tokens before it, and the top_n
+    likeliest there: gen.core.scoring's, in its windows of block_size (as `gen eval` scores a
+    text). The first token has nothing before it: its logprob is None (null, as OpenAI's)."""
+    tokenizer = model.tokenizer
+    first = TokenChoice(prompt_ids[0], tokenizer.decode(prompt_ids[:1]), None, None, [])
+    if len(prompt_ids) < 2:
+        return [first]
+    scores = token_scores(model.logits, prompt_ids, model.block_size, top_n)
+    choices = [first]
+    for position, token in enumerate(prompt_ids[1:]):
+        alternatives = [Alternative(int(i), tokenizer.decode([int(i)]), float(logprob), float(logprob))
+                        for i, logprob in zip(scores.top_ids[position], scores.top_logprobs[position])]
+        logprob = float(scores.logprobs[position])
+        choices.append(TokenChoice(token, tokenizer.decode([token]), logprob, logprob, alternatives))
+    return choices
+
+
+def check_request_work(document: dict, prompt_ids: list[list[int]], n: int, limits: Limits) -> None:
+    """Refuse a request whose preparation or rows would take more than this server allows:
+    prompt tokens x n (every row holds its prompt), the stop strings' characters (every row
+    matches them), logit_bias entries. Fields of the wrong type are left to their own checks."""
+    prompt_tokens = n * sum(len(ids) for ids in prompt_ids)
+    if prompt_tokens > limits.max_request_prompt_tokens:
+        raise APIError(f"the prompts hold {prompt_tokens} tokens with n={n}; this server takes at most "
+                       f"{limits.max_request_prompt_tokens} per request (gen serve --max-request-prompt-tokens)",
+                       "prompt")
+    stop = document.get("stop")
+    stop = [stop] if isinstance(stop, str) else stop
+    if isinstance(stop, list):
+        characters = sum(len(item) for item in stop if isinstance(item, str))
+        if characters > limits.max_stop_chars:
+            raise APIError(f"the stop strings hold {characters} characters; this server takes at most "
+                           f"{limits.max_stop_chars} (gen serve --max-stop-chars)", "stop")
+    bias = document.get("logit_bias")
+    if isinstance(bias, dict) and len(bias) > limits.max_logit_bias:
+        raise APIError(f"logit_bias has {len(bias)} entries; this server takes at most {limits.max_logit_bias} "
+                       f"(gen serve --max-logit-bias)", "logit_bias")
 
 
 # --- writing the response --------------------------------------------------------------
@@ -320,10 +557,33 @@ class LogprobsWriter:
             top: dict[str, float] = {}
             for alternative in token.top:
                 top.setdefault(alternative.text, alternative.logprob)  # tokens with the same text: the likelier
-            document["top_logprobs"].append(top)
+            document["top_logprobs"].append(top if token.logprob is not None else None)  # a prompt's first token
             document["text_offset"].append(self.offset)
             self.offset += len(token.text)
         return document
+
+
+class ChatLogprobsWriter:
+    """OpenAI's chat `logprobs` object: {"content": [{"token", "logprob", "bytes", "top_logprobs"}]}."""
+
+    def write(self, tokens: list[TokenChoice]) -> dict:
+        return {"content": [
+            {**self._entry(token.text, token.logprob),
+             "top_logprobs": [self._entry(alternative.text, alternative.logprob) for alternative in token.top]}
+            for token in tokens
+        ]}
+
+    @staticmethod
+    def _entry(text: str, logprob: float) -> dict:
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8", "replace"))}
+
+
+def logprobs_writer(parsed: CompletionRequest, choice: int, echoed_prompt: bool = False):
+    """The writer of choice `choice`'s logprobs: chat's shape, or the completions' with text offsets
+    counted from the start of the prompt (which the first entries are, when `echoed_prompt`)."""
+    if parsed.chat:
+        return ChatLogprobsWriter()
+    return LogprobsWriter(0 if echoed_prompt else len(parsed.prompt_of(choice)))
 
 
 def dumps(document) -> str:
@@ -337,12 +597,22 @@ class StreamChunks:
 
     DONE = "data: [DONE]\n\n"
 
-    def __init__(self, request_id: str, created: int, model: str):
-        shared = dumps(completion_object(request_id, created, model, []))
+    def __init__(self, request_id: str, created: int, model: str, chat: bool = False):
+        shared = dumps(completion_object(request_id, created, model, [], chat=chat, chunk=True))
         self.head = "data: " + shared[:shared.rindex('"choices"')]
+        self.chat = chat
+        self.started: set[int] = set()  # chat: the choices whose first chunk (with the role) went out
 
     def choice(self, index: int, text: str, logprobs: dict | None, finish_reason: str | None) -> str:
-        return f'{self.head}"choices":[{dumps(choice_object(index, text, logprobs, finish_reason))}]}}\n\n'
+        if self.chat:
+            delta = {"content": text} if text or index not in self.started else {}
+            if index not in self.started:
+                self.started.add(index)
+                delta = {"role": "assistant", **delta}
+            choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+        else:
+            choice = choice_object(index, text, logprobs, finish_reason)
+        return f'{self.head}"choices":[{dumps(choice)}]}}\n\n'
 
     def usage(self, usage: dict) -> str:
         return f'{self.head}"choices":[],"usage":{dumps(usage)}}}\n\n'
@@ -352,12 +622,17 @@ class StreamChunks:
         return f"data: {dumps(error.to_json())}\n\n"
 
 
-def completion_object(request_id: str, created: int, model: str, choices: list[dict], **extra) -> dict:
-    return {"id": request_id, "object": "text_completion", "created": created, "model": model,
-            "choices": choices, **extra}
+def completion_object(request_id: str, created: int, model: str, choices: list[dict], chat: bool = False,
+                      chunk: bool = False, **extra) -> dict:
+    kind = ("chat.completion.chunk" if chunk else "chat.completion") if chat else "text_completion"
+    return {"id": request_id, "object": kind, "created": created, "model": model, "choices": choices, **extra}
 
 
-def choice_object(index: int, text: str, logprobs: dict | None, finish_reason: str | None) -> dict:
+def choice_object(index: int, text: str, logprobs: dict | None, finish_reason: str | None,
+                  chat: bool = False) -> dict:
+    if chat:
+        return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
+                "finish_reason": finish_reason}
     return {"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish_reason}
 
 

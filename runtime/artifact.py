@@ -10,6 +10,9 @@ One `model.onnx` file holds the graph, the weights and three `metadata_props`:
                    "state": {name: shape without the batch axis}, e.g. {"h": [1, 64]}.
 - `gen.tokenizer`: JSON {"name": tokenizer plugin, "state": its to_dict()}.
 
+An export may carry `gen.chat_template`: the Jinja source of its chat template, as text (`gen
+export --chat-template FILE`; gen.runtime.chat; `gen serve` uses it for /v1/chat/completions).
+
 For `gen info`, an export also records `gen.model` "parameters" (the model's
 parameter count) and `gen.training`, JSON {"step", "val_loss", "best_val_loss",
 "data"} of the checkpoint it came from. The runtime needs neither; a file without
@@ -52,6 +55,7 @@ FORMAT_KEY = "gen.format"
 MODEL_KEY = "gen.model"
 TOKENIZER_KEY = "gen.tokenizer"
 TRAINING_KEY = "gen.training"  # optional: what the checkpoint recorded (for `gen info`)
+CHAT_TEMPLATE_KEY = "gen.chat_template"  # optional: a Jinja chat template, as text
 
 INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
@@ -92,6 +96,7 @@ class Artifact:
     model: dict  # the gen.model document
     tokenizer: dict  # the gen.tokenizer document, {"name", "state"}
     training: dict | None = None  # the gen.training document, when the export recorded one
+    chat_template: str | None = None  # the gen.chat_template text, when the export carries one
 
     @property
     def block_size(self) -> int:
@@ -370,7 +375,8 @@ def read_artifact(path: str | os.PathLike) -> Artifact:
         raise GenError(f"{path} has {MODEL_KEY} metadata with a cache_capacity ({capacity!r}) that is not its "
                        f"block_size; the file was altered or is not from gen export; export it again")
     _check_state_metadata(path, model)
-    return Artifact(path, format_version, model, documents[TOKENIZER_KEY], documents.get(TRAINING_KEY))
+    return Artifact(path, format_version, model, documents[TOKENIZER_KEY], documents.get(TRAINING_KEY),
+                    metadata.get(CHAT_TEMPLATE_KEY))
 
 
 def _check_state_metadata(path: str, model: dict) -> None:

@@ -6,6 +6,7 @@
     for piece in model.stream("ROMEO:", sampler="top_p:p=0.9", seed=1, max_new_tokens=200):
         print(piece, end="", flush=True)
     model.generate(["ROMEO:", "JULIET:"], sampler="greedy", max_new_tokens=100)
+    model.generate(["Date: "], constraint=Constraint("regex", "[0-9]{4}-[0-9]{2}"))  # gen.core.constraints
 
 An OnnxModel is a backend of gen.core.generation (as gen.core.training.torch_backend.TorchBackend
 is for a checkpoint; `gen.core.cli.backends.open_backend` opens either): the generation loop, the context
@@ -44,6 +45,7 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 import onnxruntime
 
+from gen.core.constraints import Constraint
 from gen.core.errors import GenError, first_line
 from gen.core.generation import (
     DEFAULT_MAX_NEW_TOKENS,
@@ -219,12 +221,13 @@ class OnnxModel(BackendBase):
         stop: Sequence[str] = (),
         rng: np.random.Generator | None = None,
         logit_bias: Mapping[int, float] | None = None,
+        constraint: Constraint | tuple[str, str] | None = None,
         options: GenerationOptions | None = None,
     ) -> Iterator[str]:
         """Yield the text that follows `prompt`, piece by piece, as it is generated."""
         if not isinstance(prompt, str):
             raise GenError("stream() takes one prompt; use generate() for a list of prompts")
-        options = _options(options, GenerationOptions(sampler, max_new_tokens, seed, stop, rng, logit_bias))
+        options = _options(options, GenerationOptions(sampler, max_new_tokens, seed, stop, rng, logit_bias, constraint))
         for step in self._steps([prompt], options):
             if step.pieces[0]:
                 yield step.pieces[0]
@@ -238,6 +241,7 @@ class OnnxModel(BackendBase):
         stop: Sequence[str] = (),
         rng: np.random.Generator | None = None,
         logit_bias: Mapping[int, float] | None = None,
+        constraint: Constraint | tuple[str, str] | None = None,
         logprobs: int = 5,
         options: GenerationOptions | None = None,
     ) -> Iterator[TokenChoice]:
@@ -246,7 +250,7 @@ class OnnxModel(BackendBase):
         if not isinstance(prompt, str):
             raise GenError("tokens() takes one prompt")
         check_whole_number("logprobs", logprobs)
-        options = _options(options, GenerationOptions(sampler, max_new_tokens, seed, stop, rng, logit_bias))
+        options = _options(options, GenerationOptions(sampler, max_new_tokens, seed, stop, rng, logit_bias, constraint))
         for step in self._steps([prompt], options, logprobs):
             if step.tokens and step.tokens[0] is not None:
                 yield step.tokens[0]
@@ -260,6 +264,7 @@ class OnnxModel(BackendBase):
         stop: Sequence[str] = (),
         rng: np.random.Generator | None = None,
         logit_bias: Mapping[int, float] | None = None,
+        constraint: Constraint | tuple[str, str] | None = None,
         options: GenerationOptions | None = None,
     ) -> list[str]:
         """The text that follows each prompt, generated as one left-padded batch.
@@ -268,7 +273,7 @@ class OnnxModel(BackendBase):
         """
         if isinstance(prompts, str):
             raise GenError("generate() takes a list of prompts; wrap a single prompt in a list or use stream()")
-        options = _options(options, GenerationOptions(sampler, max_new_tokens, seed, stop, rng, logit_bias))
+        options = _options(options, GenerationOptions(sampler, max_new_tokens, seed, stop, rng, logit_bias, constraint))
         prompts = list(prompts)
         if not prompts:
             return []
@@ -285,7 +290,10 @@ class OnnxModel(BackendBase):
         stop = [options.stop] if isinstance(options.stop, str) else options.stop
         chain = Sampling.of(options.sampler, options.logit_bias).new()
         rng = options.rng if options.rng is not None else np.random.default_rng(options.seed)
-        return generate_text(self, self.tokenizer, prompts, chain, rng, options.max_new_tokens, stop, logprobs)
+        constraint = Constraint.of(options.constraint)
+        compiled = constraint.compile(self.tokenizer, self.vocab_size) if constraint is not None else None
+        return generate_text(self, self.tokenizer, prompts, chain, rng, options.max_new_tokens, stop, logprobs,
+                             compiled)
 
 
 def _options(given: GenerationOptions | None, from_arguments: GenerationOptions) -> GenerationOptions:

@@ -7,8 +7,10 @@
     ...
     scheduler.stop()                                # finish what is running, then end the thread
 
-One thread owns the model. Each step it
-1. admits waiting requests while there is room (`max_batch` rows; each choice of a request is a row),
+`submit` makes a request's rows on the caller's thread, outside the scheduler's lock (their
+stop tables, sampler chains, histories: work in proportion to the request), so that no
+request's preparation holds up the rows already running. One thread owns the model. Each step it
+1. admits waiting rows while there is room (`max_batch` rows; each choice of a request is a row),
 2. runs one decode step for all the running rows at once,
 3. prefills the rows that are new, or whose context window slid, alone (batch 1, as `gen run` does),
 4. samples every row with its own sampler chain and its own random stream, and hands each
@@ -36,7 +38,8 @@ together, and rows whose samplers all declare `row_wise = True` (gen.core.sampli
 same recipes, share one chain and draw in one call on their stacked logits, each from its own
 random stream (gen.core.sampling.RowStreams): numpy reduces each row of a (rows, vocab) array
 as it reduces that row alone, so each row draws the token it would draw alone, at a fraction
-of the cost of one chain call per row.
+of the cost of one chain call per row. A constrained row (gen.core.constraints) may share such a
+chain: its constraint state is its RowPolicy's own, and masks its own row of the logits first.
 """
 from __future__ import annotations
 
@@ -50,9 +53,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from gen.core.constraints import CompiledConstraint
 from gen.core.errors import GenError, first_line
 from gen.core.generation import RowPolicy, TokenChoice, draw_rows, left_pad, token_choices
-from gen.core.sampling import RowStreams, Sampling
+from gen.core.sampling import RowStreams, SamplerOptionsError, Sampling
 
 # Prefills (new rows, slid windows) run until this much time has passed in a step, so that
 # a crowd arriving at once delays the running rows' next token by a bounded amount.
@@ -76,6 +80,7 @@ class Choice:
     max_tokens: int
     stop: Sequence[str] = ()
     logprobs: int | None = None  # alternatives to report with each token; None: no TokenChoice
+    constraint: CompiledConstraint | None = None  # each row keeps its own state of it (gen.core.constraints)
 
 
 @dataclass
@@ -94,7 +99,7 @@ class Finished:
 
     choice: int
     text: str
-    reason: str  # "stop" (a stop string) or "length" (max_tokens)
+    reason: str  # "stop" (a stop string, or a constrained text complete) or "length" (max_tokens)
     tokens: int
     time: float
 
@@ -104,6 +109,7 @@ class Failed:
     """The request ended with an error (a sampler plugin or the model failed); one line."""
 
     message: str
+    bad_request: bool = False  # the request's own sampler options made the logits unusable, not the model
 
 
 class Busy(Exception):
@@ -111,14 +117,16 @@ class Busy(Exception):
 
 
 class Request:
-    """A submitted request: its choices, where its events go, and whether it was cancelled."""
+    """A submitted request: its choices, their rows (made by `submit`, ready to run), where its
+    events go, and whether it was cancelled."""
 
     def __init__(self, choices: Sequence[Choice], deliver: Callable[[object], None]):
         self.choices = list(choices)
         self.deliver = deliver
         self.cancelled = False
         self.failed = False
-        self.admitted = 0  # how many of its choices have a row
+        self.rows: list[_Row] = []  # one per choice, in order
+        self.admitted = 0  # how many of its rows the scheduler has taken
 
     def cancel(self) -> None:
         """Stop generating (the client left); its rows leave the batch at the next step."""
@@ -148,17 +156,17 @@ class _Row:
     def window(self) -> list[int]:
         return self.policy.window
 
-    def accept(self, ids: np.ndarray, logits: np.ndarray, drawn_from: np.ndarray, tokenizer) -> list:
-        """Take the drawn token (ids (1,), from (1, vocab) logits and drawn_from); return its events."""
+    def accept(self, token: int, logits: np.ndarray, drawn_from: np.ndarray, tokenizer, now: float) -> list:
+        """Take the drawn token (from (1, vocab) logits and drawn_from) sampled at time `now`;
+        return its events."""
         choice = None
         if self.logprobs is not None:
-            choice = token_choices(logits, drawn_from, ids, self.logprobs, tokenizer)[0]
-        piece, reason = self.policy.accept(int(ids[0]))
-        now = time.perf_counter()
-        events = [Piece(self.index, piece, None if reason == "stop" else choice, now)]
-        if reason is not None:
-            events.append(Finished(self.index, self.policy.close(), reason, self.policy.count, now))
-        return events
+            choice = token_choices(logits, drawn_from, np.array([token]), self.logprobs, tokenizer)[0]
+        piece, reason = self.policy.accept(token)
+        if reason is None:
+            return [Piece(self.index, piece, choice, now)]
+        return [Piece(self.index, piece, choice if self.policy.took_token else None, now),
+                Finished(self.index, self.policy.close(), reason, self.policy.count, now)]
 
 
 # --- rows decoded together ------------------------------------------------------------
@@ -316,7 +324,8 @@ class Scheduler:
         self._batches: list[_Batch] = []  # rows with a KV cache, grouped by cache length modulo the quantum
         self._to_prefill: collections.deque[_Row] = collections.deque()  # new and slid rows (every row without a cache)
         self._prefilled: list[tuple[_Row, list[np.ndarray], np.ndarray]] = []  # this step's, with their caches
-        self._shared_chains: dict[tuple, object] = {}  # row-wise chains by key
+        self._shared_chains: dict[tuple, object] = {}  # row-wise chains by key, made by submitting threads
+        self._chains_lock = threading.Lock()
 
     # --- the outside: submit, cancel, stop ---
 
@@ -340,8 +349,15 @@ class Scheduler:
         return queued, room
 
     def submit(self, choices: Sequence[Choice], deliver: Callable[[object], None]) -> Request:
-        """Queue a request; raises Busy when it would wait behind `max_queue` others, or when stopping."""
+        """Queue a request; raises Busy when it would wait behind `max_queue` others, or when
+        stopping, and GenError when a choice cannot start (its sampler chain cannot be made).
+
+        Every row is made here, on the caller's thread and outside the scheduler's lock: its
+        stop-string tables, sampler chain, history and text stream are the request's work,
+        and the scheduler thread, which steps every running row, only admits rows ready to run.
+        """
         request = Request(choices, deliver)
+        request.rows = [self._new_row(request, index) for index in range(len(request.choices))]
         with self._lock:
             if self._stopping:
                 raise Busy("the server is shutting down")
@@ -397,6 +413,7 @@ class Scheduler:
     def _sample(self, sampled: list[tuple[_Row, np.ndarray]], events: list) -> int:
         """Draw every row's next token: rows that share a row-wise chain together (each from its
         own random stream), the others each with its own chain. Returns the number of rows sampled."""
+        now = time.perf_counter()  # every token of a step is sampled at its time
         groups: dict[int, list[tuple[_Row, np.ndarray]]] = collections.defaultdict(list)
         for row, logits in sampled:
             if not row.request.over:
@@ -411,35 +428,40 @@ class Scheduler:
                     # A chain without filters drew from the logits themselves: keep that identity per row,
                     # so that token_choices need not compute the same log-probabilities twice.
                     unfiltered = chain.drawn_from is logits
+                    tokens = ids.tolist()
                     parts = [logits[i:i + 1] for i in range(len(members))]
-                    drawn = [(ids[i:i + 1], part, part if unfiltered else chain.drawn_from[i:i + 1])
+                    drawn = [(tokens[i], part, part if unfiltered else chain.drawn_from[i:i + 1])
                              for i, part in enumerate(parts)]
                 else:
                     logits = members[0][1]
-                    drawn = [(rows[0].draw(logits), logits, chain.drawn_from)]
+                    drawn = [(int(rows[0].draw(logits)[0]), logits, chain.drawn_from)]
             except GenError as error:  # a sampler plugin that misbehaves, or the model's NaNs, in one line
                 for row, _ in members:
-                    self._fail(row.request, str(error), events)
+                    self._fail(row.request, str(error), events, isinstance(error, SamplerOptionsError))
                 continue
-            for (row, _), (ids, logits, drawn_from) in zip(members, drawn):
-                events += [(row.request, event) for event in row.accept(ids, logits, drawn_from, self.tokenizer)]
+            for (row, _), (token, logits, drawn_from) in zip(members, drawn):
+                request = row.request
+                events += [(request, event) for event in row.accept(token, logits, drawn_from, self.tokenizer, now)]
         return sum(len(members) for members in groups.values())
 
     def _new_row(self, request: Request, index: int) -> _Row:
         """The row of choice `index`: a fresh chain of its own, or the one chain that every row
-        with the same row-wise Sampling shares (stateless, so one serves every row and step)."""
+        with the same row-wise Sampling shares (stateless, so one serves every row and step).
+        Called by `submit` on the submitting threads, hence the chains' own lock."""
         choice = request.choices[index]
         key = choice.sampling.row_wise_key
         if key is None:
             chain = choice.sampling.new()
         else:
-            chain = self._shared_chains.get(key)
-            if chain is None:
-                if len(self._shared_chains) > 1024:
-                    self._shared_chains.clear()
-                chain = self._shared_chains[key] = choice.sampling.new()
+            with self._chains_lock:
+                chain = self._shared_chains.get(key)
+                if chain is None:
+                    if len(self._shared_chains) > 1024:
+                        self._shared_chains.clear()
+                    chain = self._shared_chains[key] = choice.sampling.new()
         policy = RowPolicy(choice.prompt_ids, self.block_size, self.backend.uses_cache, choice.max_tokens, chain,
-                           np.random.default_rng(choice.seed), self.tokenizer, choice.stop)
+                           np.random.default_rng(choice.seed), self.tokenizer, choice.stop,
+                           constraint=choice.constraint)
         return _Row(request, index, policy, shared=key is not None)
 
     def _drop_over_rows(self) -> None:
@@ -457,17 +479,12 @@ class Scheduler:
             room = self.max_batch - self.active_rows
             while self._pending and room > 0:
                 request = self._pending[0]
-                index = request.admitted
+                row = request.rows[request.admitted]
                 request.admitted += 1
-                if request.admitted == len(request.choices):
+                if request.admitted == len(request.rows):
                     self._pending.popleft()
-                try:
-                    row = self._new_row(request, index)
-                except GenError as error:
-                    self._fail(request, str(error), events)
-                    continue
                 if row.policy.done:  # max_tokens 0
-                    events.append((request, Finished(index, "", "length", 0, time.perf_counter())))
+                    events.append((request, Finished(row.index, "", "length", 0, time.perf_counter())))
                     continue
                 self._to_prefill.append(row)
                 room -= 1
@@ -577,10 +594,10 @@ class Scheduler:
                 self._batches.append(batch)
             batch.join(entries)
 
-    def _fail(self, request: Request, message: str, events: list) -> None:
+    def _fail(self, request: Request, message: str, events: list, bad_request: bool = False) -> None:
         if not request.failed:
             request.failed = True
-            events.append((request, Failed(message)))
+            events.append((request, Failed(message, bad_request)))
 
     def _fail_everything(self, message: str) -> None:
         events: list = []

@@ -4,24 +4,31 @@ Starlette and uvicorn (the `serve` extra), without torch.
     app = create_app(OnnxModel("model.onnx"))     # an ASGI application
     serve("model.onnx", host="127.0.0.1", port=8000)  # what `gen serve` runs
 
-Routes: POST /v1/completions, GET /v1/models and /v1/models/{id}, GET /v1/samplers, GET
-/health, GET /metrics, GET / (the playground) and its script and style under /playground/.
+Routes: POST /v1/completions and /v1/chat/completions, GET /v1/models and /v1/models/{id}, GET
+/v1/samplers, POST /tokenize and /detokenize and GET /tokenizer_info (vLLM's), GET /health, GET
+/metrics, GET / (the playground) and its script and style under /playground/.
 Each route has its handler here, a function of the request that finds what it shares with
 the others (the model, scheduler, metrics, limits) in the app's ServerState,
 `request.app.state.server`; `create_app` only wires them together, behind three checks
 that keep the server to its users: the Host header (TrustedHosts, against DNS rebinding),
 CORS (off unless origins are named) and the API key (RequireAPIKey: every route but
 /health and the playground's page and files, which hold no data). A completion's body must
-be JSON, declared so: a page on another origin can send a `text/plain` POST without asking. The handlers run on the event loop and never call the model: a
-request's choices go to the Scheduler (gen.runtime.scheduler), whose thread batches every
-running generation into one decode step and sends each request its events; the loop only
-turns events into JSON or server-sent events. The fields and their mapping onto gen's samplers are in gen.runtime.api.
+be JSON, declared so: a page on another origin can send a `text/plain` POST without asking.
+
+The handlers run on the event loop and never call the model. A request is parsed (its
+prompts tokenized, a chat rendered) and its rows made (Scheduler.submit) on a worker thread,
+so that a large one delays neither the loop nor the scheduler; an echoed prompt is scored
+(its logprobs) on a worker thread too. The scheduler's thread batches every running
+generation into one decode step and sends each request its events; the loop only turns
+events into JSON or server-sent events. The fields and their mapping onto gen's samplers are
+in gen.runtime.api; chat templates in gen.runtime.chat.
 """
 from __future__ import annotations
 
 import asyncio
 import collections
 import contextlib
+import functools
 import hmac
 import html
 import importlib.resources
@@ -70,15 +77,20 @@ from gen.runtime.api import (
     APIError,
     CompletionRequest,
     Limits,
-    LogprobsWriter,
     StreamChunks,
     choice_object,
     completion_object,
     dumps,
+    logprobs_writer,
+    parse_chat_request,
     parse_completion_request,
+    parse_detokenize_request,
     parse_json,
+    parse_tokenize_request,
+    prompt_token_choices,
     usage_object,
 )
+from gen.runtime.chat import ChatTemplate, ChatTemplateError
 from gen.runtime.scheduler import Busy, Failed, Piece, Scheduler, deliver_each
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20
@@ -118,7 +130,8 @@ class Metrics:
 class Progress:
     """One request's choices as its events arrive: text, tokens, finish reasons, timings."""
 
-    def __init__(self, parsed: CompletionRequest, metrics: Metrics, arrived: float):
+    def __init__(self, parsed: CompletionRequest, metrics: Metrics, arrived: float,
+                 prompt_scores: list[list] | None = None):
         count = len(parsed.choices)
         self.parsed = parsed
         self.metrics = metrics
@@ -130,7 +143,15 @@ class Progress:
         self.last_token_at: list[float | None] = [None] * count
         self.first_token_seen = False
         self.error: APIError | None = None  # what ends the request instead of its choices
-        self.logprobs = [LogprobsWriter(len(parsed.prompt_of(k))) for k in range(count)]
+        # Per prompt, its tokens scored (echo with logprobs): they come first in each of its choices' logprobs.
+        self.prompt_scores = prompt_scores
+        self.logprobs = [logprobs_writer(parsed, k, echoed_prompt=prompt_scores is not None) for k in range(count)]
+
+    def prompt_logprobs(self, choice: int) -> dict | None:
+        """The echoed prompt's logprobs of a streamed choice, before its generated tokens' (None: not asked)."""
+        if self.prompt_scores is None:
+            return None
+        return self.logprobs[choice].write(self.prompt_scores[choice // self.parsed.n])
 
     @property
     def done(self) -> bool:
@@ -141,7 +162,8 @@ class Progress:
         changed: dict[int, tuple[str, list, str | None]] = {}
         for event in events:
             if isinstance(event, Failed):
-                self.error = APIError(event.message, status=500, type="server_error")
+                self.error = (APIError(event.message, "sampler") if event.bad_request else
+                              APIError(event.message, status=500, type="server_error"))
                 continue
             if isinstance(event, Ended):
                 self.error = event.error
@@ -183,20 +205,30 @@ class Ended:
 
 
 class Events:
-    """The events the scheduler sends one request, received on the event loop."""
+    """The events the scheduler sends one request, received on the event loop. Putting one is
+    an append (a collection of the Inbox puts every event of its steps); the reader, woken
+    once, takes all that are there: it costs per collection, not per token."""
 
     def __init__(self):
-        self.queue: asyncio.Queue = asyncio.Queue()
+        self.pending: collections.deque = collections.deque()
+        self.waiter: asyncio.Future | None = None  # the reader's, while it waits for an event
 
     def put(self, event) -> None:
-        self.queue.put_nowait(event)
+        self.pending.append(event)
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
 
     async def next_batch(self) -> list:
         """Wait for an event, then take every one already there: when the loop falls behind the
         scheduler, a chunk carries several tokens instead of the loop sending one write per token."""
-        events = [await self.queue.get()]
-        while not self.queue.empty():
-            events.append(self.queue.get_nowait())
+        while not self.pending:
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        events = list(self.pending)
+        self.pending.clear()
         return events
 
 
@@ -277,6 +309,7 @@ class ServerState:
     limits: Limits
     max_body_bytes: int
     playground_page: str  # the playground's index.html, filled in for this model
+    chat_template: ChatTemplate  # the export's, or gen.runtime.chat's plain default
     announce: Callable[[str, Scheduler], None] | None = None  # told "started" and "stopped" by the lifespan
     running: set = field(default_factory=set)  # the Completions on their way back to a client
 
@@ -292,7 +325,8 @@ class ServerState:
         scheduler.on_step = metrics.batch_size.observe
         return cls(model=model, model_names=model_names, created=int(os.path.getmtime(model.path)),
                    scheduler=scheduler, metrics=metrics, limits=limits or Limits(), max_body_bytes=max_body_bytes,
-                   playground_page=playground_page(model_names[0]), announce=announce)
+                   playground_page=playground_page(model_names[0]),
+                   chat_template=ChatTemplate(model.artifact.chat_template), announce=announce)
 
     @property
     def model_name(self) -> str:
@@ -337,34 +371,74 @@ async def lifespan(app: Starlette):
             state.announce("stopped", state.scheduler)
 
 
-# --- POST /v1/completions ----------------------------------------------------------------
+# --- POST /v1/completions and /v1/chat/completions -------------------------------------------
 
 
 async def completions(request: Request) -> Response:
-    """Parse the request, hand its choices to the scheduler, and answer whole or as a stream."""
+    """POST /v1/completions: parse the request, hand its choices to the scheduler, answer whole or as a stream."""
+    state = state_of(request)
+    return await run_completion(request, lambda document: parse_completion_request(
+        document, state.model.tokenizer, state.model.vocab_size, state.limits))
+
+
+async def chat_completions(request: Request) -> Response:
+    """POST /v1/chat/completions: the messages rendered by the model's chat template, then as a completion."""
+    state = state_of(request)
+    return await run_completion(request, lambda document: parse_chat_request(
+        document, state.chat_template, state.model.tokenizer, state.model.vocab_size, state.limits))
+
+
+async def run_completion(request: Request, parse: Callable[[dict], CompletionRequest]) -> Response:
+    """Read and parse (`parse`: the JSON body -> a CompletionRequest) a completion request, score
+    its prompts when it echoes them with logprobs, hand its choices to the scheduler, and answer
+    whole or as a stream."""
     state = state_of(request)
     arrived = time.perf_counter()
     try:
         require_json(request)
         document = parse_json(await read_body(request, state.max_body_bytes))
         require_served_model(document.get("model"), state.model_names)
-        parsed = parse_completion_request(document, state.model.tokenizer, state.model.vocab_size, state.limits)
+        parsed = await off_the_loop(parse, document)  # tokenizing and chat templates: a worker thread
+    except (APIError, ChatTemplateError) as error:
+        state.metrics.requests.labels("bad_request").inc()
+        return error_response(error if isinstance(error, APIError) else APIError(str(error), "messages"))
+    prompt_scores = None
+    if parsed.echo and parsed.logprobs is not None:
+        # The model's logits over each prompt, in a worker thread: the scheduler's rows go on meanwhile.
+        prompt_scores = [await off_the_loop(prompt_token_choices, state.model, ids, parsed.logprobs)
+                         for ids in parsed.prompt_ids]
+    events = Events()
+    try:
+        handle = await off_the_loop(submit_prepared, state.scheduler, parsed, events.put)
     except APIError as error:
         state.metrics.requests.labels("bad_request").inc()
         return error_response(error)
-    events = Events()
-    try:
-        handle = state.scheduler.submit(parsed.choices, events.put)
     except Busy as busy:
         state.metrics.requests.labels("rejected").inc()
         error = APIError(f"the server is busy: {busy}; retry in {RETRY_AFTER_S} s", status=503,
                          type="server_overloaded")
         return error_response(error, headers={"Retry-After": str(RETRY_AFTER_S)})
-    completion = Completion(state, handle, events, Progress(parsed, state.metrics, arrived))
+    completion = Completion(state, handle, events, Progress(parsed, state.metrics, arrived, prompt_scores))
     if parsed.stream:
         return StreamingResponse(completion.stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     return await completion.whole(request)
+
+
+async def off_the_loop(function, *args):
+    """`function(*args)` on a worker thread: preparing a request (tokenizing its prompts, its
+    rows' stop tables and sampler chains) takes time in proportion to the request, and neither
+    the event loop nor the scheduler thread, which serve every other client, waits for it."""
+    return await asyncio.get_running_loop().run_in_executor(None, functools.partial(function, *args))
+
+
+def submit_prepared(scheduler: Scheduler, parsed: CompletionRequest, deliver) -> object:
+    """Make the request's rows and queue them (Scheduler.submit, on the calling thread); a
+    choice whose sampler chain cannot be made is the request's fault, a 400."""
+    try:
+        return scheduler.submit(parsed.choices, deliver)
+    except GenError as error:
+        raise APIError(str(error), "sampler") from None
 
 
 def require_json(request: Request) -> None:
@@ -395,7 +469,7 @@ class Completion:
         self.handle = handle  # the scheduler's, to cancel it
         self.events = events
         self.progress = progress
-        self.id = f"cmpl-{uuid.uuid4().hex}"
+        self.id = f"{'chatcmpl' if progress.parsed.chat else 'cmpl'}-{uuid.uuid4().hex}"
         self.created = int(time.time())
         state.running.add(self)
 
@@ -429,7 +503,7 @@ class Completion:
             return Response(status_code=499)  # nobody reads it; the client has gone
         if progress.error is not None:
             self.handle.cancel()
-            self.count("failed")
+            self.count("bad_request" if progress.error.status == 400 else "failed")
             return error_response(progress.error)
         parsed = progress.parsed
         choices = []
@@ -437,27 +511,29 @@ class Completion:
             text = "".join(pieces)
             if parsed.echo:
                 text = parsed.prompt_of(k) + text
-            choices.append(choice_object(k, text, None, progress.finish[k]))
+            choices.append(choice_object(k, text, None, progress.finish[k], parsed.chat))
         if parsed.logprobs is not None:
-            for choice, writer, tokens in zip(choices, progress.logprobs, progress.all_tokens):
-                choice["logprobs"] = writer.write(tokens)
+            for k, (choice, writer, tokens) in enumerate(zip(choices, progress.logprobs, progress.all_tokens)):
+                prompt = progress.prompt_scores[k // parsed.n] if progress.prompt_scores is not None else []
+                choice["logprobs"] = writer.write(prompt + tokens)
         self.count("completed")
-        return JSONResponse(completion_object(self.id, self.created, self.state.model_name, choices,
+        return JSONResponse(completion_object(self.id, self.created, self.state.model_name, choices, parsed.chat,
                                               usage=progress.usage(), seed=parsed.seed, sampler=parsed.sampler))
 
     async def stream(self):
         """Server-sent events: a chunk per choice per batch of events, then usage if asked, then [DONE]."""
         progress = self.progress
         parsed = progress.parsed
-        sse = StreamChunks(self.id, self.created, self.state.model_name)
+        sse = StreamChunks(self.id, self.created, self.state.model_name, parsed.chat)
         outcome = "cancelled"  # unless it gets to the end
         try:
             if parsed.echo:
-                yield "".join(sse.choice(k, parsed.prompt_of(k), None, None) for k in range(len(parsed.choices)))
+                yield "".join(sse.choice(k, parsed.prompt_of(k), progress.prompt_logprobs(k), None)
+                              for k in range(len(parsed.choices)))
             while not progress.done:
                 changed = progress.take(await self.events.next_batch())
                 if progress.error is not None:
-                    outcome = "failed"
+                    outcome = "bad_request" if progress.error.status == 400 else "failed"
                     yield sse.error(progress.error)
                     return
                 chunks = []
@@ -474,6 +550,45 @@ class Completion:
             if outcome != "completed":
                 self.handle.cancel()  # the client left mid-stream: free its rows at the next step
             self.count(outcome)
+
+
+# --- the tokenizer (vLLM's routes, which lm-evaluation-harness probes) ---------------------------
+
+
+async def tokenize(request: Request) -> Response:
+    """POST /tokenize: {"prompt": text} -> {"tokens", "count", "max_model_len"}."""
+    state = state_of(request)
+    try:
+        require_json(request)
+        ids = parse_tokenize_request(parse_json(await read_body(request, state.max_body_bytes)),
+                                     state.model.tokenizer, state.limits)
+    except APIError as error:
+        return error_response(error)
+    return JSONResponse({"tokens": ids, "count": len(ids), "max_model_len": state.model.block_size})
+
+
+async def detokenize(request: Request) -> Response:
+    """POST /detokenize: {"tokens": [ids]} -> {"prompt": text}."""
+    state = state_of(request)
+    try:
+        require_json(request)
+        ids = parse_detokenize_request(parse_json(await read_body(request, state.max_body_bytes)),
+                                       state.model.vocab_size)
+    except APIError as error:
+        return error_response(error)
+    return JSONResponse({"prompt": state.model.tokenizer.decode(ids)})
+
+
+async def tokenizer_info(request: Request) -> Response:
+    """GET /tokenizer_info: what vLLM reports of its tokenizer that gen can say. gen's tokenizers
+    have no special tokens (no end of text: a reply ends at max_tokens or a stop string)."""
+    state = state_of(request)
+    return JSONResponse({
+        "tokenizer_class": state.model.artifact.tokenizer.get("name"), "vocab_size": state.model.vocab_size,
+        "model_max_length": state.model.block_size, "eos_token": None, "bos_token": None, "pad_token": None,
+        "unk_token": None, "add_bos_token": False, "add_eos_token": False,
+        "chat_template": state.chat_template.source,
+    })
 
 
 # --- the other routes --------------------------------------------------------------------
@@ -539,7 +654,8 @@ async def http_error(request: Request, error: HTTPException) -> Response:
     kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
     message = f"{request.method} {request.url.path}: {error.detail}"
     if error.status_code == 404:
-        message += "; the routes are POST /v1/completions, GET /v1/models, /v1/samplers, /health, /metrics, /"
+        message += ("; the routes are POST /v1/completions, /v1/chat/completions, /tokenize, /detokenize, "
+                    "GET /v1/models, /v1/samplers, /tokenizer_info, /health, /metrics, /")
     return error_response(APIError(message, status=error.status_code, type=kind), headers=error.headers)
 
 
@@ -642,6 +758,10 @@ def create_app(generator, *, model_names: Sequence[str] = (), max_batch: int = 3
     app = Starlette(
         routes=[
             Route("/v1/completions", completions, methods=["POST"]),
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/tokenize", tokenize, methods=["POST"]),
+            Route("/detokenize", detokenize, methods=["POST"]),
+            Route("/tokenizer_info", tokenizer_info, methods=["GET"]),
             Route("/v1/models", models, methods=["GET"]),
             Route("/v1/models/{model_id:path}", model, methods=["GET"]),
             Route("/v1/samplers", samplers, methods=["GET"]),

@@ -3,7 +3,8 @@
 There torch cannot be imported, `gen plugins` lists the samplers and tokenizers,
 and a model trained and exported in the main environment generates with `gen run`
 and with the Python `OnnxModel` API the same greedy text as in the main environment;
-with the serve extra added, `gen serve` answers a completion with that text too.
+with the serve extra added, `gen serve` answers a completion with that text too; with the
+structured extra, `gen run --regex` gives the main environment's constrained text.
 A third-party model plugin (examples/gen-mlp) installs there with pip, loads without
 torch, and its export there gives the greedy text of `gen sample` in the main environment.
 Set GEN_RUNTIME_VENV to keep the environment at a path of your choosing.
@@ -132,6 +133,20 @@ def test_gen_serve_installs_as_an_extra_and_serves_without_torch(runtime_python,
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
+
+
+def test_structured_generation_installs_as_an_extra_and_constrains_without_torch(runtime_python, exported_model,
+                                                                                tmp_path):
+    source = tmp_path / "gen"
+    shutil.copytree(REPOSITORY, source, ignore=shutil.ignore_patterns(".venv*", ".git", "out*", "*.onnx"))
+    run([runtime_python, "-m", "pip", "install", "--quiet", f"{source}[structured]"])
+    arguments = [*GENERATE_ARGUMENTS, "--regex", "[a-z]+( [a-z]+){0,3}"]
+    in_main = run([MAIN_BIN / "gen", "run", exported_model, *arguments])
+    in_runtime = run([runtime_python.parent / "gen", "run", exported_model, *arguments])
+    assert in_runtime == in_main
+    assert re.fullmatch(r"[a-z]+( [a-z]+){0,3}", in_main.removeprefix(PROMPT).split("\n")[0])
+    checked = run([runtime_python, "-c", "import sys, gen.plugins.constraints, llguidance; print('torch' in sys.modules)"])
+    assert checked.strip() == "False"
 
 
 def finished_word_repeats(output: str) -> list[str]:

@@ -992,3 +992,77 @@ def test_the_inbox_sends_the_end_of_a_request_at_once_not_at_its_next_collection
         return [event.text for event in received.events]
 
     assert asyncio.run(main()) == ["a", "b", "c"]
+
+
+# --- a request cannot stall the others -----------------------------------------------------
+
+
+# The attacker's probe of issue 19: 1 MB, n=64, four stop strings of 260,000 characters.
+PROBE_OF_ISSUE_19 = {"prompt": "a", "n": 64, "max_tokens": 16, "stop": ["ab" * 130_000] * 4}
+
+
+def test_the_largest_request_the_limits_allow_delays_no_other_client(generator):
+    """The attacker's probe gets a 400 at once, and a request at every limit of its preparation (n at --max-choices, prompt tokens x n at
+    --max-request-prompt-tokens, four stop strings of --max-stop-chars together, logit_bias
+    over the whole vocabulary) is prepared on a worker thread: meanwhile a normal client's
+    completion takes no more than ~100 ms over its usual time, and /health its usual time (within
+    a few steps of the batch). The batch has room for everyone: what is measured is
+    preparation, not waiting for room."""
+    limits = Limits()
+    n = limits.max_choices
+    prompt = "a" * min(limits.max_prompt_tokens, limits.max_request_prompt_tokens // n)
+    vocab = generator.tokenizer.vocab_size
+    hostile = {"prompt": prompt, "n": n, "max_tokens": 100, "seed": 1,
+               "stop": ["xy" * (limits.max_stop_chars // 8)] * 4,
+               "logit_bias": {str(token): 1 for token in range(min(vocab, limits.max_logit_bias))}}
+    normal = {"prompt": "ROMEO:", "max_tokens": 5, "seed": 2}
+    app = create_app(generator, max_batch=n + 1, limits=limits)
+    with running_server(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+        def timed(method, path, **options) -> float:
+            started = time.perf_counter()
+            response = client.request(method, path, **options)
+            assert response.status_code == 200, response.text
+            return time.perf_counter() - started
+
+        for _ in range(2):  # warm-up
+            timed("POST", "/v1/completions", json=normal)
+        usual_completion = max(timed("POST", "/v1/completions", json=normal) for _ in range(3))
+        usual_health = max(timed("GET", "/health") for _ in range(3))
+        answers = {}
+
+        def send(name: str, body: dict) -> None:
+            answers[name] = httpx.post(f"{url}/v1/completions", json=body, timeout=60)
+            answers[name].finished = time.perf_counter()
+
+        senders = [threading.Thread(target=send, args=(name, body))
+                   for name, body in (("largest", hostile), ("probe", PROBE_OF_ISSUE_19))]
+        for sender in senders:
+            sender.start()
+        time.sleep(0.005)  # the hostile requests are on their way in
+        beside = [timed("POST", "/v1/completions", json=normal) for _ in range(3)]
+        health = [timed("GET", "/health") for _ in range(3)]
+        measured = time.perf_counter()
+        for sender in senders:
+            sender.join()
+    assert answers["probe"].status_code == 400 and "--max-stop-chars" in answers["probe"].text
+    largest = answers["largest"]
+    assert largest.status_code == 200 and len(largest.json()["choices"]) == n, largest.text
+    assert largest.finished > measured, "the largest request ended before the others were measured beside it"
+    assert max(beside) < usual_completion + 0.1, (beside, usual_completion)
+    assert max(health) < usual_health + 0.05, (health, usual_health)
+
+
+@pytest.mark.parametrize("limit,body,param,option", [
+    (Limits(max_request_prompt_tokens=100), {"prompt": "a" * 30, "n": 4}, "prompt", "--max-request-prompt-tokens"),
+    (Limits(max_stop_chars=10), {"prompt": "a", "stop": ["abcdef", "ghijk"]}, "stop", "--max-stop-chars"),
+    (Limits(max_logit_bias=2), {"prompt": "a", "logit_bias": {"1": 1, "2": 1, "3": 1}}, "logit_bias",
+     "--max-logit-bias"),
+    (Limits(max_choices=3), {"prompt": ["a", "b"], "n": 2}, "n", "--max-choices"),
+])
+def test_a_request_over_a_work_limit_gets_400_naming_the_limit_and_its_option(generator, limit, body, param,
+                                                                               option):
+    client = TestClient(create_app(generator, limits=limit))
+    response = client.post("/v1/completions", json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and f"gen serve {option}" in error["message"], error

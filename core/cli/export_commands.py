@@ -36,10 +36,17 @@ from gen.core import hookimpl
 @click.option("--overwrite", is_flag=True,
               help="Replace OUTPUT (or DIR) if it exists (it is kept until the new one is whole).")
 @click.option(
+    "--chat-template", "chat_template_file", default=None, metavar="FILE",
+    type=click.Path(exists=True, dir_okay=False, path_type=str),
+    help="A Jinja chat template (as Hugging Face tokenizers' chat_template) for gen serve's /v1/chat/completions, "
+         "written into the file; without it gen serve uses its plain default.",
+)
+@click.option(
     "--genai", "genai_dir", default=None, metavar="DIR", type=click.Path(file_okay=False, path_type=str),
     help="Instead of OUTPUT: write DIR/model.onnx and the genai_config.json that onnxruntime-genai loads.",
 )
-def export(output, checkpoint, opset, portable, static_cache, quantize, verify, overwrite, genai_dir):
+def export(output, checkpoint, opset, portable, static_cache, quantize, verify, overwrite, chat_template_file,
+           genai_dir):
     """Export a checkpoint to OUTPUT.onnx: graph, weights, tokenizer and config in one file.
 
     With --genai DIR, the same file goes into DIR beside a genai_config.json, for
@@ -52,8 +59,15 @@ def export(output, checkpoint, opset, portable, static_cache, quantize, verify, 
         raise GenError("give OUTPUT.onnx, or --genai DIR for onnxruntime-genai (one of them)")
     from gen.export.onnx_export import ExportOptions, export_onnx
 
+    chat_template = None
+    if chat_template_file is not None:
+        try:
+            with open(chat_template_file, encoding="utf-8") as file:
+                chat_template = file.read()
+        except (OSError, UnicodeDecodeError) as error:
+            raise GenError(f"cannot read the chat template {chat_template_file}: {error}") from None
     options = ExportOptions(opset=opset, quantize=quantize, verify=verify, overwrite=overwrite, portable=portable,
-                            static_cache=static_cache, progress=click.echo)
+                            static_cache=static_cache, chat_template=chat_template, progress=click.echo)
     if genai_dir is not None:
         from gen.export.genai import export_genai
 

@@ -39,6 +39,14 @@ OPTIONS = [
                  help="With --json: also the N most likely alternatives of each token."),
     click.option("--show-probs", is_flag=True,
                  help="Colour each token by its probability under the model (plain text when not a terminal)."),
+    click.option("--regex", metavar="PATTERN", default=None,
+                 help="Keep the text to a regular expression (needs gen[structured]; see docs/constraints.md)."),
+    click.option("--json-schema", "json_schema", metavar="FILE", default=None,
+                 type=click.Path(exists=True, dir_okay=False),
+                 help="Keep the text to a JSON value that validates against the JSON Schema in FILE."),
+    click.option("--json-object", "json_object", is_flag=True, help="Keep the text to one JSON object."),
+    click.option("--grammar", metavar="FILE", default=None, type=click.Path(exists=True, dir_okay=False),
+                 help="Keep the text to a Lark (or GBNF) grammar read from FILE."),
 ]
 
 
@@ -73,9 +81,34 @@ def parse_logit_biases(items, tokenizer) -> dict[int, float]:
     return biases
 
 
+def constraint_from_options(regex, json_schema, json_object, grammar):
+    """The gen.core.constraints.Constraint that --regex, --json-schema, --json-object or --grammar
+    asks for (at most one of them), or None."""
+    from gen.core.constraints import Constraint
+
+    given = [(kind, value) for kind, value in (("regex", regex), ("json_schema", json_schema),
+                                               ("json_object", json_object or None), ("grammar", grammar))
+             if value is not None]
+    if len(given) > 1:
+        raise GenError("give one of --regex, --json-schema, --json-object and --grammar")
+    if not given:
+        return None
+    kind, value = given[0]
+    if kind == "json_object":
+        return Constraint(kind)
+    if kind == "regex":
+        return Constraint(kind, value)
+    try:
+        with open(value, encoding="utf-8") as file:
+            return Constraint(kind, file.read())
+    except (OSError, UnicodeDecodeError) as error:
+        raise GenError(f"cannot read the {kind.replace('_', ' ')} file {value!r}: {error}") from None
+
+
 def echo_from_options(backend, tokenizer, *, prompt, samplers, logit_biases, max_new_tokens, num_samples,
-                      seed, stop, as_json, logprobs, show_probs) -> None:
-    """Build the sampler recipe from the options and print the samples (gen.core.generation)."""
+                      seed, stop, as_json, logprobs, show_probs, regex, json_schema, json_object, grammar) -> None:
+    """Build the sampler recipe and the constraint from the options and print the samples
+    (gen.core.generation)."""
     import numpy as np
 
     from gen.core.sampling import Sampling
@@ -85,9 +118,11 @@ def echo_from_options(backend, tokenizer, *, prompt, samplers, logit_biases, max
     if logprobs is not None and not as_json:
         raise GenError("--logprobs N adds alternatives to the --json output; give --json too")
     sampling = Sampling(list(samplers), parse_logit_biases(logit_biases, tokenizer))
+    constraint = constraint_from_options(regex, json_schema, json_object, grammar)
+    compiled = constraint.compile(tokenizer, backend.vocab_size) if constraint is not None else None
     output = "json" if as_json else "probs" if show_probs else "text"
     echo_samples(backend, tokenizer, prompt, sampling, np.random.default_rng(seed), max_new_tokens,
-                 num_samples, stop, output=output, logprobs=logprobs or 0)
+                 num_samples, stop, output=output, logprobs=logprobs or 0, constraint=compiled)
 
 
 SAMPLE_SEPARATOR = "-" * 15  # the line between samples on the terminal
@@ -104,12 +139,14 @@ def echo_samples(
     stop: Sequence[str] = (),
     output: str = "text",
     logprobs: int = 0,
+    constraint=None,
 ) -> None:
     """Stream `num_samples` continuations of `prompt` to the terminal, one after another.
 
     `gen sample` (torch) and `gen run` (onnxruntime) both print through this, with one
     random stream for the whole run, so the same seed prints the same text on both.
-    Each sample gets a fresh sampler chain from `sampling`. `output` is "text", "json"
+    Each sample gets a fresh sampler chain from `sampling`, and a fresh state of `constraint`
+    (a gen.core.constraints.CompiledConstraint) when there is one. `output` is "text", "json"
     (one JSON object per token, with `logprobs` alternatives) or "probs" (the text,
     each token coloured by its probability under the model; plain on a non-terminal).
     """
@@ -125,7 +162,8 @@ def echo_samples(
             if output != "json":
                 click.echo(prompt, nl=False)
             chain = sampling.new()
-            for step in generate_text(backend, tokenizer, [prompt_ids], chain, rng, max_new_tokens, stop, report):
+            for step in generate_text(backend, tokenizer, [prompt_ids], chain, rng, max_new_tokens, stop, report,
+                                      constraint):
                 token = step.tokens[0] if step.tokens else None
                 if output == "json":
                     if token is not None:

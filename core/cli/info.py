@@ -148,6 +148,7 @@ def describe_export(path: Path) -> dict:
         "data": training.get("data"),
         "opset": graph.opset,
         "quantization": quantization,
+        "chat_template": artifact.chat_template is not None,
         "kv_cache": (
             {"n_layer": model["n_layer"], "n_head": model["n_head"], "head_size": model["head_size"]}
             if model["n_layer"] else None
@@ -221,6 +222,9 @@ def format_info(info: dict) -> list[str]:
         else:
             rows.append(("KV cache", f"yes: {_count(cache['n_layer'], 'layer')} x {_count(cache['n_head'], 'head')} x "
                                      f"{cache['head_size']}" if cache else "no (the model reads its whole window each step)"))
+        # "chat", not "chat template": no label longer than the others', which would move every column
+        rows.append(("chat", "a chat template (gen serve's /v1/chat/completions uses it)" if info["chat_template"]
+                     else "no chat template (gen serve's /v1/chat/completions uses its plain default)"))
     if "run" in info:
         heading = f"{info['run']['path']}: a gen train run directory, described by its checkpoint {info['path']}:"
     elif info["kind"] == "checkpoint":

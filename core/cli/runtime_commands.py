@@ -54,6 +54,14 @@ SERVE_MODULES = ("starlette", "uvicorn", "prometheus_client")
               help="The largest max_tokens a request may ask for.")
 @click.option("--max-prompt-tokens", type=click.IntRange(min=1), default=4096, show_default=True,
               help="The longest prompt a request may send, in tokens.")
+@click.option("--max-choices", type=click.IntRange(min=1), default=64, show_default=True,
+              help="The most completions a request may ask for (prompts x n).")
+@click.option("--max-request-prompt-tokens", type=click.IntRange(min=1), default=65536, show_default=True,
+              help="The most prompt tokens a request may send, counted once per completion (prompt tokens x n).")
+@click.option("--max-stop-chars", type=click.IntRange(min=0), default=4096, show_default=True,
+              help="The most characters a request's stop strings may hold together.")
+@click.option("--max-logit-bias", type=click.IntRange(min=0), default=1024, show_default=True,
+              help="The most logit_bias entries a request may send.")
 @click.option("--max-body-bytes", type=click.IntRange(min=1024), default=1 << 20, show_default=True,
               help="The largest request body; larger ones get 413.")
 @click.option("--api-key", "api_keys", multiple=True, metavar="KEY",
@@ -79,7 +87,7 @@ SERVE_MODULES = ("starlette", "uvicorn", "prometheus_client")
               metavar="SECONDS",
               help="Close a connection whose request line and headers have not arrived within SECONDS.")
 def serve(model, host, port, max_batch, max_queue, threads, provider, max_tokens_limit, max_prompt_tokens,
-          max_body_bytes, api_keys, api_key_file, allowed_hosts, cors_origins, model_names, graceful_timeout,
+          max_choices, max_request_prompt_tokens, max_stop_chars, max_logit_bias, max_body_bytes, api_keys, api_key_file, allowed_hosts, cors_origins, model_names, graceful_timeout,
           header_timeout):
     """Serve MODEL.onnx over HTTP: OpenAI's completions API, a playground page at /, metrics.
 
@@ -103,7 +111,9 @@ def serve(model, host, port, max_batch, max_queue, threads, provider, max_tokens
         if not from_file:
             raise GenError(f"--api-key-file {api_key_file.name} holds no key; write one key a line")
         keys += from_file
-    limits = Limits(max_tokens=max_tokens_limit, max_prompt_tokens=max_prompt_tokens)
+    limits = Limits(max_tokens=max_tokens_limit, max_prompt_tokens=max_prompt_tokens, max_choices=max_choices,
+                    max_request_prompt_tokens=max_request_prompt_tokens, max_stop_chars=max_stop_chars,
+                    max_logit_bias=max_logit_bias)
     run_server(model, host=host, port=port, max_batch=max_batch, max_queue=max_queue, threads=threads,
                provider=provider, limits=limits, max_body_bytes=max_body_bytes, model_names=model_names,
                api_keys=keys, allowed_hosts=allowed_hosts, cors_origins=cors_origins,
