@@ -40,6 +40,8 @@ from gen.core.limits import check_fits, format_bytes
 KIB, MIB = 1024, 1024 * 1024
 SIZE_LIMITS = {
     "TOML config": 1 * MIB,
+    "chat template": 1 * MIB,
+    "constraint": 16 * MIB,  # a JSON schema or a grammar for --json-schema / --grammar
     "checkpoint config": 256 * MIB,
     "training state": 64 * MIB,
     "tokenizer": 256 * MIB,

@@ -428,3 +428,15 @@ def test_plot_of_a_run_whose_checkpoint_has_an_impossible_vocabulary_draws_witho
                                                            if key != "uniform_loss"}) + "\n" for line in lines))
     result = gen("plot", run)
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo"])
+def test_a_chat_template_or_schema_that_is_not_a_regular_file_is_refused(workspace, tmp_path, kind):
+    path = {"device": "/dev/zero", "fifo": tmp_path / "fifo"}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)
+    with bounded():
+        assert_one_line_error(gen("export", tmp_path / "model.onnx", "--checkpoint", workspace / "run",
+                                  "--chat-template", path), "chat template", "not a regular file")
+        assert_one_line_error(gen("run", workspace / "model.onnx", "--json-schema", path, "--max-new-tokens", "2"),
+                              "json schema file", "not a regular file")
