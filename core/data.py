@@ -16,6 +16,8 @@ Cache layout (`$XDG_CACHE_HOME/gen`, by default `~/.cache/gen`; delete it at wil
     corpora/tinyshakespeare.txt      downloaded corpora
     tokenizers/<key>.json            trained tokenizers {"name", "state"}
     tokens/<key>.npy                 encoded corpora (uint16, or int32 for large vocabularies)
+    tokens/<key>.sha256              {"key", "sha256"}: the key it was encoded for and its digest;
+                                     a token file without a matching one is encoded again
 """
 from __future__ import annotations
 
@@ -23,23 +25,25 @@ import hashlib
 import http.client
 import json
 import os
-import stat
 import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import numpy as np
 
 from gen.core.errors import GenError
 from gen.core.files import replace_file_atomically
 from gen.core.limits import check_fits, format_bytes
+from gen.core.reading import check_npy_header, check_regular_file, decode_utf8, load_json, read_bytes, validate
 from gen.core.specs import call_with_options, convert_options, describe_options, parse_spec
 from gen.core.tokenizer import Tokenizer, tokenizer_from_dict, tokenizer_to_dict
 
 TRAIN_FRACTION = 0.9  # the first 90% of the tokens train, the last 10% validate
 CACHE_FORMAT = 1  # bump to invalidate every cached tokenizer and token file
+MAX_CORPUS_BYTES = 2**62  # no limit of its own: the memory estimate in read_text decides
 
 
 @dataclass(frozen=True)
@@ -155,24 +159,13 @@ def read_text(path: Path) -> str:
     known = ", ".join(KNOWN_CORPORA)
     if not path.exists():
         raise GenError(f"the corpus {str(path)!r} does not exist; give --data a UTF-8 text file or one of: {known}")
-    if path.is_dir():
-        raise GenError(f"the corpus {str(path)!r} is a directory; give --data a UTF-8 text file")
-    status = path.stat()
-    if not stat.S_ISREG(status.st_mode):  # /dev/zero or a FIFO would be read forever
-        raise GenError(f"the corpus {str(path)!r} is not a regular file (a device or a pipe); "
-                       f"give --data a UTF-8 text file")
+    # /dev/zero or a FIFO would be read forever: refused here, before it is opened
+    size = check_regular_file(path, "corpus", MAX_CORPUS_BYTES).st_size
     # The text, its UTF-8 decoding (up to 4 bytes a character in Python's str) and the
     # encoded corpus are in memory at once; a file that cannot fit is refused, not read.
-    check_fits(8 * status.st_size, f"the corpus {str(path)!r} ({format_bytes(status.st_size)})",
+    check_fits(8 * size, f"the corpus {str(path)!r} ({format_bytes(size)})",
                "give --data a smaller file (gen reads the whole corpus into memory)")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise GenError(
-            f"the corpus {str(path)!r} is not UTF-8 text (byte {error.start}: {error.reason}); convert it to UTF-8"
-        ) from None
-    except OSError as error:
-        raise GenError(f"cannot read the corpus {str(path)!r}: {error.strerror}") from None
+    text = decode_utf8(read_bytes(path, "corpus", MAX_CORPUS_BYTES), f"the corpus {str(path)!r}")
     if not text:
         raise GenError(f"the corpus {str(path)!r} is empty; give --data a file with some text")
     return text
@@ -212,19 +205,63 @@ def train_tokenizer(text: str, spec: str, progress: bool = False) -> tuple[Token
     key = _hash(str(CACHE_FORMAT), _hash(text), name, f"{cls.__module__}.{cls.__qualname__}",
                 json.dumps(options, sort_keys=True))
     cached = cache_dir() / "tokenizers" / f"{key}.json"
-    if cached.exists():
+    if os.path.lexists(cached):
         try:
-            document = json.loads(cached.read_text(encoding="utf-8"))
+            document = load_json(cached, "tokenizer")
             return tokenizer_from_dict(document), document
-        except (OSError, ValueError, GenError):
-            pass  # a damaged cache entry: train again and overwrite it
+        except GenError:
+            pass  # a damaged or foreign cache entry: train again and overwrite it
     if progress:
         print(f"training the {spec} tokenizer on {len(text):,} characters (cached for later runs)", file=sys.stderr)
     tokenizer = build()
     document = tokenizer_to_dict(name, tokenizer)
-    with replace_file_atomically(cached) as temporary:
-        temporary.write_text(json.dumps(document), encoding="utf-8")
+    _write_cache(cached, lambda temporary: temporary.write_text(json.dumps(document), encoding="utf-8"))
     return tokenizer, document
+
+
+def _write_cache(path: Path, write) -> None:
+    """Write a cache file with `write(temporary)`; a cache that cannot be written (a
+    read-only folder, a full disk) is skipped with a note: it only saves time."""
+    try:
+        with replace_file_atomically(path) as temporary:
+            write(temporary)
+    except GenError as error:
+        print(f"note: not cached ({error})", file=sys.stderr)
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _cached_tokens(cached: Path, key: str, tokenizer: Tokenizer) -> np.ndarray | None:
+    """The token ids cached at `cached`, or None when they cannot be trusted.
+
+    Beside the tokens lies their digest and the key (the digest of the text and the
+    tokenizer) they were encoded for: a file put there by anything but this cache (a
+    foreign cache, a damaged one, a FIFO) does not match and is encoded again.
+    """
+    digest_file = cached.with_suffix(".sha256")
+    try:
+        recorded = validate(load_json(digest_file, "cache digest"), _TokenDigest, str(digest_file))
+        shape, dtype = check_npy_header(cached, "token cache")
+        if recorded.key != key or len(shape) != 1 or dtype not in (np.uint16, np.int32) \
+                or _file_digest(cached) != recorded.sha256:
+            return None
+        ids = np.load(cached, allow_pickle=False)
+    except (GenError, OSError, ValueError):
+        return None
+    if len(ids) and 0 <= ids.min() and ids.max() < tokenizer.vocab_size:
+        return ids
+    return None
+
+
+class _TokenDigest(msgspec.Struct):
+    key: str
+    sha256: str
 
 
 def encode_corpus(text: str, tokenizer: Tokenizer, progress: bool = False) -> np.ndarray:
@@ -237,22 +274,23 @@ def encode_corpus(text: str, tokenizer: Tokenizer, progress: bool = False) -> np
     key = _hash(str(CACHE_FORMAT), _hash(text), f"{cls.__module__}.{cls.__qualname__}",
                 json.dumps(tokenizer.to_dict(), sort_keys=True))
     cached = cache_dir() / "tokens" / f"{key}.npy"
-    if cached.exists():
-        try:
-            ids = np.load(cached, allow_pickle=False)
-            # A cache file is only trusted if it could be this tokenizer's encoding;
-            # anything else (damaged, or replaced by another .npy) is encoded again.
-            if ids.ndim == 1 and ids.dtype in (np.uint16, np.int32) and len(ids) \
-                    and 0 <= ids.min() and ids.max() < tokenizer.vocab_size:
-                return ids
-        except (OSError, ValueError):
-            pass
+    if os.path.lexists(cached):
+        ids = _cached_tokens(cached, key, tokenizer)
+        if ids is not None:
+            return ids
     if progress:
         print(f"encoding {len(text):,} characters (cached for later runs)", file=sys.stderr)
     dtype = np.uint16 if tokenizer.vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
     ids = np.asarray(tokenizer.encode(text), dtype=dtype)
-    with replace_file_atomically(cached) as temporary, open(temporary, "wb") as file:
-        np.save(file, ids, allow_pickle=False)
+
+    def write_tokens(temporary: Path) -> None:
+        with open(temporary, "wb") as file:
+            np.save(file, ids, allow_pickle=False)
+
+    _write_cache(cached, write_tokens)
+    if cached.is_file():  # the digest last: a crash between the two leaves a mismatch, not a lie
+        digest = json.dumps({"key": key, "sha256": _file_digest(cached)})
+        _write_cache(cached.with_suffix(".sha256"), lambda temporary: temporary.write_text(digest, encoding="utf-8"))
     return ids
 
 

@@ -17,6 +17,7 @@ import contextlib
 import errno
 import os
 import shutil
+import stat
 import tempfile
 import uuid
 from pathlib import Path
@@ -78,6 +79,22 @@ def check_writable_destination(path: str | os.PathLike, what: str) -> Path:
     return path
 
 
+def check_replaceable_folder(path: str | os.PathLike, written_by_gen: tuple[str, ...], what: str) -> None:
+    """Refuse to replace the folder `path` unless all it holds is what gen writes there
+    (`written_by_gen`, names of files or folders): `--overwrite` replaces gen's own
+    output, never a training run or anyone's other files that happen to be there."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        return
+    if not path.is_dir():
+        raise GenError(f"{what} {str(path)!r} is a file; give a folder")
+    foreign = sorted(name for name in os.listdir(path) if name not in written_by_gen)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise GenError(f"{what} {str(path)!r} holds {shown}, which gen did not write there; --overwrite replaces "
+                       f"only gen's own output: choose another folder, or move those out first")
+
+
 def _write_error(path: Path, error: Exception) -> GenError:
     """A failed write as one line: what happened, and that nothing was changed."""
     if isinstance(error, OSError):
@@ -94,6 +111,29 @@ def _is_write_error(error: Exception) -> bool:
     return isinstance(error, OSError) or type(error).__name__ == "SafetensorError"
 
 
+def _umask() -> int:
+    """This process's umask (read without changing it where Linux tells it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and put back at once
+    os.umask(mask)
+    return mask
+
+
+def _mode_for(path: Path, created_mode: int) -> int:
+    """The permissions of what replaces `path`: those of the file it replaces, or for a new
+    one what the user's umask gives (the temporaries start private, 0600 and 0700)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return created_mode & ~_umask()
+
+
 @contextlib.contextmanager
 def replace_file_atomically(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path` to write; on success it replaces `path`.
@@ -108,6 +148,7 @@ def replace_file_atomically(path: str | os.PathLike) -> Iterator[Path]:
         handle, name = tempfile.mkstemp(prefix=f".{path.name}.new-{os.getpid()}-", suffix=".tmp", dir=path.parent)
         os.close(handle)
         temporary = Path(name)
+        os.chmod(temporary, _mode_for(path, 0o666))
         yield temporary
         _fsync(temporary)  # on disk before the rename makes it visible
         os.replace(temporary, path)
@@ -153,6 +194,7 @@ def replace_directory_atomically(path: str | os.PathLike) -> Iterator[Path]:
         recover_interrupted_replace(path)
         remove_stale_temporaries(path)
         temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.new-{os.getpid()}-", dir=path.parent))
+        os.chmod(temporary, _mode_for(path, 0o777))
         yield temporary
         for file in temporary.iterdir():
             _fsync(file)

@@ -1,10 +1,10 @@
 """The tokenizer protocol, its serialised form, and incremental decoding (no torch)."""
 from __future__ import annotations
 
-import json
 from typing import Protocol, Sequence, runtime_checkable
 
 from gen.core.errors import GenError
+from gen.core.reading import parse_json
 
 
 @runtime_checkable
@@ -34,10 +34,7 @@ def tokenizer_from_dict(document: dict | str) -> Tokenizer:
     from gen.core.registry import get_registry
 
     if isinstance(document, str):
-        try:
-            document = json.loads(document)
-        except json.JSONDecodeError as error:
-            raise GenError(f"the stored tokenizer is not valid JSON ({error})") from None
+        document = parse_json(document, "the stored tokenizer")
     if not isinstance(document, dict) or "name" not in document or "state" not in document:
         raise GenError('the stored tokenizer must be {"name": ..., "state": ...}')
     cls = get_registry().get("tokenizer", document["name"])

@@ -38,7 +38,8 @@ import onnx
 from onnx import TensorProto, helper
 
 from gen.core.errors import GenError
-from gen.core.files import check_writable_destination, replace_directory_atomically
+from gen.core.reading import parse_json
+from gen.core.files import check_replaceable_folder, check_writable_destination, replace_directory_atomically
 from gen.runtime.artifact import ATTENTION_MASK, INPUT_IDS, LOGITS, MODEL_KEY
 
 if TYPE_CHECKING:  # gen.export.onnx_export imports torch: only when export_genai runs
@@ -56,7 +57,7 @@ def add_end_token(path: Path) -> dict:
     model = onnx.load(str(path))
     graph = model.graph
     document = next(entry for entry in model.metadata_props if entry.key == MODEL_KEY)
-    gen_model = json.loads(document.value)
+    gen_model = parse_json(document.value, f"{path}'s {MODEL_KEY} metadata")
     end_id = gen_model["vocab_size"]
     # The node that made `logits` now makes `gen.logits`; `logits` is it with the column added.
     for node in graph.node:
@@ -138,6 +139,8 @@ def export_genai(checkpoint, directory: str | os.PathLike, *, options: ExportOpt
     if os.path.lexists(directory) and not options.overwrite:
         raise GenError(f"--genai {str(directory)!r} already exists; give --overwrite to replace it, "
                        f"or choose another folder")
+    # (a training run, or any folder with more than an earlier --genai export, is never replaced)
+    check_replaceable_folder(directory, (MODEL_FILE, CONFIG_FILE), "--genai")
     checkpoint = loaded_checkpoint(checkpoint, say)
     if not has_kv_cache(checkpoint.model):
         raise GenError(

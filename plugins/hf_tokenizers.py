@@ -24,10 +24,12 @@ decoders add between tokens come out as in a whole decode.
 from __future__ import annotations
 
 import json
+import os
 from typing import Sequence
 
 from gen.core import GenError, hookimpl
 from gen.core.errors import first_line
+from gen.core.reading import SIZE_LIMITS, parse_json, read_text
 from gen.plugins.tokenizers import _check_ids, _check_state
 
 
@@ -46,6 +48,13 @@ def _tokenizers_module():
     return tokenizers
 
 
+def _is_library_error(error: BaseException) -> bool:
+    """The tokenizers package raises its own types, and a Rust panic (seen with some
+    pre-tokenizer regexes) as pyo3's PanicException, which derives from BaseException
+    so that nothing catches it by accident; both are a bad tokenizer.json, not a bug."""
+    return isinstance(error, Exception) or type(error).__name__ == "PanicException"
+
+
 class HFTokenizer:
     """A Hugging Face tokenizer.json (BPE, WordPiece, Unigram, ...), run by the tokenizers package."""
 
@@ -57,7 +66,9 @@ class HFTokenizer:
         tokenizers = _tokenizers_module()
         try:
             self._tokenizer = tokenizers.Tokenizer.from_str(json.dumps(document))
-        except Exception as error:  # the tokenizers package raises its own exception types
+        except BaseException as error:
+            if not _is_library_error(error):
+                raise
             raise GenError(f"the tokenizers package cannot read this tokenizer.json ({first_line(error)})") from None
         self.document = document
         vocabulary = self._tokenizer.get_vocab(with_added_tokens=True)
@@ -68,21 +79,25 @@ class HFTokenizer:
     @classmethod
     def train(cls, text: str, path: str) -> "HFTokenizer":
         """Read `path`, a tokenizer.json; the corpus `text` is not used."""
+        if not os.path.exists(path):
+            raise GenError(f"the tokenizer file {path!r} does not exist; give hf:path=PATH/TO/tokenizer.json")
+        text = read_text(path, "tokenizer", SIZE_LIMITS["tokenizer"])
         try:
-            with open(path, encoding="utf-8") as file:
-                document = json.load(file)
-        except FileNotFoundError:
-            raise GenError(f"the tokenizer file {path!r} does not exist; give hf:path=PATH/TO/tokenizer.json") from None
-        except (OSError, UnicodeDecodeError) as error:
-            raise GenError(f"cannot read the tokenizer file {path!r}: {error}") from None
-        except json.JSONDecodeError as error:
-            raise GenError(f"the tokenizer file {path!r} is not JSON ({error}); give a Hugging Face tokenizer.json") from None
+            document = parse_json(text, f"the tokenizer file {path!r}")
+        except GenError as error:
+            raise GenError(f"{error}: it is not JSON gen can read; give a Hugging Face tokenizer.json") from None
         if not isinstance(document, dict) or "model" not in document:
             raise GenError(f"the tokenizer file {path!r} is not a Hugging Face tokenizer.json (it has no \"model\")")
         return cls(document)
 
     def encode(self, text: str) -> list[int]:
-        return self._tokenizer.encode(text, add_special_tokens=False).ids
+        try:
+            return self._tokenizer.encode(text, add_special_tokens=False).ids
+        except BaseException as error:
+            if not _is_library_error(error):
+                raise
+            raise GenError(f"the tokenizers package cannot encode with this tokenizer.json ({first_line(error)})") \
+                from None
 
     def decode(self, ids: Sequence[int]) -> str:
         _check_ids(ids, self.vocab_size)

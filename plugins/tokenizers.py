@@ -233,6 +233,9 @@ MAX_BPE_VOCAB_SIZE = 1_000_000
 # The longest token a stored tokenizer may describe. Trained tokens are words and runs
 # of whitespace, a few dozen bytes; this bound only stops a hostile file.
 MAX_TOKEN_BYTES = 1 << 16
+# And the bytes of all tokens together, which the tokenizer holds for decoding: a real
+# vocabulary of 200,000 tokens holds a few MB; 64,000 tokens of 64 KB each would be 4 GB.
+MAX_TOTAL_TOKEN_BYTES = 1 << 26
 # The encode cache maps a chunk to its ids. Natural text repeats a small set of
 # chunks, so the cache makes encoding a dictionary lookup per word; the bound keeps
 # memory in check on text that never repeats (it is simply emptied when full).
@@ -477,12 +480,19 @@ class BPETokenizer:
         # A merge joins two tokens, so lengths can double at each one: 41 merges of a
         # token with itself would describe a 2 TB token. Refuse before building any.
         lengths = [1] * BYTE_TOKENS
+        total = BYTE_TOKENS
         for number, (left, right) in enumerate(merges):
             lengths.append(lengths[left] + lengths[right])
+            total += lengths[-1]
             if lengths[-1] > MAX_TOKEN_BYTES:
                 raise GenError(
                     f"merge {number} of the stored bpe tokenizer makes a token of {lengths[-1]:,} bytes, "
                     f"more than the {MAX_TOKEN_BYTES:,} allowed; the tokenizer is damaged or hostile"
+                )
+            if total > MAX_TOTAL_TOKEN_BYTES:
+                raise GenError(
+                    f"the stored bpe tokenizer's tokens reach {total:,} bytes in all by merge {number}, more "
+                    f"than the {MAX_TOTAL_TOKEN_BYTES:,} allowed; the tokenizer is damaged or hostile"
                 )
         return cls(merges)
 

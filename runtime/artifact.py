@@ -36,7 +36,6 @@ initializers, for `gen info`.
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 import re
@@ -46,6 +45,7 @@ from typing import BinaryIO, Iterator
 
 from gen.core.errors import GenError
 from gen.core.files import check_utf8_path
+from gen.core.reading import SIZE_LIMITS, parse_json
 
 FORMAT_VERSION = 1
 # The largest sizes an export's metadata may claim; beyond them a file is damaged or
@@ -352,10 +352,14 @@ def read_artifact(path: str | os.PathLike) -> Artifact:
     for key in (MODEL_KEY, TOKENIZER_KEY, TRAINING_KEY):
         if key not in metadata:  # the optional training document (the others were checked above)
             continue
+        value = metadata[key]
+        if len(value) > SIZE_LIMITS["ONNX metadata value"]:
+            raise GenError(f"{path} has {key} metadata of {len(value):,} characters, more than the "
+                           f"{SIZE_LIMITS['ONNX metadata value']:,} allowed; export it again")
         try:
-            documents[key] = json.loads(metadata[key])
-        except json.JSONDecodeError:
-            raise GenError(f"{path} has malformed {key} metadata (not JSON); export it again") from None
+            documents[key] = parse_json(value, f"its {key} metadata")
+        except GenError as error:
+            raise GenError(f"{path} has malformed {key} metadata ({error}); export it again") from None
         if not isinstance(documents[key], dict):
             raise GenError(f"{path} has malformed {key} metadata (not a JSON object); export it again")
     model = documents[MODEL_KEY]

@@ -66,6 +66,26 @@ def test_torch_is_absent_in_the_runtime_environment(runtime_python):
     assert "No module named 'torch'" in result.stderr
 
 
+@pytest.mark.parametrize("arguments", [
+    ["train", "--data", CORPUS, "--max-iters", "1"],
+    ["sample", "--checkpoint", "CHECKPOINT"],
+    ["import", "nanogpt", "CKPT", "--meta", "META", "--out", "OUT"],
+    ["eval", "--checkpoint", "CHECKPOINT"],
+    ["export", "MODEL.onnx", "--checkpoint", "CHECKPOINT"],
+], ids=["train", "sample", "import", "eval", "export"])
+def test_commands_that_need_torch_say_which_extra_to_install(runtime_python, tmp_path, arguments):
+    """Without torch, each says so in one line instead of a ModuleNotFoundError traceback."""
+    (tmp_path / "CHECKPOINT").mkdir()
+    (tmp_path / "CKPT").write_bytes(b"x")
+    (tmp_path / "META").write_bytes(b"x")
+    result = subprocess.run([str(runtime_python.parent / "gen"), *map(str, arguments)], capture_output=True,
+                            text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: gen "), result.stderr
+    assert "pip install 'gen[train]'" in result.stderr
+
+
 def test_gen_plugins_lists_samplers_and_tokenizers_without_torch(runtime_python):
     listing = run([runtime_python.parent / "gen", "plugins"])
     rows = {tuple(line.split()[:2]) for line in listing.splitlines()[1:]}

@@ -25,6 +25,10 @@ from gen.core.errors import GenError
 from gen.core.registry import KINDS, get_plugins, get_registry
 
 
+# What the `train` extra brings (pyproject.toml), which only the torch side imports.
+TRAIN_EXTRA_MODULES = ("torch", "onnx", "onnxscript", "safetensors", "tqdm")
+
+
 class GenGroup(click.Group):
     """A click group that prints a GenError as one line (`Error: ...`) and exits 1."""
 
@@ -33,6 +37,15 @@ class GenGroup(click.Group):
             return super().invoke(ctx)
         except GenError as error:
             raise click.ClickException(str(error)) from None
+        except ModuleNotFoundError as error:
+            # The runtime-only install (pip install gen) has no torch: commands that
+            # train, sample a checkpoint, import or export say which extra they need.
+            if error.name is None or error.name.split(".")[0] not in TRAIN_EXTRA_MODULES:
+                raise
+            raise click.ClickException(
+                f"gen {ctx.invoked_subcommand} needs {error.name.split('.')[0]}, which the runtime-only install leaves out: "
+                f"pip install 'gen[train]' (gen run, gen serve and gen eval of an .onnx file need no torch)"
+            ) from None
 
 
 # Every option has an environment default, GEN_<COMMAND>_<OPTION> (GEN_TRAIN_MAX_ITERS

@@ -13,6 +13,7 @@ from click.core import ParameterSource
 from gen.core.errors import GenError
 from gen.core.cli.generation_options import echo_from_options, generation_options
 from gen.core.hookspecs import hookimpl
+from gen.core.reading import load_toml
 from gen.core.specs import format_spec, options_of
 from gen.core.training.config import DTYPES, LIMITS, TrainConfig, option_flag
 
@@ -89,25 +90,6 @@ def _train_option_decorators():
     return decorators
 
 
-def _read_toml(path: str) -> dict:
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        try:
-            import tomli as tomllib
-        except ImportError:
-            raise GenError("--config needs Python 3.11 or newer (or the tomli package)") from None
-    try:
-        with open(path, "rb") as file:
-            return tomllib.load(file)
-    except FileNotFoundError:
-        raise GenError(f"the config file {path!r} does not exist") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise GenError(f"cannot read the config file {path!r}: {error}") from None
-    except tomllib.TOMLDecodeError as error:
-        raise GenError(f"the config file {path!r} is not valid TOML: {error}") from None
-
-
 def _options_from_file(path: str, command: click.Command, ctx: click.Context) -> dict:
     """The training options in a TOML file, checked and converted like command-line ones.
 
@@ -116,7 +98,7 @@ def _options_from_file(path: str, command: click.Command, ctx: click.Context) ->
     """
     parameters = {parameter.name: parameter for parameter in command.params if parameter.name != "config"}
     values = {}
-    for key, value in _read_toml(path).items():
+    for key, value in load_toml(path, "TOML config").items():
         name = key.replace("-", "_")
         parameter = parameters.get(name)
         if parameter is None:
@@ -130,6 +112,9 @@ def _options_from_file(path: str, command: click.Command, ctx: click.Context) ->
         else:
             if isinstance(value, (bool, dict, list)):
                 raise GenError(f"the config file {path!r}: {key} = {value!r} is not a valid value")
+            if isinstance(value, float) and isinstance(parameter.type, click.types.IntParamType):
+                # click would round 10.5 down to 10 without a word
+                raise GenError(f"the config file {path!r}: {key} = {value!r} is not a whole number")
             try:
                 value = parameter.type.convert(value, parameter, ctx)
             except click.BadParameter as error:

@@ -61,11 +61,9 @@ def export(output, checkpoint, opset, portable, static_cache, quantize, verify, 
 
     chat_template = None
     if chat_template_file is not None:
-        try:
-            with open(chat_template_file, encoding="utf-8") as file:
-                chat_template = file.read()
-        except (OSError, UnicodeDecodeError) as error:
-            raise GenError(f"cannot read the chat template {chat_template_file}: {error}") from None
+        from gen.core.reading import SIZE_LIMITS, read_text
+
+        chat_template = read_text(chat_template_file, "chat template", SIZE_LIMITS["chat template"])
     options = ExportOptions(opset=opset, quantize=quantize, verify=verify, overwrite=overwrite, portable=portable,
                             static_cache=static_cache, chat_template=chat_template, progress=click.echo)
     if genai_dir is not None:

@@ -98,11 +98,9 @@ def constraint_from_options(regex, json_schema, json_object, grammar):
         return Constraint(kind)
     if kind == "regex":
         return Constraint(kind, value)
-    try:
-        with open(value, encoding="utf-8") as file:
-            return Constraint(kind, file.read())
-    except (OSError, UnicodeDecodeError) as error:
-        raise GenError(f"cannot read the {kind.replace('_', ' ')} file {value!r}: {error}") from None
+    from gen.core.reading import SIZE_LIMITS, read_text
+
+    return Constraint(kind, read_text(value, f"{kind.replace('_', ' ')} file", SIZE_LIMITS["constraint"]))
 
 
 def echo_from_options(backend, tokenizer, *, prompt, samplers, logit_biases, max_new_tokens, num_samples,

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated
+
+import msgspec
 
 from gen.core.training.checkpoint import (
     BEST,
@@ -21,6 +24,7 @@ from gen.core.training.checkpoint import (
     resolve_checkpoint,
 )
 from gen.core.errors import GenError
+from gen.core.reading import SIZE_LIMITS, read_text, validate
 from gen.core.tokenizer import tokenizer_from_dict
 
 # ops that onnxruntime's dynamic quantization puts in a graph
@@ -85,7 +89,8 @@ def describe_run(run_dir: Path) -> dict:
     metrics = run_dir / METRICS_FILE
     evaluations = 0
     if metrics.is_file():
-        evaluations = sum(1 for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip())
+        text = read_text(metrics, "metrics log", SIZE_LIMITS["metrics log"])
+        evaluations = sum(1 for line in text.splitlines() if line.strip())
     return {
         "path": str(run_dir),
         "latest_step": read_config(latest)["step"] if is_checkpoint(latest) else None,
@@ -95,6 +100,21 @@ def describe_run(run_dir: Path) -> dict:
     }
 
 
+class _ExportedModel(msgspec.Struct):
+    """What gen info prints of an export's model metadata beyond what read_artifact checks."""
+
+    parameters: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    name: str | None = None
+    config: dict | None = None
+
+
+class _ExportedTraining(msgspec.Struct):
+    step: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    val_loss: float | None = None
+    best_val_loss: float | None = None
+    data: str | None = None
+
+
 def describe_export(path: Path) -> dict:
     from gen.runtime.artifact import read_artifact, read_graph_summary
 
@@ -102,6 +122,8 @@ def describe_export(path: Path) -> dict:
     graph = read_graph_summary(path)
     model = artifact.model
     training = artifact.training or {}
+    validate(model, _ExportedModel, f"{str(path)!r}: its gen.model metadata")
+    validate(training, _ExportedTraining, f"{str(path)!r}: its gen.training metadata")
     if WEIGHT_ONLY_INT4_OP in graph.operators:  # its packed 4-bit weights are stored as uint8
         quantization = "int4"
     elif any(op in graph.operators for op in DYNAMIC_QUANTIZATION_OPS):

@@ -12,19 +12,33 @@ directly, so no GUI backend or display is involved.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
+from typing import Annotated
+
+import msgspec
 
 from gen.core.training.checkpoint import LATEST, METRICS_FILE, is_checkpoint, read_config
 from gen.core.errors import GenError
 from gen.core.files import replace_file_atomically
-from gen.core.training.config import learning_rate, train_config_from_dict
+from gen.core.reading import json_lines, validate
+from gen.core.training.config import check_config, learning_rate, train_config_from_dict
 
 PLOT_FILE = "loss.png"
 COLOURS = {"train": "#1f77b4", "val": "#d62728", "uniform": "#7f7f7f", "lr": "#2ca02c"}
 SIZE_INCHES, DPI = (8, 4.5), 100  # 800 x 450 pixels
+MAX_LR_POINTS = 100_000  # the learning rate curve of a longer run is drawn at this many steps
+
+
+class Evaluation(msgspec.Struct):
+    """What gen plot reads of a metrics.jsonl line (other fields are left alone)."""
+
+    step: Annotated[int, msgspec.Meta(ge=0)]
+    train_loss: float
+    val_loss: float
+    lr: float | None = None
+    uniform_loss: float | None = None
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
@@ -35,15 +49,10 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
             raise GenError(f"{str(run_dir)!r} does not exist; give the --out directory of a gen train run")
         raise GenError(f"{str(run_dir)!r} has no {METRICS_FILE}; give the --out directory of a gen train run")
     metrics = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            raise GenError(f"{path} is damaged: line {number} is not JSON") from None
+    for number, entry in json_lines(path, "metrics log"):
         if not isinstance(entry, dict) or not all(key in entry for key in ("step", "train_loss", "val_loss")):
             raise GenError(f"{path} is damaged: line {number} lacks step, train_loss or val_loss")
+        validate(entry, Evaluation, f"{path}: line {number}")
         metrics.append(entry)
     if not metrics:
         raise GenError(f"{path} is empty: the run has not evaluated yet")
@@ -58,9 +67,12 @@ def _run_options(run_dir: Path) -> tuple[object | None, int | None]:
     config = read_config(latest)
     try:
         options = train_config_from_dict(config["train_args"], str(latest))
+        check_config(options)  # a schedule no run could have (a damaged file) is not drawn
     except (GenError, TypeError):
         options = None  # options of another gen version: fall back to the recorded rates
-    return options, config["model"]["config"].get("vocab_size")
+    vocab_size = config["model"]["config"].get("vocab_size")
+    valid = isinstance(vocab_size, int) and not isinstance(vocab_size, bool) and vocab_size >= 1
+    return options, vocab_size if valid else None
 
 
 def plot_run(run_dir: str | os.PathLike, output: str | os.PathLike | None = None) -> Path:
@@ -73,7 +85,8 @@ def plot_run(run_dir: str | os.PathLike, output: str | os.PathLike | None = None
     if uniform is None and vocab_size:
         uniform = math.log(vocab_size)
     if options is not None:
-        lr_steps = list(range(0, steps[-1] + 1))
+        # every step, or evenly spaced ones for a run longer than a plot has pixels for
+        lr_steps = list(range(0, steps[-1] + 1, max(1, steps[-1] // MAX_LR_POINTS)))
         lr_values = [learning_rate(step, options) for step in lr_steps]
     else:
         lr_steps = [entry["step"] for entry in metrics if "lr" in entry]

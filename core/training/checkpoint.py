@@ -32,9 +32,20 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
+
+import msgspec
 
 from gen.core.errors import GenError, first_line
 from gen.core.files import check_utf8_path, recover_interrupted_replace, replace_directory_atomically
+from gen.core.reading import (
+    SIZE_LIMITS,
+    check_regular_file,
+    decode_utf8,
+    load_json,
+    parse_json,
+    validate,
+)
 from gen.core.tokenizer import Tokenizer, tokenizer_from_dict
 
 FORMAT = "gen.checkpoint"
@@ -43,6 +54,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 STATE_TENSORS_FILE = "training_state.safetensors"
 STATE_JSON_FILE = "training_state.json"
+CHECKPOINT_FILES = (CONFIG_FILE, WEIGHTS_FILE, STATE_TENSORS_FILE, STATE_JSON_FILE)
 LATEST = "latest"
 BEST = "best"
 METRICS_FILE = "metrics.jsonl"
@@ -166,13 +178,31 @@ def save_checkpoint(
 # --- reading --------------------------------------------------------------------------
 
 
+class _ModelEntry(msgspec.Struct):
+    name: str
+    config: dict
+
+
+class _CheckpointConfig(msgspec.Struct):
+    """The fields of config.json that gen reads, with their types (others are kept as they are)."""
+
+    model: _ModelEntry
+    tokenizer: dict
+    train_args: dict
+    step: Annotated[int, msgspec.Meta(ge=0)]
+    best_val_loss: float | None = None
+    val_loss: float | None = None
+    world_size: Annotated[int, msgspec.Meta(ge=1)] = 1
+    source: dict | None = None  # where `gen import` took the model from
+
+
 def read_config(path: str | os.PathLike) -> dict:
     """The checked config.json of the checkpoint at `path` (a checkpoint directory)."""
     file = Path(path) / CONFIG_FILE
     try:
-        config = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise GenError(f"checkpoint {str(path)!r} is damaged: cannot read {CONFIG_FILE} ({error})") from None
+        config = load_json(file, "checkpoint config")
+    except GenError as error:
+        raise GenError(f"checkpoint {str(path)!r} is damaged: {error}") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise GenError(f"checkpoint {str(path)!r} is damaged: {CONFIG_FILE} is not a gen checkpoint config")
     version = config.get("format_version")
@@ -183,11 +213,7 @@ def read_config(path: str | os.PathLike) -> dict:
             f"checkpoint {str(path)!r} has format version {version!r}; this gen reads up to "
             f"{FORMAT_VERSION}: upgrade gen"
         )
-    model = config.get("model")
-    if (not isinstance(model, dict) or not isinstance(model.get("name"), str)
-            or not isinstance(model.get("config"), dict) or not isinstance(config.get("tokenizer"), dict)
-            or not isinstance(config.get("step"), int) or not isinstance(config.get("train_args"), dict)):
-        raise GenError(f"checkpoint {str(path)!r} is damaged: {CONFIG_FILE} lacks the model, tokenizer or step")
+    validate(config, _CheckpointConfig, f"checkpoint {str(path)!r}: its {CONFIG_FILE}")
     return config
 
 
@@ -195,26 +221,44 @@ def count_parameters(path: str | os.PathLike) -> int:
     """The number of parameters in the checkpoint at `path`, read from the header of its
     model.safetensors (8 bytes of header length, then JSON naming each tensor's shape),
     without torch. A tied weight is stored, and counted, once."""
+    return sum(math.prod(shape) for shape in weight_shapes(path).values())
+
+
+def weight_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor in the model.safetensors of the checkpoint at `path`, read
+    from its header (8 bytes of header length, then JSON), without torch or the weights."""
     file = Path(path) / WEIGHTS_FILE
+    if not file.exists():
+        raise GenError(f"checkpoint {str(path)!r} is damaged: {WEIGHTS_FILE} is missing")
     try:
+        status = check_regular_file(file, "weights file", 2**62)
         with open(file, "rb") as handle:
             size = int.from_bytes(handle.read(8), "little")
-            if not 2 <= size <= file.stat().st_size - 8:
-                raise ValueError("the header length is out of range")
-            header = json.loads(handle.read(size))
-        return sum(math.prod(entry["shape"]) for name, entry in header.items() if name != "__metadata__")
-    except FileNotFoundError:
-        raise GenError(f"checkpoint {str(path)!r} is damaged: {WEIGHTS_FILE} is missing") from None
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
+            if not 2 <= size <= min(status.st_size - 8, SIZE_LIMITS["safetensors header"]):
+                raise GenError("the header length is out of range")
+            header = parse_json(decode_utf8(handle.read(size), "its header"), "its header")
+        if not isinstance(header, dict):
+            raise GenError("its header is not a JSON object")
+        return {name: tuple(validate(entry, _TensorEntry, f"its tensor {name!r}").shape)
+                for name, entry in header.items() if name != "__metadata__"}
+    except OSError as error:
+        raise GenError(f"checkpoint {str(path)!r} is damaged: cannot read {WEIGHTS_FILE} ({error.strerror})") from None
+    except GenError as error:
         raise GenError(f"checkpoint {str(path)!r} is damaged: cannot read {WEIGHTS_FILE} ({error})") from None
 
 
-def build_model(model_name: str, model_config: dict):
+class _TensorEntry(msgspec.Struct):
+    shape: list[Annotated[int, msgspec.Meta(ge=0)]]
+
+
+def build_model(model_name: str, model_config: dict, stored_parameters: int | None = None):
     """A fresh model from its plugin name and config (see gen.core.model).
 
     A config is often someone else's file, and a few bytes of it can describe a model
     of terabytes. So the model is first built on torch's meta device, which allocates
-    nothing, and one that would not fit in memory is refused with its size.
+    nothing, and one that would not fit in memory is refused with its size. Where the
+    weights to load are known (`stored_parameters`: how many numbers they hold), a
+    config that describes more than they hold is refused too, before it is built.
     """
     import torch
 
@@ -238,6 +282,9 @@ def build_model(model_name: str, model_config: dict):
     count = sum(parameter.numel() for parameter in probe.parameters())
     check_fits(size, f"model {model_name!r} ({count:,} parameters)",
                "the config asks for more than this machine holds (or is damaged)")
+    if stored_parameters is not None and count > stored_parameters:
+        raise GenError(f"the weights ({stored_parameters:,} parameters) do not fit the {model_name} config, "
+                       f"which describes {count:,}: the config and the weights disagree")
     return construct()
 
 
@@ -250,7 +297,7 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> Checkpoint:
     config = read_config(directory)
     model_name = config["model"]["name"]
     try:
-        model = build_model(model_name, config["model"]["config"])
+        model = build_model(model_name, config["model"]["config"], stored_parameters=count_parameters(directory))
     except GenError as error:
         raise GenError(f"checkpoint {str(directory)!r}: {error}") from None
     try:
@@ -267,6 +314,10 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> Checkpoint:
             f"config in {CONFIG_FILE} ({message})"
         ) from None
     tokenizer = tokenizer_from_dict(config["tokenizer"])
+    vocab_size = config["model"]["config"].get("vocab_size")
+    if isinstance(vocab_size, int) and tokenizer.vocab_size > vocab_size:
+        raise GenError(f"checkpoint {str(directory)!r} is damaged: its tokenizer has {tokenizer.vocab_size:,} "
+                       f"tokens, more than the {vocab_size:,} of its model")
     return Checkpoint(
         path=directory,
         model=model.to(device).eval(),
@@ -279,6 +330,24 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> Checkpoint:
         best_val_loss=config.get("best_val_loss"),
         val_loss=config.get("val_loss"),
     )
+
+
+class _TrainingState(msgspec.Struct):
+    param_groups: list[dict]
+    state: dict[str, dict] = {}
+
+
+Fraction = Annotated[float, msgspec.Meta(ge=0, lt=1)]
+
+
+class _ParamGroup(msgspec.Struct):
+    """What AdamW reads of a param group, within the values it accepts."""
+
+    lr: Annotated[float, msgspec.Meta(ge=0)]
+    betas: tuple[Fraction, Fraction]
+    eps: Annotated[float, msgspec.Meta(gt=0)]
+    weight_decay: Annotated[float, msgspec.Meta(ge=0)]
+    params: list[Annotated[int, msgspec.Meta(ge=0)]]
 
 
 def load_training_state(path: str | os.PathLike, optimizer) -> dict:
@@ -297,19 +366,20 @@ def load_training_state(path: str | os.PathLike, optimizer) -> dict:
         return GenError(f"checkpoint {str(directory)!r} has a damaged training state ({problem}); "
                         f"resume from another checkpoint or train anew with --overwrite")
 
-    try:
-        tensors = load_file(str(directory / STATE_TENSORS_FILE))
-        document = json.loads((directory / STATE_JSON_FILE).read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not (directory / STATE_TENSORS_FILE).exists() or not (directory / STATE_JSON_FILE).exists():
         raise GenError(
             f"checkpoint {str(directory)!r} has no training state to resume from "
             f"({STATE_TENSORS_FILE}, {STATE_JSON_FILE})"
-        ) from None
+        )
+    try:
+        check_regular_file(directory / STATE_TENSORS_FILE, "training state", 2**62)
+        tensors = load_file(str(directory / STATE_TENSORS_FILE))
+        document = validate(load_json(directory / STATE_JSON_FILE, "training state"), _TrainingState,
+                            STATE_JSON_FILE)
+    except GenError as error:
+        raise damaged(str(error)) from None
     except (SafetensorError, OSError, ValueError) as error:
         raise damaged(f"cannot read it: {first_line(error)}") from None
-    if not isinstance(document, dict) or not isinstance(document.get("param_groups"), list) \
-            or not isinstance(document.get("state", {}), dict):
-        raise damaged(f"{STATE_JSON_FILE} is not {{'param_groups': [...], 'state': {{...}}}}")
     parameters = [parameter for group in optimizer.param_groups for parameter in group["params"]]
     state: dict = {}
     rng_states = {}
@@ -325,16 +395,17 @@ def load_training_state(path: str | os.PathLike, optimizer) -> dict:
             state.setdefault(int(index), {})[key] = tensor
         else:
             raise damaged(f"unexpected tensor {name!r} ({tensor.dtype}, shape {tuple(tensor.shape)})")
-    for index, values in document.get("state", {}).items():
-        if not (isinstance(index, str) and index.isdigit() and isinstance(values, dict)):
+    for index, values in document.state.items():
+        if not index.isdigit():
             raise damaged(f"state entry {index!r} is not an optimizer state")
         state.setdefault(int(index), {}).update(values)
-    param_groups = document["param_groups"]
+    param_groups = document.param_groups
     for group in param_groups:
-        if not isinstance(group, dict):
-            raise damaged(f"a param group is {type(group).__name__}, not an object")
-        if isinstance(group.get("betas"), list):
-            group["betas"] = tuple(group["betas"])  # JSON has no tuples
+        try:
+            validate(group, _ParamGroup, f"a param group of {STATE_JSON_FILE}")
+        except GenError as error:
+            raise damaged(str(error)) from None
+        group["betas"] = tuple(group["betas"])  # JSON has no tuples
     try:
         optimizer.load_state_dict({"state": state, "param_groups": param_groups})
     except (ValueError, KeyError, RuntimeError, TypeError, IndexError) as error:

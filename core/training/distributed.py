@@ -80,6 +80,10 @@ class Distributed:
         if not 0 <= distributed.rank < distributed.world_size:
             raise GenError(f"RANK {distributed.rank} is outside WORLD_SIZE {distributed.world_size}; "
                            f"launch gen train with torchrun")
+        missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
+        if missing:  # torch would raise a ValueError deep in init_process_group
+            raise GenError(f"RANK is set but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not: "
+                           f"launch gen train with torchrun, which sets them all (or unset RANK)")
         return distributed
 
     @property

@@ -19,7 +19,9 @@ import contextlib
 import json
 import math
 import re
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,6 +47,7 @@ from gen.core.training.distributed import Distributed, is_collective_failure, pr
 from gen.core.errors import GenError, first_line
 from gen.core.files import check_writable_destination, recover_interrupted_replace
 from gen.core.limits import check_fits
+from gen.core.reading import SIZE_LIMITS, parse_json, read_text
 from gen.core.registry import get_plugins
 from gen.core.training.config import (
     FIXED_ON_RESUME,
@@ -185,7 +188,16 @@ class Trainer:
 
     def train_step(self) -> torch.Tensor:
         """One optimizer step over grad_accum micro-batches on every process; returns the
-        step's loss, the mean over its whole global batch."""
+        step's loss, the mean over its whole global batch.
+
+        A step is whole or not taken: Ctrl-C during it takes effect once it is done (see
+        `finish_step_before_interrupt`), so the checkpoint an interrupt saves never holds
+        a batch order, a random state or weights from half a step.
+        """
+        with finish_step_before_interrupt():
+            return self._train_step()
+
+    def _train_step(self) -> torch.Tensor:
         lr = learning_rate(self.step, self.config)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -251,6 +263,39 @@ class Trainer:
         except (KeyError, RuntimeError) as error:
             raise GenError(f"checkpoint {str(checkpoint_path)!r} has damaged random states ({error})") from None
         self.step = step
+
+
+@contextlib.contextmanager
+def finish_step_before_interrupt():
+    """Hold back Ctrl-C (SIGINT) until the block ends, then raise KeyboardInterrupt.
+
+    A training step draws batches (advancing the batch generator), draws dropout masks
+    (advancing torch's RNG) and updates the weights and AdamW's moments. Interrupted in
+    the middle, those would be saved out of step with each other, and a resume would
+    differ from an uninterrupted run. A second Ctrl-C interrupts at once (for a step that
+    never ends); the step is then torn, and `TornStep` says so.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread
+        return
+    interrupted = []
+
+    def hold_back(signum, frame):
+        if interrupted:
+            raise TornStep()
+        interrupted.append(signum)
+
+    previous = signal.signal(signal.SIGINT, hold_back)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        raise KeyboardInterrupt
+
+
+class TornStep(KeyboardInterrupt):
+    """A second Ctrl-C in the middle of a training step: the step is half taken."""
 
 
 def _rank_state_name(rank: int, name: str) -> str:
@@ -345,7 +390,7 @@ class Run:
     """
 
     def __init__(self, config: TrainConfig, trainer: Trainer, model_name: str, out: Path,
-                 best_val_loss: float | None):
+                 best_val_loss: float | None, evaluated_at_start: bool = False):
         self.config = config
         self.trainer = trainer
         self.distributed = trainer.distributed
@@ -359,6 +404,9 @@ class Run:
         self.metrics_written = 0  # how many of self.metrics are in metrics.jsonl
         self.checkpoint_written = False
         self.saved_step = self.start_step if config.resume else None  # the last checkpoint's step
+        # A resumed checkpoint written at an evaluation recorded it; one that Ctrl-C wrote
+        # did not, and its step's evaluation (if one was due there) runs on resume.
+        self.evaluated_at_start = evaluated_at_start
         self.started = time.perf_counter()
 
     @property
@@ -403,7 +451,7 @@ class Run:
     def evaluation_due(self) -> bool:
         step = self.trainer.step
         due = step % self.config.eval_interval == 0 or step == self.config.max_iters
-        return due and not (self.config.resume and step == self.start_step)  # resumed: evaluated before
+        return due and not (step == self.start_step and self.evaluated_at_start)
 
     def evaluate(self, tokens_per_second: float) -> dict:
         """Both splits' losses at this step, as the metrics line of metrics.jsonl.
@@ -475,7 +523,9 @@ class Run:
             return
         path = self.out / METRICS_FILE
         if self.metrics_written == 0:
-            _rewrite_metrics(path, self.start_step if self.config.resume else None)
+            # (the start step's line is kept if that evaluation is not run again)
+            kept_up_to = self.start_step - (not self.evaluated_at_start) if self.config.resume else None
+            _rewrite_metrics(path, kept_up_to)
         with open(path, "a", encoding="utf-8") as file:
             file.writelines(json.dumps(metrics) + "\n" for metrics in self.metrics[self.metrics_written:])
         self.metrics_written = len(self.metrics)
@@ -488,12 +538,14 @@ def _rewrite_metrics(path: Path, up_to_step: int | None) -> None:
     """Start metrics.jsonl afresh, or keep only the lines up to the step a resume starts at."""
     kept = []
     if up_to_step is not None and path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in read_text(path, "metrics log", SIZE_LIMITS["metrics log"]).splitlines():
             try:
-                if json.loads(line).get("step", 0) <= up_to_step:
-                    kept.append(line)
-            except json.JSONDecodeError:
-                continue
+                entry = parse_json(line, "a line")
+            except GenError:
+                continue  # a damaged line: the resumed run writes its own
+            step = entry.get("step", 0) if isinstance(entry, dict) else None
+            if isinstance(step, int) and step <= up_to_step:
+                kept.append(line)
     path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
@@ -516,6 +568,8 @@ def prepare_run(config: TrainConfig, given: set[str], distributed: Distributed |
     a distributed run makes the same checks, so bad input stops them all alike.
     """
     distributed = distributed or Distributed()
+    if not str(config.out).strip():  # Path("") is the current directory
+        raise GenError("--out is empty; give the folder for the run, e.g. --out out")
     out = Path(config.out)
     if config.resume and config.overwrite:
         raise GenError("--resume continues the run in --out and --overwrite starts it over; give one of them")
@@ -550,7 +604,9 @@ def prepare_run(config: TrainConfig, given: set[str], distributed: Distributed |
     trainer = Trainer(config, dataset, model, device, dtype, distributed)
     if config.resume:
         trainer.restore(out / LATEST, resumed.step)
-    return Run(config, trainer, model_name, out, resumed.best_val_loss if config.resume else None)
+    if not config.resume:
+        return Run(config, trainer, model_name, out, None)
+    return Run(config, trainer, model_name, out, resumed.best_val_loss, evaluated_at_start=resumed.val_loss is not None)
 
 
 def _check_training_fits(model, config: TrainConfig, block_size: int, vocab_size: int) -> None:
@@ -651,10 +707,13 @@ def _training_loop(config: TrainConfig, given: set[str] | None, progress: bool, 
                 value = loss.item()
                 run.check_finite(value, "training loss")
                 bar.set_postfix(loss=f"{value:.4f}", tok_s=f"{speed.tokens_per_second:,.0f}", refresh=False)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         bar.close()
         if trainer.step != run.saved_step and trainer.step > 0:  # keep the steps since the last checkpoint
-            if run.distributed.launched:
+            if isinstance(interrupt, TornStep):
+                say(f"interrupted twice in the middle of step {trainer.step + 1}, which is lost with the steps "
+                    f"since the last checkpoint ({_last_checkpoint(run)})")
+            elif run.distributed.launched:
                 # Under torchrun each process gets the signal at a different point, and a
                 # checkpoint gathers every process's random states (a collective): it would hang.
                 say(_interrupted_distributed(run))
@@ -672,6 +731,12 @@ def _training_loop(config: TrainConfig, given: set[str] | None, progress: bool, 
         say(f"wrote {run.out / LATEST} (step {trainer.step}) and {run.out / BEST} "
             f"(val loss {run.best_val_loss:.4f}); took {time.perf_counter() - run.started:.1f} s")
     return run.result()
+
+
+def _last_checkpoint(run: Run) -> str:
+    if run.saved_step is None:
+        return "none was written yet: train again"
+    return f"step {run.saved_step} in {run.out / LATEST}; continue with: gen train --out {run.out} --resume"
 
 
 def _interrupted_distributed(run: Run) -> str:

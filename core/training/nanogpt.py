@@ -26,12 +26,14 @@ torch is imported when an import runs, not with this module.
 """
 from __future__ import annotations
 
+import io
 import os
 import pickle
 from pathlib import Path
 from typing import Callable
 
 from gen.core.errors import GenError, first_line
+from gen.core.reading import SIZE_LIMITS, check_zip_members, read_bytes
 
 PLAIN_TYPES = (dict, list, tuple, str, int, float, bool, type(None))
 # nanoGPT's data/<dataset>/prepare.py downloads the corpus that gen knows by this name,
@@ -55,9 +57,15 @@ class _PlainUnpickler(pickle.Unpickler):
 
 
 def _check_plain(value, path) -> None:
-    stack = [value]
+    """Refuse anything but plain data, visiting each object once: a pickle's memo lets a
+    1 KB file refer to the same list a billion times over ("billion laughs")."""
+    stack, seen = [value], set()
     while stack:
         item = stack.pop()
+        if isinstance(item, (dict, list, tuple)):
+            if id(item) in seen:
+                continue
+            seen.add(id(item))
         if type(item) not in PLAIN_TYPES:
             raise GenError(f"{path} holds a {type(item).__name__}; only plain data (dicts, lists, strings, "
                            f"numbers) is read from a pickle")
@@ -73,13 +81,9 @@ def load_plain_pickle(path: str | os.PathLike):
 
     Anything else is refused with a GenError before it is built: no code in the file runs.
     """
+    data = read_bytes(path, "pickle", SIZE_LIMITS["pickle"])
     try:
-        with open(path, "rb") as file:
-            value = _PlainUnpickler(file).load()
-    except FileNotFoundError:
-        raise GenError(f"{path} does not exist") from None
-    except OSError as error:
-        raise GenError(f"cannot read {path}: {error}") from None
+        value = _PlainUnpickler(io.BytesIO(data)).load()
     except Exception as error:  # UnpicklingError, and what a malformed stream raises
         raise GenError(
             f"refused to load {path}: {error}; only plain data (dicts, lists, strings, numbers) is read "
@@ -93,8 +97,9 @@ def load_weights_only(path: str | os.PathLike) -> dict:
     """A nanoGPT ckpt.pt, read by torch.load(weights_only=True): tensors and plain containers."""
     import torch
 
-    if not Path(path).is_file():
+    if not Path(path).exists():
         raise GenError(f"{path} does not exist; give the ckpt.pt that nanoGPT's train.py wrote in its out_dir")
+    check_zip_members(path, "nanoGPT checkpoint")  # torch's format is a zip: nothing inflates past memory
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -173,7 +178,8 @@ def import_nanogpt(
     say: Callable[[str], None] = print,
 ) -> Path:
     """Write the nanoGPT checkpoint `ckpt` as a gen checkpoint directory at `out`."""
-    from gen.core.training.checkpoint import build_model, save_checkpoint
+    from gen.core.files import check_replaceable_folder
+    from gen.core.training.checkpoint import CHECKPOINT_FILES, build_model, save_checkpoint
     from gen.core.tokenizer import tokenizer_to_dict
 
     out = Path(out)
@@ -182,8 +188,12 @@ def import_nanogpt(
                        "(e.g. hf:path=tokenizer.json for a model trained on GPT-2's tokens), one of them")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise GenError(f"{str(out)!r} already exists; give another --out, or --overwrite to replace it")
+    check_replaceable_folder(out, CHECKPOINT_FILES, "--out")  # a checkpoint, never a run or other files
 
     checkpoint = load_weights_only(ckpt)
+    step = checkpoint.get("iter_num")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+        raise GenError(f"{ckpt}: iter_num is {step!r}, not a step (a whole number, 0 or more)")
     config = _model_config(checkpoint["model_args"], ckpt)
     nanogpt_config = checkpoint.get("config") if isinstance(checkpoint.get("config"), dict) else {}
     if data is None:
@@ -199,9 +209,18 @@ def import_nanogpt(
     if vocabulary.vocab_size > config["vocab_size"]:
         raise GenError(f"the tokenizer has {vocabulary.vocab_size} tokens but the model only {config['vocab_size']}")
 
-    model = build_model("gpt", config)
     weights = gpt_state_dict(checkpoint["model"], ckpt)
-    result = model.load_state_dict(weights, strict=False)
+    # (lm_head is tied to wte: the model holds it once)
+    stored = sum(tensor.numel() for key, tensor in weights.items() if key != "lm_head.weight")
+    try:
+        model = build_model("gpt", config, stored_parameters=stored)
+    except GenError as error:
+        raise GenError(f"{ckpt}: the weights do not fit nanoGPT's GPT with its model_args ({error})") from None
+    try:
+        result = model.load_state_dict(weights, strict=False)
+    except RuntimeError as error:  # a weight whose shape differs from model_args'
+        message = " ".join(str(error).split())[:300]
+        raise GenError(f"{ckpt}: the weights do not fit nanoGPT's GPT with its model_args ({message})") from None
     if result.missing_keys or result.unexpected_keys:
         raise GenError(
             f"{ckpt}: the weights do not fit nanoGPT's GPT with its model_args (missing: "
@@ -210,9 +229,11 @@ def import_nanogpt(
     def plain(values: dict) -> dict:  # what JSON can hold of nanoGPT's settings
         return {key: value for key, value in values.items() if isinstance(value, (str, int, float, bool, type(None)))}
 
-    step = checkpoint.get("iter_num")
     best = checkpoint.get("best_val_loss")
-    best = float(best) if best is not None else None  # nanoGPT saves a 0-d tensor
+    try:
+        best = float(best) if best is not None else None  # nanoGPT saves a 0-d tensor
+    except (TypeError, ValueError, RuntimeError):
+        raise GenError(f"{ckpt}: best_val_loss is {best!r}, not a number") from None
     save_checkpoint(
         out, model=model, model_name="gpt", tokenizer_document=tokenizer_document,
         train_args={"data": data}, step=int(step) if step is not None else 0,

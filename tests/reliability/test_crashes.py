@@ -2,7 +2,9 @@
 an evaluation, half-way through writing a checkpoint, between the two renames that
 put it in place, just after it), and Ctrl-C, each followed by `gen train --resume`,
 ends with weights bit-identical to a run that was never interrupted."""
+import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -10,7 +12,7 @@ import sys
 import pytest
 from reliability_helpers import TINY, gen
 
-from gen.core.training.checkpoint import LATEST
+from gen.core.training.checkpoint import BEST, LATEST
 
 # Runs `gen` with a plugin that interrupts the run at one moment, in a process of its own.
 DRIVER = r'''
@@ -46,6 +48,41 @@ if moment in ("step", "ctrl-c"):
         return train_step(self)
 
     train.Trainer.train_step = interrupted_step
+if moment in ("batch", "optimizer", "evaluation-batch"):  # Ctrl-C at the at-th call, inside a step or an evaluation
+    import torch
+
+    from gen.core.training import loop as train
+
+    calls = [0]
+
+    def interrupt_at_call(function):
+        def interrupted(*args, **kwargs):
+            calls[0] += 1
+            if calls[0] == at:
+                os.kill(os.getpid(), signal.SIGINT)
+            return function(*args, **kwargs)
+        return interrupted
+
+    if moment == "batch":  # while a step draws its micro-batches: counts the training batches alone
+        sample = train.BatchSampler.sample
+
+        def training_sample(self, generator):
+            return (interrupt_at_call(sample) if torch.is_grad_enabled() else sample)(self, generator)
+
+        train.BatchSampler.sample = training_sample
+    elif moment == "optimizer":  # the gradients taken, the weights not yet updated
+        torch.optim.AdamW.step = interrupt_at_call(torch.optim.AdamW.step)
+    else:  # in the middle of an evaluation, between its batches
+        sample = train.BatchSampler.sample
+
+        def evaluation_sample(self, generator):
+            if not torch.is_grad_enabled():
+                calls[0] += 1
+                if calls[0] == at:
+                    os.kill(os.getpid(), signal.SIGINT)
+            return sample(self, generator)
+
+        train.BatchSampler.sample = evaluation_sample
 if moment == "checkpoint-write":  # the weights written, the training state half-way
     import safetensors.torch
 
@@ -133,6 +170,46 @@ def test_ctrl_c_saves_the_step_it_reached_and_says_how_to_resume(workspace, tmp_
     assert resumed.exit_code == 0, resumed.output
     assert "resuming" in resumed.output and "at step 10" in resumed.output
     assert (out / LATEST / "model.safetensors").read_bytes() == uninterrupted
+
+
+def random_moments(seeds: range) -> list[tuple[str, int]]:
+    """Ctrl-C at random calls: of the batch sampler (2 micro-batches a step, and the
+    evaluations' batches), of the optimizer's step, of an evaluation's batches."""
+    moments = []
+    for seed in seeds:
+        chooser = random.Random(seed)
+        kind = ("batch", "optimizer", "evaluation-batch")[seed % 3]
+        if kind == "batch":  # the second micro-batch of a step: the first one is drawn
+            moments.append((kind, 2 * chooser.randint(1, MAX_ITERS)))
+        else:  # the optimizer of steps 2 to 16; a batch of the evaluations at 4, 8, 12, 16 (4 each)
+            moments.append((kind, chooser.randint(2, MAX_ITERS) if kind == "optimizer" else chooser.randint(5, 20)))
+    return moments
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_accumulating(workspace, tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight-accumulating") / "run"
+    result = gen(*train_command(workspace, out), "--grad-accum", "2")
+    assert result.exit_code == 0, result.output
+    return {name: (out / name / "model.safetensors").read_bytes() for name in (LATEST, BEST)}, \
+        [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("moment, at", random_moments(range(6)))
+def test_ctrl_c_at_any_moment_then_resume_gives_the_uninterrupted_run(workspace, tmp_path, uninterrupted_accumulating,
+                                                                      moment, at):
+    """Ctrl-C inside a step (while it draws a batch, before its weights update) or in an
+    evaluation, then --resume: the same latest and best weights, and the same evaluations."""
+    weights, evaluated_steps = uninterrupted_accumulating
+    out = tmp_path / "run"
+    interrupted = gen_process(*train_command(workspace, out), "--grad-accum", "2", driver=[moment, str(at)])
+    assert interrupted.returncode in (0, 130), interrupted.stderr  # 0: the chosen call came after the run
+    assert "Traceback" not in interrupted.stderr
+    resumed = gen("train", "--out", out, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    for name in (LATEST, BEST):
+        assert (out / name / "model.safetensors").read_bytes() == weights[name], name
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == evaluated_steps
 
 
 def test_a_killed_exports_temporary_is_removed_by_the_next_export(workspace, tmp_path):

@@ -110,3 +110,65 @@ def test_the_onnx_metadata_reader_raises_only_gen_errors_on_any_metadata(tmp_pat
     except GenError:
         return
     only_gen_errors(tokenizer_from_dict, artifact.tokenizer)
+
+
+# --- the one door (gen.core.reading) ----------------------------------------------------
+
+json_like_text = st.text(alphabet=st.sampled_from(list('[]{}",:0123456789-.eE truefalsn\\\x00é\n')), max_size=300)
+
+
+@fuzz
+@given(text=json_like_text | st.text(max_size=200), depth=st.integers(0, 300), digits=st.integers(0, 6000))
+def test_the_json_door_raises_only_gen_errors(text, depth, digits):
+    from gen.core.reading import parse_json
+
+    only_gen_errors(parse_json, text, "a document")
+    only_gen_errors(parse_json, "[" * depth + text + "]" * depth, "a document")
+    only_gen_errors(parse_json, "{\"a\": " + "1" * max(digits, 1) + "}", "a document")
+
+
+@fuzz
+@given(data=st.binary(max_size=300) | json_like_text.map(str.encode), kind=st.sampled_from(
+    ["TOML config", "checkpoint config", "metrics log", "tokenizer"]))
+def test_the_file_door_raises_only_gen_errors_on_any_bytes(tmp_path, data, kind):
+    from gen.core.reading import json_lines, load_json, load_toml
+
+    path = tmp_path / "file"
+    path.write_bytes(data)
+    only_gen_errors(load_toml, path)
+    only_gen_errors(load_json, path, kind)
+    only_gen_errors(lambda: list(json_lines(path, "metrics log")))
+
+
+@fuzz
+@given(document=json_values)
+def test_the_typed_checks_raise_only_gen_errors(document):
+    from gen.core.cli.plot import Evaluation
+    from gen.core.reading import validate
+    from gen.core.training.checkpoint import _CheckpointConfig, _ParamGroup
+
+    for schema in (Evaluation, _CheckpointConfig, _ParamGroup):
+        only_gen_errors(validate, document, schema, "a document")
+
+
+@fuzz
+@given(data=st.binary(max_size=400), declared=st.integers(0, 2**40))
+def test_the_npy_and_zip_checks_raise_only_gen_errors(tmp_path, data, declared):
+    import io
+    import zipfile
+
+    import numpy as np
+
+    from gen.core.reading import check_npy_header, check_zip_members
+
+    path = tmp_path / "file"
+    path.write_bytes(data)
+    only_gen_errors(check_npy_header, path, "token cache")
+    only_gen_errors(check_zip_members, path, "nanoGPT checkpoint")
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<u2", "fortran_order": False, "shape": (declared,)})
+    path.write_bytes(header.getvalue() + data)
+    only_gen_errors(check_npy_header, path, "token cache")
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("data.pkl", data * 50)
+    only_gen_errors(check_zip_members, path, "nanoGPT checkpoint")

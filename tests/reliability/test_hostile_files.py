@@ -160,14 +160,16 @@ def test_damaged_resume_state_is_one_line_and_the_run_stays(copy_of, damage, fra
 # --- a token cache file replaced by another .npy ----------------------------------------
 
 
-def test_a_foreign_token_cache_is_encoded_again(workspace, tmp_path, monkeypatch):
+@pytest.mark.parametrize("foreign_id", [10_000, 0], ids=["out-of-range", "in-range"])
+def test_a_foreign_token_cache_is_encoded_again(workspace, tmp_path, monkeypatch, foreign_id):
     from gen.core import data
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     corpus = workspace / "corpus.txt"
     dataset = data.load_dataset(str(corpus), tokenizer_spec="char", progress=False)
-    [cached] = (tmp_path / "cache" / "gen" / "tokens").iterdir()
-    np.save(cached, np.full(len(dataset.train_ids) + len(dataset.val_ids), 10_000, dtype=np.uint16))
+    [cached] = (tmp_path / "cache" / "gen" / "tokens").glob("*.npy")
+    # a cache of zeros has ids in range and the right shape: only its digest gives it away
+    np.save(cached, np.full(len(dataset.train_ids) + len(dataset.val_ids), foreign_id, dtype=np.uint16))
     again = data.load_dataset(str(corpus), tokenizer_spec="char", progress=False)
     np.testing.assert_array_equal(again.train_ids, dataset.train_ids)
-    assert np.load(cached).max() < dataset.tokenizer.vocab_size  # and the cache was mended
+    np.testing.assert_array_equal(np.load(cached)[:len(dataset.train_ids)], dataset.train_ids)  # mended
