@@ -51,6 +51,8 @@ class Greedy:
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 FLOAT32_TINY = float(np.finfo(np.float32).tiny)
 
+MIROSTAT_MAX_TAU = 1000.0
+MIROSTAT_MAX_ETA = 1000.0
 # Below this, logits of a few hundred divided by t leave float32's range, and the draw
 # is greedy anyway.
 MIN_TEMPERATURE = 1e-4
@@ -66,8 +68,9 @@ class Temperature(LogitsFilter):
             raise GenError(
                 "temperature t=0 would divide by zero; to always pick the most likely token use --sampler greedy"
             )
-        if not math.isfinite(t) or t < 0:
-            raise GenError(f"temperature needs a finite t > 0, got t={t}")
+        if not math.isfinite(t) or t < 0 or t > FLOAT32_MAX:
+            raise GenError(f"temperature needs a finite t > 0 within float32's range (up to {FLOAT32_MAX:.3g}), "
+                           f"got t={t}")
         if t < MIN_TEMPERATURE:  # logits / t would overflow float32
             raise GenError(f"temperature t={t} is below {MIN_TEMPERATURE:g}, which is greedy in all but name "
                            f"(and overflows); use --sampler greedy")
@@ -211,10 +214,13 @@ class Mirostat:
     """Mirostat 2.0: keep the surprise of the text near tau, adapting a cut-off per row."""
 
     def __init__(self, tau: float = 5.0, eta: float = 0.1):
-        if not (math.isfinite(tau) and tau > 0):
-            raise GenError(f"mirostat needs a finite tau > 0 (bits), got tau={tau}")
-        if not (math.isfinite(eta) and eta > 0):
-            raise GenError(f"mirostat needs a finite eta > 0, got eta={eta}")
+        # No float32 probability is more surprising than 149 bits (2**-149 is the smallest), so a
+        # larger tau never cuts anything; the bounds keep the cut-off's updates finite.
+        if not (math.isfinite(tau) and 0 < tau <= MIROSTAT_MAX_TAU):
+            raise GenError(f"mirostat needs a tau from 0 to {MIROSTAT_MAX_TAU:g} (bits; above 149 it cuts nothing), "
+                           f"got tau={tau}")
+        if not (math.isfinite(eta) and 0 < eta <= MIROSTAT_MAX_ETA):
+            raise GenError(f"mirostat needs an eta from 0 to {MIROSTAT_MAX_ETA:g}, got eta={eta}")
         self.tau = tau
         self.eta = eta
         self.mu = None  # per row: the largest surprise (bits) a token may have; starts at 2 tau

@@ -355,7 +355,9 @@ def _open_session(path: str, providers: list[str], threads: int) -> onnxruntime.
     options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # errors only: the CLI's output is the generated text
+    # Fatal only: onnxruntime would print its errors to the terminal before gen says the same in
+    # one line (gen quotes the first line of the exception it raises); the output is the generated text.
+    options.log_severity_level = 4
     try:
         session = onnxruntime.InferenceSession(path, options, providers=providers)
     except Exception as error:  # onnxruntime raises its own exception types

@@ -402,3 +402,25 @@ def test_accumulation_averages_gradients_only_on_the_last_micro_step(corpus, mon
         distributed.close()
     buckets = all_reduced_at.count(2)
     assert buckets >= 1 and all_reduced_at == [0] * buckets + [1] * buckets + [2] * buckets  # not per micro-step
+
+
+def test_a_process_whose_process_0_never_comes_says_so_and_fails_in_one_line(corpus, tmp_path):
+    """Process 1 of 2, with nobody listening at MASTER_ADDR:MASTER_PORT: a line saying what it
+    waits for, then, after GEN_DISTRIBUTED_TIMEOUT, one line naming the address (no hang, no traceback)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    environment = dict(os.environ, RANK="1", LOCAL_RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                       MASTER_PORT=str(port), GEN_DISTRIBUTED_TIMEOUT="3")
+    gen_binary = os.path.join(os.path.dirname(sys.executable), "gen")
+    started = time.monotonic()
+    result = subprocess.run([gen_binary, "train", "--data", str(corpus), "--out", str(tmp_path / "out"), *TINY,
+                             "--max-iters", "2"], env=environment, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert time.monotonic() - started < 60
+    assert f"process 1: waiting up to 3 s for process 0 at 127.0.0.1:{port}" in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and f"could not join the run at 127.0.0.1:{port} within 3 s" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr

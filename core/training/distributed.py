@@ -28,24 +28,25 @@ either way. What a distributed run does differently, in the training loop's term
 A process that dies ends the run: torchrun notices within its monitor interval
 (0.1 s), stops the others on its machine (SIGTERM, then SIGKILL after 30 s) and
 exits with an error naming the rank. Processes on other machines fail in their next
-collective when the connection drops, and at the latest after TIMEOUT.
+collective when the connection drops, and at the latest after TIMEOUT_S seconds (GEN_DISTRIBUTED_TIMEOUT).
 """
 from __future__ import annotations
 
 import contextlib
 import datetime
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-from gen.core.errors import GenError
+from gen.core.errors import GenError, first_line
 
-# How long a collective waits for a missing process before failing the run. Long
-# enough for process 0 to write a checkpoint, or for every process to compile, while
-# the others wait.
-TIMEOUT = datetime.timedelta(minutes=10)
+# How long a collective, or a process joining the run, waits for a missing process before
+# failing: long enough for process 0 to write a checkpoint, or for every process to compile,
+# while the others wait. GEN_DISTRIBUTED_TIMEOUT (seconds) sets another.
+TIMEOUT_S = 600.0
 
 
 def _environment_int(name: str) -> int:
@@ -54,6 +55,19 @@ def _environment_int(name: str) -> int:
         return int(value)
     except ValueError:
         raise GenError(f"the environment variable {name}={value!r} is not a number; launch gen train with torchrun") from None
+
+
+def _timeout() -> datetime.timedelta:
+    value = os.environ.get("GEN_DISTRIBUTED_TIMEOUT", "")
+    if not value:
+        return datetime.timedelta(seconds=TIMEOUT_S)
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < 1e7:
+        raise GenError(f"GEN_DISTRIBUTED_TIMEOUT={value!r} is not a number of seconds above 0")
+    return datetime.timedelta(seconds=seconds)
 
 
 def processes(count: int) -> str:
@@ -122,7 +136,17 @@ class Distributed:
         if not dist.is_available() or not dist.is_backend_available(backend):
             raise GenError(f"this torch build has no {backend} backend for torch.distributed; "
                            f"install a torch build with it, or train in one process")
-        dist.init_process_group(backend, timeout=TIMEOUT, device_id=device if device.type == "cuda" else None)
+        timeout = _timeout()
+        address = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+        if self.rank != 0:  # it may wait: say for what, rather than hang silently
+            print(f"process {self.rank}: waiting up to {timeout.total_seconds():g} s for process 0 at {address}",
+                  file=sys.stderr, flush=True)
+        try:
+            dist.init_process_group(backend, timeout=timeout, device_id=device if device.type == "cuda" else None)
+        except (RuntimeError, ValueError) as error:  # torch's DistStoreError (a timeout) is a RuntimeError
+            raise GenError(f"process {self.rank} could not join the run at {address} within "
+                           f"{timeout.total_seconds():g} s ({first_line(error)[:120]}); start every process of the "
+                           f"run (torchrun on each machine) and check MASTER_ADDR and MASTER_PORT") from None
         self.started = True
 
     def offset_seed(self, seed: int) -> None:

@@ -62,6 +62,17 @@ def test_a_temperature_that_overflows_float32_is_refused(workspace):
     assert_one_line_error(result, "below 0.0001", "use --sampler greedy")
 
 
+@pytest.mark.parametrize("spec, message", [
+    ("temperature:t=1e39", "within float32's range"),
+    ("mirostat:tau=1e308", "mirostat needs a tau from 0 to 1000"),
+    ("mirostat:eta=1e308", "mirostat needs an eta from 0 to 1000"),
+])
+def test_sampler_options_beyond_float32_are_one_line_without_numpy_warnings(workspace, spec, message):
+    result = gen("run", workspace / "model.onnx", "--sampler", spec, "--max-new-tokens", 5)
+    assert_one_line_error(result, message)
+    assert "RuntimeWarning" not in result.output
+
+
 def test_a_thread_count_past_the_machines_is_refused(workspace):
     result = gen("run", workspace / "model.onnx", "--threads", "100000")
     assert_one_line_error(result, "threads must be a whole number from 1 to")
@@ -214,3 +225,28 @@ def test_generate_accepts_any_iterable_of_prompts(workspace):
     prompts = ["ROMEO:", "JULIET:"]
     assert generator.generate((p for p in prompts), sampler="greedy", max_new_tokens=10) == \
         generator.generate(prompts, sampler="greedy", max_new_tokens=10)
+
+
+def test_onnxruntime_prints_nothing_before_gens_one_line_error(workspace, tmp_path):
+    """An export whose metadata claims a longer context than its graph has: onnxruntime's own
+    error log (written straight to the terminal, beside Python) must not come before gen's line."""
+    import json
+    import sys
+
+    import onnx
+
+    model = onnx.load(str(workspace / "model.onnx"))
+    for entry in model.metadata_props:
+        if entry.key == "gen.model":
+            document = json.loads(entry.value)
+            document["block_size"] *= 4
+            document["config"]["block_size"] *= 4
+            entry.value = json.dumps(document)
+    lying = tmp_path / "lying.onnx"
+    onnx.save(model, str(lying))
+    gen_binary = os.path.join(os.path.dirname(sys.executable), "gen")
+    result = subprocess.run([gen_binary, "run", str(lying), "--max-new-tokens", "3"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert "does not match its gen.model metadata" in result.stderr
