@@ -11,7 +11,8 @@ import click
 from click.core import ParameterSource
 
 from gen.core.errors import GenError
-from gen.core.cli.generation_options import echo_from_options, generation_options
+from gen.core.cli.completion import complete_plugin_spec
+from gen.core.cli.generation_options import GenerationCommand, echo_from_options, generation_options
 from gen.core.hookspecs import hookimpl
 from gen.core.specs import format_spec, options_of
 from gen.core.training.config import DTYPES, LIMITS, TrainConfig, option_flag
@@ -53,6 +54,7 @@ TRAIN_OPTIONS = [
     ("seed", "Seed of the initial weights and the batch order."),
 ]
 FLAGS = ("resume", "overwrite")
+PLUGIN_OPTIONS = ("tokenizer", "model")  # their values are plugin specs, completed from the registry
 GIVEN_SOURCES = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
 OPTION_TYPES = {name: option.type for name, option in options_of(TrainConfig).items()}
 
@@ -84,7 +86,7 @@ def _train_option_decorators():
         else:
             decorators.append(click.option(
                 f"--{declaration}", type=_click_type(name), default=default, show_default=default is not None,
-                help=help_text,
+                help=help_text, shell_complete=complete_plugin_spec(name) if name in PLUGIN_OPTIONS else None,
             ))
     return decorators
 
@@ -234,7 +236,7 @@ train_command = _build_train_command()
 # --- gen sample -----------------------------------------------------------------------
 
 
-@click.command()
+@click.command(cls=GenerationCommand)
 @click.option("--checkpoint", default="out", show_default=True,
               help="A checkpoint directory, or a run directory (its best checkpoint).")
 @generation_options
