@@ -45,6 +45,8 @@ TRAIN_OPTIONS = [
     ("grad-clip", "Clip the gradient norm to this (0: off)."),
     ("eval-interval", "Evaluate and checkpoint every this many steps."),
     ("eval-iters", "Batches per split in each evaluation."),
+    ("log-interval", "Every this many steps, add the mean training loss and tokens/s to metrics.jsonl, and print "
+                     "them when the output is not a terminal (a terminal's progress bar shows them)."),
     ("out", "Run directory: latest/ and best/ checkpoints and metrics.jsonl."),
     ("resume", "Continue the run in --out from its latest checkpoint."),
     ("overwrite", "Start over even if --out holds a run (replaced at the first checkpoint)."),
@@ -189,7 +191,7 @@ def _train_from_options(ctx, config, **options):
 
     The run directory --out holds latest/ (what --resume continues), best/ (the lowest
     validation loss: what `gen sample` and `gen eval` load from --checkpoint out) and
-    metrics.jsonl (one line per evaluation).
+    metrics.jsonl (one line per evaluation, and one per --log-interval steps of training).
     """
     # Given: on the command line or in a GEN_TRAIN_* environment variable. Those win
     # over the config file, the model's training defaults and, on --resume, the saved options.

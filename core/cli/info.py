@@ -85,7 +85,8 @@ def describe_run(run_dir: Path) -> dict:
     metrics = run_dir / METRICS_FILE
     evaluations = 0
     if metrics.is_file():
-        evaluations = sum(1 for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip())
+        # evaluation lines hold a val_loss; the --log-interval lines between them do not
+        evaluations = sum(1 for line in metrics.read_text(encoding="utf-8").splitlines() if '"val_loss"' in line)
     return {
         "path": str(run_dir),
         "latest_step": read_config(latest)["step"] if is_checkpoint(latest) else None,
