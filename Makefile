@@ -7,8 +7,11 @@ TORCH ?= torch==2.13.0
 # A path to a UTF-8 text file, or `shakespeare` (downloaded once into the user cache).
 DATA ?= shakespeare
 OUT ?= out
+# `make demo` again continues its run in $(OUT) (--resume: nothing to train once it is complete);
+# `make demo FRESH=1` trains it again from scratch (--overwrite). Neither touches .venv.
+TRAIN_MODE = $(if $(FRESH),--overwrite,$(if $(wildcard $(OUT)/latest),--resume))
 
-.PHONY: demo test install docs clean
+.PHONY: demo test install docs clean distclean
 
 install: $(BIN)/.installed
 
@@ -21,9 +24,9 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(BIN)/gen train --data $(DATA) --out $(OUT)
+	$(BIN)/gen train --data $(DATA) --out $(OUT) $(TRAIN_MODE)
 	$(BIN)/gen sample --checkpoint $(OUT) --prompt 'ROMEO:' --max-new-tokens 200 --seed 1
-	$(BIN)/gen export $(OUT).onnx --checkpoint $(OUT)
+	$(BIN)/gen export $(OUT).onnx --checkpoint $(OUT) --overwrite
 	$(BIN)/gen run $(OUT).onnx --prompt 'ROMEO:' --max-new-tokens 200 --seed 1
 
 test: install
@@ -33,5 +36,9 @@ test: install
 docs: install
 	$(BIN)/python -m gen.core.cli.reference docs/cli.md
 
+# What the demo and the tests made; .venv stays (distclean removes it too).
 clean:
-	rm -rf $(VENV) .venv-runtime $(OUT) build *.egg-info .pytest_cache .hypothesis
+	rm -rf .venv-runtime $(OUT) $(OUT).onnx build *.egg-info .pytest_cache .hypothesis
+
+distclean: clean
+	rm -rf $(VENV)

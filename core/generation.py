@@ -438,6 +438,8 @@ class TextStep:
 
     pieces: list[str]  # the new text of each row ("" if none, or held back)
     tokens: list[TokenChoice | None] | None  # each row's token (None once a row ended); None unless asked
+    finish_reasons: list[str | None]  # why each row ended ("stop" or "length"), None while it runs
+    counts: list[int]  # the tokens each row has drawn so far
 
 
 def generate_text(
@@ -469,8 +471,9 @@ def generate_text(
         if logprobs is not None:
             tokens = token_choices(logits, sampler.drawn_from, next_ids, logprobs, tokenizer)
             tokens = [token if row.took_token else None for row, token in zip(rows, tokens)]
-        yield TextStep(pieces, tokens)
-    yield TextStep([row.close() for row in rows], None)
+        yield TextStep(pieces, tokens, [row.finish_reason for row in rows], [row.count for row in rows])
+    yield TextStep([row.close() for row in rows], None, [row.finish_reason for row in rows],
+                   [row.count for row in rows])
 
 
 DEFAULT_MAX_NEW_TOKENS = 500

@@ -417,6 +417,39 @@ class SamplerRecipe:
         return ChainLink(sampler, self.entry.provider, self.spec)
 
 
+# The familiar knobs (vLLM's and OpenAI's fields, `gen run --temperature ...`) in the order
+# their filters run: the shortcut flags and the server's fields build the same chain here.
+SHORTCUT_ORDER = ("repetition_penalty", "presence_penalty", "frequency_penalty", "temperature", "top_k", "top_p",
+                  "min_p")
+
+
+def shortcut_recipes(*, repetition_penalty: float | None = None, presence_penalty: float = 0.0,
+                     frequency_penalty: float = 0.0, temperature: float | None = None, top_k: int | None = None,
+                     top_p: float | None = None, min_p: float | None = None) -> list[SamplerRecipe]:
+    """The sampler chain the familiar knobs name, in vLLM's order (SHORTCUT_ORDER): the penalties
+    first (repetition_penalty over the prompt and the text so far, then presence and frequency
+    over the text generated), then temperature, top_k, top_p and min_p. A knob left out, or at
+    its "off" value (a penalty of 1 or 0, temperature 1, top_k 0 or -1, top_p 1, min_p 0), adds
+    nothing; temperature 0 is greedy (top_k, top_p and min_p would all keep the most likely
+    token). The values are the caller's to check; the samplers check them again when built."""
+    recipes = []
+    if repetition_penalty is not None and repetition_penalty != 1:
+        recipes.append(SamplerRecipe.of("repetition_penalty", penalty=float(repetition_penalty)))
+    if presence_penalty or frequency_penalty:
+        recipes.append(SamplerRecipe.of("penalties", presence=presence_penalty, frequency=frequency_penalty))
+    if temperature == 0:
+        return recipes + [SamplerRecipe.of("greedy")]
+    if temperature is not None and temperature != 1:
+        recipes.append(SamplerRecipe.of("temperature", t=temperature))
+    if top_k is not None and top_k > 0:  # -1 and 0 (vLLM's "off") keep every token
+        recipes.append(SamplerRecipe.of("top_k", k=top_k))
+    if top_p is not None and top_p != 1:
+        recipes.append(SamplerRecipe.of("top_p", p=top_p))
+    if min_p is not None and min_p > 0:
+        recipes.append(SamplerRecipe.of("min_p", p=min_p))
+    return recipes
+
+
 def build_sampler(spec: str):
     """One sampler object from a spec string like 'top_k:k=40' (see gen.core.specs)."""
     return SamplerRecipe.parse(spec).build().sampler

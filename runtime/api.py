@@ -49,7 +49,7 @@ from gen.core.constraints import CompiledConstraint, Constraint
 from gen.core.errors import GenError
 from gen.core.generation import Alternative, TokenChoice
 from gen.core.scoring import token_scores
-from gen.core.sampling import SamplerRecipe, Sampling
+from gen.core.sampling import SamplerRecipe, Sampling, shortcut_recipes
 from gen.runtime.chat import ROLES
 from gen.runtime.scheduler import Choice
 
@@ -275,11 +275,12 @@ def _logit_bias(body: dict, vocab_size: int) -> dict[int, float]:
 
 
 def sampler_recipes(body: dict, limits: Limits) -> list[SamplerRecipe]:
-    """The sampler chain a request asks for, in vLLM's order: the penalties first
-    (repetition_penalty, then presence and frequency), then either its `sampler` field (a list
-    of `--sampler` specs, which replaces the rest) or temperature, top_k, top_p and min_p.
-    Typed fields become recipes directly; only the `sampler` list is parsed."""
-    recipes = _penalty_recipes(body)
+    """The sampler chain a request asks for, in vLLM's order (gen.core.sampling.shortcut_recipes,
+    which `gen run --temperature ...` shares): the penalties first (repetition_penalty, then
+    presence and frequency), then either its `sampler` field (a list of `--sampler` specs, which
+    replaces the rest) or temperature, top_k, top_p and min_p. Typed fields become recipes
+    directly; only the `sampler` list is parsed."""
+    penalties = _penalties(body)
     temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
     top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
     top_k = _integer(body, "top_k", -1, -1)
@@ -291,39 +292,24 @@ def sampler_recipes(body: dict, limits: Limits) -> list[SamplerRecipe]:
                            f"got {_json_type(sampler)}", "sampler")
         if len(sampler) > limits.max_samplers:
             raise APIError(f"sampler has {len(sampler)} specs; give at most {limits.max_samplers}", "sampler")
-        return recipes + [SamplerRecipe.parse(spec) for spec in sampler]
-    if temperature == 0:  # greedy: top_k, top_p and min_p all keep the most likely token
-        return recipes + [SamplerRecipe.of("greedy")]
-    if top_p == 0:
+        return shortcut_recipes(**penalties) + [SamplerRecipe.parse(spec) for spec in sampler]
+    if top_p == 0 and temperature != 0:
         raise APIError("top_p must be above 0 (0 would keep no token)", "top_p")
-    if temperature != 1:
-        recipes.append(SamplerRecipe.of("temperature", t=temperature))
-    if top_k > 0:  # -1 and 0 (vLLM's "off") keep every token
-        recipes.append(SamplerRecipe.of("top_k", k=top_k))
-    if top_p != 1:
-        recipes.append(SamplerRecipe.of("top_p", p=top_p))
-    if min_p > 0:
-        recipes.append(SamplerRecipe.of("min_p", p=min_p))
-    return recipes
+    return shortcut_recipes(**penalties, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
 
 
-def _penalty_recipes(body: dict) -> list[SamplerRecipe]:
+def _penalties(body: dict) -> dict:
     """repetition_penalty (over the prompt and the text so far; 1 is none), then OpenAI's
-    presence and frequency penalties (over the text generated), as vLLM applies them."""
+    presence and frequency penalties (over the text generated), checked, as shortcut_recipes takes them."""
     repetition = body.get("repetition_penalty")
     if repetition is not None and (isinstance(repetition, bool) or not isinstance(repetition, (int, float))
                                    or not math.isfinite(repetition) or repetition <= 0):
         raise APIError(f"repetition_penalty must be a number above 0 (1 is none), got "
                        f"{repetition if isinstance(repetition, (int, float)) else _json_type(repetition)}",
                        "repetition_penalty")
-    presence = _number(body, "presence_penalty", 0.0, -2.0, 2.0)
-    frequency = _number(body, "frequency_penalty", 0.0, -2.0, 2.0)
-    recipes = []
-    if repetition is not None and repetition != 1:
-        recipes.append(SamplerRecipe.of("repetition_penalty", penalty=float(repetition)))
-    if presence or frequency:
-        recipes.append(SamplerRecipe.of("penalties", presence=presence, frequency=frequency))
-    return recipes
+    return {"repetition_penalty": repetition,
+            "presence_penalty": _number(body, "presence_penalty", 0.0, -2.0, 2.0),
+            "frequency_penalty": _number(body, "frequency_penalty", 0.0, -2.0, 2.0)}
 
 
 def _constraint(body: dict, tokenizer, vocab_size: int) -> CompiledConstraint | None:

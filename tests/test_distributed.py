@@ -125,7 +125,9 @@ def gen(*arguments):
 
 
 def metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    """The evaluation lines (the --log-interval lines have no val_loss)."""
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [line for line in lines if "val_loss" in line]
 
 
 def losses(out: Path) -> list[dict]:

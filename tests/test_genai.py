@@ -126,3 +126,25 @@ def test_a_static_cache_or_a_folder_inside_a_checkpoint_is_refused_before_export
     result = gen("export", "--genai", inside, "--checkpoint", checkpoint, "--no-verify")
     assert result.exit_code == 1 and f"{str(inside / 'model.onnx')!r} is inside the checkpoint folder" in result.output
     assert not inside.exists() and not list(checkpoint.glob(".genai*"))
+
+
+def readme_block(marker: str) -> str:
+    """The README's fenced Python block that holds `marker`."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    blocks = readme.split("```python\n")[1:]
+    return next(block.split("```")[0] for block in blocks if marker in block)
+
+
+def test_the_readmes_onnxruntime_genai_snippet_runs_on_a_model_with_a_short_window(tokenizer, tmp_path, capsys):
+    """As written, on the default model's 64-token window (the prompt and 200 tokens do not fit)."""
+    pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai is not installed (pip install 'gen[genai]')")
+    torch.manual_seed(0)
+    model = GPT.from_config(dict(block_size=64, n_layer=1, n_head=2, n_embd=32, vocab_size=tokenizer.vocab_size))
+    save_checkpoint(tmp_path / "checkpoint", model=model, model_name="gpt",
+                    tokenizer_document=tokenizer_to_dict("char", tokenizer), train_args={}, step=0)
+    result = gen("export", "--genai", tmp_path / "genai", "--checkpoint", tmp_path / "checkpoint", "--no-verify")
+    assert result.exit_code == 0, result.output
+    snippet = readme_block("import numpy as np, onnxruntime_genai as og").replace("DIR", str(tmp_path / "genai"))
+    exec(compile(snippet, "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+    assert printed.startswith(PROMPT) and len(printed.rstrip("\n")) <= 64

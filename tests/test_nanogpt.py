@@ -8,6 +8,7 @@ import json
 import math
 import os
 import pickle
+import shutil
 from pathlib import Path
 
 import pytest
@@ -104,7 +105,7 @@ def test_imported_logits_equal_nanogpts(nanogpt_files, tmp_path, text, variant):
     checkpoint = load_checkpoint(tmp_path / "out")
     assert checkpoint.model_config["bias"] is (variant == "bias")
     assert checkpoint.step == 250 and checkpoint.best_val_loss == pytest.approx(2.125)
-    assert checkpoint.train_args["data"] == "shakespeare"  # shakespeare_char is Tiny Shakespeare
+    assert checkpoint.train_args["data"] is None  # no input.txt beside meta.pkl, and no name gen eval would download
     ids = torch.tensor([checkpoint.tokenizer.encode(text[i:i + 32]) for i in (0, 1000, 5000)])  # (3, 32)
     with torch.no_grad():
         reference, _ = models[variant](ids, targets=ids)  # with targets nanoGPT returns every position
@@ -219,3 +220,17 @@ def test_the_output_is_not_overwritten_and_a_vocabulary_is_required(nanogpt_file
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
     result = gen("import", "nanogpt", folder / "bias.pt", "--out", tmp_path / "other")
     assert result.exit_code == 1 and "give --meta meta.pkl" in result.output
+
+
+def test_import_records_the_input_txt_beside_meta_pkl_and_gen_eval_reads_it(nanogpt_files, tmp_path, text):
+    folder, _ = nanogpt_files
+    dataset = tmp_path / "shakespeare_char"  # nanoGPT's data/shakespeare_char/ after prepare.py
+    dataset.mkdir()
+    shutil.copy(folder / "meta.pkl", dataset / "meta.pkl")
+    (dataset / "input.txt").write_text(text, encoding="utf-8")
+    result = gen("import", "nanogpt", folder / "bias.pt", "--meta", dataset / "meta.pkl", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(tmp_path / "out").train_args["data"] == str(dataset / "input.txt")
+    scored = gen("eval", "--checkpoint", tmp_path / "out", "--json")  # no --data: the recorded file, offline
+    assert scored.exit_code == 0, scored.output
+    assert json.loads(scored.output)["data"] == str(dataset / "input.txt")

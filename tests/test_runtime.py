@@ -165,8 +165,8 @@ def test_json_prints_one_object_per_token_with_its_probabilities(gpt_path):
     result = invoke("run", gpt_path, "--prompt", "ROMEO:", "--seed", 4, "--max-new-tokens", 40, "--sampler", "top_k:k=4",
                     "--json", "--logprobs", 5)
     assert result.exit_code == 0, result.output
-    tokens = [json.loads(line) for line in result.stdout.splitlines()]
-    assert len(tokens) == 40
+    *tokens, closing = [json.loads(line) for line in result.stdout.splitlines()]  # closing: finish_reason, usage
+    assert len(tokens) == 40 and closing["finish_reason"] == "length"
     assert "ROMEO:" + "".join(token["text"] for token in tokens) + "\n" + SAMPLE_SEPARATOR + "\n" == plain.stdout
     for token in tokens:
         top = token["top"]
@@ -178,7 +178,7 @@ def test_json_prints_one_object_per_token_with_its_probabilities(gpt_path):
         assert top[4]["sampled_logprob"] == -math.inf  # the fifth most likely was removed
     greedy = invoke("run", gpt_path, "--sampler", "greedy", "--max-new-tokens", 10, "--json")
     assert all(json.loads(line)["sampled_logprob"] == 0.0 and json.loads(line)["top"] == []
-               for line in greedy.stdout.splitlines())
+               for line in greedy.stdout.splitlines()[:-1])
 
 
 def test_show_probs_colours_tokens_on_a_terminal_and_prints_plain_text_elsewhere(gpt_path):

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import click
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -38,7 +39,9 @@ def train(corpus, out, *arguments, max_iters=40, eval_interval=20):
 
 
 def metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    """The evaluation lines (the --log-interval lines have no val_loss)."""
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [line for line in lines if "val_loss" in line]
 
 
 def weights(path: Path) -> dict:
@@ -438,3 +441,37 @@ def test_a_model_whose_training_defaults_have_the_wrong_type_is_a_one_line_error
     result = gen("train", "--model", "careless", "--data", corpus, "--out", tmp_path / "out", "--max-iters", "2")
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
     assert "model 'careless''s training_defaults" in result.output and "lr" in result.output.splitlines()[-1]
+
+
+def test_training_logs_a_line_every_log_interval_steps_and_records_it(corpus, tmp_path):
+    out = tmp_path / "out"
+    result = train(corpus, out, "--log-interval", 5, max_iters=20, eval_interval=10)
+    # CliRunner's output is not a terminal: a line per window instead of the progress bar
+    logged = [line for line in result.output.splitlines() if line.startswith("step ") and "tokens/s" in line]
+    assert [line.split(":")[0] for line in logged] == ["step 5", "step 10", "step 15", "step 20"]
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    windows = [line for line in lines if "interval_train_loss" in line]
+    assert [line["step"] for line in windows] == [5, 10, 15, 20]
+    assert all(math.isfinite(line["interval_train_loss"]) and line["tokens_per_s"] > 0 for line in windows)
+    assert [line["step"] for line in lines] == sorted(line["step"] for line in lines)  # in the order of the run
+    assert [line["step"] for line in metrics(out)] == [0, 10, 20]  # the evaluations are as before
+
+
+def test_plot_draws_the_training_windows(tmp_path):
+    pytest.importorskip("matplotlib")
+    from matplotlib.image import imread
+
+    from gen.core.cli.plot import plot_run
+
+    def light_blue_pixels(lines):
+        run = tmp_path / f"run{len(lines)}"
+        run.mkdir()
+        (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+        image = imread(plot_run(run))
+        blended = np.array([0.649, 0.787, 0.882])  # the train colour at alpha 0.4 on white
+        return int((np.abs(image[:, :, :3] - blended).max(axis=-1) < 0.06).sum())
+
+    evaluations = [{"step": 0, "train_loss": 4.0, "val_loss": 4.1}, {"step": 100, "train_loss": 2.0, "val_loss": 2.2}]
+    windows = [{"step": step, "interval_train_loss": 4.0 - step / 50 + (step % 20) / 10} for step in range(10, 101, 10)]
+    assert light_blue_pixels(sorted(evaluations + windows, key=lambda line: line["step"])) > \
+        light_blue_pixels(evaluations) + 200

@@ -11,7 +11,8 @@ import click
 from click.core import ParameterSource
 
 from gen.core.errors import GenError
-from gen.core.cli.generation_options import echo_from_options, generation_options
+from gen.core.cli.completion import complete_plugin_spec
+from gen.core.cli.generation_options import GenerationCommand, echo_from_options, generation_options
 from gen.core.hookspecs import hookimpl
 from gen.core.reading import load_toml
 from gen.core.specs import format_spec, options_of
@@ -45,6 +46,8 @@ TRAIN_OPTIONS = [
     ("grad-clip", "Clip the gradient norm to this (0: off)."),
     ("eval-interval", "Evaluate and checkpoint every this many steps."),
     ("eval-iters", "Batches per split in each evaluation."),
+    ("log-interval", "Every this many steps, add the mean training loss and tokens/s to metrics.jsonl, and print "
+                     "them when the output is not a terminal (a terminal's progress bar shows them)."),
     ("out", "Run directory: latest/ and best/ checkpoints and metrics.jsonl."),
     ("resume", "Continue the run in --out from its latest checkpoint."),
     ("overwrite", "Start over even if --out holds a run (replaced at the first checkpoint)."),
@@ -54,6 +57,7 @@ TRAIN_OPTIONS = [
     ("seed", "Seed of the initial weights and the batch order."),
 ]
 FLAGS = ("resume", "overwrite")
+PLUGIN_OPTIONS = ("tokenizer", "model")  # their values are plugin specs, completed from the registry
 GIVEN_SOURCES = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
 OPTION_TYPES = {name: option.type for name, option in options_of(TrainConfig).items()}
 
@@ -85,7 +89,7 @@ def _train_option_decorators():
         else:
             decorators.append(click.option(
                 f"--{declaration}", type=_click_type(name), default=default, show_default=default is not None,
-                help=help_text,
+                help=help_text, shell_complete=complete_plugin_spec(name) if name in PLUGIN_OPTIONS else None,
             ))
     return decorators
 
@@ -172,7 +176,7 @@ def _train_from_options(ctx, config, **options):
 
     The run directory --out holds latest/ (what --resume continues), best/ (the lowest
     validation loss: what `gen sample` and `gen eval` load from --checkpoint out) and
-    metrics.jsonl (one line per evaluation).
+    metrics.jsonl (one line per evaluation, and one per --log-interval steps of training).
     """
     # Given: on the command line or in a GEN_TRAIN_* environment variable. Those win
     # over the config file, the model's training defaults and, on --resume, the saved options.
@@ -219,7 +223,7 @@ train_command = _build_train_command()
 # --- gen sample -----------------------------------------------------------------------
 
 
-@click.command()
+@click.command(cls=GenerationCommand)
 @click.option("--checkpoint", default="out", show_default=True,
               help="A checkpoint directory, or a run directory (its best checkpoint).")
 @generation_options

@@ -90,7 +90,8 @@ def describe_run(run_dir: Path) -> dict:
     evaluations = 0
     if metrics.is_file():
         text = read_text(metrics, "metrics log", SIZE_LIMITS["metrics log"])
-        evaluations = sum(1 for line in text.splitlines() if line.strip())
+        # evaluation lines hold a val_loss; the --log-interval lines between them do not
+        evaluations = sum(1 for line in text.splitlines() if '"val_loss"' in line)
     return {
         "path": str(run_dir),
         "latest_step": read_config(latest)["step"] if is_checkpoint(latest) else None,
@@ -180,6 +181,20 @@ def _loss(value) -> str:
     return "not recorded" if value is None else f"{value:.4f}"
 
 
+def _stored_beside(parameters: int, info: dict) -> str:
+    """For an export, why its graph's weights (the numbers it stores, counted in the quantization
+    row) are not its parameters: gpt's output head is its token embedding (tied: one parameter
+    tensor), which the graph stores again transposed for its MatMul, and the graph adds constants
+    such as the zero biases of bias-free LayerNorms. A quantized graph packs its weights instead."""
+    if info["kind"] != "export" or info["quantization"]:
+        return ""
+    difference = sum(info["graph_weights"].values()) - parameters
+    if difference <= 0:
+        return ""
+    return (f"; the graph stores {difference:,} numbers more (a tied output head again, transposed; "
+            f"constants such as zero LayerNorm biases)")
+
+
 def format_info(info: dict) -> list[str]:
     """`gen info` as lines of text: a heading, then one `name  value` row per fact."""
     rows = []
@@ -190,7 +205,8 @@ def format_info(info: dict) -> list[str]:
     model = info["model"]
     rows.append(("model", f"{model['name']}: {_options(model['config'])}"))
     parameters = info["parameters"]
-    rows.append(("parameters", "not recorded" if parameters is None else f"{parameters:,} ({parameters / 1e6:.2f}M)"))
+    rows.append(("parameters", "not recorded" if parameters is None else
+                 f"{parameters:,} ({parameters / 1e6:.2f}M){_stored_beside(parameters, info)}"))
     tokenizer = info["tokenizer"]
     vocabulary = (f"{tokenizer['vocab_size']:,} tokens" if tokenizer["vocab_size"] is not None
                   else f"vocabulary unknown here ({tokenizer.get('unavailable')})")

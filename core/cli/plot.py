@@ -1,6 +1,7 @@
 """`gen plot`: a run's loss curves, from its metrics.jsonl, drawn to a PNG (no torch).
 
-The picture: the training and validation losses at every evaluation, the uniform
+The picture: the training and validation losses at every evaluation, the training
+loss of every --log-interval window (metrics.jsonl's lines without a val_loss), the uniform
 baseline ln(vocab) (what a model that knows nothing scores) as a dashed line, and
 the learning rate on a second axis. The learning rate is the schedule of the run's
 options, read from its latest checkpoint, at every step; without a checkpoint it
@@ -41,8 +42,21 @@ class Evaluation(msgspec.Struct):
     uniform_loss: float | None = None
 
 
+class TrainingWindow(msgspec.Struct):
+    """What gen plot reads of a --log-interval line of metrics.jsonl (other fields are left alone)."""
+
+    step: Annotated[int, msgspec.Meta(ge=0)]
+    interval_train_loss: float
+
+
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
     """The evaluations in a run directory's metrics.jsonl, in order of step."""
+    return [entry for entry in read_metric_lines(run_dir) if "val_loss" in entry]
+
+
+def read_metric_lines(run_dir: str | os.PathLike) -> list[dict]:
+    """Every line of a run directory's metrics.jsonl, in order of step: evaluations (step,
+    train_loss, val_loss, ...) and, between them, training windows (step, interval_train_loss, ...)."""
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         if not Path(run_dir).is_dir():
@@ -50,11 +64,13 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
         raise GenError(f"{str(run_dir)!r} has no {METRICS_FILE}; give the --out directory of a gen train run")
     metrics = []
     for number, entry in json_lines(path, "metrics log"):
-        if not isinstance(entry, dict) or not all(key in entry for key in ("step", "train_loss", "val_loss")):
+        is_window = isinstance(entry, dict) and "step" in entry and "interval_train_loss" in entry
+        if not is_window and not (isinstance(entry, dict)
+                                  and all(key in entry for key in ("step", "train_loss", "val_loss"))):
             raise GenError(f"{path} is damaged: line {number} lacks step, train_loss or val_loss")
-        validate(entry, Evaluation, f"{path}: line {number}")
+        validate(entry, TrainingWindow if is_window else Evaluation, f"{path}: line {number}")
         metrics.append(entry)
-    if not metrics:
+    if not any("val_loss" in entry for entry in metrics):
         raise GenError(f"{path} is empty: the run has not evaluated yet")
     return sorted(metrics, key=lambda entry: entry["step"])
 
@@ -78,7 +94,9 @@ def _run_options(run_dir: Path) -> tuple[object | None, int | None]:
 def plot_run(run_dir: str | os.PathLike, output: str | os.PathLike | None = None) -> Path:
     """Draw the run's curves to `output` (default RUN_DIR/loss.png); returns the path written."""
     run_dir = Path(run_dir)
-    metrics = read_metrics(run_dir)
+    lines = read_metric_lines(run_dir)
+    metrics = [entry for entry in lines if "val_loss" in entry]
+    windows = [entry for entry in lines if "interval_train_loss" in entry]
     options, vocab_size = _run_options(run_dir)
     steps = [entry["step"] for entry in metrics]
     uniform = next((entry["uniform_loss"] for entry in metrics if "uniform_loss" in entry), None)
@@ -92,7 +110,7 @@ def plot_run(run_dir: str | os.PathLike, output: str | os.PathLike | None = None
         lr_steps = [entry["step"] for entry in metrics if "lr" in entry]
         lr_values = [entry["lr"] for entry in metrics if "lr" in entry]
     output = Path(output) if output is not None else run_dir / PLOT_FILE
-    _render(run_dir.resolve().name, metrics, uniform, lr_steps, lr_values, output)
+    _render(run_dir.resolve().name, metrics, windows, uniform, lr_steps, lr_values, output)
     return output
 
 
@@ -104,8 +122,8 @@ def check_matplotlib() -> None:
         raise GenError("plotting needs matplotlib: pip install 'gen[plot]' (or pip install matplotlib)") from None
 
 
-def _render(title: str, metrics: list[dict], uniform: float | None, lr_steps: list, lr_values: list,
-            output: Path) -> None:
+def _render(title: str, metrics: list[dict], windows: list[dict], uniform: float | None, lr_steps: list,
+            lr_values: list, output: Path) -> None:
     check_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -114,6 +132,9 @@ def _render(title: str, metrics: list[dict], uniform: float | None, lr_steps: li
     figure = Figure(figsize=SIZE_INCHES, dpi=DPI)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
+    if windows:
+        axes.plot([entry["step"] for entry in windows], [entry["interval_train_loss"] for entry in windows],
+                  color=COLOURS["train"], linewidth=1, alpha=0.4, label="training loss (per window)")
     axes.plot(steps, [entry["train_loss"] for entry in metrics], color=COLOURS["train"], linewidth=2,
               marker="o", markersize=3, label="train loss")
     axes.plot(steps, [entry["val_loss"] for entry in metrics], color=COLOURS["val"], linewidth=2,

@@ -14,10 +14,10 @@ import click
 
 from gen.core import hookimpl
 from gen.core.errors import GenError
-from gen.core.cli.generation_options import echo_from_options, generation_options
+from gen.core.cli.generation_options import GenerationCommand, echo_from_options, generation_options
 
 
-@click.command()
+@click.command(cls=GenerationCommand)
 @click.argument("model", type=click.Path(dir_okay=True, path_type=str))
 @generation_options
 @click.option(

@@ -63,8 +63,8 @@ def import_group():
 @click.option("--tokenizer", default=None,
               help="Instead of --meta, a tokenizer: hf:path=tokenizer.json (GPT-2's, for a model on GPT-2 tokens).")
 @click.option("--data", default=None,
-              help="The corpus the model learned from, recorded for gen eval (default: shakespeare for "
-                   "nanoGPT's shakespeare_char, else none).")
+              help="The corpus the model learned from, recorded for gen eval (default: the input.txt beside "
+                   "--meta, as nanoGPT's prepare.py leaves it; else none).")
 @click.option("--out", default="out", show_default=True, type=click.Path(file_okay=False, path_type=str),
               help="The gen checkpoint directory to write.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")

@@ -57,6 +57,7 @@ class TrainConfig:
     # evaluation and output
     eval_interval: int = 500
     eval_iters: int = 20
+    log_interval: int = 10  # steps between training-loss lines, as nanoGPT's
     out: str = "out"
     resume: bool = False
     overwrite: bool = False
@@ -92,6 +93,7 @@ LIMITS = {
     "grad_clip": (0.0, None),
     "eval_interval": (1, None),
     "eval_iters": (1, None),
+    "log_interval": (1, None),
     "seed": (0, 2**63 - 2),  # torch's generators take 64-bit seeds; evaluation uses seed + 1
 }
 

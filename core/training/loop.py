@@ -476,6 +476,13 @@ class Run:
         self.metrics.append(metrics)
         return metrics
 
+    def log_training(self, loss: float, tokens_per_second: float) -> None:
+        """A training line of metrics.jsonl: the mean loss of the last --log-interval steps
+        (no val_loss: evaluation lines have one)."""
+        self.metrics.append({"step": self.trainer.step, "interval_train_loss": loss,
+                             "elapsed_s": round(time.perf_counter() - self.started, 3),
+                             "tokens_per_s": round(tokens_per_second)})
+
     def stop_requested(self, metrics: dict) -> bool:
         """Whether a plugin's on_eval hook (run by process 0) asks every process to stop."""
         stop = self.is_main and any(result is True for result in get_plugins().call_hook(
@@ -619,25 +626,30 @@ def _check_training_fits(model, config: TrainConfig, block_size: int, vocab_size
 
 
 class Throughput:
-    """Training tokens per second, over windows of a few steps (evaluation not counted)."""
+    """Training tokens per second and the mean training loss, over windows of --log-interval
+    steps (evaluation not counted). The losses are summed on the device and read once a
+    window, so logging adds no synchronisation per step."""
 
     def __init__(self, tokens_per_step: int, window: int = 10):
         self.tokens_per_step = tokens_per_step
         self.window = window
         self.tokens_per_second = 0.0
+        self.mean_loss = None  # the last closed window's mean loss, a tensor
         self.restart()
 
     def restart(self) -> None:
-        self.window_start, self.steps = time.perf_counter(), 0
+        self.window_start, self.steps, self.loss_sum = time.perf_counter(), 0, 0.0
 
-    def tick(self, last_step: bool) -> bool:
-        """Count one step; True when a window closed and tokens_per_second is new."""
+    def tick(self, loss: torch.Tensor, last_step: bool) -> bool:
+        """Count one step and its loss; True when a window closed and its numbers are new."""
         self.steps += 1
+        self.loss_sum = self.loss_sum + loss.detach()
         if self.steps < self.window and not last_step:
             return False
         now = time.perf_counter()
         self.tokens_per_second = self.steps * self.tokens_per_step / (now - self.window_start)
-        self.window_start, self.steps = now, 0
+        self.mean_loss = self.loss_sum / self.steps
+        self.window_start, self.steps, self.loss_sum = now, 0, 0.0
         return True
 
 
@@ -681,7 +693,7 @@ def _training_loop(config: TrainConfig, given: set[str] | None, progress: bool, 
     bar = tqdm(total=config.max_iters, initial=trainer.step, unit="step", desc="training",
                disable=None if progress else True, dynamic_ncols=True)
     write = bar.write if progress else say
-    speed = Throughput(trainer.tokens_per_step)
+    speed = Throughput(trainer.tokens_per_step, window=config.log_interval)
     try:
         while True:
             if run.evaluation_due():
@@ -701,12 +713,15 @@ def _training_loop(config: TrainConfig, given: set[str] | None, progress: bool, 
                 break
             loss = trainer.train_step()
             bar.update(1)
-            if speed.tick(last_step=trainer.step == config.max_iters):
-                # the loss of the whole global batch, the same on every process (and checked
-                # at the same steps on each), so a NaN stops every process alike
-                value = loss.item()
+            if speed.tick(loss, last_step=trainer.step == config.max_iters):
+                # the mean loss of the window's global batches, the same on every process (and
+                # checked at the same steps on each), so a NaN stops every process alike
+                value = speed.mean_loss.item()
                 run.check_finite(value, "training loss")
                 bar.set_postfix(loss=f"{value:.4f}", tok_s=f"{speed.tokens_per_second:,.0f}", refresh=False)
+                run.log_training(value, speed.tokens_per_second)
+                if bar.disable:  # not a terminal (a log file, CI, nohup): a line instead of the bar
+                    say(f"step {trainer.step}: loss {value:.4f}, {speed.tokens_per_second:,.0f} tokens/s")
     except KeyboardInterrupt as interrupt:
         bar.close()
         if trainer.step != run.saved_step and trainer.step > 0:  # keep the steps since the last checkpoint

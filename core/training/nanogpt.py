@@ -167,6 +167,14 @@ def gpt_state_dict(state: dict, path) -> dict:
     return weights
 
 
+def _corpus_beside(meta: str | os.PathLike) -> str | None:
+    """The input.txt that nanoGPT's prepare.py leaves beside meta.pkl (the text the model learned
+    from, which gen eval then reads offline), or None: a dataset name would send gen eval to
+    download a corpus the user may not mean, so without the file no data is recorded."""
+    corpus = Path(meta).resolve().parent / "input.txt"
+    return str(corpus) if corpus.is_file() else None
+
+
 def import_nanogpt(
     ckpt: str | os.PathLike,
     out: str | os.PathLike,
@@ -197,7 +205,7 @@ def import_nanogpt(
     config = _model_config(checkpoint["model_args"], ckpt)
     nanogpt_config = checkpoint.get("config") if isinstance(checkpoint.get("config"), dict) else {}
     if data is None:
-        data = KNOWN_DATASETS.get(nanogpt_config.get("dataset"))
+        data = _corpus_beside(meta) if meta is not None else KNOWN_DATASETS.get(nanogpt_config.get("dataset"))
     if meta is not None:
         vocabulary = char_tokenizer_from_meta(load_plain_pickle(meta), meta)
         tokenizer_document = tokenizer_to_dict("char", vocabulary)
