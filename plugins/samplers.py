@@ -217,10 +217,10 @@ class Mirostat:
         # No float32 probability is more surprising than 149 bits (2**-149 is the smallest), so a
         # larger tau never cuts anything; the bounds keep the cut-off's updates finite.
         if not (math.isfinite(tau) and 0 < tau <= MIROSTAT_MAX_TAU):
-            raise GenError(f"mirostat needs a tau from 0 to {MIROSTAT_MAX_TAU:g} (bits; above 149 it cuts nothing), "
-                           f"got tau={tau}")
+            raise GenError(f"mirostat needs a finite tau > 0 and at most {MIROSTAT_MAX_TAU:g} (bits; above 149 it "
+                           f"cuts nothing), got tau={tau}")
         if not (math.isfinite(eta) and 0 < eta <= MIROSTAT_MAX_ETA):
-            raise GenError(f"mirostat needs an eta from 0 to {MIROSTAT_MAX_ETA:g}, got eta={eta}")
+            raise GenError(f"mirostat needs a finite eta > 0 and at most {MIROSTAT_MAX_ETA:g}, got eta={eta}")
         self.tau = tau
         self.eta = eta
         self.mu = None  # per row: the largest surprise (bits) a token may have; starts at 2 tau
