@@ -3,6 +3,7 @@ its own run instead of failing on it, and `make clean` keeps .venv (`make distcl
 it). Read with `make -n`, which prints the commands without running them."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,8 +15,11 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is no
 
 
 def planned(*arguments) -> list[str]:
-    """The commands `make` would run, without running them."""
-    result = subprocess.run(["make", "-n", *arguments], cwd=REPOSITORY, capture_output=True, text=True, check=True)
+    """The commands `make` would run, without running them. (Under `make test` this runs inside
+    another make, which would add its directory lines and flags: the test sees make as a user does.)"""
+    environment = {name: value for name, value in os.environ.items() if name not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    result = subprocess.run(["make", "--no-print-directory", "-n", *arguments], cwd=REPOSITORY, env=environment,
+                            capture_output=True, text=True, check=True)
     return result.stdout.splitlines()
 
 
