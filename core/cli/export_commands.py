@@ -65,7 +65,7 @@ def export(output, checkpoint, opset, portable, static_cache, quantize, verify, 
     from gen.core.errors import GenError
 
     if [output, genai_dir, hf_dir].count(None) != 2:
-        raise GenError("give OUTPUT.onnx, --genai DIR for onnxruntime-genai or --hf DIR for transformers "
+        raise GenError("give OUTPUT.onnx, or --genai DIR for onnxruntime-genai, or --hf DIR for transformers "
                        "(one of them)")
     chat_template = None
     if chat_template_file is not None:
