@@ -8,7 +8,6 @@ comes back equal. Hostile folders are refused in one line, and a pickle payload 
 """
 import json
 import os
-import pickle
 from pathlib import Path
 
 import pytest
@@ -169,7 +168,11 @@ def test_a_pickle_payload_in_pytorch_model_bin_never_runs(folder, tmp_path):
     del weights["hook"]
     torch.save(weights, hostile / "pytorch_model.bin")
     assert gen("import", "hf", hostile, "--out", tmp_path / "out").exit_code == 0
-    assert pickle.__name__  # (the payload above is a real one: test_nanogpt shows pickle.load runs it)
+    # The payload has teeth: the ordinary unpickler (torch.load without weights_only) runs it.
+    torch.save({"hook": Payload(marker)}, tmp_path / "evil.bin")
+    with open(tmp_path / "evil.bin", "rb") as handle:
+        torch.load(handle, weights_only=False)
+    assert marker.exists()
 
 
 @pytest.mark.parametrize("change, fragment", [
