@@ -45,25 +45,45 @@ from gen.core import hookimpl
     "--genai", "genai_dir", default=None, metavar="DIR", type=click.Path(file_okay=False, path_type=str),
     help="Instead of OUTPUT: write DIR/model.onnx and the genai_config.json that onnxruntime-genai loads.",
 )
+@click.option(
+    "--hf", "hf_dir", default=None, metavar="DIR", type=click.Path(file_okay=False, path_type=str),
+    help="Instead of OUTPUT: write a gpt checkpoint as a Hugging Face GPT-2 folder (config.json, "
+         "model.safetensors, tokenizer.json) that transformers loads.",
+)
 def export(output, checkpoint, opset, portable, static_cache, quantize, verify, overwrite, chat_template_file,
-           genai_dir):
+           genai_dir, hf_dir):
     """Export a checkpoint to OUTPUT.onnx: graph, weights, tokenizer and config in one file.
 
     With --genai DIR, the same file goes into DIR beside a genai_config.json, for
     onnxruntime-genai (pip install 'gen[genai]'); it generates token ids, and gen's
     tokenizer (in the file's metadata) encodes and decodes them.
+
+    With --hf DIR, a gpt checkpoint becomes a Hugging Face GPT-2 folder for
+    transformers (GPT2LMHeadModel, AutoTokenizer); --chat-template goes into its
+    tokenizer_config.json.
     """
     from gen.core.errors import GenError
 
-    if (output is None) == (genai_dir is None):
-        raise GenError("give OUTPUT.onnx, or --genai DIR for onnxruntime-genai (one of them)")
-    from gen.export.onnx_export import ExportOptions, export_onnx
-
+    if [output, genai_dir, hf_dir].count(None) != 2:
+        raise GenError("give OUTPUT.onnx, or --genai DIR for onnxruntime-genai, or --hf DIR for transformers "
+                       "(one of them)")
     chat_template = None
     if chat_template_file is not None:
         from gen.core.reading import SIZE_LIMITS, read_text
 
         chat_template = read_text(chat_template_file, "chat template", SIZE_LIMITS["chat template"])
+    if hf_dir is not None:
+        onnx_only = [name for name, given in (("--opset", opset is not None), ("--portable", portable),
+                                               ("--static-cache", static_cache), ("--quantize", quantize is not None))
+                     if given]
+        if onnx_only:
+            raise GenError(f"{', '.join(onnx_only)}: for an ONNX export only; --hf writes the float32 weights as they are")
+        from gen.core.training.hf import export_hf
+
+        export_hf(checkpoint, hf_dir, overwrite=overwrite, chat_template=chat_template, say=click.echo)
+        return
+    from gen.export.onnx_export import ExportOptions, export_onnx
+
     options = ExportOptions(opset=opset, quantize=quantize, verify=verify, overwrite=overwrite, portable=portable,
                             static_cache=static_cache, chat_template=chat_template, progress=click.echo)
     if genai_dir is not None:

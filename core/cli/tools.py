@@ -81,6 +81,26 @@ def nanogpt(ckpt, meta, tokenizer, data, out, overwrite):
     import_nanogpt(ckpt, out, meta=meta, tokenizer=tokenizer, data=data, overwrite=overwrite, say=click.echo)
 
 
+@import_group.command(name="hf")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=str))
+@click.option("--data", default=None, help="The corpus to record for gen eval and fine-tuning (default: none).")
+@click.option("--out", default="out", show_default=True, type=click.Path(file_okay=False, path_type=str),
+              help="The gen checkpoint directory to write.")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+def hf(folder, data, out, overwrite):
+    """Import FOLDER, a Hugging Face GPT-2 model folder (save_pretrained's).
+
+    config.json, model.safetensors (or pytorch_model.bin, read with
+    torch.load(weights_only=True) only) and tokenizer.json (or vocab.json and
+    merges.txt) become gen's gpt model with the hf tokenizer. A config that gpt
+    cannot compute exactly (another activation or layer-norm epsilon, scaled or
+    reordered attention, another MLP width, an untied head) is refused, naming the field.
+    """
+    from gen.core.training.hf import import_hf
+
+    import_hf(folder, out, data=data, overwrite=overwrite, say=click.echo)
+
+
 @hookimpl
 def register_commands(cli):
     cli.add_command(plot)

@@ -93,15 +93,14 @@ def load_plain_pickle(path: str | os.PathLike):
     return value
 
 
-def load_weights_only(path: str | os.PathLike) -> dict:
-    """A nanoGPT ckpt.pt, read by torch.load(weights_only=True): tensors and plain containers."""
+def torch_load_weights_only(path: str | os.PathLike, what: str):
+    """The file `path` (a torch.save zip, a `what`) read by torch.load(weights_only=True):
+    tensors and plain containers only; a file naming anything else is refused unrun."""
     import torch
 
-    if not Path(path).exists():
-        raise GenError(f"{path} does not exist; give the ckpt.pt that nanoGPT's train.py wrote in its out_dir")
-    check_zip_members(path, "nanoGPT checkpoint")  # torch's format is a zip: nothing inflates past memory
+    check_zip_members(path, what)  # torch's format is a zip: nothing inflates past memory
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise GenError(
             f"refused to load {path}: it holds more than tensors and plain data ({first_line(error)}); "
@@ -109,6 +108,13 @@ def load_weights_only(path: str | os.PathLike) -> dict:
         ) from None
     except Exception as error:  # a truncated or foreign file
         raise GenError(f"cannot read {path} as a torch checkpoint ({type(error).__name__}: {error})") from None
+
+
+def load_weights_only(path: str | os.PathLike) -> dict:
+    """A nanoGPT ckpt.pt, read by torch.load(weights_only=True): tensors and plain containers."""
+    if not Path(path).exists():
+        raise GenError(f"{path} does not exist; give the ckpt.pt that nanoGPT's train.py wrote in its out_dir")
+    checkpoint = torch_load_weights_only(path, "nanoGPT checkpoint")
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict) \
             or not isinstance(checkpoint.get("model_args"), dict):
         raise GenError(f"{path} is not a nanoGPT checkpoint: it lacks the 'model' state dict or 'model_args'")
@@ -175,6 +181,30 @@ def _corpus_beside(meta: str | os.PathLike) -> str | None:
     return str(corpus) if corpus.is_file() else None
 
 
+def gpt_from_weights(config: dict, weights: dict, misfit: str):
+    """gen's gpt of `config` holding `weights` (gen's keys, every one of them), checked
+    against the config before it is built; `misfit` opens the line that refuses a mismatch."""
+    from gen.core.training.checkpoint import build_model
+
+    # (lm_head is tied to wte: the model holds it once)
+    stored = sum(tensor.numel() for key, tensor in weights.items() if key != "lm_head.weight")
+    try:
+        model = build_model("gpt", config, stored_parameters=stored)
+    except GenError as error:
+        raise GenError(f"{misfit} ({error})") from None
+    try:
+        result = model.load_state_dict(weights, strict=False)
+    except RuntimeError as error:  # a weight whose shape differs from the config's
+        message = " ".join(str(error).split())[:300]
+        raise GenError(f"{misfit} ({message})") from None
+    if result.missing_keys or result.unexpected_keys:
+        raise GenError(
+            f"{misfit} (missing: {', '.join(result.missing_keys[:4]) or 'none'}; "
+            f"unexpected: {', '.join(result.unexpected_keys[:4]) or 'none'})"
+        )
+    return model
+
+
 def import_nanogpt(
     ckpt: str | os.PathLike,
     out: str | os.PathLike,
@@ -187,7 +217,7 @@ def import_nanogpt(
 ) -> Path:
     """Write the nanoGPT checkpoint `ckpt` as a gen checkpoint directory at `out`."""
     from gen.core.files import check_replaceable_folder
-    from gen.core.training.checkpoint import CHECKPOINT_FILES, build_model, save_checkpoint
+    from gen.core.training.checkpoint import CHECKPOINT_FILES, save_checkpoint
     from gen.core.tokenizer import tokenizer_to_dict
 
     out = Path(out)
@@ -217,23 +247,8 @@ def import_nanogpt(
     if vocabulary.vocab_size > config["vocab_size"]:
         raise GenError(f"the tokenizer has {vocabulary.vocab_size} tokens but the model only {config['vocab_size']}")
 
-    weights = gpt_state_dict(checkpoint["model"], ckpt)
-    # (lm_head is tied to wte: the model holds it once)
-    stored = sum(tensor.numel() for key, tensor in weights.items() if key != "lm_head.weight")
-    try:
-        model = build_model("gpt", config, stored_parameters=stored)
-    except GenError as error:
-        raise GenError(f"{ckpt}: the weights do not fit nanoGPT's GPT with its model_args ({error})") from None
-    try:
-        result = model.load_state_dict(weights, strict=False)
-    except RuntimeError as error:  # a weight whose shape differs from model_args'
-        message = " ".join(str(error).split())[:300]
-        raise GenError(f"{ckpt}: the weights do not fit nanoGPT's GPT with its model_args ({message})") from None
-    if result.missing_keys or result.unexpected_keys:
-        raise GenError(
-            f"{ckpt}: the weights do not fit nanoGPT's GPT with its model_args (missing: "
-            f"{', '.join(result.missing_keys[:4]) or 'none'}; unexpected: {', '.join(result.unexpected_keys[:4]) or 'none'})"
-        )
+    model = gpt_from_weights(config, gpt_state_dict(checkpoint["model"], ckpt),
+                             f"{ckpt}: the weights do not fit nanoGPT's GPT with its model_args")
     def plain(values: dict) -> dict:  # what JSON can hold of nanoGPT's settings
         return {key: value for key, value in values.items() if isinstance(value, (str, int, float, bool, type(None)))}
 

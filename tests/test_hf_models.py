@@ -1,0 +1,227 @@
+"""GPT-2 folders in and out (`gen import hf`, `gen export --hf`), against transformers itself.
+
+A tiny random GPT2LMHeadModel and a byte-level BPE tokenizer trained on the in-repo
+excerpt, saved with save_pretrained (no hub download): imported, gen's logits equal
+transformers' and its greedy continuation through ONNX equals `generate`. A model
+gen trains goes out as a folder that transformers loads with equal logits, and
+comes back equal. Hostile folders are refused in one line, and a pickle payload never runs.
+"""
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+from gen.core.cli import cli  # noqa: E402
+from gen.core.training.checkpoint import load_checkpoint  # noqa: E402
+
+SHAKESPEARE = Path(__file__).resolve().parent / "data" / "tinyshakespeare-excerpt.txt"
+PROMPT = "ROMEO: But soft"
+pytestmark = pytest.mark.usefixtures("module_cache", "one_torch_thread")
+
+
+def gen(*arguments):
+    return CliRunner().invoke(cli, [str(argument) for argument in arguments])
+
+
+def gpt2_folder(folder: Path, text: str, **config) -> Path:
+    """A tiny random GPT-2 and its byte-level BPE tokenizer, as save_pretrained writes them."""
+    tokenizer = tokenizers.ByteLevelBPETokenizer()
+    tokenizer.train_from_iterator([text], vocab_size=300, min_frequency=2, special_tokens=["<|endoftext|>"])
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer._tokenizer,
+                                                eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+    torch.manual_seed(0)
+    settings = dict(vocab_size=fast.vocab_size, n_positions=96, n_embd=32, n_layer=2, n_head=4,
+                    activation_function="gelu", bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**{**settings, **config})).eval()
+    with torch.no_grad():  # larger weights than GPT-2's init, biases and norms away from 0 and 1:
+        for parameter in model.parameters():  # varied greedy text, and a lost weight would show
+            parameter.add_(torch.randn_like(parameter) * 0.15)
+    model.save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def text() -> str:
+    return SHAKESPEARE.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, text) -> Path:
+    return gpt2_folder(tmp_path_factory.mktemp("gpt2") / "tiny", text)
+
+
+def hf_logits(folder: Path, ids: torch.Tensor) -> torch.Tensor:
+    model = transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def test_an_imported_gpt2_computes_transformers_logits(folder, tmp_path, text):
+    result = gen("import", "hf", folder, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    checkpoint = load_checkpoint(tmp_path / "out")
+    assert checkpoint.model_config["block_size"] == 96 and checkpoint.model_config["bias"] is True
+    assert checkpoint.tokenizer_document["name"] == "hf"
+    reference_tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    ids = torch.tensor([checkpoint.tokenizer.encode(text[i:i + 400])[:48] for i in (0, 2000)])
+    assert ids.tolist() == [reference_tokenizer(text[i:i + 400])["input_ids"][:48] for i in (0, 2000)]
+    with torch.no_grad():
+        logits, _ = checkpoint.model(ids)
+    reference = hf_logits(folder, ids)
+    assert reference.std().item() > 0.05
+    assert (logits - reference).abs().max().item() < 1e-4
+
+
+def test_greedy_text_through_onnx_equals_transformers_generate(folder, tmp_path):
+    out, onnx_path = tmp_path / "out", tmp_path / "tiny.onnx"
+    assert gen("import", "hf", folder, "--out", out).exit_code == 0
+    exported = gen("export", onnx_path, "--checkpoint", out)
+    assert exported.exit_code == 0, exported.output
+    ran = gen("run", onnx_path, "--prompt", PROMPT, "--sampler", "greedy", "--max-new-tokens", 64)
+    assert ran.exit_code == 0, ran.output
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    model = transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
+    prompt_ids = tokenizer(PROMPT, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        generated = model.generate(prompt_ids, do_sample=False, max_new_tokens=64, min_new_tokens=64,
+                                   pad_token_id=0, eos_token_id=None)
+    assert generated.shape[1] == prompt_ids.shape[1] + 64
+    expected = tokenizer.decode(generated[0, prompt_ids.shape[1]:].tolist())
+    assert len(set(generated[0, prompt_ids.shape[1]:].tolist())) > 1  # not one token repeated
+    assert ran.output.split("\n---")[0] == PROMPT + expected
+
+
+@pytest.mark.parametrize("tokenizer", ["char", "byte", "bpe:vocab_size=300"])
+def test_a_gen_model_goes_to_transformers_and_comes_back(tmp_path, text, tokenizer):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(text, encoding="utf-8")
+    run = tmp_path / "run"
+    trained = gen("train", "--data", corpus, "--out", run, "--tokenizer", tokenizer, "--max-iters", 3,
+                  "--eval-interval", 3, "--n-layer", 1, "--n-embd", 32, "--n-head", 2, "--block-size", 32,
+                  "--batch-size", 2)
+    assert trained.exit_code == 0, trained.output
+    folder = tmp_path / "hf"
+    exported = gen("export", "--hf", folder, "--checkpoint", run)
+    assert exported.exit_code == 0, exported.output
+
+    original = load_checkpoint(run)
+    sample = text[100:160]
+    ids = original.tokenizer.encode(sample)[:32]
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    assert hf_tokenizer(sample)["input_ids"][:32] == ids  # the tokenizer.json encodes as gen's does
+    assert hf_tokenizer.decode(ids) == original.tokenizer.decode(ids)
+    with torch.no_grad():
+        expected, _ = original.model(torch.tensor([ids]))
+    assert (hf_logits(folder, torch.tensor([ids])) - expected).abs().max().item() < 1e-4
+
+    back = tmp_path / "back"
+    assert gen("import", "hf", folder, "--out", back).exit_code == 0
+    returned = load_checkpoint(back)
+    assert returned.tokenizer.encode(sample) == original.tokenizer.encode(sample)
+    with torch.no_grad():
+        again, _ = returned.model(torch.tensor([ids]))
+    assert torch.equal(again, expected) or (again - expected).abs().max().item() < 1e-6
+
+
+# --- what is refused -------------------------------------------------------------------
+
+
+class Payload:
+    """What a malicious pickle holds: unpickling it would create `marker`."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def copy_folder(source: Path, target: Path, *, without=()) -> Path:
+    target.mkdir()
+    for file in source.iterdir():
+        if file.name not in without:
+            (target / file.name).write_bytes(file.read_bytes())
+    return target
+
+
+def test_a_pickle_payload_in_pytorch_model_bin_never_runs(folder, tmp_path):
+    hostile = copy_folder(folder, tmp_path / "hostile", without=("model.safetensors",))
+    marker = tmp_path / "ran"
+    from safetensors.torch import load_file
+
+    weights = load_file(folder / "model.safetensors")
+    weights["hook"] = Payload(marker)
+    torch.save(weights, hostile / "pytorch_model.bin")
+    result = gen("import", "hf", hostile, "--out", tmp_path / "out")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "refused to load" in result.output and "nothing in it was run" in result.output
+    assert not marker.exists() and not (tmp_path / "out").exists()
+    # A pytorch_model.bin of tensors alone imports.
+    del weights["hook"]
+    torch.save(weights, hostile / "pytorch_model.bin")
+    assert gen("import", "hf", hostile, "--out", tmp_path / "out").exit_code == 0
+    # The payload has teeth: the ordinary unpickler (torch.load without weights_only) runs it.
+    torch.save({"hook": Payload(marker)}, tmp_path / "evil.bin")
+    with open(tmp_path / "evil.bin", "rb") as handle:
+        torch.load(handle, weights_only=False)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("change, fragment", [
+    ({"activation_function": "gelu_new"}, "activation_function is 'gelu_new'"),
+    ({"layer_norm_epsilon": 1e-6}, "layer_norm_epsilon is 1e-06"),
+    ({"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx is True"),
+    ({"reorder_and_upcast_attn": True}, "reorder_and_upcast_attn is True"),
+    ({"n_inner": 64}, "n_inner is 64"),
+    ({"tie_word_embeddings": False}, "tie_word_embeddings is False"),
+    ({"model_type": "llama"}, "model_type is 'llama'"),
+    ({"n_embd": 64}, "the weights do not fit its config.json"),
+    ({"n_layer": 3}, "the weights do not fit its config.json"),
+])
+def test_what_gpt_cannot_compute_exactly_is_one_line(folder, tmp_path, change, fragment):
+    hostile = copy_folder(folder, tmp_path / "hostile")
+    config = json.loads((folder / "config.json").read_text())
+    (hostile / "config.json").write_text(json.dumps({**config, **change}))
+    result = gen("import", "hf", hostile, "--out", tmp_path / "out")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert fragment in result.output and len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_a_tokenizer_larger_than_the_embedding_is_refused(folder, tmp_path):
+    hostile = copy_folder(folder, tmp_path / "hostile")
+    document = json.loads((folder / "tokenizer.json").read_text())
+    document["model"]["vocab"]["zzzz-extra"] = 5000
+    (hostile / "tokenizer.json").write_text(json.dumps(document))
+    result = gen("import", "hf", hostile, "--out", tmp_path / "out")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "the tokenizer has 5,001 tokens but the embedding only" in result.output
+
+
+def test_vocab_json_and_merges_txt_make_the_same_tokenizer(folder, tmp_path, text):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    slow = copy_folder(folder, tmp_path / "slow", without=("tokenizer.json",))
+    tokenizer.backend_tokenizer.model.save(str(slow))  # vocab.json and merges.txt
+    assert gen("import", "hf", slow, "--out", tmp_path / "out").exit_code == 0
+    checkpoint = load_checkpoint(tmp_path / "out")
+    assert checkpoint.tokenizer.encode(text[:2000]) == tokenizer(text[:2000])["input_ids"]
+
+
+def test_export_hf_refuses_onnx_options_and_keeps_foreign_folders(folder, tmp_path):
+    assert gen("import", "hf", folder, "--out", tmp_path / "out").exit_code == 0
+    refused = gen("export", "--hf", tmp_path / "again", "--checkpoint", tmp_path / "out", "--quantize", "int8")
+    assert refused.exit_code == 1 and "--quantize: for an ONNX export only" in refused.output
+    both = gen("export", tmp_path / "x.onnx", "--hf", tmp_path / "again", "--checkpoint", tmp_path / "out")
+    assert both.exit_code == 1 and "one of them" in both.output
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    kept = gen("export", "--hf", foreign, "--checkpoint", tmp_path / "out", "--overwrite")
+    assert kept.exit_code == 1 and "notes.txt" in kept.output and (foreign / "notes.txt").exists()
