@@ -114,38 +114,50 @@ def gen_command() -> str:
     return shutil.which("gen", path=str(Path(sys.executable).parent)) or "gen"
 
 
-def trained_checkpoint(shape: str, data: Path, steps: int, work: Path) -> Path:
-    """A gpt of `shape` trained `steps` steps on `data` by `gen train` (0 steps: its random init)."""
-    out = work / shape / "run"
+def model_of(shape: str, data: Path, steps: int, work: Path):
+    """(a gpt of `shape`, its tokenizer document): trained `steps` steps on `data` by `gen train`,
+    or with 0 steps its random initialisation (seed 0) over the characters of `data`."""
     config = SHAPES[shape]
+    if steps == 0:
+        import torch
+
+        from gen.core.tokenizer import tokenizer_to_dict
+        from gen.plugins.gpt import GPT
+        from gen.plugins.tokenizers import CharTokenizer
+
+        tokenizer = CharTokenizer.train(read_text(data))
+        torch.manual_seed(0)
+        return GPT.from_config(dict(config, vocab_size=tokenizer.vocab_size)).eval(), tokenizer_to_dict("char", tokenizer)
+    from gen.core.training.checkpoint import load_checkpoint
+
+    out = work / "run"
     command = [gen_command(), "train", "--data", str(data), "--out", str(out), "--tokenizer", "char",
                "--block-size", str(config["block_size"]), "--n-layer", str(config["n_layer"]),
-               "--n-head", str(config["n_head"]), "--n-embd", str(config["n_embd"]), "--max-iters", str(max(steps, 1)),
-               "--eval-interval", str(max(steps, 1)), "--eval-iters", "2", "--batch-size", "8", "--seed", "0"]
-    if steps == 0:
-        command[command.index("--max-iters") + 1] = "0"
-    subprocess.run(command, check=True, capture_output=True)
-    return out
+               "--n-head", str(config["n_head"]), "--n-embd", str(config["n_embd"]), "--max-iters", str(steps),
+               "--eval-interval", str(steps), "--eval-iters", "2", "--batch-size", "8", "--seed", "0"]
+    trained = subprocess.run(command, capture_output=True, text=True)
+    if trained.returncode != 0:
+        sys.exit(f"gen train failed: {trained.stderr.strip() or trained.stdout.strip()}")
+    loaded = load_checkpoint(out, device="cpu")
+    return loaded.model, loaded.tokenizer_document
 
 
-def write_files(checkpoint: Path, work: Path) -> dict[str, Path]:
-    """Every ONNX design and GGUF type of the checkpoint, by the row name that runs it."""
-    from gen.core.training.checkpoint import load_checkpoint
+def write_files(model, tokenizer_document: dict, work: Path) -> dict[str, Path]:
+    """Every ONNX design and GGUF type of the model, by the row name that runs it."""
     from gen.export.gguf import write_gguf
     from gen.export.onnx_export import ExportOptions, export_model
 
-    loaded = load_checkpoint(checkpoint, device="cpu")
     files = {}
     designs = {"gen fp32": dict(static_cache=True), "gen fp32, plain cache": dict(),
                "gen int8": dict(static_cache=True, quantize="int8"), "gen int4": dict(static_cache=True, quantize="int4")}
     for name, options in designs.items():
         path = work / f"{name.replace(' ', '_').replace(',', '')}.onnx"
-        export_model(loaded.model, path, tokenizer_document=loaded.tokenizer_document, model_name="gpt",
+        export_model(model, path, tokenizer_document=tokenizer_document, model_name="gpt",
                      options=ExportOptions(progress=None, verify=False, **options))
         files[name] = path
     for name, gguf_type in GGUF_TYPES.items():
-        files[name] = write_gguf(loaded.model, loaded.tokenizer_document, work / f"model-{gguf_type}.gguf",
-                                 gguf_type=gguf_type, say=None)
+        files[name] = write_gguf(model, tokenizer_document, work / f"model-{gguf_type}.gguf", gguf_type=gguf_type,
+                                 say=None)
     return files
 
 
@@ -244,9 +256,10 @@ def agreement(gen_run, llama_run) -> str:
 
 def measure(shape: str, args, llama_cpp, work: Path) -> list[str]:
     """Run one shape and return its lines for the summary."""
-    print(f"\n== {shape}: {SHAPES[shape]}, {args.train_steps} training steps on {args.data} ({load()})", flush=True)
-    checkpoint = trained_checkpoint(shape, Path(args.data), args.train_steps, work / shape)
-    files = write_files(checkpoint, work / shape)
+    weights = f"{args.train_steps} training steps on {args.data}" if args.train_steps else "random weights (seed 0)"
+    print(f"\n== {shape}: {SHAPES[shape]}, {weights} ({load()})", flush=True)
+    (work / shape).mkdir(parents=True, exist_ok=True)
+    files = write_files(*model_of(shape, Path(args.data), args.train_steps, work / shape), work / shape)
     block = SHAPES[shape]["block_size"]
     count = block - 1  # "\n" and its continuation fill exactly one window: nothing slides, in either system
     generations = max(1, args.tokens // count)
@@ -280,7 +293,7 @@ def measure(shape: str, args, llama_cpp, work: Path) -> list[str]:
         agree = agreement(greedy[name], greedy[pair]) if pair else ""
         row = f"{name:<24}{best[name]:>8,.0f}{median[name]:>8,.0f}   {versus:<32}{agree}"
         print(row)
-        lines.append(f"{shape} {row}")
+        lines.append(f"{shape} {row}  (load {min(loads):.1f}-{max(loads):.1f})")
 
     # The split of gen's step: inside the session against around it, over one more measurement each.
     print(f"\nwhere gen's step goes (batch 1, {generations} x {count} tokens; {load()}):")
