@@ -278,3 +278,118 @@ def test_export_hf_refuses_onnx_options_and_keeps_foreign_folders(folder, tmp_pa
     (foreign / "notes.txt").write_text("mine")
     kept = gen("export", "--hf", foreign, "--checkpoint", tmp_path / "out", "--overwrite")
     assert kept.exit_code == 1 and "notes.txt" in kept.output and (foreign / "notes.txt").exists()
+
+
+# --- fine-tuning (gen train --init-from) -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def new_text(tmp_path_factory, text) -> Path:
+    """Text the tiny model has not been fitted to (its tokenizer was trained on the whole excerpt)."""
+    corpus = tmp_path_factory.mktemp("new") / "new.txt"
+    corpus.write_text(text[30000:], encoding="utf-8")
+    return corpus
+
+
+def fine_tune(imported, corpus, out, *options):
+    """examples/finetune.toml's recipe, shrunk to a few small steps of the tiny model."""
+    return gen("train", "--config", FINETUNE_RECIPE, "--init-from", imported, "--data", corpus, "--out", out,
+               "--batch-size", 4, "--grad-accum", 2, "--block-size", 64, "--eval-iters", 4, *options)
+
+
+def evaluations(run: Path) -> list[dict]:
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [line for line in lines if "val_loss" in line]
+
+
+def test_fine_tuning_the_imported_model_lowers_its_loss_and_keeps_its_tokenizer(imported, new_text, tmp_path):
+    run = tmp_path / "run"
+    result = fine_tune(imported, new_text, run, "--max-iters", 8, "--eval-interval", 8, "--lr", 1e-3, "--min-lr", 1e-3)
+    assert result.exit_code == 0, result.output
+    first, last = evaluations(run)
+    assert (first["step"], last["step"]) == (0, 8) and last["val_loss"] < first["val_loss"] - 0.1
+    start, tuned = load_checkpoint(imported), load_checkpoint(run / "latest")
+    assert tuned.tokenizer_document == start.tokenizer_document
+    # The model's shape is the checkpoint's; only the block size is cropped, to --block-size.
+    assert tuned.model_config == {**start.model_config, "block_size": 64}
+    assert tuned.train_args["lr"] == 1e-3 and tuned.train_args["grad_accum"] == 2  # the recipe, overridden
+    recorded = json.loads((run / "latest" / "config.json").read_text())["init_from"]
+    assert recorded["path"] == str(imported.resolve()) and recorded["step"] == 0
+    assert recorded["source"]["format"] == "hf"
+    info = gen("info", run)
+    assert f"fine-tuned  from {imported.resolve()} (step 0), imported from hf" in info.output, info.output
+
+
+def test_a_fine_tune_starts_from_the_checkpoints_weights(imported, new_text, tmp_path):
+    # At learning rate 0 the one step changes nothing: the weights are the imported ones, cropped.
+    result = fine_tune(imported, new_text, tmp_path / "run", "--max-iters", 1, "--lr", 0, "--min-lr", 0)
+    assert result.exit_code == 0, result.output
+    start, tuned = load_checkpoint(imported).model.state_dict(), load_checkpoint(tmp_path / "run").model.state_dict()
+    assert start.keys() == tuned.keys()
+    for key, tensor in start.items():
+        expected = tensor[:64] if key == "transformer.wpe.weight" else tensor
+        assert torch.equal(tuned[key], expected), key
+
+
+class StopAtStep:
+    """A plugin whose on_eval hook ends training at a given step."""
+
+    def __init__(self, step):
+        self.step = step
+
+    @hookimpl
+    def on_eval(self, step, metrics):
+        return step >= self.step
+
+
+def test_resuming_a_fine_tune_is_bit_identical_to_running_it_straight(imported, new_text, tmp_path):
+    options = ["--max-iters", 6, "--eval-interval", 2, "--lr", 1e-3, "--dropout", 0.1]  # dropout: RNG resumes too
+    assert fine_tune(imported, new_text, tmp_path / "straight", *options).exit_code == 0
+    stopper = StopAtStep(2)
+    get_plugins().register(stopper, "stop-at-2")
+    try:
+        stopped = fine_tune(imported, new_text, tmp_path / "resumed", *options)
+    finally:
+        get_plugins().unregister(stopper)
+    assert "stopped early at step 2" in stopped.output
+    resumed = gen("train", "--out", tmp_path / "resumed", "--resume")
+    assert resumed.exit_code == 0 and "resuming" in resumed.output, resumed.output
+    straight, again = (load_checkpoint(tmp_path / name / "latest") for name in ("straight", "resumed"))
+    assert again.step == 6 and again.model_config["dropout"] == 0.1
+    for key, tensor in straight.model.state_dict().items():
+        assert torch.equal(again.model.state_dict()[key], tensor), key
+    assert [m["val_loss"] for m in evaluations(tmp_path / "resumed")] == \
+        [m["val_loss"] for m in evaluations(tmp_path / "straight")]
+    # The resumed run still says where it started.
+    assert json.loads((tmp_path / "resumed" / "latest" / "config.json").read_text())["init_from"]["step"] == 0
+
+
+@pytest.mark.parametrize("option, fragment", [
+    (["--n-layer", 3], "--n-layer 3: the model of --init-from"),
+    (["--n-embd", 64], "has n_embd 32"),
+    (["--block-size", 128], "has block_size 96 (the positions it has learned)"),
+    (["--model", "gpt:activation=gelu"], "--model gpt:activation=gelu: the model of --init-from"),
+    (["--no-bias"], "has bias True"),
+    (["--model", "bigram"], "--model bigram: a fine-tune keeps the model and tokenizer of --init-from"),
+    (["--tokenizer", "byte"], "--tokenizer byte: a fine-tune keeps the model and tokenizer"),
+])
+def test_a_fine_tune_refuses_to_change_the_models_shape(imported, new_text, tmp_path, option, fragment):
+    result = fine_tune(imported, new_text, tmp_path / "run", "--max-iters", 1, *option)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert fragment in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_character_outside_the_checkpoints_vocabulary_says_what_to_do(text, tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(text, encoding="utf-8")
+    trained = gen("train", "--data", corpus, "--out", tmp_path / "char", "--max-iters", 1, "--n-layer", 1,
+                  "--n-embd", 16, "--n-head", 2, "--block-size", 16, "--eval-iters", 1)
+    assert trained.exit_code == 0, trained.output
+    (tmp_path / "new.txt").write_text(text[:5000] + "café", encoding="utf-8")
+    result = gen("train", "--init-from", tmp_path / "char", "--data", tmp_path / "new.txt", "--out", tmp_path / "run")
+    error = result.output.strip().splitlines()[-1]  # (after the progress line of the encoding)
+    assert result.exit_code == 1 and error.startswith("Error: ") and "Traceback" not in result.output, result.output
+    assert "character 'é' at position 5003 is not in the tokenizer's vocabulary" in result.output
+    assert "a fine-tune keeps the tokenizer of --init-from" in error and "remove or replace what it cannot" in error
+    assert not (tmp_path / "run").exists()
