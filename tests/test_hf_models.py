@@ -360,8 +360,10 @@ def test_resuming_a_fine_tune_is_bit_identical_to_running_it_straight(imported, 
         assert torch.equal(again.model.state_dict()[key], tensor), key
     assert [m["val_loss"] for m in evaluations(tmp_path / "resumed")] == \
         [m["val_loss"] for m in evaluations(tmp_path / "straight")]
-    # The resumed run still says where it started.
+    # The resumed run still says where it started, and cannot start from elsewhere.
     assert json.loads((tmp_path / "resumed" / "latest" / "config.json").read_text())["init_from"]["step"] == 0
+    moved = gen("train", "--out", tmp_path / "resumed", "--resume", "--init-from", tmp_path / "straight")
+    assert moved.exit_code == 1 and "--init-from" in moved.output and "differs from the run being resumed" in moved.output
 
 
 @pytest.mark.parametrize("option, fragment", [

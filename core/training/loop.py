@@ -326,9 +326,12 @@ def _config_for_resume(config: TrainConfig, given: set[str], latest: Path) -> Tr
     recorded = {**values, **{key: document["model"]["config"].get(key) for key in MODEL_SHORTCUTS}}
     for key in given:
         value = getattr(config, key)
-        if key in FIXED_ON_RESUME and recorded.get(key) is not None and recorded[key] != value:
+        # A value recorded as None is a default (a model shortcut's: the model's own), which
+        # a given value does not contradict; but a run that was no fine-tune cannot become one.
+        unset = recorded.get(key) is None and key != "init_from"
+        if key in FIXED_ON_RESUME and not unset and recorded.get(key) != value:
             raise GenError(
-                f"{option_flag(key)} {value} differs from the run being resumed ({recorded[key]}); "
+                f"{option_flag(key)} {value} differs from the run being resumed ({recorded.get(key)}); "
                 f"a resumed run keeps its model and data; leave the option out, or train anew into another --out"
             )
         values[key] = value
@@ -678,7 +681,7 @@ def prepare_run(config: TrainConfig, given: set[str], distributed: Distributed |
                                              f"--init-from")
         model_name, model = start.model_name, _model_for_fine_tune(start, model_changes)
         init_from = _starting_point(start)
-        torch.manual_seed(config.seed)  # dropout's masks, the same in every process
+        torch.manual_seed(config.seed)  # the dropout masks, as a new run's (each process its own)
         distributed.offset_seed(config.seed)
     else:
         model_name, model_options = model_spec(config)  # a wrong option fails before the data loads
