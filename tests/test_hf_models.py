@@ -12,7 +12,6 @@ pickle payload never runs.
 """
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
