@@ -9,7 +9,7 @@ does, with the fused kernels onnxruntime has for it (domain com.microsoft):
 
     per layer:  MatMul(qkv) -> Split -> MultiHeadAttention(past -> present)
                 -> MatMul(proj) -> SkipLayerNormalization (residual + LayerNorm)
-                -> MatMul(fc) -> Gelu -> MatMul(proj) -> SkipLayerNormalization
+                -> MatMul(fc) -> Gelu (exact or tanh) -> MatMul(proj) -> SkipLayerNormalization
 
 nine nodes a layer. The graph keeps gen's ONNX contract exactly (input_ids,
 attention_mask, past_key_values.{i}.key/.value in, logits and present.{i}.* out,
@@ -82,6 +82,9 @@ def build_gpt_graph(model, capacity: int | None = None) -> onnx.ModelProto:
     transformer = model.transformer
     g = GraphBuilder()
     zero_bias = np.zeros(n_embd, dtype=np.float32)  # for LayerNorms without a bias
+    # The MLP's GELU: the standard Gelu is exact by default and takes nn.GELU's
+    # approximate="tanh" as it is (GPT-2's activation); the exact one's graph stays as it was.
+    gelu_options = {"approximate": "tanh"} if transformer.h[0].mlp.gelu.approximate == "tanh" else {}
 
     def linear(x: str, layer, prefix: str) -> str:
         y = g.one("MatMul", [x, g.constant(f"{prefix}.weight_t", _weight(layer.weight).T)])
@@ -166,7 +169,7 @@ def build_gpt_graph(model, capacity: int | None = None) -> onnx.ModelProto:
                  [attended, present_key, present_value], MICROSOFT, num_heads=n_head)
         projected = linear(attended, block.attn.c_proj, f"h.{i}.attn.c_proj")
         normed, residual = skip_norm(projected, residual, block.ln_2, f"h.{i}.ln_2")
-        hidden = g.one("Gelu", [linear(normed, block.mlp.c_fc, f"h.{i}.mlp.c_fc")])
+        hidden = g.one("Gelu", [linear(normed, block.mlp.c_fc, f"h.{i}.mlp.c_fc")], **gelu_options)
         projected = linear(hidden, block.mlp.c_proj, f"h.{i}.mlp.c_proj")
         following = transformer.h[i + 1].ln_1 if i + 1 < n_layer else transformer.ln_f
         prefix = f"h.{i + 1}.ln_1" if i + 1 < n_layer else "ln_f"

@@ -21,6 +21,11 @@ from gen.core.errors import GenError
 from gen.core.model import LanguageModel
 
 
+# The MLP's activation: the exact GELU, or its tanh approximation, which GPT-2 was trained
+# with (Hugging Face's "gelu_new"); the two differ by up to about 1e-3, enough to matter
+# for a pretrained model's logits.
+ACTIVATIONS = {"gelu": "none", "gelu_tanh": "tanh"}  # name -> nn.GELU's `approximate`
+
 # Far beyond any model this code is for: a larger value is a typo or a hostile config
 # file, which would otherwise have gen build millions of modules before failing.
 GPT_SIZE_LIMITS = {"vocab_size": 2**24, "block_size": 2**20, "n_layer": 1024, "n_head": 1024, "n_embd": 2**16}
@@ -35,6 +40,7 @@ class GPTConfig:
     n_embd: int = 128
     dropout: float = 0.0
     bias: bool = False  # biases in Linear layers and LayerNorms; without is a little faster
+    activation: str = "gelu"  # the MLP's: "gelu" (exact) or "gelu_tanh" (GPT-2's approximation)
 
     def __post_init__(self):
         for name, largest in GPT_SIZE_LIMITS.items():
@@ -47,6 +53,8 @@ class GPTConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise GenError(f"gpt dropout must be in [0, 1), got {self.dropout}")
+        if self.activation not in ACTIVATIONS:
+            raise GenError(f"gpt activation must be {' or '.join(map(repr, ACTIVATIONS))}, got {self.activation!r}")
 
     @property
     def head_size(self) -> int:
@@ -88,7 +96,7 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU()
+        self.gelu = nn.GELU(approximate=ACTIVATIONS[config.activation])
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -199,6 +207,15 @@ class GPT(LanguageModel, nn.Module):
              torch.zeros(shape, dtype=weight.dtype, device=device or weight.device))
             for _ in range(self.config.n_layer)
         ]
+
+    def crop_block_size(self, block_size: int) -> None:
+        """Read at most `block_size` tokens from now on (a fine-tune on shorter windows than
+        the model was trained on): the first block_size position embeddings are kept, as
+        nanoGPT's crop_block_size does. The attention has no mask buffer to crop."""
+        if not 1 <= block_size <= self.config.block_size:
+            raise GenError(f"gpt can crop its block size to 1 .. {self.config.block_size}, not {block_size}")
+        self.config.block_size = block_size
+        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size].detach().clone())
 
     def num_params(self) -> int:
         """Parameters, not counting the position embeddings (nanoGPT's convention)."""

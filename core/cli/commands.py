@@ -26,6 +26,9 @@ from gen.core.training.config import DTYPES, LIMITS, TrainConfig, option_flag
 TRAIN_OPTIONS = [
     ("data", "A UTF-8 text file, or 'shakespeare' (Tiny Shakespeare, downloaded once)."),
     ("tokenizer", "Tokenizer plugin and options, trained on the corpus: char, byte, bpe:vocab_size=512, ..."),
+    ("init-from", "Fine-tune: start from this checkpoint's (or run directory's) weights, model and tokenizer, "
+                  "with a fresh optimizer, step count and schedule; options that change the model's shape "
+                  "are refused (see examples/finetune.toml)."),
     ("model", "Model plugin and options: gpt, gpt:n_layer=6,n_embd=384, bigram, ... (options listed below)."),
     ("block-size", "Context length in tokens (the model's option of that name; default: the model's)."),
     ("n-layer", "Transformer blocks (the model's option of that name, e.g. gpt's)."),

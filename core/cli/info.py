@@ -80,6 +80,7 @@ def describe_checkpoint(directory: Path) -> dict:
         "data": config["train_args"].get("data"),
         "resumable": (directory / STATE_TENSORS_FILE).is_file(),
         **({"source": config["source"]} if "source" in config else {}),
+        **({"init_from": config["init_from"]} if "init_from" in config else {}),
     }
 
 
@@ -195,6 +196,16 @@ def _stored_beside(parameters: int, info: dict) -> str:
             f"constants such as zero LayerNorm biases)")
 
 
+def _starting_point(point: dict) -> str:
+    """Where a fine-tune started: the checkpoint and its step, then where that one came from."""
+    text = f"from {point.get('path')} (step {point.get('step')})"
+    if isinstance(point.get("source"), dict):
+        text += f", imported from {point['source'].get('format')} {point['source'].get('path')}"
+    if isinstance(point.get("init_from"), dict):
+        text += ", itself fine-tuned " + _starting_point(point["init_from"])
+    return text
+
+
 def format_info(info: dict) -> list[str]:
     """`gen info` as lines of text: a heading, then one `name  value` row per fact."""
     rows = []
@@ -225,6 +236,8 @@ def format_info(info: dict) -> list[str]:
         if "source" in info:
             source = info["source"]
             rows.append(("imported", f"from {source.get('format')} {source.get('path')}"))
+        if "init_from" in info:
+            rows.append(("fine-tuned", _starting_point(info["init_from"])))
     else:
         weights = ", ".join(f"{count:,} {kind}" for kind, count in info["graph_weights"].items())
         rows.append(("opset", str(info["opset"])))

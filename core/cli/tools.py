@@ -92,9 +92,10 @@ def hf(folder, data, out, overwrite):
 
     config.json, model.safetensors (or pytorch_model.bin, read with
     torch.load(weights_only=True) only) and tokenizer.json (or vocab.json and
-    merges.txt) become gen's gpt model with the hf tokenizer. A config that gpt
-    cannot compute exactly (another activation or layer-norm epsilon, scaled or
-    reordered attention, another MLP width, an untied head) is refused, naming the field.
+    merges.txt) become gen's gpt model with the hf tokenizer, GPT-2's gelu_new as
+    gpt's activation gelu_tanh. A config that gpt cannot compute exactly (another
+    activation or layer-norm epsilon, scaled or reordered attention, another MLP
+    width, an untied head) is refused, naming the field.
     """
     from gen.core.training.hf import import_hf
 

@@ -16,6 +16,7 @@ so every evaluation measures the same batches and training never depends on it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import signal
@@ -33,11 +34,13 @@ from gen.core.training.checkpoint import (
     BEST,
     LATEST,
     METRICS_FILE,
+    Checkpoint,
     build_model,
     is_checkpoint,
     load_checkpoint,
     load_training_state,
     read_config,
+    resolve_checkpoint,
     save_checkpoint,
 )
 from gen.core.data import Dataset, check_split_lengths, load_dataset
@@ -47,8 +50,10 @@ from gen.core.errors import GenError, first_line
 from gen.core.files import check_writable_destination, recover_interrupted_replace
 from gen.core.limits import check_fits
 from gen.core.reading import SIZE_LIMITS, parse_json, read_text
-from gen.core.registry import get_plugins
+from gen.core.registry import get_plugins, get_registry
+from gen.core.specs import parse_spec
 from gen.core.training.config import (
+    CHANGEABLE_ON_FINE_TUNE,
     FIXED_ON_RESUME,
     MODEL_SHORTCUTS,
     NOT_SAVED,
@@ -321,14 +326,77 @@ def _config_for_resume(config: TrainConfig, given: set[str], latest: Path) -> Tr
     recorded = {**values, **{key: document["model"]["config"].get(key) for key in MODEL_SHORTCUTS}}
     for key in given:
         value = getattr(config, key)
-        if key in FIXED_ON_RESUME and recorded.get(key) is not None and recorded[key] != value:
+        # A value recorded as None is a default (a model shortcut's: the model's own), which
+        # a given value does not contradict; but a run that was no fine-tune cannot become one.
+        unset = recorded.get(key) is None and key != "init_from"
+        if key in FIXED_ON_RESUME and not unset and recorded.get(key) != value:
             raise GenError(
-                f"{option_flag(key)} {value} differs from the run being resumed ({recorded[key]}); "
+                f"{option_flag(key)} {value} differs from the run being resumed ({recorded.get(key)}); "
                 f"a resumed run keeps its model and data; leave the option out, or train anew into another --out"
             )
         values[key] = value
     values.update(resume=True, overwrite=False, out=config.out)
     return train_config_from_dict(values, f"the checkpoint {str(latest)!r}")
+
+
+def _config_for_fine_tune(config: TrainConfig, given: set[str], start: Path) -> tuple[TrainConfig, dict]:
+    """The options of a fine-tune of the checkpoint `start`, and the model options it changes.
+
+    The model and the tokenizer are the checkpoint's. A model option given now must
+    restate the checkpoint's value, except dropout (CHANGEABLE_ON_FINE_TUNE) and a smaller
+    block size where the model can crop its positions (`crop_block_size`); anything that
+    would change the model's shape or its tokens is refused. Training options are free.
+    """
+    document = read_config(start)
+    model_name, model_config = document["model"]["name"], document["model"]["config"]
+    keeps = f"a fine-tune keeps the model and tokenizer of --init-from {str(start)!r}"
+    if "tokenizer" in given:
+        raise GenError(f"--tokenizer {config.tokenizer}: {keeps}; leave the option out, or train anew without --init-from")
+    if "model" in given and parse_spec(config.model, "model")[0] != model_name:
+        raise GenError(f"--model {config.model}: {keeps} ({model_name}); leave the option out, "
+                       f"or train anew without --init-from")
+    config = dataclasses.replace(config, model=config.model if "model" in given else model_name,
+                                 tokenizer=document["tokenizer"]["name"])
+    _, options = model_spec(config)
+    changes = {}
+    for key, value in options.items():
+        recorded = model_config.get(key)
+        if value == recorded:
+            continue
+        can_crop = hasattr(get_registry().get("model", model_name), "crop_block_size")
+        if key in CHANGEABLE_ON_FINE_TUNE or (key == "block_size" and can_crop and value < recorded):
+            changes[key] = value
+            continue
+        shown = f"{option_flag(key)} {value}" if key in MODEL_SHORTCUTS else f"--model {model_name}:{key}={value}"
+        learned = " (the positions it has learned)" if key == "block_size" else ""
+        raise GenError(f"{shown}: the model of --init-from {str(start)!r} has {key} {recorded}{learned}; "
+                       f"a fine-tune keeps the model's shape: leave the option out, or train anew without --init-from")
+    return with_model_defaults(config, given), changes
+
+
+def _model_for_fine_tune(start: Checkpoint, changes: dict) -> torch.nn.Module:
+    """The model of `start` with the changes a fine-tune may make (see _config_for_fine_tune):
+    dropout builds the same model with the new value and the same weights; a smaller block
+    size crops it."""
+    model = start.model
+    rebuilt = {key: value for key, value in changes.items() if key != "block_size"}
+    if rebuilt:
+        model = build_model(start.model_name, {**start.model_config, **rebuilt})
+        model.load_state_dict(start.model.state_dict())
+    if "block_size" in changes:
+        model.crop_block_size(changes["block_size"])
+    return model
+
+
+def _starting_point(start: Checkpoint) -> dict:
+    """What a fine-tune records of where it started: the checkpoint, its step, and where
+    that one came from in turn (an import's source, or its own starting point)."""
+    document = read_config(start.path)
+    point = {"path": str(start.path.resolve()), "step": start.step}
+    for key in ("source", "init_from"):
+        if document.get(key) is not None:
+            point[key] = document[key]
+    return point
 
 
 def _check_out_dir(out: Path, config: TrainConfig) -> None:
@@ -389,8 +457,9 @@ class Run:
     """
 
     def __init__(self, config: TrainConfig, trainer: Trainer, model_name: str, out: Path,
-                 best_val_loss: float | None, evaluated_at_start: bool = False):
+                 best_val_loss: float | None, evaluated_at_start: bool = False, init_from: dict | None = None):
         self.config = config
+        self.init_from = init_from  # a fine-tune's starting checkpoint, recorded in each of its checkpoints
         self.trainer = trainer
         self.distributed = trainer.distributed
         self.is_main = self.distributed.is_main
@@ -508,7 +577,7 @@ class Run:
                 tokenizer_document=self.trainer.dataset.tokenizer_document, train_args=self.train_args,
                 step=self.trainer.step, best_val_loss=self.best_val_loss, val_loss=val_loss,
                 optimizer=self.trainer.optimizer, rng_states=rng_states,
-                world_size=self.distributed.world_size,
+                world_size=self.distributed.world_size, init_from=self.init_from,
             )
             self.checkpoint_written = True
             self.saved_step = self.trainer.step
@@ -581,8 +650,11 @@ def prepare_run(config: TrainConfig, given: set[str], distributed: Distributed |
         raise GenError("--resume continues the run in --out and --overwrite starts it over; give one of them")
     for name in (LATEST, BEST):
         recover_interrupted_replace(out / name)
+    model_changes = {}
     if config.resume and is_checkpoint(out / LATEST):
         config = _config_for_resume(config, given, out / LATEST)
+    elif config.init_from is not None:
+        config, model_changes = _config_for_fine_tune(config, given, resolve_checkpoint(config.init_from))
     else:
         config = with_model_defaults(config, given)
     check_config(config)
@@ -593,10 +665,24 @@ def prepare_run(config: TrainConfig, given: set[str], distributed: Distributed |
         _check_world_size(out / LATEST, distributed)
 
     progress = distributed.is_main  # one process reports downloads and tokenizer training
+    init_from = None
     if config.resume:
         resumed = load_checkpoint(out / LATEST, device="cpu")
         dataset = load_dataset(config.data, tokenizer_document=resumed.tokenizer_document, progress=progress)
         model_name, model = resumed.model_name, resumed.model
+        init_from = read_config(out / LATEST).get("init_from")
+    elif config.init_from is not None:
+        # A fine-tune: a checkpoint's model and tokenizer, loaded as a resume loads latest/,
+        # then trained like a new run (fresh optimizer, step 0, the whole schedule).
+        start = load_checkpoint(config.init_from, device="cpu")
+        dataset = load_dataset(config.data, tokenizer_document=start.tokenizer_document, progress=progress,
+                               misfit_advice=f"a fine-tune keeps the tokenizer of --init-from {str(start.path)!r}: "
+                                             f"remove or replace what it cannot encode, or train anew without "
+                                             f"--init-from")
+        model_name, model = start.model_name, _model_for_fine_tune(start, model_changes)
+        init_from = _starting_point(start)
+        torch.manual_seed(config.seed)  # the dropout masks, as a new run's (each process its own)
+        distributed.offset_seed(config.seed)
     else:
         model_name, model_options = model_spec(config)  # a wrong option fails before the data loads
         dataset = load_dataset(config.data, tokenizer_spec=config.tokenizer, progress=progress)
@@ -611,8 +697,9 @@ def prepare_run(config: TrainConfig, given: set[str], distributed: Distributed |
     if config.resume:
         trainer.restore(out / LATEST, resumed.step)
     if not config.resume:
-        return Run(config, trainer, model_name, out, None)
-    return Run(config, trainer, model_name, out, resumed.best_val_loss, evaluated_at_start=resumed.val_loss is not None)
+        return Run(config, trainer, model_name, out, None, init_from=init_from)
+    return Run(config, trainer, model_name, out, resumed.best_val_loss, evaluated_at_start=resumed.val_loss is not None,
+               init_from=init_from)
 
 
 def _check_training_fits(model, config: TrainConfig, block_size: int, vocab_size: int) -> None:
