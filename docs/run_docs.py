@@ -194,12 +194,20 @@ def regenerate(page: Path, folder: Path, environment: dict, timeout: float, say=
     return results
 
 
+def user_cached_corpus() -> Path | None:
+    """Tiny Shakespeare in the user's gen cache, if it was downloaded there before."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    path = cache / "gen" / "corpora" / "tinyshakespeare.txt"
+    return path if path.is_file() else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("page", type=Path)
     parser.add_argument("--write", action="store_true", help="write the outputs into the page")
-    parser.add_argument("--corpus", type=Path,
-                        help="a local copy of Tiny Shakespeare, planted in the run's cache (else downloaded)")
+    parser.add_argument("--corpus", type=Path, default=user_cached_corpus(),
+                        help="a copy of Tiny Shakespeare planted in the run's fresh cache (default: the one "
+                             "in your gen cache, if any; else the run downloads it)")
     parser.add_argument("--copy", action="append", default=[], metavar="FROM:TO",
                         help="after the run, copy FROM (in the run's folder) to TO (e.g. out/loss.png:docs/loss.png)")
     parser.add_argument("--timeout", type=float, default=3600)
