@@ -23,9 +23,8 @@ The JSON-lines tracker (`jsonl`, below) writes the run directory's metrics.jsonl
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 from collections.abc import Sequence
+from pathlib import Path
 
 from gen.core.errors import GenError
 from gen.core.reading import SIZE_LIMITS, parse_json, read_text
