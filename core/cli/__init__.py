@@ -83,7 +83,7 @@ def _options_row(entry) -> tuple[dict | None, str]:
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of a table.")
 def plugins(as_json):
-    """List registered models, samplers and tokenizers with their options, and plugins that failed to load."""
+    """List registered models, samplers, tokenizers, constraints and trackers, their options, and failed plugins."""
     registry = get_registry()
     rows = []
     for kind in KINDS:

@@ -169,9 +169,11 @@ def _megabytes(size: int) -> str:
 
 
 def _options(config: dict | None) -> str:
+    """A model's options by name: a checkpoint keeps the model's own order and an export's
+    metadata another, and the two should read alike."""
     if not config:
         return "(no options recorded)"
-    return ", ".join(f"{key}={value}" for key, value in config.items())
+    return ", ".join(f"{key}={value}" for key, value in sorted(config.items()))
 
 
 def _count(number: int, noun: str) -> str:

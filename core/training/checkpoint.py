@@ -37,6 +37,7 @@ from typing import Annotated
 
 import msgspec
 
+from gen.core.tracking import METRICS_FILE  # noqa: F401 (metrics.jsonl: plot and info import it from here)
 from gen.core.errors import GenError, first_line
 from gen.core.files import check_utf8_path, recover_interrupted_replace, replace_directory_atomically
 from gen.core.reading import (
@@ -58,7 +59,6 @@ STATE_JSON_FILE = "training_state.json"
 CHECKPOINT_FILES = (CONFIG_FILE, WEIGHTS_FILE, STATE_TENSORS_FILE, STATE_JSON_FILE)
 LATEST = "latest"
 BEST = "best"
-METRICS_FILE = "metrics.jsonl"
 
 
 @dataclass

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import signal
 import tempfile
@@ -25,7 +24,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -33,7 +32,6 @@ import torch
 from gen.core.training.checkpoint import (
     BEST,
     LATEST,
-    METRICS_FILE,
     Checkpoint,
     build_model,
     is_checkpoint,
@@ -49,9 +47,9 @@ from gen.core.training.distributed import Distributed, is_collective_failure, pr
 from gen.core.errors import GenError, first_line
 from gen.core.files import check_writable_destination, recover_interrupted_replace
 from gen.core.limits import check_fits
-from gen.core.reading import SIZE_LIMITS, parse_json, read_text
 from gen.core.registry import get_plugins, get_registry
 from gen.core.specs import parse_spec
+from gen.core.tracking import Tracker, build_trackers
 from gen.core.training.config import (
     CHANGEABLE_ON_FINE_TUNE,
     FIXED_ON_RESUME,
@@ -448,16 +446,16 @@ def _probe_writable(out: Path) -> None:
 class Run:
     """One `gen train` run: its trainer, its run directory, and what it has logged.
 
-    Built by `prepare_run`, driven by `train`. The run directory's metrics.jsonl is
-    only touched once this run has written its first checkpoint, so an interrupted
-    `--overwrite` run leaves the earlier run's checkpoints and log consistent.
+    Built by `prepare_run`, driven by `train`. Its metrics go to the trackers
+    (gen.core.tracking): the jsonl tracker's metrics.jsonl, and those --tracker names.
 
     In a run of several processes each has a Run; only process 0's (`is_main`) runs
-    the hooks and writes the run directory.
+    the hooks, the trackers and writes the run directory.
     """
 
     def __init__(self, config: TrainConfig, trainer: Trainer, model_name: str, out: Path,
-                 best_val_loss: float | None, evaluated_at_start: bool = False, init_from: dict | None = None):
+                 best_val_loss: float | None, evaluated_at_start: bool = False, init_from: dict | None = None,
+                 trackers: list[Tracker] | None = None):
         self.config = config
         self.init_from = init_from  # a fine-tune's starting checkpoint, recorded in each of its checkpoints
         self.trainer = trainer
@@ -469,8 +467,7 @@ class Run:
         self.start_step = trainer.step
         self.train_args = {key: value for key, value in asdict(config).items() if key not in NOT_SAVED}
         self.metrics: list[dict] = []
-        self.metrics_written = 0  # how many of self.metrics are in metrics.jsonl
-        self.checkpoint_written = False
+        self.trackers = trackers if self.is_main and trackers else []
         self.saved_step = self.start_step if config.resume else None  # the last checkpoint's step
         # A resumed checkpoint written at an evaluation recorded it; one that Ctrl-C wrote
         # did not, and its step's evaluation (if one was due there) runs on resume.
@@ -509,12 +506,30 @@ class Run:
     def start(self) -> None:
         if not self.is_main:
             return
-        get_plugins().call_hook("on_train_start", config={
+        config = {
             **self.train_args, "model_config": self.trainer.model.config_dict(),
             "device": str(self.trainer.device), "dtype": self.dtype_name,
             "world_size": self.distributed.world_size,
-        })
+        }
+        get_plugins().call_hook("on_train_start", config=config)
         self.out.mkdir(parents=True, exist_ok=True)
+        # A resumed run measures again what came after its checkpoint's evaluation (or
+        # the checkpoint's own step, when Ctrl-C wrote it without one).
+        first_step = self.start_step + 1 if self.evaluated_at_start else self.start_step
+        run_info = {"out": str(self.out), "config": config, "start_step": self.start_step,
+                    "first_step": first_step if self.config.resume else 0}
+        for tracker in self.trackers:
+            tracker.start(run_info)
+
+    def log(self, metrics: dict) -> None:
+        """Keep a metrics line and hand it to the trackers."""
+        self.metrics.append(metrics)
+        for tracker in self.trackers:
+            tracker.log(metrics["step"], metrics)
+
+    def finish(self) -> None:
+        for tracker in self.trackers:
+            tracker.finish()
 
     def evaluation_due(self) -> bool:
         step = self.trainer.step
@@ -541,15 +556,15 @@ class Run:
             metrics["batch_loss"] = self.trainer.last_loss.item()
         if step == 0:
             metrics["uniform_loss"] = math.log(self.tokenizer.vocab_size)
-        self.metrics.append(metrics)
+        self.log(metrics)
         return metrics
 
     def log_training(self, loss: float, tokens_per_second: float) -> None:
         """A training line of metrics.jsonl: the mean loss of the last --log-interval steps
         (no val_loss: evaluation lines have one)."""
-        self.metrics.append({"step": self.trainer.step, "interval_train_loss": loss,
-                             "elapsed_s": round(time.perf_counter() - self.started, 3),
-                             "tokens_per_s": round(tokens_per_second)})
+        self.log({"step": self.trainer.step, "interval_train_loss": loss,
+                  "elapsed_s": round(time.perf_counter() - self.started, 3),
+                  "tokens_per_s": round(tokens_per_second)})
 
     def stop_requested(self, metrics: dict) -> bool:
         """Whether a plugin's on_eval hook (run by process 0) asks every process to stop."""
@@ -579,8 +594,9 @@ class Run:
                 optimizer=self.trainer.optimizer, rng_states=rng_states,
                 world_size=self.distributed.world_size, init_from=self.init_from,
             )
-            self.checkpoint_written = True
             self.saved_step = self.trainer.step
+            for tracker in self.trackers:
+                tracker.checkpoint(self.trainer.step, str(path))
             get_plugins().call_hook("on_checkpoint", step=self.trainer.step, path=str(path))
 
     def check_finite(self, loss: float, what: str) -> None:
@@ -592,36 +608,8 @@ class Run:
         raise GenError(f"the {what} became {loss} at step {self.trainer.step}: training diverged; {kept}; "
                        f"lower --lr (now {self.config.lr}) or --grad-clip, and train again")
 
-    def write_metrics(self) -> None:
-        """Append the new metrics lines (after this run's first checkpoint; see the class)."""
-        if not self.checkpoint_written:  # never true but on process 0
-            return
-        path = self.out / METRICS_FILE
-        if self.metrics_written == 0:
-            # (the start step's line is kept if that evaluation is not run again)
-            kept_up_to = self.start_step - (not self.evaluated_at_start) if self.config.resume else None
-            _rewrite_metrics(path, kept_up_to)
-        with open(path, "a", encoding="utf-8") as file:
-            file.writelines(json.dumps(metrics) + "\n" for metrics in self.metrics[self.metrics_written:])
-        self.metrics_written = len(self.metrics)
-
     def result(self) -> TrainResult:
         return TrainResult(self.trainer.step, self.best_val_loss, self.out, self.metrics)
-
-
-def _rewrite_metrics(path: Path, up_to_step: int | None) -> None:
-    """Start metrics.jsonl afresh, or keep only the lines up to the step a resume starts at."""
-    kept = []
-    if up_to_step is not None and path.exists():
-        for line in read_text(path, "metrics log", SIZE_LIMITS["metrics log"]).splitlines():
-            try:
-                entry = parse_json(line, "a line")
-            except GenError:
-                continue  # a damaged line: the resumed run writes its own
-            step = entry.get("step", 0) if isinstance(entry, dict) else None
-            if isinstance(step, int) and step <= up_to_step:
-                kept.append(line)
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
 def _check_world_size(latest: Path, distributed: Distributed) -> None:
@@ -635,7 +623,8 @@ def _check_world_size(latest: Path, distributed: Distributed) -> None:
         )
 
 
-def prepare_run(config: TrainConfig, given: set[str], distributed: Distributed | None = None) -> Run:
+def prepare_run(config: TrainConfig, given: set[str], distributed: Distributed | None = None,
+                trackers: Sequence[str] = ()) -> Run:
     """Settle the options, load the data and the model, check the run directory, and
     join the other processes of a distributed run.
 
@@ -658,6 +647,7 @@ def prepare_run(config: TrainConfig, given: set[str], distributed: Distributed |
     else:
         config = with_model_defaults(config, given)
     check_config(config)
+    built_trackers = build_trackers(trackers)  # an unknown name or a missing package: before any work
     device = distributed.device(resolve_device(config.device))
     dtype = resolve_dtype(config.dtype, device)
     _check_out_dir(out, config)
@@ -697,9 +687,9 @@ def prepare_run(config: TrainConfig, given: set[str], distributed: Distributed |
     if config.resume:
         trainer.restore(out / LATEST, resumed.step)
     if not config.resume:
-        return Run(config, trainer, model_name, out, None, init_from=init_from)
+        return Run(config, trainer, model_name, out, None, init_from=init_from, trackers=built_trackers)
     return Run(config, trainer, model_name, out, resumed.best_val_loss, evaluated_at_start=resumed.val_loss is not None,
-               init_from=init_from)
+               init_from=init_from, trackers=built_trackers)
 
 
 def _check_training_fits(model, config: TrainConfig, block_size: int, vocab_size: int) -> None:
@@ -744,13 +734,15 @@ def run_training(
     given: set[str] | None = None,
     progress: bool = True,
     say: Callable[[str], None] = print,
+    trackers: Sequence[str] = (),
 ) -> TrainResult:
     """Run `gen train`. `given` names the options the user gave: they win over the model's
     training defaults and, on --resume, over the saved ones. By default, those that
-    differ from TrainConfig's defaults."""
+    differ from TrainConfig's defaults. `trackers` are --tracker specs (metrics.jsonl's
+    tracker is always on)."""
     distributed = Distributed.from_environment()
     try:
-        result = _training_loop(config, given, progress, say, distributed)
+        result = _training_loop(config, given, progress, say, distributed, trackers)
     except Exception as error:
         # The process group is left to the process's exit: leaving it cleanly could
         # wait on the other processes, which may be gone.
@@ -765,10 +757,10 @@ def run_training(
 
 
 def _training_loop(config: TrainConfig, given: set[str] | None, progress: bool, say: Callable[[str], None],
-           distributed: Distributed) -> TrainResult:
+           distributed: Distributed, trackers: Sequence[str]) -> TrainResult:
     from tqdm import tqdm
 
-    run = prepare_run(config, given_options(config) if given is None else set(given), distributed)
+    run = prepare_run(config, given_options(config) if given is None else set(given), distributed, trackers)
     config, trainer = run.config, run.trainer
     if not run.is_main:  # the other processes of a distributed run keep quiet
         say, progress = (lambda line: None), False
@@ -790,7 +782,6 @@ def _training_loop(config: TrainConfig, given: set[str] | None, progress: bool, 
                 stop = run.stop_requested(metrics)
                 if trainer.step > 0:
                     run.save_checkpoints(metrics["val_loss"])
-                run.write_metrics()
                 if stop:
                     write(f"stopped early at step {trainer.step} by a plugin's on_eval hook")
                     break
@@ -820,12 +811,12 @@ def _training_loop(config: TrainConfig, given: set[str] | None, progress: bool, 
                 say(_interrupted_distributed(run))
             else:
                 run.save_checkpoints(None)
-                run.write_metrics()
                 say(f"interrupted at step {trainer.step}; saved {run.out / LATEST}; "
                     f"continue with: gen train --out {run.out} --resume")
         raise
     finally:
         bar.close()
+        run.finish()
     if config.resume and run.start_step >= config.max_iters:
         say(f"the run in {str(run.out)!r} already reached step {run.start_step}; raise --max-iters to train further")
     elif run.best_val_loss is not None:
