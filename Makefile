@@ -32,9 +32,11 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
-# docs/cli.md from the commands' own help (tests/test_docs.py checks it is up to date)
+# docs/cli.md from the commands' own help (tests/test_docs.py checks it is up to date), and the
+# pictures of docs/inside.md from models trained for it (a few minutes on a CPU; DATA as for demo)
 docs: install
 	$(BIN)/python -m gen.core.cli.reference docs/cli.md
+	nice $(BIN)/python docs/make_inside.py --data $(DATA)
 
 # What the demo and the tests made; .venv stays (distclean removes it too).
 clean:
