@@ -26,9 +26,10 @@ import sys
 import time
 from pathlib import Path
 
-DOCS = Path(__file__).resolve().parent
+DOCS = Path(os.path.relpath(Path(__file__).resolve().parent))  # relative to where it runs: shorter lines to quote
 GEN = [sys.executable, "-c", "from gen.core.cli import cli; cli()"]
 PROMPT = "ROMEO:\nBut soft, what light"
+GPT_SHAPE = ["--n-layer", 2, "--n-head", 4, "--n-embd", 64, "--lr", 3e-3]
 
 
 def gen(*arguments) -> None:
@@ -110,18 +111,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="shakespeare", help="what gen train --data takes (default: shakespeare)")
     parser.add_argument("--work", default="build/inside", help="where the checkpoints and the export go")
-    parser.add_argument("--max-iters", type=int, default=1500, help="the gpt's training steps (default 1500)")
+    parser.add_argument("--max-iters", type=int, default=600, help="the gpt's training steps (default 600)")
     arguments = parser.parse_args()
     work = Path(arguments.work)
     work.mkdir(parents=True, exist_ok=True)
 
     # 1. The bigram: one table, trained in seconds, drawn as it is.
     gen("train", "--model", "bigram", "--data", arguments.data, "--out", work / "bigram", "--max-iters", 1500,
-        "--eval-interval", 500, "--overwrite")
+        "--eval-interval", 500, "--eval-iters", 20, "--overwrite")
     gen("attention", "--checkpoint", work / "bigram", "--out", DOCS / "inside-bigram.png")
-    # 2. The gpt: nanoGPT's CPU model, its curves, its export with the attention outputs, its heads.
-    gen("train", "--data", arguments.data, "--out", work / "gpt", "--max-iters", arguments.max_iters,
-        "--eval-interval", 100, "--overwrite")
+    # 2. A small gpt (2 layers of 4 heads, 64 wide: minutes on a CPU), its curves, its export with the
+    # attention outputs, its heads.
+    gen("train", "--data", arguments.data, "--out", work / "gpt", *GPT_SHAPE, "--max-iters", arguments.max_iters,
+        "--eval-interval", 50, "--eval-iters", 20, "--overwrite")
     gen("plot", work / "gpt", "--output", DOCS / "inside-loss.png")
     gen("export", work / "gpt.onnx", "--checkpoint", work / "gpt", "--attention", "--overwrite")
     gen("info", work / "gpt.onnx")
