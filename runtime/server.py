@@ -85,10 +85,10 @@ from gen.runtime.api import (
     logprobs_writer,
     parse_chat_request,
     parse_completion_request,
+    parse_attention_request,
     parse_detokenize_request,
     parse_json,
     parse_tokenize_request,
-    parse_attention_request,
     prompt_token_choices,
     usage_object,
 )
@@ -614,8 +614,7 @@ async def attention(request: Request) -> Response:
     tokenizer = state.model.tokenizer
     selected = weights[:, :, position, :position + 1] if position is not None else weights
     return JSONResponse({
-        "object": "attention", "tokens": [tokenizer.decode([token]) for token in ids],
-        "offset": offset,
+        "object": "attention", "tokens": [tokenizer.decode([token]) for token in ids], "offset": offset,
         "n_layer": int(weights.shape[0]), "n_head": int(weights.shape[1]), "position": position,
         "weights": selected.round(6).tolist(),
     })
