@@ -116,7 +116,7 @@ def main() -> None:
     work = Path(arguments.work)
     work.mkdir(parents=True, exist_ok=True)
 
-    # 1. The bigram: one table, trained in seconds, drawn as it is.
+    # 1. The bigram: one table, trained in a few minutes, drawn as it is.
     gen("train", "--model", "bigram", "--data", arguments.data, "--out", work / "bigram", "--max-iters", 1500,
         "--eval-interval", 500, "--eval-iters", 20, "--overwrite")
     gen("attention", "--checkpoint", work / "bigram", "--out", DOCS / "inside-bigram.png")
