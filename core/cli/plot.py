@@ -157,7 +157,7 @@ def _render(title: str, metrics: list[dict], windows: list[dict], uniform: float
     axes.plot([best["step"]], [best["val_loss"]], linestyle="none", marker="*", markersize=14,
               markerfacecolor=COLOURS["best"], markeredgecolor="#1d2330", label="best checkpoint", zorder=5)
     axes.annotate(f"best {best['val_loss']:.3f}", (best["step"], best["val_loss"]), textcoords="offset points",
-                  xytext=(0, -16), ha="center", fontsize=9)
+                  xytext=(-10, 10), ha="right", fontsize=9)  # above and to the left: inside the axes at the end
     handles, labels = axes.get_legend_handles_labels()
     if lr_values:
         handles, labels = handles + more_handles, labels + more_labels
