@@ -185,6 +185,11 @@ def test_an_export_without_attention_outputs_gets_one_line_saying_how_to_export_
     assert_one_line_error(result, "has no attention outputs", "gen export --attention")
     assert not (runs / "none.png").exists()
     assert_one_line_error(gen("attention", "--out", runs / "x.png"), "give --checkpoint RUN or --model MODEL.onnx")
+    # The other export formats do not take it.
+    assert_one_line_error(gen("export", "--genai", runs / "genai", "--checkpoint", runs / "gpt", "--attention"),
+                          "--attention: for a gen ONNX export only")
+    assert_one_line_error(gen("export", "--hf", runs / "hf", "--checkpoint", runs / "gpt", "--attention"),
+                          "--attention: for an ONNX export only")
 
 
 def test_a_bigram_gets_its_table_of_next_character_probabilities(runs):
