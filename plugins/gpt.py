@@ -90,6 +90,17 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side
         return self.resid_dropout(self.c_proj(y)), (k, v)
 
+    def weights(self, x):
+        """The causal attention weights of x (B, T, C) without a past, as forward weighs the values:
+        softmax(q @ k^T / sqrt(hs)) with the upper triangle (later tokens) masked. (B, nh, T, T)."""
+        B, T, C = x.size()
+        q, k, _ = self.c_attn(x).split(self.n_embd, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, T)
+        tril = torch.tril(torch.ones(T, T, dtype=torch.bool, device=x.device))
+        return F.softmax(scores.masked_fill(~tril, float("-inf")), dim=-1)
+
 
 class MLP(nn.Module):
 
@@ -197,6 +208,21 @@ class GPT(LanguageModel, nn.Module):
         visible = attention_mask.bool()[:, None, :] | (key_at[None, :] == query_at[:, None])[None]  # (B, T, P+T)
         attn_mask = (causal[None] & visible)[:, None]  # (B, 1, T, P+T)
         return self._trunk(input_ids, positions, attn_mask, past_key_values)
+
+    @torch.no_grad()
+    def attention_weights(self, idx):
+        """Every layer's attention weights over (B, T) ids: (n_layer, B, nh, T, T). Each layer's
+        weights are computed from the input its attention saw in an ordinary forward (caught by
+        a hook), so the trunk is the one forward runs."""
+        inputs = []
+        hooks = [block.attn.register_forward_hook(lambda module, args, output: inputs.append(args[0]))
+                 for block in self.transformer.h]
+        try:
+            self(idx)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return torch.stack([block.attn.weights(x) for block, x in zip(self.transformer.h, inputs)])
 
     def empty_past(self, batch_size: int, device=None):
         """A zero-length cache for a prefill, on `device` (default: the model's)."""

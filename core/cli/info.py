@@ -151,6 +151,7 @@ def describe_export(path: Path) -> dict:
         "opset": graph.opset,
         "quantization": quantization,
         "chat_template": artifact.chat_template is not None,
+        "attention_outputs": artifact.has_attention,  # gen export --attention
         "kv_cache": (
             {"n_layer": model["n_layer"], "n_head": model["n_head"], "head_size": model["head_size"]}
             if model["n_layer"] else None
@@ -253,6 +254,9 @@ def format_info(info: dict) -> list[str]:
         else:
             rows.append(("KV cache", f"yes: {_count(cache['n_layer'], 'layer')} x {_count(cache['n_head'], 'head')} x "
                                      f"{cache['head_size']}" if cache else "no (the model reads its whole window each step)"))
+        if cache:  # only a model with attention layers can have their weights as outputs
+            rows.append(("attention", "weights of every layer as outputs (gen attention, the playground's panel)"
+                         if info["attention_outputs"] else "not in the outputs (gen export --attention adds them)"))
         # "chat", not "chat template": no label longer than the others', which would move every column
         rows.append(("chat", "a chat template (gen serve's /v1/chat/completions uses it)" if info["chat_template"]
                      else "no chat template (gen serve's /v1/chat/completions uses its plain default)"))
