@@ -29,11 +29,13 @@ merges gets one that can never apply (its two halves are not characters).
 A model vocabulary larger than the tokenizer's is padded with unused tokens.
 
 What llama.cpp computes differently from gen, said here rather than hidden: llama.cpp's
-gpt2 graph applies the tanh approximation of GELU, gen's `gpt` the exact GELU (the two
-differ by up to about 1e-3 per activation; greedy ids agree on the models measured in
-benchmarks/vs_llamacpp.py). gen's char, byte and bpe tokenizers have no end-of-text
-token, and llama.cpp then takes id 11 as its end of generation for a gpt2 vocabulary:
-`llama-cli` stops where the model writes that token.
+gpt2 graph applies the tanh approximation of GELU, which is gpt's `activation=gelu_tanh`
+(GPT-2's own); a model with gpt's default exact GELU is written too, and the export says
+that llama.cpp approximates its activation (the two differ by up to about 1e-3 per
+activation; greedy ids agreed on the models measured in benchmarks/vs_llamacpp.py).
+gen's char, byte and bpe tokenizers have no end-of-text token, and llama.cpp then takes
+id 11 as its end of generation for a gpt2 vocabulary: `llama-cli` stops where the model
+writes that token.
 """
 from __future__ import annotations
 
@@ -210,4 +212,8 @@ def write_gguf(model, tokenizer_document: dict, path: str | os.PathLike, *, gguf
         say(f"wrote {path}: llama.cpp gpt2 GGUF, {gguf_type} ({path.stat().st_size / 1e6:.2f} MB), "
             f"{len(tensors)} tensors, {tokenizer_document['name']} tokenizer as a {len(tokens)}-token GPT-2 "
             f"byte-level vocabulary")
+        if getattr(config, "activation", "gelu") != "gelu_tanh":
+            say("note: llama.cpp's gpt2 computes GELU's tanh approximation and this model the exact GELU, so its "
+                "logits there differ slightly (about 1e-3); train with --model gpt:activation=gelu_tanh for an "
+                "exact match")
     return path

@@ -53,6 +53,7 @@ def test_every_tensor_and_the_metadata_read_back(char_run, tmp_path, gguf_type):
     path = tmp_path / f"model-{gguf_type}.gguf"
     exported = gen("export", "--gguf", path, "--gguf-type", gguf_type, "--checkpoint", char_run)
     assert exported.exit_code == 0, exported.output
+    assert "tanh approximation" in exported.output  # gpt's default exact GELU: llama.cpp approximates it
     loaded = load_checkpoint(char_run)
     config = loaded.model.config
     reader = gguf.GGUFReader(path)
@@ -116,6 +117,12 @@ def test_the_vocabulary_is_gpt2_byte_level_and_decodes_as_gen(tmp_path, tokenize
         assert {"Ã ©", "âĤ ¬"} <= set(merges)
     else:
         assert merges == ["[gen-no-merges] [gen-no-merges]"]
+
+
+def test_gpt2s_tanh_gelu_is_what_llamacpp_computes(tmp_path):
+    run = train(tmp_path, "char", "--model", "gpt:activation=gelu_tanh")
+    exported = gen("export", "--gguf", tmp_path / "model.gguf", "--checkpoint", run)
+    assert exported.exit_code == 0 and "wrote" in exported.output and "note" not in exported.output, exported.output
 
 
 def test_what_gguf_cannot_hold_is_refused_in_one_line(char_run, tmp_path):
