@@ -20,8 +20,10 @@ window, several times per measurement: gen through its generation loop
 (gen.core.generation.generate_ids, what `OnnxModel.generate` runs below the text), llama.cpp
 through llama_cpp.Llama.eval and an argmax of its logits. The table gives the best and the
 median tokens/s over the rounds, the ratio to the llama.cpp row it is paired with, the load
-average, and whether the greedy ids agree (with the largest logit difference along the way:
-llama.cpp's gpt2 uses GELU's tanh approximation where gen computes the exact GELU).
+average, and whether the greedy ids agree (with the largest logit difference along the way).
+The model uses GELU's tanh approximation (`--activation gelu_tanh`, GPT-2's), which is what
+llama.cpp's gpt2 computes; `--activation gelu` (gpt's default, the exact GELU) shows what the
+approximation changes.
 
 Then the split of gen's step: the time inside onnxruntime's session (run /
 run_with_iobinding, timed alone) against everything around it, per token, and the
@@ -114,10 +116,10 @@ def gen_command() -> str:
     return shutil.which("gen", path=str(Path(sys.executable).parent)) or "gen"
 
 
-def model_of(shape: str, data: Path, steps: int, work: Path):
-    """(a gpt of `shape`, its tokenizer document): trained `steps` steps on `data` by `gen train`,
-    or with 0 steps its random initialisation (seed 0) over the characters of `data`."""
-    config = SHAPES[shape]
+def model_of(shape: str, data: Path, steps: int, activation: str, work: Path):
+    """(a gpt of `shape` with `activation`, its tokenizer document): trained `steps` steps on `data`
+    by `gen train`, or with 0 steps its random initialisation (seed 0) over the characters of `data`."""
+    config = dict(SHAPES[shape], activation=activation)
     if steps == 0:
         import torch
 
@@ -134,7 +136,8 @@ def model_of(shape: str, data: Path, steps: int, work: Path):
     command = [gen_command(), "train", "--data", str(data), "--out", str(out), "--tokenizer", "char",
                "--block-size", str(config["block_size"]), "--n-layer", str(config["n_layer"]),
                "--n-head", str(config["n_head"]), "--n-embd", str(config["n_embd"]), "--max-iters", str(steps),
-               "--eval-interval", str(steps), "--eval-iters", "2", "--batch-size", "8", "--seed", "0"]
+               "--eval-interval", str(steps), "--eval-iters", "2", "--batch-size", "8", "--seed", "0",
+               "--model", f"gpt:activation={activation}"]
     trained = subprocess.run(command, capture_output=True, text=True)
     if trained.returncode != 0:
         sys.exit(f"gen train failed: {trained.stderr.strip() or trained.stdout.strip()}")
@@ -257,9 +260,10 @@ def agreement(gen_run, llama_run) -> str:
 def measure(shape: str, args, llama_cpp, work: Path) -> list[str]:
     """Run one shape and return its lines for the summary."""
     weights = f"{args.train_steps} training steps on {args.data}" if args.train_steps else "random weights (seed 0)"
-    print(f"\n== {shape}: {SHAPES[shape]}, {weights} ({load()})", flush=True)
+    print(f"\n== {shape}: {SHAPES[shape]}, activation {args.activation}, {weights} ({load()})", flush=True)
     (work / shape).mkdir(parents=True, exist_ok=True)
-    files = write_files(*model_of(shape, Path(args.data), args.train_steps, work / shape), work / shape)
+    files = write_files(*model_of(shape, Path(args.data), args.train_steps, args.activation, work / shape),
+                        work / shape)
     block = SHAPES[shape]["block_size"]
     count = block - 1  # "\n" and its continuation fill exactly one window: nothing slides, in either system
     generations = max(1, args.tokens // count)
@@ -338,6 +342,9 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=["quick", "big"])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=600, help="about this many tokens per measurement")
+    parser.add_argument("--activation", choices=["gelu_tanh", "gelu"], default="gelu_tanh",
+                        help="gpt's MLP activation: gelu_tanh is what llama.cpp's gpt2 computes; gelu (gpt's default, "
+                             "exact) shows the difference")
     parser.add_argument("--train-steps", type=int, default=20, help="steps of gen train on --data (0: random "
                                                                    "weights)")
     args = parser.parse_args()
