@@ -329,8 +329,13 @@ class CapacityCache:
 
     onnxruntime-genai's way: one buffer per cache tensor, of the capacity's positions,
     bound with IO binding as both the graph's past input and its present output, so the
-    graph writes each step's keys and values into it in place. A step then moves only
-    the new token ids, the mask and the slot they go to; nothing grows or is copied.
+    graph writes each step's keys and values into it in place. Everything else a decode
+    step moves is bound once too: numpy arrays for the new ids (B, 1), the mask over every
+    slot, the slot they go to and the logits (B, 1, vocab), each wrapped in an OrtValue
+    that shares its memory. A decode step writes the ids, the mask's columns and the slot
+    into those arrays, runs, and copies the logits out (the next step overwrites them); it
+    allocates and binds nothing. A prefill (several new tokens) binds its own ids and
+    logits, and the next decode step binds the one-token arrays back.
     Each generation has its own buffers and binding, so threads never share one.
     """
 
@@ -346,21 +351,45 @@ class CapacityCache:
             self.binding.bind_ortvalue_input(past, buffer)
             self.binding.bind_ortvalue_output(present, buffer)
         self.mask = np.zeros((batch_size, self.capacity), dtype=np.int64)  # over every slot
+        self.position = np.zeros(1, dtype=np.int64)  # the slot of the first new token
+        self.next_ids = np.zeros((batch_size, 1), dtype=np.int64)  # a decode step's ids
+        self.next_logits = np.zeros((batch_size, 1, generator.vocab_size), dtype=np.float32)  # and its logits
+        # The OrtValues share the arrays' memory; they are kept here so that the arrays outlive every run.
+        self._bound = {name: onnxruntime.OrtValue.ortvalue_from_numpy(array) for name, array in
+                       ((ATTENTION_MASK, self.mask), (CACHE_POSITION, self.position), (INPUT_IDS, self.next_ids),
+                        (LOGITS, self.next_logits))}
+        self.binding.bind_ortvalue_input(ATTENTION_MASK, self._bound[ATTENTION_MASK])
+        self.binding.bind_ortvalue_input(CACHE_POSITION, self._bound[CACHE_POSITION])
+        self._bind_decode_step()
+
+    def _bind_decode_step(self) -> None:
+        self.binding.bind_ortvalue_input(INPUT_IDS, self._bound[INPUT_IDS])
+        self.binding.bind_ortvalue_output(LOGITS, self._bound[LOGITS])
+        self._decode_bound = True
 
     def step(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """Run the graph on the new ids (B, T) with the mask of the past and them (B, P+T);
-        the buffers take the new keys and values at slots P..P+T-1. Returns the logits."""
+        the buffers take the new keys and values at slots P..P+T-1. Returns the logits (B, T, vocab)."""
         filled = attention_mask.shape[1]
+        new = input_ids.shape[1]
         if filled > self.capacity:
             raise GenError(f"a fixed-capacity cache holds {self.capacity} positions, not {filled}")
         self.mask[:, :filled] = attention_mask
         self.mask[:, filled:] = 0
-        self.binding.bind_cpu_input(INPUT_IDS, np.ascontiguousarray(input_ids, dtype=np.int64))
-        self.binding.bind_cpu_input(ATTENTION_MASK, self.mask)
-        self.binding.bind_cpu_input(CACHE_POSITION, np.array([filled - input_ids.shape[1]], dtype=np.int64))
-        self.binding.bind_output(LOGITS)  # anew each step: its shape follows the number of new tokens
+        self.position[0] = filled - new
+        if new == 1:
+            if not self._decode_bound:
+                self._bind_decode_step()
+            self.next_ids[:] = input_ids
+            self.session.run_with_iobinding(self.binding)
+            return self.next_logits.copy()
+        ids = np.ascontiguousarray(input_ids, dtype=np.int64)
+        logits = np.empty((*ids.shape, self.next_logits.shape[-1]), dtype=np.float32)
+        self.binding.bind_cpu_input(INPUT_IDS, ids)
+        self.binding.bind_ortvalue_output(LOGITS, onnxruntime.OrtValue.ortvalue_from_numpy(logits))
+        self._decode_bound = False
         self.session.run_with_iobinding(self.binding)
-        return self.binding.get_outputs()[-1].numpy()  # the logits, bound last
+        return logits
 
     def arrays(self, length: int) -> list[np.ndarray]:
         """The cache's first `length` positions as numpy arrays (for verification)."""

@@ -457,6 +457,22 @@ def test_the_fixed_capacity_cache_is_declared_and_updated_in_place(variants):
     assert np.abs(cache.arrays(4)[0][:, :, 3]).sum() > 0 and np.abs(cache.arrays(BLOCK_SIZE)[0][:, :, 4:]).sum() == 0
 
 
+def test_fixed_capacity_steps_equal_the_plain_cache_and_keep_the_logits_they_returned(variants):
+    """A decode step runs on arrays bound once and copies its logits out: what one step
+    returned stays as it was after the next, and every step equals the growing cache's."""
+    static, plain = OnnxModel(variants["static"]), OnnxModel(variants["fused"])
+    cache, past = static.empty_past(2), None
+    ids, mask = np.array([[0, 1, 2], [3, 4, 5]]), np.array([[0, 1, 1], [1, 1, 1]])  # the first row left-padded
+    returned = []
+    for step in range(4):
+        logits, cache = static.forward(ids, mask, cache)
+        expected, past = plain.forward(ids, mask, past)
+        assert np.abs(logits - expected).max() <= 1e-5, step
+        returned.append((logits, logits.copy()))
+        ids, mask = np.array([[6 + step], [9 + step]]), np.concatenate([mask, np.ones((2, 1), dtype=np.int64)], 1)
+    assert all(np.array_equal(logits, copy) for logits, copy in returned)
+
+
 def test_a_fixed_capacity_cache_needs_the_fused_gpt_graph(gpt, tokenizer, tmp_path):
     with pytest.raises(GenError, match="fixed-capacity cache .* gpt model only, and not with --portable"):
         export_model(gpt, tmp_path / "m.onnx", tokenizer_document=tokenizer_to_dict("char", tokenizer),

@@ -53,8 +53,16 @@ from gen.core import hookimpl
     help="Instead of OUTPUT: write a gpt checkpoint as a Hugging Face GPT-2 folder (config.json, "
          "model.safetensors, tokenizer.json) that transformers loads.",
 )
+@click.option(
+    "--gguf", "gguf_file", default=None, metavar="FILE", type=click.Path(dir_okay=False, path_type=str),
+    help="Instead of OUTPUT: write a gpt checkpoint as a llama.cpp GGUF file (architecture gpt2, GPT-2 "
+         "byte-level vocabulary) that llama.cpp and Ollama run.",
+)
+@click.option("--gguf-type", type=click.Choice(["f32", "f16", "q8_0", "q4_0"]), default="f32", show_default=True,
+              metavar="TYPE", help="The weights' type in the --gguf file: f32, f16, q8_0 or q4_0 (norms, biases "
+                                   "and positions stay f32).")
 def export(output, checkpoint, opset, portable, static_cache, attention, quantize, verify, overwrite, chat_template_file,
-           genai_dir, hf_dir):
+           genai_dir, hf_dir, gguf_file, gguf_type):
     """Export a checkpoint to OUTPUT.onnx: graph, weights, tokenizer and config in one file.
 
     With --genai DIR, the same file goes into DIR beside a genai_config.json, for
@@ -64,22 +72,35 @@ def export(output, checkpoint, opset, portable, static_cache, attention, quantiz
     With --hf DIR, a gpt checkpoint becomes a Hugging Face GPT-2 folder for
     transformers (GPT2LMHeadModel, AutoTokenizer); --chat-template goes into its
     tokenizer_config.json.
+
+    With --gguf FILE, a gpt checkpoint becomes a gpt2 GGUF file for llama.cpp
+    (pip install 'gen[gguf]'), its weights in --gguf-type.
     """
     from gen.core.errors import GenError
 
-    if [output, genai_dir, hf_dir].count(None) != 2:
-        raise GenError("give OUTPUT.onnx, or --genai DIR for onnxruntime-genai, or --hf DIR for transformers "
-                       "(one of them)")
+    if [output, genai_dir, hf_dir, gguf_file].count(None) != 3:
+        raise GenError("give OUTPUT.onnx, or --genai DIR for onnxruntime-genai, or --hf DIR for transformers, "
+                       "or --gguf FILE for llama.cpp (one of them)")
+    if gguf_type != "f32" and gguf_file is None:
+        raise GenError("--gguf-type is the weights' type of a --gguf file; give --gguf FILE, or --quantize for ONNX")
     chat_template = None
     if chat_template_file is not None:
         from gen.core.reading import SIZE_LIMITS, read_text
 
         chat_template = read_text(chat_template_file, "chat template", SIZE_LIMITS["chat template"])
+    onnx_only = [name for name, given in (("--opset", opset is not None), ("--portable", portable),
+                                           ("--static-cache", static_cache), ("--attention", attention),
+                                           ("--quantize", quantize is not None))
+                 if given]
+    if gguf_file is not None:
+        if onnx_only or chat_template is not None:
+            raise GenError(f"{', '.join(onnx_only + (['--chat-template'] if chat_template else []))}: not for "
+                           f"--gguf, which takes --gguf-type for its weights")
+        from gen.export.gguf import export_gguf
+
+        export_gguf(checkpoint, gguf_file, gguf_type=gguf_type, overwrite=overwrite, say=click.echo)
+        return
     if hf_dir is not None:
-        onnx_only = [name for name, given in (("--opset", opset is not None), ("--portable", portable),
-                                               ("--static-cache", static_cache), ("--attention", attention),
-                                               ("--quantize", quantize is not None))
-                     if given]
         if onnx_only:
             raise GenError(f"{', '.join(onnx_only)}: for an ONNX export only; --hf writes the float32 weights as they are")
         from gen.core.training.hf import export_hf
