@@ -34,6 +34,7 @@ class TrainConfig:
     # data
     data: str = "shakespeare"
     tokenizer: str = "char"  # NAME[:KEY=VALUE,...], e.g. bpe:vocab_size=512
+    verify: bool = False  # read a token folder's shards in full against their sums before training
     # the model: NAME[:KEY=VALUE,...]; None below means "the model's own default"
     model: str = "gpt"
     block_size: int | None = None
@@ -73,7 +74,7 @@ MODEL_SHORTCUTS = ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bias
 # What a resumed run cannot change: the model, its data and its tokens.
 FIXED_ON_RESUME = ("data", "tokenizer", "model") + MODEL_SHORTCUTS
 # What saying --resume or --overwrite on the command line does not store in a checkpoint.
-NOT_SAVED = ("resume", "overwrite")
+NOT_SAVED = ("resume", "overwrite", "verify")
 DTYPES = ("auto", "float32", "bfloat16")
 
 # The range of every numeric training option, (lowest, highest) with None for no
