@@ -16,9 +16,12 @@ A nanoGPT data folder (`train.bin` and `val.bin` of uint16 ids, as its prepare.p
 them, and `meta.pkl` for a character-level vocabulary) is read as it is: the same kind
 of stream, train.bin then val.bin.
 
-Nothing here loads a shard. Batches are windows read through np.memmap (as nanoGPT's
-train.py reads train.bin), each mapping only the pages of its own window, so the memory
-and the address space of training stay flat however large the corpus is.
+Nothing here loads a shard. Batches are windows read from np.memmap maps of the shards
+(as nanoGPT's train.py reads train.bin): only the pages a window touches are read, so
+resident memory stays flat however large the corpus is. The maps are kept open, as
+nanoGPT keeps its one, up to MAPPED_BYTES of them: past that the least recently used is
+closed, so the address space stays bounded too (a 4 GB RLIMIT_AS still trains a corpus of
+tens of GB), at the price of a map now and then (about 0.1 ms).
 
 What is checked before training, each failure one GenError line (`check_tokens`):
 - always: every shard is a regular file of exactly the bytes the index gives it (what an
@@ -35,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -55,6 +59,7 @@ NANOGPT_META = "meta.pkl"
 NANOGPT_DTYPE = "uint16"  # nanoGPT's prepare.py writes np.uint16 (GPT-2's 50,257 ids fit)
 DTYPES = ("uint16", "uint32")
 READ_BLOCK = 1 << 24  # ids read at a time when a shard is scanned in full
+MAPPED_BYTES = 2**30  # the most bytes of shards mapped at once by one process
 
 
 def token_dtype(vocab_size: int) -> str:
@@ -115,20 +120,34 @@ class ShardedTokens:
     that fits), and `windows(starts, length)`, the rows of a training batch.
     """
 
-    def __init__(self, paths: list[Path], lengths: list[int], dtype: str, start: int = 0, stop: int | None = None):
+    def __init__(self, paths: list[Path], lengths: list[int], dtype: str, start: int = 0, stop: int | None = None,
+                 maps: OrderedDict | None = None):
         self.paths = list(paths)
         self.lengths = np.asarray(lengths, dtype=np.int64)  # (S,) ids per shard
         self.ends = np.cumsum(self.lengths)  # (S,) the stream position just past each shard
         self.dtype = np.dtype(dtype)
         self.start = start
         self.stop = int(self.ends[-1]) if stop is None and len(self.ends) else (stop or 0)
+        # shard number -> its np.memmap, least recently used first; shared by the views of one stream
+        self.maps = OrderedDict() if maps is None else maps
 
     def __len__(self) -> int:
         return self.stop - self.start
 
     def view(self, start: int, stop: int) -> "ShardedTokens":
         """The ids [start, stop) of this view, as a view of the same shards."""
-        return ShardedTokens(self.paths, self.lengths, self.dtype.name, self.start + start, self.start + stop)
+        return ShardedTokens(self.paths, self.lengths, self.dtype.name, self.start + start, self.start + stop,
+                             self.maps)
+
+    def _mapped(self, shard: int) -> np.memmap:
+        """Shard `shard` mapped, and the least recently used maps closed past MAPPED_BYTES."""
+        mapped = self.maps.pop(shard, None)
+        if mapped is None:
+            mapped = np.memmap(self.paths[shard], dtype=self.dtype, mode="r", shape=(int(self.lengths[shard]),))
+            while self.maps and sum(m.nbytes for m in self.maps.values()) + mapped.nbytes > MAPPED_BYTES:
+                self.maps.popitem(last=False)  # the last reference: the map is closed
+        self.maps[shard] = mapped
+        return mapped
 
     def read(self, position: int, count: int) -> np.ndarray:
         """`count` ids from `position` of this view, as int64; a read may span shards."""
@@ -137,19 +156,28 @@ class ShardedTokens:
         filled = 0
         while filled < count:
             shard = int(np.searchsorted(self.ends, position, side="right"))
-            shard_start = int(self.ends[shard] - self.lengths[shard])
-            take = min(count - filled, int(self.ends[shard]) - position)
-            # a map of this window's pages alone, dropped when the copy is made
-            ids[filled:filled + take] = np.memmap(self.paths[shard], dtype=self.dtype, mode="r",
-                                                  offset=(position - shard_start) * self.dtype.itemsize,
-                                                  shape=(take,))
+            offset = position - int(self.ends[shard] - self.lengths[shard])
+            take = min(count - filled, int(self.lengths[shard]) - offset)
+            ids[filled:filled + take] = self._mapped(shard)[offset:offset + take]
             filled += take
             position += take
         return ids
 
     def windows(self, starts: np.ndarray, length: int) -> np.ndarray:
-        """The rows of `length` ids from each of `starts`: (B, length) int64."""
-        return np.stack([self.read(int(start), length) for start in starts])
+        """The rows of `length` ids from each of `starts`: (B, length) int64. The rows inside
+        one shard are gathered from its map at once; a row across two shards is read alone."""
+        positions = np.asarray(starts, dtype=np.int64) + self.start  # (B,)
+        shards = np.searchsorted(self.ends, positions, side="right")  # (B,)
+        crossing = positions + length > self.ends[shards]  # (B,) rows that run into the next shard
+        rows = np.empty((len(positions), length), dtype=np.int64)  # (B, length)
+        offsets = np.arange(length)  # (length,)
+        for shard in np.unique(shards[~crossing]):
+            chosen = (shards == shard) & ~crossing
+            local = positions[chosen] - (self.ends[shard] - self.lengths[shard])  # (b,) starts inside the shard
+            rows[chosen] = self._mapped(int(shard))[local[:, None] + offsets]  # (b, length)
+        for row in np.flatnonzero(crossing):
+            rows[row] = self.read(int(positions[row]) - self.start, length)
+        return rows
 
     def __getitem__(self, key: slice) -> np.ndarray:
         if not isinstance(key, slice):

@@ -225,3 +225,22 @@ def test_an_interrupted_prepare_leaves_nothing_half_written(text, tmp_path):
     ok(gen("prepare", "--data", big, "--out", out, "--shard-tokens", 1_000_000))  # starts over, and cleans up
     assert sorted(path.name for path in tmp_path.iterdir()) == ["big.txt", "shards"]
     assert sum(shard["tokens"] for shard in index_of(out)["shards"]) == len(text) * 200
+
+
+def test_windows_across_shard_boundaries(tmp_path):
+    """Batch rows gathered from the maps, and rows that run from one shard into the next (an
+    empty shard between them included), are the ids of the stream."""
+    from gen.core.shards import ShardedTokens
+
+    rng = np.random.default_rng(0)
+    parts = [rng.integers(0, 1000, size=n, dtype=np.uint16) for n in (100, 7, 250, 0, 60)]
+    for number, part in enumerate(parts):
+        part.tofile(tmp_path / f"{number}.bin")
+    stream = np.concatenate(parts).astype(np.int64)
+    tokens = ShardedTokens([tmp_path / f"{n}.bin" for n in range(5)], [len(part) for part in parts], "uint16")
+    view = tokens.view(20, 400)
+    for length in (1, 5, 33, 65):
+        starts = rng.integers(0, len(view) - length + 1, size=50)
+        expected = np.stack([stream[20 + start:20 + start + length] for start in starts])
+        assert np.array_equal(view.windows(starts, length), expected), length
+    assert np.array_equal(view[:], stream[20:400]) and np.array_equal(np.asarray(tokens), stream)
