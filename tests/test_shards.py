@@ -244,3 +244,15 @@ def test_windows_across_shard_boundaries(tmp_path):
         expected = np.stack([stream[20 + start:20 + start + length] for start in starts])
         assert np.array_equal(view.windows(starts, length), expected), length
     assert np.array_equal(view[:], stream[20:400]) and np.array_equal(np.asarray(tokens), stream)
+
+
+def test_a_char_vocabulary_learned_from_the_sample_says_what_it_lacks(tmp_path, monkeypatch):
+    from gen.core.training import prepare
+
+    monkeypatch.setattr(prepare, "SAMPLE_BYTES", 100)
+    monkeypatch.setattr(prepare, "CHUNK_BYTES", 100)
+    (tmp_path / "corpus.txt").write_text("abc abc\n" * 50 + "a rare z\n")
+    one_line_error(gen("prepare", "--data", tmp_path / "corpus.txt", "--out", tmp_path / "out"),
+                   "character 'r'", "learned its vocabulary from the first", "prepare with byte or bpe")
+    assert not (tmp_path / "out").exists()
+    ok(gen("prepare", "--data", tmp_path / "corpus.txt", "--tokenizer", "byte", "--out", tmp_path / "out"))

@@ -305,6 +305,7 @@ def prepare(data: str, tokenizer_spec: str, out: str | os.PathLike, *, workers: 
         blocks = ((split[start:start + CHUNK_BYTES], 2 * min(CHUNK_BYTES, len(split) - start))
                   for split in (dataset.train_ids, dataset.val_ids) for start in range(0, len(split), CHUNK_BYTES))
         encoded, total, unit = blocks, 2 * (len(dataset.train_ids) + len(dataset.val_ids)), "B"
+        sample = None
         description = f"nanoGPT's train.bin and val.bin in {data!r}"
     else:
         source = open_source(data, text_column)
@@ -321,9 +322,11 @@ def prepare(data: str, tokenizer_spec: str, out: str | os.PathLike, *, workers: 
         writer = ShardWriter(temporary, dtype, shard_tokens)
         with tqdm(total=total, unit=unit, unit_scale=True, desc="preparing", dynamic_ncols=True,
                   disable=None if progress else True) as bar:
-            for ids, advance in encoded:
+            read = 0
+            for ids, advance in _explained(encoded, lambda: read, sample):
                 writer.add(ids)
                 bar.update(advance)
+                read += advance
         entries = writer.finish()
         tokens = sum(entry["tokens"] for entry in entries)
         if tokens == 0:
@@ -340,6 +343,19 @@ def prepare(data: str, tokenizer_spec: str, out: str | os.PathLike, *, workers: 
         f"{len(entries)} {dtype} shard(s), {format_bytes(tokens * np.dtype(dtype).itemsize)}, from {description}; "
         f"took {seconds:.1f} s{rate}; train with: gen train --data {out}")
     return result
+
+
+def _explained(encoded: Iterator, read: Callable[[], int], sample: str | None) -> Iterator:
+    """`encoded`, with a text the tokenizer cannot encode explained: where, and why (a
+    vocabulary learned from the sample lacks what comes later)."""
+    try:
+        yield from encoded
+    except GenError as error:
+        if not sample:
+            raise
+        raise GenError(f"{error}, in the text after the first {read():,} bytes or records; the tokenizer learned "
+                       f"its vocabulary from the first {len(sample):,} characters alone: prepare with byte or bpe, "
+                       f"which encode any text") from None
 
 
 def _tokenizer_class(spec: str):
