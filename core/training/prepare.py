@@ -335,10 +335,10 @@ def prepare(data: str, tokenizer_spec: str, out: str | os.PathLike, *, workers: 
             train_tokens = int(tokens * TRAIN_FRACTION)  # as gen.core.data.split_tokens cuts
         index = {"format": INDEX_FORMAT, "source": str(data), "tokenizer": document, "tokenizer_spec": spec,
                  "dtype": dtype, "train_tokens": train_tokens, "shards": entries}
-        (temporary / INDEX_FILE).write_text(json.dumps(index, indent=1), encoding="utf-8")
+        (temporary / INDEX_FILE).write_text(json.dumps(index), encoding="utf-8")
     seconds = time.perf_counter() - started
     result = Prepared(out, tokens, train_tokens, len(entries), dtype, seconds, total if unit == "B" else None)
-    rate = f", {result.source_bytes / seconds / 1e6:,.1f} MB/s" if result.source_bytes else ""
+    rate = f", {result.source_bytes / seconds / 1e6:,.2f} MB/s" if result.source_bytes else ""
     say(f"wrote {out}: {tokens:,} {spec} tokens ({train_tokens:,} train, {tokens - train_tokens:,} val) in "
         f"{len(entries)} {dtype} shard(s), {format_bytes(tokens * np.dtype(dtype).itemsize)}, from {description}; "
         f"took {seconds:.1f} s{rate}; train with: gen train --data {out}")
