@@ -254,10 +254,6 @@ class ShardWriter:
             if self.tokens == self.shard_tokens:
                 self._close()
 
-    @property
-    def total(self) -> int:
-        return sum(entry["tokens"] for entry in self.entries) + (self.tokens if self.file else 0)
-
     def finish(self) -> list[dict]:
         if self.file is not None:
             self._close()
@@ -302,21 +298,19 @@ def prepare(data: str, tokenizer_spec: str, out: str | os.PathLike, *, workers: 
         dataset = load_dataset(data, tokenizer_spec=tokenizer_spec, progress=progress)
         spec = dataset.tokenizer_spec
         document, train_tokens = dataset.tokenizer_document, len(dataset.train_ids)
-        blocks = ((split[start:start + CHUNK_BYTES], 2 * min(CHUNK_BYTES, len(split) - start))
-                  for split in (dataset.train_ids, dataset.val_ids) for start in range(0, len(split), CHUNK_BYTES))
-        encoded, total, unit = blocks, 2 * (len(dataset.train_ids) + len(dataset.val_ids)), "B"
-        sample = None
+        dtype = token_dtype(dataset.tokenizer.vocab_size)
+        encoded = ((split[start:start + CHUNK_BYTES], min(CHUNK_BYTES, len(split) - start))
+                   for split in (dataset.train_ids, dataset.val_ids) for start in range(0, len(split), CHUNK_BYTES))
+        total, unit, sample = len(dataset.train_ids) + len(dataset.val_ids), "tokens", None
         description = f"nanoGPT's train.bin and val.bin in {data!r}"
     else:
         source = open_source(data, text_column)
         tokenizer_class = _tokenizer_class(tokenizer_spec)
         sample = _sample(source) if getattr(tokenizer_class, "learns_from_text", True) is not False else ""
-        _, document = train_tokenizer(sample, tokenizer_spec, progress=progress)
-        spec, train_tokens = tokenizer_spec, None
-        encoded = encoded_chunks(source.chunks(), document, token_dtype(tokenizer_from_dict(document).vocab_size),
-                                 workers)
+        tokenizer, document = train_tokenizer(sample, tokenizer_spec, progress=progress)
+        spec, train_tokens, dtype = tokenizer_spec, None, token_dtype(tokenizer.vocab_size)
+        encoded = encoded_chunks(source.chunks(), document, dtype, workers)
         total, unit, description = source.total, source.unit, source.description
-    dtype = token_dtype(tokenizer_from_dict(document).vocab_size)
 
     with replace_directory_atomically(out) as temporary:
         writer = ShardWriter(temporary, dtype, shard_tokens)
