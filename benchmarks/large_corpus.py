@@ -46,19 +46,20 @@ def load() -> str:
 
 
 def write_corpus(path: Path, megabytes: int, seed: int = 0) -> None:
-    """`megabytes` MB of random words, written 16 MB at a time; 16 distinct blocks, then repeated."""
+    """`megabytes` MB of random words, written 16 MB at a time: 2 distinct blocks, then repeated
+    (what is measured does not depend on the text, and drawing it is slow on a busy machine)."""
     rng = np.random.default_rng(seed)
     words = np.array(["".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), rng.integers(2, 9)))
                       for _ in range(2000)])
     blocks, written, target = [], 0, megabytes * 10**6
     with open(path, "w", encoding="utf-8") as file:
         while written < target:
-            if len(blocks) < 16:
+            if len(blocks) < 2:
                 lines = words[rng.integers(0, len(words), size=2_600_000)].reshape(-1, 13)  # (lines, 13)
                 blocks.append("\n".join(" ".join(line) for line in lines) + "\n")
                 block = blocks[-1]
             else:
-                block = blocks[(written // len(blocks[0])) % 16]
+                block = blocks[(written // len(blocks[0])) % 2]
             block = block[:target - written]
             file.write(block)
             written += len(block)
