@@ -371,28 +371,37 @@ def _token_folder_dataset(data: str, tokenizer_spec: str | None, tokenizer_docum
     meta.pkl) carry no tokenizer: they need one built from a file, GPT-2's own.
     """
     folder = open_token_folder(data, verify=verify, progress=progress)
-    where = f"the token folder {data!r}"
-    recorded, spec = folder.tokenizer_document, folder.tokenizer_spec
-    if recorded is None:
+    recorded = folder.tokenizer_document
+    if recorded is None:  # nanoGPT's GPT-2 ids carry no tokenizer
+        spec = tokenizer_spec
         if tokenizer is None and tokenizer_document is None:
             tokenizer, tokenizer_document = _tokenizer_for_gpt2_ids(data, tokenizer_spec)
-            spec = tokenizer_spec
-    elif tokenizer_spec is not None and parse_spec(tokenizer_spec, "tokenizer") != parse_spec(spec, "tokenizer"):
-        raise GenError(f"{where} was prepared with --tokenizer {spec}, not {tokenizer_spec}; "
-                       f"leave --tokenizer out (the folder's own is used), or prepare it again")
-    if tokenizer is None and tokenizer_document is None:
-        tokenizer_document = recorded
-    if recorded is not None:
-        given = tokenizer_document if tokenizer is None else {"name": recorded["name"], "state": tokenizer.to_dict()}
-        if not same_tokenizer(given, recorded):
-            raise GenError(f"{where} was prepared with another tokenizer than this model's ({recorded['name']} "
-                           f"of its own vocabulary); give the folder prepared for this model, or prepare "
-                           f"the corpus again with its tokenizer")
+    else:
+        spec = folder.tokenizer_spec
+        _check_folder_tokenizer(data, recorded, spec, tokenizer_spec, tokenizer_document, tokenizer)
+        if tokenizer is None and tokenizer_document is None:
+            tokenizer_document = recorded
     if tokenizer is None:
         tokenizer = tokenizer_from_dict(tokenizer_document)
     check_tokens(folder, tokenizer)
     train_ids, val_ids = folder.splits()
     return Dataset(data, tokenizer, tokenizer_document, train_ids, val_ids, tokenizer_spec=spec)
+
+
+def _check_folder_tokenizer(data: str, recorded: dict, spec: str, tokenizer_spec: str | None,
+                            tokenizer_document: dict | None, tokenizer: Tokenizer | None) -> None:
+    """Refuse a --tokenizer other than the one the folder was prepared with, and a checkpoint's
+    or an ONNX file's tokenizer other than the folder's."""
+    where = f"the token folder {data!r}"
+    if tokenizer_spec is not None and parse_spec(tokenizer_spec, "tokenizer") != parse_spec(spec, "tokenizer"):
+        raise GenError(f"{where} was prepared with --tokenizer {spec}, not {tokenizer_spec}; "
+                       f"leave --tokenizer out (the folder's own is used), or prepare it again")
+    # (a tokenizer object does not know its registered name: it is compared by its state)
+    callers = tokenizer_document if tokenizer is None else {"name": recorded["name"], "state": tokenizer.to_dict()}
+    if callers is not None and not same_tokenizer(callers, recorded):
+        raise GenError(f"{where} was prepared with another tokenizer than this model's ({recorded['name']} "
+                       f"of its own vocabulary); give the folder prepared for this model, or prepare "
+                       f"the corpus again with its tokenizer")
 
 
 def _tokenizer_for_gpt2_ids(data: str, tokenizer_spec: str | None) -> tuple[Tokenizer, dict]:
