@@ -16,12 +16,14 @@ A nanoGPT data folder (`train.bin` and `val.bin` of uint16 ids, as its prepare.p
 them, and `meta.pkl` for a character-level vocabulary) is read as it is: the same kind
 of stream, train.bin then val.bin.
 
-Nothing here loads a shard. Batches are windows read from np.memmap maps of the shards
-(as nanoGPT's train.py reads train.bin): only the pages a window touches are read, so
-resident memory stays flat however large the corpus is. The maps are kept open, as
-nanoGPT keeps its one, up to MAPPED_BYTES of them: past that the least recently used is
-closed, so the address space stays bounded too (a 4 GB RLIMIT_AS still trains a corpus of
-tens of GB), at the price of a map now and then (about 0.1 ms).
+Nothing here loads a shard. Batches are windows read from np.memmap maps of the shards,
+as nanoGPT's train.py reads train.bin: only the pages a window touches are read, so
+resident memory stays flat however large the corpus is. Every shard is mapped once and
+kept, as nanoGPT keeps its one map, unless the address space is limited (RLIMIT_AS,
+`ulimit -v`): then maps take at most a quarter of the limit (MAPPED_BYTES), and the windows
+of the shards past it are read from their files (np.fromfile), so a corpus of any size
+trains under the limit. (Closing and opening maps as batches wander was tried: about
+0.2 ms a map on a busy machine, 2 ms a batch.)
 
 What is checked before training, each failure one GenError line (`check_tokens`):
 - always: every shard is a regular file of exactly the bytes the index gives it (what an
@@ -38,7 +40,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -59,7 +60,22 @@ NANOGPT_META = "meta.pkl"
 NANOGPT_DTYPE = "uint16"  # nanoGPT's prepare.py writes np.uint16 (GPT-2's 50,257 ids fit)
 DTYPES = ("uint16", "uint32")
 READ_BLOCK = 1 << 24  # ids read at a time when a shard is scanned in full
-MAPPED_BYTES = 2**30  # the most bytes of shards mapped at once by one process
+MAPPED_BYTES_UNLIMITED = 2**62
+
+
+def _mapping_budget() -> int:
+    """The bytes of shards one process maps: all of them, unless its address space is
+    limited, then a quarter of the limit (the rest is torch's, Python's and the model's)."""
+    try:
+        import resource
+
+        limit, _ = resource.getrlimit(resource.RLIMIT_AS)
+    except (ImportError, OSError, ValueError):  # no RLIMIT_AS here (Windows)
+        return MAPPED_BYTES_UNLIMITED
+    return MAPPED_BYTES_UNLIMITED if limit == resource.RLIM_INFINITY else limit // 4
+
+
+MAPPED_BYTES = _mapping_budget()  # the most bytes of shards one process keeps mapped
 
 
 def token_dtype(vocab_size: int) -> str:
@@ -121,33 +137,44 @@ class ShardedTokens:
     """
 
     def __init__(self, paths: list[Path], lengths: list[int], dtype: str, start: int = 0, stop: int | None = None,
-                 maps: OrderedDict | None = None):
+                 maps: dict | None = None):
         self.paths = list(paths)
         self.lengths = np.asarray(lengths, dtype=np.int64)  # (S,) ids per shard
         self.ends = np.cumsum(self.lengths)  # (S,) the stream position just past each shard
         self.dtype = np.dtype(dtype)
         self.start = start
         self.stop = int(self.ends[-1]) if stop is None and len(self.ends) else (stop or 0)
-        # shard number -> its np.memmap, least recently used first; shared by the views of one stream
-        self.maps = OrderedDict() if maps is None else maps
+        # shard number -> its np.memmap, shared by the views of one stream, up to mapped_bytes of them
+        self.maps = {} if maps is None else maps
+        self.mapped_bytes = MAPPED_BYTES
 
     def __len__(self) -> int:
         return self.stop - self.start
 
     def view(self, start: int, stop: int) -> "ShardedTokens":
         """The ids [start, stop) of this view, as a view of the same shards."""
-        return ShardedTokens(self.paths, self.lengths, self.dtype.name, self.start + start, self.start + stop,
+        view = ShardedTokens(self.paths, self.lengths, self.dtype.name, self.start + start, self.start + stop,
                              self.maps)
+        view.mapped_bytes = self.mapped_bytes
+        return view
 
-    def _mapped(self, shard: int) -> np.memmap:
-        """Shard `shard` mapped, and the least recently used maps closed past MAPPED_BYTES."""
-        mapped = self.maps.pop(shard, None)
+    def _mapped(self, shard: int) -> np.memmap | None:
+        """Shard `shard` mapped (once, then kept), or None past `mapped_bytes` of maps."""
+        mapped = self.maps.get(shard)
         if mapped is None:
-            mapped = np.memmap(self.paths[shard], dtype=self.dtype, mode="r", shape=(int(self.lengths[shard]),))
-            while self.maps and sum(m.nbytes for m in self.maps.values()) + mapped.nbytes > MAPPED_BYTES:
-                self.maps.popitem(last=False)  # the last reference: the map is closed
-        self.maps[shard] = mapped
+            size = int(self.lengths[shard]) * self.dtype.itemsize
+            if sum(m.nbytes for m in self.maps.values()) + size > self.mapped_bytes:
+                return None
+            mapped = self.maps[shard] = np.memmap(self.paths[shard], dtype=self.dtype, mode="r",
+                                                  shape=(int(self.lengths[shard]),))
         return mapped
+
+    def _ids(self, shard: int, offset: int, count: int) -> np.ndarray:
+        """`count` ids of shard `shard` from `offset`: from its map, or read from its file."""
+        mapped = self._mapped(shard)
+        if mapped is not None:
+            return mapped[offset:offset + count]
+        return np.fromfile(self.paths[shard], dtype=self.dtype, count=count, offset=offset * self.dtype.itemsize)
 
     def read(self, position: int, count: int) -> np.ndarray:
         """`count` ids from `position` of this view, as int64; a read may span shards."""
@@ -158,23 +185,28 @@ class ShardedTokens:
             shard = int(np.searchsorted(self.ends, position, side="right"))
             offset = position - int(self.ends[shard] - self.lengths[shard])
             take = min(count - filled, int(self.lengths[shard]) - offset)
-            ids[filled:filled + take] = self._mapped(shard)[offset:offset + take]
+            ids[filled:filled + take] = self._ids(shard, offset, take)
             filled += take
             position += take
         return ids
 
     def windows(self, starts: np.ndarray, length: int) -> np.ndarray:
         """The rows of `length` ids from each of `starts`: (B, length) int64. The rows inside
-        one shard are gathered from its map at once; a row across two shards is read alone."""
+        one mapped shard are gathered from its map at once; a row across two shards, or of a
+        shard past the mapping budget, is read alone."""
         positions = np.asarray(starts, dtype=np.int64) + self.start  # (B,)
         shards = np.searchsorted(self.ends, positions, side="right")  # (B,)
         crossing = positions + length > self.ends[shards]  # (B,) rows that run into the next shard
         rows = np.empty((len(positions), length), dtype=np.int64)  # (B, length)
         offsets = np.arange(length)  # (length,)
         for shard in np.unique(shards[~crossing]):
+            mapped = self._mapped(int(shard))
+            if mapped is None:  # past the mapping budget: these rows are read alone, below
+                crossing |= shards == shard
+                continue
             chosen = (shards == shard) & ~crossing
             local = positions[chosen] - (self.ends[shard] - self.lengths[shard])  # (b,) starts inside the shard
-            rows[chosen] = self._mapped(int(shard))[local[:, None] + offsets]  # (b, length)
+            rows[chosen] = mapped[local[:, None] + offsets]  # (b, length)
         for row in np.flatnonzero(crossing):
             rows[row] = self.read(int(positions[row]) - self.start, length)
         return rows

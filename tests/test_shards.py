@@ -227,23 +227,28 @@ def test_an_interrupted_prepare_leaves_nothing_half_written(text, tmp_path):
     assert sum(shard["tokens"] for shard in index_of(out)["shards"]) == len(text) * 200
 
 
-def test_windows_across_shard_boundaries(tmp_path):
-    """Batch rows gathered from the maps, and rows that run from one shard into the next (an
-    empty shard between them included), are the ids of the stream."""
-    from gen.core.shards import ShardedTokens
+@pytest.mark.parametrize("mapped_bytes", [None, 300, 0])
+def test_windows_across_shard_boundaries(tmp_path, monkeypatch, mapped_bytes):
+    """Batch rows gathered from the maps, rows that run from one shard into the next (an empty
+    shard between them included), and rows of shards past the mapping budget (an address-space
+    limit's) are the ids of the stream."""
+    from gen.core import shards
 
+    if mapped_bytes is not None:
+        monkeypatch.setattr(shards, "MAPPED_BYTES", mapped_bytes)
     rng = np.random.default_rng(0)
     parts = [rng.integers(0, 1000, size=n, dtype=np.uint16) for n in (100, 7, 250, 0, 60)]
     for number, part in enumerate(parts):
         part.tofile(tmp_path / f"{number}.bin")
     stream = np.concatenate(parts).astype(np.int64)
-    tokens = ShardedTokens([tmp_path / f"{n}.bin" for n in range(5)], [len(part) for part in parts], "uint16")
+    tokens = shards.ShardedTokens([tmp_path / f"{n}.bin" for n in range(5)], [len(p) for p in parts], "uint16")
     view = tokens.view(20, 400)
     for length in (1, 5, 33, 65):
         starts = rng.integers(0, len(view) - length + 1, size=50)
         expected = np.stack([stream[20 + start:20 + start + length] for start in starts])
         assert np.array_equal(view.windows(starts, length), expected), length
     assert np.array_equal(view[:], stream[20:400]) and np.array_equal(np.asarray(tokens), stream)
+    assert sum(mapped.nbytes for mapped in tokens.maps.values()) <= tokens.mapped_bytes
 
 
 def test_a_char_vocabulary_learned_from_the_sample_says_what_it_lacks(tmp_path, monkeypatch):
