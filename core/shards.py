@@ -30,8 +30,9 @@ What is checked before training, each failure one GenError line (`check_tokens`)
   interrupted copy or a cut-off download leaves behind), the corpus is not empty, and the
   largest id the index records fits the vocabulary;
 - with `verify` (`gen train --verify`): every shard's sha256 and largest id, read in full.
-  That reads the whole corpus (about a second per GB from the page cache, far longer from
-  a cold disk) at every start and resume, which is why it is asked for, not the default;
+  That reads and hashes the whole corpus (sha256 runs at well under 1 GB/s a core, and a
+  cold disk is slower still) at every start and resume, which is why it is asked for, not
+  the default;
 - a nanoGPT folder records no sums and no largest id: its ids are scanned at every start
   (the same full read), since an id past the vocabulary would crash training later.
 """
