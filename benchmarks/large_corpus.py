@@ -157,6 +157,18 @@ def sampling_cost(folder: Path, label: str, rounds: int, batches: int) -> None:
         print(f"  {name:44s} {statistics.median(runs) * 1e6:8.1f} us per batch {load()}")
 
 
+def verify_speed(folder: Path) -> None:
+    """What gen train --verify costs: every shard read, hashed and scanned for its largest id."""
+    from gen.core.shards import open_token_folder
+
+    started = time.perf_counter()
+    tokens = open_token_folder(folder, verify=True).tokens
+    seconds = time.perf_counter() - started
+    size = len(tokens) * tokens.dtype.itemsize
+    print(f"  gen train --verify reads {size / 1e6:,.0f} MB of shards in {seconds:.1f} s, {size / seconds / 1e6:,.0f} "
+          f"MB/s (from the page cache) {load()}", flush=True)
+
+
 def train_step_time(steps: int = 20) -> tuple[int, float]:
     """The median time of a training step of TRAIN's model (for scale beside the sampling cost)."""
     import torch
@@ -198,6 +210,7 @@ def main() -> None:
         _, step_seconds = train_step_time()
         print(f"  one training step of this benchmark's model (batch 12 x block 64): {step_seconds * 1e6:,.0f} us "
               f"{load()}")
+        verify_speed(work / "small")
         print("peak resident memory of gen train:")
         peaks = {"small": train_memory(f"on {args.small_mb} MB of token shards", work / "small", work)}
         train_memory(f"on the {args.small_mb} MB text (in memory)", small, work)
