@@ -341,14 +341,18 @@ def load_dataset(
     tokenizer_document: dict | None = None,
     tokenizer: Tokenizer | None = None,
     progress: bool = True,
+    misfit_advice: str | None = None,
     verify: bool = False,
 ) -> Dataset:
     """Read `data`, tokenize it and split it.
 
     Training passes `tokenizer_spec` (the tokenizer is then trained on the corpus);
-    scoring and resuming pass the `tokenizer_document` stored in a checkpoint, or a
-    ready `tokenizer` (an ONNX file's). A folder of token shards (gen.core.shards) is
-    read where it lies, with its own tokenizer; `verify` checks its shards' sums.
+    scoring, resuming and fine-tuning pass the `tokenizer_document` stored in a
+    checkpoint, or a ready `tokenizer` (an ONNX file's). Such a tokenizer may not
+    encode the text (a character outside a char vocabulary): `misfit_advice` then
+    ends the one-line error, saying what to do. A folder of token shards
+    (gen.core.shards) is read where it lies, with its own tokenizer, which a caller's
+    must equal; `verify` checks its shards' sums.
     """
     if is_token_folder(data):
         return _token_folder_dataset(data, tokenizer_spec, tokenizer_document, tokenizer, progress, verify)
@@ -357,7 +361,12 @@ def load_dataset(
         tokenizer = tokenizer_from_dict(tokenizer_document)
     elif tokenizer is None:
         tokenizer, tokenizer_document = train_tokenizer(text, tokenizer_spec or "char", progress)
-    ids = encode_corpus(text, tokenizer, progress)
+    try:
+        ids = encode_corpus(text, tokenizer, progress)
+    except GenError as error:
+        if misfit_advice is None:
+            raise
+        raise GenError(f"{data!r} does not fit the tokenizer: {error}; {misfit_advice}") from None
     train_ids, val_ids = split_tokens(ids)
     return Dataset(data, tokenizer, tokenizer_document, train_ids, val_ids)
 

@@ -26,6 +26,11 @@ def register_tokenizers(register):
 
 
 @hookspec
+def register_trackers(register):
+    """Register experiment trackers following gen.core.tracking.Tracker: register(name, cls)."""
+
+
+@hookspec
 def register_commands(cli):
     """Add click commands to the `gen` command group."""
 

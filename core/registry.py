@@ -29,17 +29,19 @@ BUILTIN_PLUGINS = (
     "gen.plugins.samplers",
     "gen.plugins.constraints",
     "gen.plugins.models",
+    "gen.plugins.trackers",
     "gen.core.cli.commands",
     "gen.core.cli.tools",
     "gen.core.cli.export_commands",
     "gen.core.cli.runtime_commands",
 )
-KINDS = ("model", "sampler", "tokenizer", "constraint")
+KINDS = ("model", "sampler", "tokenizer", "constraint", "tracker")
 _HOOK_OF_KIND = {
     "model": "register_models",
     "sampler": "register_samplers",
     "tokenizer": "register_tokenizers",
     "constraint": "register_constraints",
+    "tracker": "register_trackers",
 }
 
 
@@ -69,7 +71,7 @@ class PluginEntry:
     def options(self) -> dict[str, Option]:
         """The options a spec may give (see gen.core.specs for where each kind keeps them)."""
         target = self.load()
-        if self.kind == "sampler":
+        if self.kind in ("sampler", "tracker"):  # the __init__ keywords
             return options_of(target)
         if self.kind == "tokenizer":
             return options_of(target.train, skip=("text",))

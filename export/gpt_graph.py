@@ -9,7 +9,7 @@ does, with the fused kernels onnxruntime has for it (domain com.microsoft):
 
     per layer:  MatMul(qkv) -> Split -> MultiHeadAttention(past -> present)
                 -> MatMul(proj) -> SkipLayerNormalization (residual + LayerNorm)
-                -> MatMul(fc) -> Gelu -> MatMul(proj) -> SkipLayerNormalization
+                -> MatMul(fc) -> Gelu (exact or tanh) -> MatMul(proj) -> SkipLayerNormalization
 
 nine nodes a layer. The graph keeps gen's ONNX contract exactly (input_ids,
 attention_mask, past_key_values.{i}.key/.value in, logits and present.{i}.* out,
@@ -28,8 +28,17 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from gen.core.errors import GenError
 from gen.export.attention import LOWEST_FLOAT32
-from gen.runtime.artifact import ATTENTION_MASK, CACHE_POSITION, INPUT_IDS, LOGITS, past_names, present_names
+from gen.runtime.artifact import (
+    ATTENTION_MASK,
+    CACHE_POSITION,
+    INPUT_IDS,
+    LOGITS,
+    attention_names,
+    past_names,
+    present_names,
+)
 
 OPSET = 20  # Gelu is a standard operator from opset 20
 MICROSOFT = "com.microsoft"
@@ -67,21 +76,33 @@ def _weight(tensor) -> np.ndarray:
     return tensor.detach().to("cpu").float().numpy()
 
 
-def build_gpt_graph(model, capacity: int | None = None) -> onnx.ModelProto:
+def build_gpt_graph(model, capacity: int | None = None, attention: bool = False) -> onnx.ModelProto:
     """The decode graph of a gen GPT (gen.plugins.gpt), with its weights.
 
     With `capacity`, the graph has a fixed-capacity cache instead (see the module's
     docstring): cache tensors of `capacity` positions, an input `cache_position` (the
     slot the new tokens go to), an attention mask over all `capacity` slots, and
     present tensors that are the past ones with the new keys and values written in.
+
+    With `attention` (`gen export --attention`; not with a capacity), every layer's
+    attention weights are extra outputs `attention.{i}`, (B, n_head, T, P+T): the softmax
+    of the scaled query-key products under the same bias, which MultiHeadAttention
+    computes inside itself and does not hand out. They are computed beside it, for
+    inspecting; without `attention` the graph has none of these nodes.
     """
     static = capacity is not None
+    if static and attention:
+        raise GenError("attention outputs (--attention) are written for the growing cache only; leave out "
+                       "--static-cache")
     config = model.config
     n_layer, n_head, n_embd = config.n_layer, config.n_head, config.n_embd
     head_size = n_embd // n_head
     transformer = model.transformer
     g = GraphBuilder()
     zero_bias = np.zeros(n_embd, dtype=np.float32)  # for LayerNorms without a bias
+    # The MLP's GELU: the standard Gelu is exact by default and takes nn.GELU's
+    # approximate="tanh" as it is (GPT-2's activation); the exact one's graph stays as it was.
+    gelu_options = {"approximate": "tanh"} if transformer.h[0].mlp.gelu.approximate == "tanh" else {}
 
     def linear(x: str, layer, prefix: str) -> str:
         y = g.one("MatMul", [x, g.constant(f"{prefix}.weight_t", _weight(layer.weight).T)])
@@ -145,6 +166,7 @@ def build_gpt_graph(model, capacity: int | None = None) -> onnx.ModelProto:
     normed = g.one("LayerNormalization", [residual, *norm_parameters(first, "h.0.ln_1")], axis=-1,
                    epsilon=first.eps)
     split = g.constant("qkv_split", np.array([n_embd] * 3, np.int64))
+    attention_inputs = []  # each layer's (query, present key), for the attention outputs
     for i, block in enumerate(transformer.h):
         qkv = linear(normed, block.attn.c_attn, f"h.{i}.attn.c_attn")
         query, key, value = g.op("Split", [qkv, split], outputs=3, axis=-1)
@@ -164,15 +186,26 @@ def build_gpt_graph(model, capacity: int | None = None) -> onnx.ModelProto:
         else:
             g.op("MultiHeadAttention", [query, key, value, "", "", bias, past_key, past_value],
                  [attended, present_key, present_value], MICROSOFT, num_heads=n_head)
+        attention_inputs.append((query, present_key))
         projected = linear(attended, block.attn.c_proj, f"h.{i}.attn.c_proj")
         normed, residual = skip_norm(projected, residual, block.ln_2, f"h.{i}.ln_2")
-        hidden = g.one("Gelu", [linear(normed, block.mlp.c_fc, f"h.{i}.mlp.c_fc")])
+        hidden = g.one("Gelu", [linear(normed, block.mlp.c_fc, f"h.{i}.mlp.c_fc")], **gelu_options)
         projected = linear(hidden, block.mlp.c_proj, f"h.{i}.mlp.c_proj")
         following = transformer.h[i + 1].ln_1 if i + 1 < n_layer else transformer.ln_f
         prefix = f"h.{i + 1}.ln_1" if i + 1 < n_layer else "ln_f"
         normed, residual = skip_norm(projected, residual, following, prefix)
     # The head is tied to the token embedding (GPT), so the same weights, transposed.
     g.op("MatMul", [normed, g.constant("lm_head.weight_t", _weight(model.lm_head.weight).T)], [LOGITS])
+    if attention:
+        # Written after everything else, so that the graph before them is the default one, node for node.
+        query_shape = g.constant("query_shape", np.array([0, 0, n_head, head_size], np.int64))
+        scale = g.constant("attention_scale", np.array(1.0 / np.sqrt(head_size), np.float32))
+        for name, (query, present_key) in zip(attention_names(n_layer), attention_inputs):
+            # softmax(q @ k^T / sqrt(hs) + bias), the weights MultiHeadAttention gives the values
+            query_heads = g.one("Transpose", [g.one("Reshape", [query, query_shape])], perm=[0, 2, 1, 3])  # (B, N, T, H)
+            keys_t = g.one("Transpose", [present_key], perm=[0, 1, 3, 2])  # (B, N, H, P+T)
+            scores = g.one("Mul", [g.one("MatMul", [query_heads, keys_t]), scale])  # (B, N, T, P+T)
+            g.op("Softmax", [g.one("Add", [scores, bias])], [name], axis=-1)
 
     batch, sequence = "batch", "sequence"
     past, total_sequence = (capacity, capacity) if static else ("past_sequence", "total_sequence")
@@ -181,12 +214,15 @@ def build_gpt_graph(model, capacity: int | None = None) -> onnx.ModelProto:
     presents = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [batch, n_head, total_sequence, head_size])
                 for name in present_names(n_layer)]
     position_input = [helper.make_tensor_value_info(CACHE_POSITION, TensorProto.INT64, [1])] if static else []
+    weights = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [batch, n_head, sequence, total_sequence])
+               for name in attention_names(n_layer)] if attention else []
     graph = helper.make_graph(
         g.nodes, "gen_gpt_decoder",
         [helper.make_tensor_value_info(INPUT_IDS, TensorProto.INT64, [batch, sequence]),
          helper.make_tensor_value_info(ATTENTION_MASK, TensorProto.INT64, [batch, total_sequence]),
          *position_input, *cache],
-        [helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, [batch, sequence, config.vocab_size]), *presents],
+        [helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, [batch, sequence, config.vocab_size]), *presents,
+         *weights],
         initializer=g.initializers,
     )
     opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid(MICROSOFT, 1)]

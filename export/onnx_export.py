@@ -89,6 +89,7 @@ class ExportOptions:
     overwrite: bool = False  # replace an existing file (kept until the new one is whole)
     portable: bool = False  # torch's operator-by-operator graph instead of gpt's fused one
     static_cache: bool = False  # gpt's cache of block_size positions, updated in place
+    attention: bool = False  # gpt's attention weights as extra outputs attention.{i} (for inspecting)
     chat_template: str | None = None  # a Jinja chat template to carry (gen.runtime.chat), checked before export
     progress: Progress | None = print  # where each step is announced; None: nowhere
 
@@ -387,7 +388,7 @@ def add_metadata(proto: onnx.ModelProto, model_document: dict, tokenizer_documen
 
 
 def model_document(model_name: str, config: dict, cache: CacheShape | StateShape | None, parameters: int,
-                   static_cache: bool = False) -> dict:
+                   static_cache: bool = False, attention: bool = False) -> dict:
     if isinstance(cache, StateShape):  # no KV cache (n_layer 0); the state's names and shapes instead
         return {**model_document(model_name, config, None, parameters), "cache": STATE,
                 "state": {name: list(shape) for name, shape in cache.shapes.items()}}
@@ -403,6 +404,8 @@ def model_document(model_name: str, config: dict, cache: CacheShape | StateShape
     }
     if static_cache:  # the cache tensors hold block_size positions, updated in place
         document["cache_capacity"] = config["block_size"]
+    if attention:  # the graph also outputs attention.{i} (gen.runtime.artifact.attention_names)
+        document["attention"] = True
     return document
 
 
@@ -496,21 +499,25 @@ def export_model(
     if options.static_cache and not fused:
         raise GenError("a fixed-capacity cache (--static-cache) is written for gen's gpt model only, and not "
                        "with --portable or --opset")
+    if options.attention and not fused:
+        raise GenError("attention outputs (--attention) are written for gen's gpt model only, and not with "
+                       "--portable or --opset")
     if fused:
         from gen.export.gpt_graph import build_gpt_graph
 
         kind = f"a fixed-capacity cache of {config['block_size']} positions" if options.static_cache else layout
         say(f"[1/4] writing the decode graph of {name} ({parameters:,} parameters, {kind}) with "
             f"onnxruntime's fused operators (--portable for torch's operator-by-operator graph)...")
-        proto = build_gpt_graph(model, capacity=config["block_size"] if options.static_cache else None)
+        proto = build_gpt_graph(model, capacity=config["block_size"] if options.static_cache else None,
+                                attention=options.attention)
     else:
         say(f"[1/4] tracing {name} ({parameters:,} parameters, {layout}) and translating to ONNX...")
         proto = to_onnx_proto(model, cache, options.opset)
     produced_opset = _default_opset(proto)
 
     say(f"[2/4] adding gen metadata and checking the graph with onnx.checker (full check, opset {produced_opset})")
-    add_metadata(proto, model_document(name, config, cache, parameters, options.static_cache), tokenizer_document,
-                 training, options.chat_template)
+    document = model_document(name, config, cache, parameters, options.static_cache, options.attention)
+    add_metadata(proto, document, tokenizer_document, training, options.chat_template)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as error:

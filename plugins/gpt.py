@@ -21,6 +21,11 @@ from gen.core.errors import GenError
 from gen.core.model import LanguageModel
 
 
+# The MLP's activation: the exact GELU, or its tanh approximation, which GPT-2 was trained
+# with (Hugging Face's "gelu_new"); the two differ by up to about 1e-3, enough to matter
+# for a pretrained model's logits.
+ACTIVATIONS = {"gelu": "none", "gelu_tanh": "tanh"}  # name -> nn.GELU's `approximate`
+
 # Far beyond any model this code is for: a larger value is a typo or a hostile config
 # file, which would otherwise have gen build millions of modules before failing.
 GPT_SIZE_LIMITS = {"vocab_size": 2**24, "block_size": 2**20, "n_layer": 1024, "n_head": 1024, "n_embd": 2**16}
@@ -35,6 +40,7 @@ class GPTConfig:
     n_embd: int = 128
     dropout: float = 0.0
     bias: bool = False  # biases in Linear layers and LayerNorms; without is a little faster
+    activation: str = "gelu"  # the MLP's: "gelu" (exact) or "gelu_tanh" (GPT-2's approximation)
 
     def __post_init__(self):
         for name, largest in GPT_SIZE_LIMITS.items():
@@ -47,6 +53,8 @@ class GPTConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise GenError(f"gpt dropout must be in [0, 1), got {self.dropout}")
+        if self.activation not in ACTIVATIONS:
+            raise GenError(f"gpt activation must be {' or '.join(map(repr, ACTIVATIONS))}, got {self.activation!r}")
 
     @property
     def head_size(self) -> int:
@@ -82,13 +90,24 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side
         return self.resid_dropout(self.c_proj(y)), (k, v)
 
+    def weights(self, x):
+        """The causal attention weights of x (B, T, C) without a past, as forward weighs the values:
+        softmax(q @ k^T / sqrt(hs)) with the upper triangle (later tokens) masked. (B, nh, T, T)."""
+        B, T, C = x.size()
+        q, k, _ = self.c_attn(x).split(self.n_embd, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, T)
+        tril = torch.tril(torch.ones(T, T, dtype=torch.bool, device=x.device))
+        return F.softmax(scores.masked_fill(~tril, float("-inf")), dim=-1)
+
 
 class MLP(nn.Module):
 
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU()
+        self.gelu = nn.GELU(approximate=ACTIVATIONS[config.activation])
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -190,6 +209,21 @@ class GPT(LanguageModel, nn.Module):
         attn_mask = (causal[None] & visible)[:, None]  # (B, 1, T, P+T)
         return self._trunk(input_ids, positions, attn_mask, past_key_values)
 
+    @torch.no_grad()
+    def attention_weights(self, idx):
+        """Every layer's attention weights over (B, T) ids: (n_layer, B, nh, T, T). Each layer's
+        weights are computed from the input its attention saw in an ordinary forward (caught by
+        a hook), so the trunk is the one forward runs."""
+        inputs = []
+        hooks = [block.attn.register_forward_hook(lambda module, args, output: inputs.append(args[0]))
+                 for block in self.transformer.h]
+        try:
+            self(idx)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return torch.stack([block.attn.weights(x) for block, x in zip(self.transformer.h, inputs)])
+
     def empty_past(self, batch_size: int, device=None):
         """A zero-length cache for a prefill, on `device` (default: the model's)."""
         shape = (batch_size, self.config.n_head, 0, self.config.head_size)
@@ -199,6 +233,15 @@ class GPT(LanguageModel, nn.Module):
              torch.zeros(shape, dtype=weight.dtype, device=device or weight.device))
             for _ in range(self.config.n_layer)
         ]
+
+    def crop_block_size(self, block_size: int) -> None:
+        """Read at most `block_size` tokens from now on (a fine-tune on shorter windows than
+        the model was trained on): the first block_size position embeddings are kept, as
+        nanoGPT's crop_block_size does. The attention has no mask buffer to crop."""
+        if not 1 <= block_size <= self.config.block_size:
+            raise GenError(f"gpt can crop its block size to 1 .. {self.config.block_size}, not {block_size}")
+        self.config.block_size = block_size
+        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size].detach().clone())
 
     def num_params(self) -> int:
         """Parameters, not counting the position embeddings (nanoGPT's convention)."""

@@ -33,6 +33,20 @@ token `{alternative: "constraint"}` for one the request's constraint masked out 
 "filter"}` for one a filter of the sampler chain removed (the playground strikes them through).
 Without it the logprobs object is OpenAI's.
 
+`sampled_distribution: true` (an extension, with `logprobs`) adds what the sampler chain did to
+each token's distribution: the logprobs object gets a list `sampled_distribution` beside
+`top_logprobs`, per token the model's `logprobs` most likely tokens, each `{"token": id, "text",
+"probability": under the model, "sampled_probability": under what the draw used (after the
+constraint and the chain's filters; 0 for a removed token), "removed": null, "constraint" or
+"filter"}`. The playground draws the two side by side (temperature sharpens, top_k cuts).
+
+POST /attention (gen's own, for the playground; exports made with `gen export --attention`):
+`{"prompt": text, "position": int (optional)}` runs the prompt's last block_size tokens through the
+model once and answers `{"tokens": [each token's text], "offset": where the first of them starts in
+the prompt, "n_layer", "n_head", "position", "weights"}`: with a position (negative counts from
+the end, as in Python), `weights[layer][head]` is the list of weights that token gave each token up
+to it; without one, `weights[layer][head][query]` holds every row (zero above the diagonal).
+
 So choice k's text is what `gen run MODEL --prompt P --sampler ... --seed (seed + k)
 --max-new-tokens max_tokens` prints after the prompt. A request without a seed gets a
 random one, returned in the response's `seed` field (an extension, as is `sampler`, the
@@ -62,7 +76,7 @@ CONSTRAINT_FIELDS = ("response_format", "guided_regex", "guided_json", "guided_g
 FIELDS = (
     "model", "prompt", "max_tokens", "temperature", "top_p", "n", "seed", "stop", "stream", "stream_options",
     "logprobs", "logit_bias", "presence_penalty", "frequency_penalty", "echo", "best_of", "suffix", "user",
-    "sampler", "removed_alternatives", *VLLM_SAMPLING_FIELDS, *CONSTRAINT_FIELDS,
+    "sampler", "removed_alternatives", "sampled_distribution", *VLLM_SAMPLING_FIELDS, *CONSTRAINT_FIELDS,
 )
 
 
@@ -113,6 +127,7 @@ class CompletionRequest:
     chat: bool = False  # a chat completion: answered in chat's shapes
     prompt_ids: list[list[int]] | None = None  # each prompt's token ids
     removed_alternatives: bool = False  # say why alternatives could not be drawn (the extension)
+    sampled_distribution: bool = False  # each token's top alternatives before and after the chain (the extension)
 
     def prompt_of(self, choice: int) -> str:
         """The prompt that choice number `choice` continues."""
@@ -378,6 +393,9 @@ def parse_completion_request(body: bytes | dict, tokenizer, vocab_size: int, lim
     removed_alternatives = _boolean(document, "removed_alternatives")
     if removed_alternatives and logprobs is None:
         raise APIError("removed_alternatives needs logprobs (how many alternatives to report)", "removed_alternatives")
+    sampled_distribution = _boolean(document, "sampled_distribution")
+    if sampled_distribution and logprobs is None:
+        raise APIError("sampled_distribution needs logprobs (how many tokens to report)", "sampled_distribution")
     stream = _boolean(document, "stream")
     options = document.get("stream_options")
     if options is not None and (not isinstance(options, dict) or set(options) - {"include_usage"}):
@@ -397,7 +415,7 @@ def parse_completion_request(body: bytes | dict, tokenizer, vocab_size: int, lim
     ]
     return CompletionRequest(prompts, [len(ids) for ids in prompt_ids], choices, sampling.specs, seed, stream,
                              include_usage, _boolean(document, "echo"), logprobs, n, prompt_ids=prompt_ids,
-                             removed_alternatives=removed_alternatives)
+                             removed_alternatives=removed_alternatives, sampled_distribution=sampled_distribution)
 
 
 CHAT_FIELDS = (
@@ -493,6 +511,28 @@ def parse_detokenize_request(body: dict, vocab_size: int) -> list[int]:
     return tokens
 
 
+def parse_attention_request(body: dict, tokenizer, block_size: int, limits: Limits) -> tuple[list[int], int, int | None]:
+    """POST /attention: {"prompt": text, "position": int} -> the ids of the prompt's window (its last
+    block_size tokens), where its text starts in the prompt (characters), and the position (made
+    non-negative) or None."""
+    unknown = [name for name in body if name not in ("model", "prompt", "position")]
+    if unknown:
+        raise APIError(f"unknown field {unknown[0]!r}; the fields are model, prompt, position", unknown[0])
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or prompt == "":
+        raise APIError(f"prompt must be a non-empty string, got {_json_type(prompt)}", "prompt")
+    ids = _prompts({"prompt": prompt}, tokenizer, limits)[1][0]
+    window = ids[-block_size:]
+    position = body.get("position")
+    if position is not None:
+        if isinstance(position, bool) or not isinstance(position, int) or not -len(window) <= position < len(window):
+            raise APIError(f"position must be a whole number from {-len(window)} to {len(window) - 1} (the window "
+                           f"holds {len(window)} tokens), got {position!r}", "position")
+        position %= len(window)
+    before = ids[:len(ids) - len(window)]
+    return window, len(tokenizer.decode(before)) if before else 0, position
+
+
 # --- the prompt's own log-probabilities (echo with logprobs) -----------------------------------
 
 
@@ -550,33 +590,48 @@ class RemovedAlternatives:
         self.constraint = constraint.start() if constraint is not None else None
         self.prompt_tokens_left = echoed_prompt_tokens  # an echoed prompt's tokens come first: scored, not drawn
 
-    def of(self, token: TokenChoice) -> dict[str, str]:
-        """{alternative's text: "constraint" or "filter"} for `token`, the choice's next token."""
+    def reasons(self, token: TokenChoice) -> list[str | None]:
+        """Why the draw could not pick each of `token.top` ("constraint", "filter" or None), for
+        `token`, the choice's next token (an echoed prompt's tokens: None for each)."""
         if self.prompt_tokens_left:
             self.prompt_tokens_left -= 1
-            return {}
-        removed: dict[str, str] = {}
-        seen: set[str] = set()
+            return [None] * len(token.top)
+        reasons: list[str | None] = []
         for alternative in token.top:
-            if alternative.text in seen:
-                continue  # tokens with the same text: the likelier stands for them, as in top_logprobs
-            seen.add(alternative.text)
             if self.constraint is not None and not self.constraint.allowed[alternative.id]:
-                removed[alternative.text] = "constraint"
+                reasons.append("constraint")
             elif alternative.sampled_logprob == -math.inf:
-                removed[alternative.text] = "filter"
+                reasons.append("filter")
+            else:
+                reasons.append(None)
         if self.constraint is not None:
             self.constraint.advance(token.id)
+        return reasons
+
+    @staticmethod
+    def by_text(token: TokenChoice, reasons: list[str | None]) -> dict[str, str]:
+        """{alternative's text: "constraint" or "filter"}: the removed_alternatives entry of `token`.
+        Tokens with the same text: the likelier stands for them, as in top_logprobs."""
+        removed: dict[str, str] = {}
+        seen: set[str] = set()
+        for alternative, reason in zip(token.top, reasons):
+            if alternative.text not in seen and reason is not None:
+                removed[alternative.text] = reason
+            seen.add(alternative.text)
         return removed
 
 
 class LogprobsWriter:
     """OpenAI's completions `logprobs` object for the tokens of one choice, with text offsets
-    counted from the start of the prompt; with `removed`, also its `removed_alternatives` list."""
+    counted from the start of the prompt; with `removed`, also its `removed_alternatives` list,
+    and with `distribution` its `sampled_distribution` list (the extensions)."""
 
-    def __init__(self, start: int, removed: RemovedAlternatives | None = None):
+    def __init__(self, start: int, removed: RemovedAlternatives | None = None, alternatives: bool = True,
+                 distribution: bool = False):
         self.offset = start
         self.removed = removed
+        self.alternatives = alternatives  # write removed_alternatives (removed may serve the distribution alone)
+        self.distribution = distribution
 
     def write(self, tokens: list[TokenChoice]) -> dict:
         document = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
@@ -590,7 +645,17 @@ class LogprobsWriter:
             document["text_offset"].append(self.offset)
             self.offset += len(token.text)
         if self.removed is not None:
-            document["removed_alternatives"] = [self.removed.of(token) for token in tokens]
+            reasons = [self.removed.reasons(token) for token in tokens]
+            if self.alternatives:
+                document["removed_alternatives"] = [RemovedAlternatives.by_text(token, why)
+                                                    for token, why in zip(tokens, reasons)]
+            if self.distribution:
+                document["sampled_distribution"] = [
+                    [{"token": alternative.id, "text": alternative.text,
+                      "probability": math.exp(alternative.logprob),
+                      "sampled_probability": math.exp(alternative.sampled_logprob), "removed": reason}
+                     for alternative, reason in zip(token.top, why)]
+                    for token, why in zip(tokens, reasons)]
         return document
 
 
@@ -615,10 +680,11 @@ def logprobs_writer(parsed: CompletionRequest, choice: int, echoed_prompt: bool 
     if parsed.chat:
         return ChatLogprobsWriter()
     removed = None
-    if parsed.removed_alternatives:
+    if parsed.removed_alternatives or parsed.sampled_distribution:
         echoed_tokens = len(parsed.choices[choice].prompt_ids) if echoed_prompt else 0
         removed = RemovedAlternatives(parsed.choices[choice].constraint, echoed_tokens)
-    return LogprobsWriter(0 if echoed_prompt else len(parsed.prompt_of(choice)), removed)
+    return LogprobsWriter(0 if echoed_prompt else len(parsed.prompt_of(choice)), removed,
+                          parsed.removed_alternatives, parsed.sampled_distribution)
 
 
 def dumps(document) -> str:

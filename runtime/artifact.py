@@ -73,6 +73,12 @@ def present_names(n_layer: int) -> list[str]:
     return [f"present.{i}.{part}" for i in range(n_layer) for part in ("key", "value")]
 
 
+def attention_names(n_layer: int) -> list[str]:
+    """Graph output names of each layer's attention weights (B, n_head, T, P+T), in exports
+    made with `gen export --attention` (the metadata's "attention": true)."""
+    return [f"attention.{i}" for i in range(n_layer)]
+
+
 def past_state_names(names) -> list[str]:
     """Graph input names of a fixed-size state, in the order of `names`."""
     return [f"past_state.{name}" for name in names]
@@ -106,6 +112,11 @@ class Artifact:
     def cache_capacity(self) -> int | None:
         """The positions of a fixed-capacity cache (updated in place), or None for the plain one."""
         return self.model.get("cache_capacity")
+
+    @property
+    def has_attention(self) -> bool:
+        """Whether the graph also outputs every layer's attention weights (`gen export --attention`)."""
+        return self.model.get("attention") is True
 
     @property
     def cache_kind(self) -> str | None:

@@ -62,6 +62,7 @@ from gen.runtime.artifact import (
     CACHE_POSITION,
     INPUT_IDS,
     LOGITS,
+    attention_names,
     past_names,
     past_state_names,
     present_names,
@@ -124,6 +125,8 @@ class OnnxModel(BackendBase):
             self._past_names = past_names(model["n_layer"])  # n_layer 0: no KV cache
             self._output_names = [LOGITS, *present_names(model["n_layer"])]
         self.capacity = self.artifact.cache_capacity  # None: the plain, growing cache
+        self.has_attention = self.artifact.has_attention and self.cache_kind == "kv"
+        self._attention_names = attention_names(model["n_layer"]) if self.has_attention else []
         self._check_graph_against_metadata()
 
     def _check_graph_against_metadata(self) -> None:
@@ -141,9 +144,10 @@ class OnnxModel(BackendBase):
         outputs = {node.name: node.shape for node in self.session.get_outputs()}
         expected_inputs = [INPUT_IDS, ATTENTION_MASK, *([CACHE_POSITION] if self.capacity else []),
                            *self._past_names]
-        if set(inputs) != set(expected_inputs) or set(outputs) != set(self._output_names):
-            lacking = [name for name in expected_inputs + self._output_names if name not in {**inputs, **outputs}]
-            extra = sorted(set(inputs) - set(expected_inputs)) + sorted(set(outputs) - set(self._output_names))
+        expected_outputs = self._output_names + self._attention_names
+        if set(inputs) != set(expected_inputs) or set(outputs) != set(expected_outputs):
+            lacking = [name for name in expected_inputs + expected_outputs if name not in {**inputs, **outputs}]
+            extra = sorted(set(inputs) - set(expected_inputs)) + sorted(set(outputs) - set(expected_outputs))
             raise mismatch(", ".join(filter(None, [lacking and "the graph lacks " + ", ".join(lacking),
                                                    extra and "the graph also has " + ", ".join(extra)])))
         n_head, head_size = self._cache_dims
@@ -206,6 +210,20 @@ class OnnxModel(BackendBase):
         n_head, head_size = self._cache_dims
         empty = np.zeros((batch_size, n_head, 0, head_size), dtype=np.float32)
         return [empty] * len(self._past_names)
+
+    def attention(self, token_ids: Sequence[int]) -> np.ndarray:
+        """Every layer's attention weights over `token_ids` (at most block_size of them), run
+        once through the graph as one prefill: (n_layer, n_head, T, T) float32, row t the
+        weights query t gave keys 0..t (zero above the diagonal). Needs an export made with
+        `gen export --attention` (`has_attention`); for inspecting, not for decoding."""
+        if not self.has_attention:
+            raise GenError(f"{self.path} has no attention outputs; export it again with gen export --attention")
+        ids = np.asarray(token_ids, dtype=np.int64).reshape(1, -1)
+        if not 1 <= ids.shape[1] <= self.block_size:
+            raise GenError(f"attention takes 1 to {self.block_size} tokens (block_size), got {ids.shape[1]}")
+        feed = {INPUT_IDS: ids, ATTENTION_MASK: np.ones_like(ids)}
+        feed.update(zip(self._past_names, self.empty_past(1)))
+        return np.concatenate(self.session.run(self._attention_names, feed))  # n_layer x (1, H, T, T)
 
     # --- text ------------------------------------------------------------------------
     #

@@ -5,8 +5,9 @@ Starlette and uvicorn (the `serve` extra), without torch.
     serve("model.onnx", host="127.0.0.1", port=8000)  # what `gen serve` runs
 
 Routes: POST /v1/completions and /v1/chat/completions, GET /v1/models and /v1/models/{id}, GET
-/v1/samplers, POST /tokenize and /detokenize and GET /tokenizer_info (vLLM's), GET /health, GET
-/metrics, GET / (the playground) and its script and style under /playground/.
+/v1/samplers, POST /tokenize and /detokenize and GET /tokenizer_info (vLLM's), POST /attention
+(gen's: a prompt's attention weights, for the playground), GET /health, GET /metrics, GET / (the
+playground) and its script and style under /playground/.
 Each route has its handler here, a function of the request that finds what it shares with
 the others (the model, scheduler, metrics, limits) in the app's ServerState,
 `request.app.state.server`; `create_app` only wires them together, behind three checks
@@ -82,6 +83,7 @@ from gen.runtime.api import (
     completion_object,
     dumps,
     logprobs_writer,
+    parse_attention_request,
     parse_chat_request,
     parse_completion_request,
     parse_detokenize_request,
@@ -591,6 +593,33 @@ async def tokenizer_info(request: Request) -> Response:
     })
 
 
+# --- attention (gen's own, for the playground's panel) ----------------------------------------
+
+
+async def attention(request: Request) -> Response:
+    """POST /attention: a prompt's attention weights from an export made with gen export --attention
+    (the fields and answer are in gen.runtime.api). The model runs once, on a worker thread."""
+    state = state_of(request)
+    try:
+        require_json(request)
+        if not getattr(state.model, "has_attention", False):
+            raise APIError("this export has no attention outputs; export it again with gen export --attention",
+                           "prompt")
+        body = parse_json(await read_body(request, state.max_body_bytes))
+        ids, offset, position = await off_the_loop(parse_attention_request, body, state.model.tokenizer,
+                                                   state.model.block_size, state.limits)
+    except APIError as error:
+        return error_response(error)
+    weights = await off_the_loop(state.model.attention, ids)  # (n_layer, n_head, T, T)
+    tokenizer = state.model.tokenizer
+    selected = weights[:, :, position, :position + 1] if position is not None else weights
+    return JSONResponse({
+        "object": "attention", "tokens": [tokenizer.decode([token]) for token in ids], "offset": offset,
+        "n_layer": int(weights.shape[0]), "n_head": int(weights.shape[1]), "position": position,
+        "weights": selected.round(6).tolist(),
+    })
+
+
 # --- the other routes --------------------------------------------------------------------
 
 
@@ -654,7 +683,7 @@ async def http_error(request: Request, error: HTTPException) -> Response:
     kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
     message = f"{request.method} {request.url.path}: {error.detail}"
     if error.status_code == 404:
-        message += ("; the routes are POST /v1/completions, /v1/chat/completions, /tokenize, /detokenize, "
+        message += ("; the routes are POST /v1/completions, /v1/chat/completions, /tokenize, /detokenize, /attention, "
                     "GET /v1/models, /v1/samplers, /tokenizer_info, /health, /metrics, /")
     return error_response(APIError(message, status=error.status_code, type=kind), headers=error.headers)
 
@@ -762,6 +791,7 @@ def create_app(generator, *, model_names: Sequence[str] = (), max_batch: int = 3
             Route("/tokenize", tokenize, methods=["POST"]),
             Route("/detokenize", detokenize, methods=["POST"]),
             Route("/tokenizer_info", tokenizer_info, methods=["GET"]),
+            Route("/attention", attention, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
             Route("/v1/models/{model_id:path}", model, methods=["GET"]),
             Route("/v1/samplers", samplers, methods=["GET"]),

@@ -48,6 +48,20 @@ def test_round_trip_keeps_weights_tied_and_everything_recorded(tmp_path, tokeniz
     assert loaded.model.lm_head.weight.data_ptr() == loaded.model.transformer.wte.weight.data_ptr()
 
 
+def test_a_gpt_checkpoint_from_before_the_activation_option_loads_as_the_exact_gelu(tmp_path, tokenizer):
+    model = small_gpt(tokenizer.vocab_size).eval()
+    write(tmp_path / "run", model, tokenizer)
+    config_file = tmp_path / "run" / ckpt.CONFIG_FILE
+    document = json.loads(config_file.read_text())
+    del document["model"]["config"]["activation"]  # as gen wrote it before the option existed
+    config_file.write_text(json.dumps(document))
+    loaded = ckpt.load_checkpoint(tmp_path / "run")
+    assert loaded.model.config.activation == "gelu" and loaded.model.transformer.h[0].mlp.gelu.approximate == "none"
+    ids = torch.randint(tokenizer.vocab_size, (2, 8), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(loaded.model(ids)[0], model(ids)[0])
+
+
 def test_optimizer_and_rng_states_come_back_bit_for_bit(tmp_path, tokenizer):
     model = small_gpt(tokenizer.vocab_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), fused=True)

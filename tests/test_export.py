@@ -494,3 +494,25 @@ def test_the_graphs_carry_no_unused_weights(variants):
         graph = onnx.load(str(path)).graph
         read = {tensor for node in graph.node for tensor in node.input}
         assert [t.name for t in graph.initializer if t.name not in read] == [], name
+
+
+def test_gpt2s_tanh_gelu_exports_both_ways_and_matches_torch(make_gpt, tokenizer, tmp_path):
+    # GPT-2's own activation (gelu_new): the fused graph's Gelu takes approximate="tanh",
+    # the portable graph gets it from torch's exporter; both within 1e-4 of torch.
+    exact = make_gpt(tokenizer.vocab_size)
+    approximate = GPT.from_config({**exact.config_dict(), "activation": "gelu_tanh"}).eval()
+    approximate.load_state_dict(exact.state_dict())
+    ids = torch.randint(0, tokenizer.vocab_size, (2, BLOCK_SIZE), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():  # the two activations differ enough for the check below to tell them apart
+        assert (approximate(ids)[0] - exact(ids)[0]).abs().max().item() > 1e-3
+    document = tokenizer_to_dict("char", tokenizer)
+    for name, how in (("fused", ExportOptions(progress=None)), ("portable", ExportOptions(portable=True, progress=None))):
+        result = export_model(approximate, tmp_path / f"{name}.onnx", tokenizer_document=document, options=how)
+        assert result.max_logits_diff <= 1e-4, name
+        session = onnxruntime.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+        outputs, expected, _ = run_both(approximate, session, batch=3, length=7, past_length=BLOCK_SIZE - 7)
+        assert np.abs(outputs[0] - expected.numpy()).max() <= 1e-4, name
+        metadata = {entry.key: entry.value for entry in onnx.load(str(result.path)).metadata_props}
+        assert json.loads(metadata["gen.model"])["config"]["activation"] == "gelu_tanh"
+    gelus = [node for node in onnx.load(str(tmp_path / "fused.onnx")).graph.node if node.op_type == "Gelu"]
+    assert len(gelus) == 2 and all(onnx.helper.get_attribute_value(node.attribute[0]) == b"tanh" for node in gelus)

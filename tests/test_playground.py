@@ -6,7 +6,10 @@ With a constraint, the text keeps to it and the alternatives it masked out are m
 
 Without a browser these tests skip and say why: `apt-get install chromium` (`.ci/run` does).
 GEN_PLAYGROUND_SCREENSHOT=PATH saves the screenshot there as well (docs/playground.png is one);
-GEN_PLAYGROUND_CONSTRAINT_SCREENSHOT=PATH the constrained one (docs/playground-constraint.png).
+GEN_PLAYGROUND_CONSTRAINT_SCREENSHOT=PATH the constrained one (docs/playground-constraint.png),
+GEN_PLAYGROUND_INSIDE_SCREENSHOT=PATH the panels of a clicked token (docs/playground-inside.png).
+Clicking a token opens its distributions (the model's, and after the chain, removed tokens marked)
+and each head's attention over the text before it, which must be the server's.
 """
 import os
 import re
@@ -220,4 +223,75 @@ def test_the_page_asks_for_the_api_key_and_sends_it_with_its_calls(browser, smal
         assert sent.value.headers["authorization"] == "Bearer page-key"
         assert len(page.text_content("#completion")) == 20
         page.close()
+    assert errors == [], errors
+
+
+# --- inside the model: the clicked token's distributions and each head's attention ---------------
+
+
+@pytest.fixture(scope="module")
+def served_with_attention(make_gpt, tokenizer, tmp_path_factory):
+    """conftest's small GPT exported with its attention outputs (gen export --attention), served."""
+    from gen.core.tokenizer import tokenizer_to_dict
+    from gen.export.onnx_export import ExportOptions, export_model
+
+    path = tmp_path_factory.mktemp("inside") / "attention.onnx"
+    export_model(make_gpt(tokenizer.vocab_size), path, tokenizer_document=tokenizer_to_dict("char", tokenizer),
+                 options=ExportOptions(attention=True, verify=False, progress=None))  # checked in test_inside
+    with running_server(create_app(OnnxModel(path), max_batch=4)) as url:
+        yield url
+
+
+def test_clicking_a_token_shows_both_distributions_and_each_heads_attention(browser, served_with_attention):
+    url = served_with_attention
+    page = browser.new_page(viewport={"width": 1200, "height": 1100})
+    errors = []
+    page.on("pageerror", lambda error: errors.append(error))
+    page.goto(f"{url}/")
+    page.wait_for_selector("body[data-ready=true]", timeout=15_000)
+    page.locator("#chain .link .remove").first.click()
+    add_link(page, "top_k", k=3)
+    page.fill("#prompt", "ROMEO:\nBut")
+    page.fill("#seed", "5")
+    page.fill("#max-tokens", "30")
+    page.fill("#alternatives", "8")
+    with page.expect_request("**/v1/completions") as sent:
+        page.click("#generate")
+    page.wait_for_function("document.querySelector('#status').textContent.startsWith('Finished')", timeout=30_000)
+    body = sent.value.post_data_json
+    assert body["sampled_distribution"] is True
+    api = httpx.post(f"{url}/v1/completions", json={**body, "stream": False}, timeout=60).json()["choices"][0]
+
+    # The distribution: the model's 8 likeliest, 3 kept by top_k (bars after the chain), 5 marked removed.
+    clicked = 12
+    page.locator("#completion .token").nth(clicked).click()
+    page.wait_for_selector("#attention .head-row", timeout=15_000)
+    rows = page.locator("#distribution tr[data-probability]")
+    assert rows.count() == 8
+    expected = api["logprobs"]["sampled_distribution"][clicked]
+    shown = rows.evaluate_all("rows => rows.map(r => [Number(r.dataset.probability), Number(r.dataset.sampled), "
+                              "r.dataset.removed])")
+    assert shown == [[entry["probability"], entry["sampled_probability"], entry["removed"] or ""] for entry in expected]
+    removed = page.locator("#distribution tr.removed")
+    assert removed.count() == 5
+    assert all(why == "removed by a filter" for why in removed.locator("td.why").all_text_contents())
+    assert removed.first.locator("td.text").evaluate("e => getComputedStyle(e).textDecorationLine") == "line-through"
+    assert removed.first.locator(".bar.sampled").evaluate("e => e.getBoundingClientRect().width") == 0
+
+    # The attention: one row per head (2 layers x 2 heads), the server's weights for the clicked token.
+    text = "ROMEO:\nBut" + api["text"]
+    offset = api["logprobs"]["text_offset"][clicked] + 1
+    answer = httpx.post(f"{url}/attention", json={"prompt": text[:offset], "position": -1}, timeout=30).json()
+    heads = page.locator("#attention .head-row")
+    assert heads.count() == 4
+    for index in range(4):
+        row = heads.nth(index)
+        layer, head = int(row.get_attribute("data-layer")), int(row.get_attribute("data-head"))
+        weights = row.locator(".key").evaluate_all("keys => keys.map(k => Number(k.dataset.weight))")
+        assert weights == answer["weights"][layer][head]
+        assert row.locator(".key").count() == len(answer["tokens"])
+    assert answer["tokens"][-1] == api["logprobs"]["tokens"][clicked]
+    if os.environ.get("GEN_PLAYGROUND_INSIDE_SCREENSHOT"):
+        page.locator("section.result").screenshot(path=os.environ["GEN_PLAYGROUND_INSIDE_SCREENSHOT"])
+    page.close()
     assert errors == [], errors

@@ -206,6 +206,18 @@ def test_info_of_an_export_matches_onnx_and_its_checkpoint(run, exports, kind):
         assert extra >= vocab_size * n_embd
 
 
+def test_info_lists_a_models_options_in_one_order_for_a_checkpoint_and_its_export(run, exports):
+    """A checkpoint keeps the model's own order of options and an export's metadata
+    another; gen info prints both by name, so the two model lines are the same."""
+    def model_line(path):
+        return next(line.split(None, 1)[1] for line in gen("info", path).output.splitlines()
+                    if line.strip().startswith("model "))
+
+    assert model_line(run / "best") == model_line(exports["fp32"])
+    options = model_line(run / "best").split(": ", 1)[1].split(", ")
+    assert options == sorted(options) and len(options) > 3, options
+
+
 def test_info_of_a_model_without_a_cache(tmp_path):
     from gen.core.tokenizer import tokenizer_to_dict
     from gen.export.onnx_export import ExportOptions, export_model

@@ -6,7 +6,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from importlib import metadata
 from pathlib import Path
 
 import click
@@ -257,36 +256,40 @@ def test_gen_plugins_allowlist_excludes_other_third_party_plugins(fresh_plugins,
 # --- the example package, really installed ----------------------------------------
 
 
+def environment_distributions() -> set[str]:
+    """The distributions installed in this virtual environment (what `pip list` shows)."""
+    result = subprocess.run([sys.executable, "-m", "pip", "list", "--format", "json"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return {package["name"].lower() for package in json.loads(result.stdout)}
+
+
 @pytest.fixture(scope="session")
 def typical_installed(tmp_path_factory):
-    """examples/gen-typical pip-installed into this virtual environment once per test
-    session, and uninstalled at its end so the environment stays as it was.
+    """examples/gen-typical really pip-installed, into a throwaway folder (`pip install
+    --target`), never into this virtual environment: the environment for the commands that
+    use it, with the folder on PYTHONPATH, where its entry point is found.
 
-    It is built from a copy so that the build leaves nothing in the repository."""
-    pip = [sys.executable, "-m", "pip"]
+    It is built from a copy so that the build leaves nothing in the repository; the
+    virtual environment's distributions are checked to be the same afterwards."""
     source = tmp_path_factory.mktemp("example") / "gen-typical"
     shutil.copytree(EXAMPLE_PLUGIN, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-    try:
-        metadata.distribution("gen-typical")
-        installed_before = True
-    except metadata.PackageNotFoundError:
-        installed_before = False
-
+    target = tmp_path_factory.mktemp("site") / "gen-typical-target"
+    before = environment_distributions()
     install = subprocess.run(
-        [*pip, "install", "--quiet", str(source)],
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(source)],
         capture_output=True, text=True,
     )
     assert install.returncode == 0, install.stdout + install.stderr
-    yield
-    if not installed_before:
-        uninstall = subprocess.run([*pip, "uninstall", "--yes", "--quiet", "gen-typical"], capture_output=True, text=True)
-        assert uninstall.returncode == 0, uninstall.stdout + uninstall.stderr
+    assert any(target.glob("gen_typical-*.dist-info")), sorted(path.name for path in target.iterdir())
+    environment = environment_without_allowlist()
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(target), environment.get("PYTHONPATH")]))
+    yield environment
+    assert environment_distributions() == before, "the test installed something into the virtual environment"
 
 
 def test_installed_example_is_listed_by_gen_plugins(typical_installed):
-    result = subprocess.run(
-        [str(GEN_SCRIPT), "plugins"], capture_output=True, text=True, env=environment_without_allowlist()
-    )
+    result = subprocess.run([str(GEN_SCRIPT), "plugins"], capture_output=True, text=True, env=typical_installed)
     assert result.returncode == 0, result.stderr
     assert ["sampler", "typical", "gen-typical"] in table_rows(result.stdout)
 
@@ -303,11 +306,10 @@ def test_installed_example_samples_by_name(typical_installed):
         assert ((ids >= 0) & (ids < 50)).all(), ids
         print("sampled", len(ids))
     """)
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=environment_without_allowlist()
-    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=typical_installed)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "sampled 64"
+
 
 
 # --- the torch line ---------------------------------------------------------------

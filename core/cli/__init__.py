@@ -6,8 +6,9 @@ imports it but its own modules). Commands that train or export import torch only
     generation_options.py  the options gen sample and gen run share, and the printing of samples
     runtime_commands.py    gen run, gen serve, gen eval
     export_commands.py     gen export
-    tools.py               gen info, gen plot, gen import
+    tools.py               gen info, gen plot, gen attention, gen import
     info.py, plot.py       what gen info and gen plot show
+    inside.py              what gen attention draws (attention weights, a bigram's table)
     backends.py            a path -> an ONNX model or a torch checkpoint, for gen eval
     reference.py           docs/cli.md from the commands' own help
 
@@ -83,7 +84,7 @@ def _options_row(entry) -> tuple[dict | None, str]:
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of a table.")
 def plugins(as_json):
-    """List registered models, samplers and tokenizers with their options, and plugins that failed to load."""
+    """List registered models, samplers, tokenizers, constraints and trackers, their options, and failed plugins."""
     registry = get_registry()
     rows = []
     for kind in KINDS:

@@ -31,6 +31,9 @@ TRAIN_OPTIONS = [
                   "(a token folder brings its own)."),
     ("verify", "Before training, read every shard of a token folder against the sha256 gen prepare recorded "
                "(sizes are always checked; this reads the whole corpus)."),
+    ("init-from", "Fine-tune: start from this checkpoint's (or run directory's) weights, model and tokenizer, "
+                  "with a fresh optimizer, step count and schedule; options that change the model's shape "
+                  "are refused (see examples/finetune.toml)."),
     ("model", "Model plugin and options: gpt, gpt:n_layer=6,n_embd=384, bigram, ... (options listed below)."),
     ("block-size", "Context length in tokens (the model's option of that name; default: the model's)."),
     ("n-layer", "Transformer blocks (the model's option of that name, e.g. gpt's)."),
@@ -191,7 +194,8 @@ def _train_from_options(ctx, config, **options):
         options.update({name: value for name, value in from_file.items() if name not in given})
         given |= set(from_file)
     plot = options.pop("plot")  # what to do after the run, not a training option
-    given.discard("plot")
+    trackers = options.pop("trackers")  # where the metrics go, not a training option either
+    given -= {"plot", "trackers"}
     if plot:
         from gen.core.cli.plot import check_matplotlib, plot_run
 
@@ -200,7 +204,7 @@ def _train_from_options(ctx, config, **options):
     from gen.core.training.loop import run_training
 
     try:
-        result = run_training(TrainConfig(**options), given=given, say=click.echo)
+        result = run_training(TrainConfig(**options), given=given, say=click.echo, trackers=trackers)
     except KeyboardInterrupt:  # Ctrl-C: the run saved what it had and said how to resume
         raise SystemExit(130) from None
     if plot:
@@ -211,6 +215,12 @@ def _build_train_command() -> click.Command:
     function = click.pass_context(_train_from_options)
     for decorator in reversed(_train_option_decorators()):
         function = decorator(function)
+    function = click.option(
+        "--tracker", "trackers", multiple=True, metavar="NAME[:KEY=VALUE,...]",
+        shell_complete=complete_plugin_spec("tracker"),
+        help="Also send the metrics to this experiment tracker (repeatable): tensorboard (pip install "
+             "'gen[tensorboard]'), or a plugin's. metrics.jsonl is always written.",
+    )(function)
     function = click.option(
         "--plot", is_flag=True,
         help="At the end, draw the loss curves to OUT/loss.png (as gen plot does; needs matplotlib).",

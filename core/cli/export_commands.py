@@ -25,6 +25,9 @@ from gen.core import hookimpl
 @click.option("--static-cache", is_flag=True,
               help="A KV cache of block_size positions that each step updates in place (gpt; faster decoding "
                    "in gen run; its cache inputs differ from the plain past/present contract, see docs/export.md).")
+@click.option("--attention", is_flag=True,
+              help="Add every layer's attention weights as extra graph outputs (gpt's fused graph), for gen "
+                   "attention and the playground's attention panel; the default graph has none.")
 @click.option(
     "--quantize", type=click.Choice(["int8", "int4"]), default=None,
     help="Write int8 (dynamic) or int4 (MatMulNBits, weight-only) weights and report the validation loss it costs.",
@@ -50,7 +53,7 @@ from gen.core import hookimpl
     help="Instead of OUTPUT: write a gpt checkpoint as a Hugging Face GPT-2 folder (config.json, "
          "model.safetensors, tokenizer.json) that transformers loads.",
 )
-def export(output, checkpoint, opset, portable, static_cache, quantize, verify, overwrite, chat_template_file,
+def export(output, checkpoint, opset, portable, static_cache, attention, quantize, verify, overwrite, chat_template_file,
            genai_dir, hf_dir):
     """Export a checkpoint to OUTPUT.onnx: graph, weights, tokenizer and config in one file.
 
@@ -74,7 +77,8 @@ def export(output, checkpoint, opset, portable, static_cache, quantize, verify, 
         chat_template = read_text(chat_template_file, "chat template", SIZE_LIMITS["chat template"])
     if hf_dir is not None:
         onnx_only = [name for name, given in (("--opset", opset is not None), ("--portable", portable),
-                                               ("--static-cache", static_cache), ("--quantize", quantize is not None))
+                                               ("--static-cache", static_cache), ("--attention", attention),
+                                               ("--quantize", quantize is not None))
                      if given]
         if onnx_only:
             raise GenError(f"{', '.join(onnx_only)}: for an ONNX export only; --hf writes the float32 weights as they are")
@@ -85,8 +89,12 @@ def export(output, checkpoint, opset, portable, static_cache, quantize, verify, 
     from gen.export.onnx_export import ExportOptions, export_onnx
 
     options = ExportOptions(opset=opset, quantize=quantize, verify=verify, overwrite=overwrite, portable=portable,
-                            static_cache=static_cache, chat_template=chat_template, progress=click.echo)
+                            static_cache=static_cache, attention=attention, chat_template=chat_template,
+                            progress=click.echo)
     if genai_dir is not None:
+        if attention:
+            raise GenError("--attention: for a gen ONNX export only (gen run, gen serve, gen attention); "
+                           "leave it out with --genai")
         from gen.export.genai import export_genai
 
         export_genai(checkpoint, genai_dir, options=options)

@@ -80,6 +80,7 @@ def describe_checkpoint(directory: Path) -> dict:
         "data": config["train_args"].get("data"),
         "resumable": (directory / STATE_TENSORS_FILE).is_file(),
         **({"source": config["source"]} if "source" in config else {}),
+        **({"init_from": config["init_from"]} if "init_from" in config else {}),
     }
 
 
@@ -150,6 +151,7 @@ def describe_export(path: Path) -> dict:
         "opset": graph.opset,
         "quantization": quantization,
         "chat_template": artifact.chat_template is not None,
+        "attention_outputs": artifact.has_attention,  # gen export --attention
         "kv_cache": (
             {"n_layer": model["n_layer"], "n_head": model["n_head"], "head_size": model["head_size"]}
             if model["n_layer"] else None
@@ -168,9 +170,11 @@ def _megabytes(size: int) -> str:
 
 
 def _options(config: dict | None) -> str:
+    """A model's options by name: a checkpoint keeps the model's own order and an export's
+    metadata another, and the two should read alike."""
     if not config:
         return "(no options recorded)"
-    return ", ".join(f"{key}={value}" for key, value in config.items())
+    return ", ".join(f"{key}={value}" for key, value in sorted(config.items()))
 
 
 def _count(number: int, noun: str) -> str:
@@ -193,6 +197,16 @@ def _stored_beside(parameters: int, info: dict) -> str:
         return ""
     return (f"; the graph stores {difference:,} numbers more (a tied output head again, transposed; "
             f"constants such as zero LayerNorm biases)")
+
+
+def _starting_point(point: dict) -> str:
+    """Where a fine-tune started: the checkpoint and its step, then where that one came from."""
+    text = f"from {point.get('path')} (step {point.get('step')})"
+    if isinstance(point.get("source"), dict):
+        text += f", imported from {point['source'].get('format')} {point['source'].get('path')}"
+    if isinstance(point.get("init_from"), dict):
+        text += ", itself fine-tuned " + _starting_point(point["init_from"])
+    return text
 
 
 def format_info(info: dict) -> list[str]:
@@ -225,6 +239,8 @@ def format_info(info: dict) -> list[str]:
         if "source" in info:
             source = info["source"]
             rows.append(("imported", f"from {source.get('format')} {source.get('path')}"))
+        if "init_from" in info:
+            rows.append(("fine-tuned", _starting_point(info["init_from"])))
     else:
         weights = ", ".join(f"{count:,} {kind}" for kind, count in info["graph_weights"].items())
         rows.append(("opset", str(info["opset"])))
@@ -238,6 +254,9 @@ def format_info(info: dict) -> list[str]:
         else:
             rows.append(("KV cache", f"yes: {_count(cache['n_layer'], 'layer')} x {_count(cache['n_head'], 'head')} x "
                                      f"{cache['head_size']}" if cache else "no (the model reads its whole window each step)"))
+        if cache:  # only a model with attention layers can have their weights as outputs
+            rows.append(("attention", "weights of every layer as outputs (gen attention, the playground's panel)"
+                         if info["attention_outputs"] else "not in the outputs (gen export --attention adds them)"))
         # "chat", not "chat template": no label longer than the others', which would move every column
         rows.append(("chat", "a chat template (gen serve's /v1/chat/completions uses it)" if info["chat_template"]
                      else "no chat template (gen serve's /v1/chat/completions uses its plain default)"))

@@ -2,8 +2,8 @@
 
 The picture: the training and validation losses at every evaluation, the training
 loss of every --log-interval window (metrics.jsonl's lines without a val_loss), the uniform
-baseline ln(vocab) (what a model that knows nothing scores) as a dashed line, and
-the learning rate on a second axis. The learning rate is the schedule of the run's
+baseline ln(vocab) (what a model that knows nothing scores) as a dashed line, the best
+checkpoint (the lowest validation loss) as a star, and the learning rate on a second axis. The learning rate is the schedule of the run's
 options, read from its latest checkpoint, at every step; without a checkpoint it
 is the rate recorded at each evaluation.
 
@@ -27,7 +27,7 @@ from gen.core.reading import json_lines, validate
 from gen.core.training.config import check_config, learning_rate, train_config_from_dict
 
 PLOT_FILE = "loss.png"
-COLOURS = {"train": "#1f77b4", "val": "#d62728", "uniform": "#7f7f7f", "lr": "#2ca02c"}
+COLOURS = {"train": "#1f77b4", "val": "#d62728", "uniform": "#7f7f7f", "lr": "#2ca02c", "best": "#ffd166"}
 SIZE_INCHES, DPI = (8, 4.5), 100  # 800 x 450 pixels
 MAX_LR_POINTS = 100_000  # the learning rate curve of a longer run is drawn at this many steps
 
@@ -145,7 +145,6 @@ def _render(title: str, metrics: list[dict], windows: list[dict], uniform: float
     axes.set_xlabel("step")
     axes.set_ylabel("loss (nats per token)")
     axes.grid(alpha=0.3)
-    handles, labels = axes.get_legend_handles_labels()
     if lr_values:
         lr_axes = axes.twinx()
         lr_axes.plot(lr_steps, lr_values, color=COLOURS["lr"], linewidth=1.5, label="learning rate")
@@ -153,9 +152,16 @@ def _render(title: str, metrics: list[dict], windows: list[dict], uniform: float
         lr_axes.set_ylim(bottom=0)
         lr_axes.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
         more_handles, more_labels = lr_axes.get_legend_handles_labels()
+    best = min(metrics, key=lambda entry: entry["val_loss"])
+    # The best checkpoint (the one a run directory's `best` holds): its point on the validation curve.
+    axes.plot([best["step"]], [best["val_loss"]], linestyle="none", marker="*", markersize=14,
+              markerfacecolor=COLOURS["best"], markeredgecolor="#1d2330", label="best checkpoint", zorder=5)
+    axes.annotate(f"best {best['val_loss']:.3f}", (best["step"], best["val_loss"]), textcoords="offset points",
+                  xytext=(-10, 10), ha="right", fontsize=9)  # above and to the left: inside the axes at the end
+    handles, labels = axes.get_legend_handles_labels()
+    if lr_values:
         handles, labels = handles + more_handles, labels + more_labels
     axes.legend(handles, labels, loc="center right")  # by then the losses and the rate are low
-    best = min(metrics, key=lambda entry: entry["val_loss"])
     axes.set_title(f"{title}: best validation loss {best['val_loss']:.4f} at step {best['step']}")
     figure.tight_layout()
     with replace_file_atomically(output) as temporary:

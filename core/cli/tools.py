@@ -1,4 +1,4 @@
-"""The commands around training and export: `gen plot`, `gen info` and `gen import`.
+"""The commands around training and export: `gen plot`, `gen attention`, `gen info` and `gen import`.
 
 Each imports what it needs when it runs (matplotlib for a plot, torch for an
 import), so that the `gen` command line starts fast and `gen info` of an export
@@ -21,11 +21,42 @@ def plot(run_dir, output):
 
     RUN_DIR (default: out) is the --out directory of `gen train`. The picture shows
     the training and validation losses at every evaluation, the uniform baseline
-    ln(vocab) and the learning rate (second axis). Needs matplotlib: pip install 'gen[plot]'.
+    ln(vocab), the best checkpoint (a star) and the learning rate (second axis). Needs matplotlib: pip install 'gen[plot]'.
     """
     from gen.core.cli.plot import plot_run
 
     click.echo(f"wrote {plot_run(run_dir, output)}")
+
+
+@click.command()
+@click.option("--checkpoint", default=None, type=click.Path(path_type=str),
+              help="A checkpoint directory, or a run directory (its best checkpoint).")
+@click.option("--model", "model_path", default=None, metavar="MODEL.onnx", type=click.Path(path_type=str),
+              help="Instead of --checkpoint, an export (gpt: made with gen export --attention).")
+@click.option("--prompt", default="ROMEO:\nBut soft", show_default=True,
+              help="The text whose attention is drawn (its last block_size tokens); a bigram ignores it.")
+@click.option("--out", "output", required=True, type=click.Path(dir_okay=False, path_type=str),
+              help="The PNG to write.")
+def attention(checkpoint, model_path, prompt, output):
+    """Draw what a model looks at to a PNG.
+
+    For gpt, a grid of heatmaps, a row of heads per layer: in each, row t is how
+    much the token at t weighs each token up to it (the tril-masked softmax of
+    queries and keys), with the prompt's characters on the axes. For bigram, its
+    vocab x vocab table of next-token probabilities. Needs matplotlib:
+    pip install 'gen[plot]'.
+    """
+    from gen.core.cli.inside import draw_view, inside_view
+    from gen.core.cli.plot import check_matplotlib
+    from gen.core.errors import GenError
+
+    if (checkpoint is None) == (model_path is None):
+        raise GenError("give --checkpoint RUN or --model MODEL.onnx (one of them)")
+    check_matplotlib()  # before the model is loaded
+    view = inside_view(checkpoint or model_path, prompt)
+    if view.note:
+        click.echo(f"drawing {view.note}")
+    click.echo(f"wrote {draw_view(view, output)}")
 
 
 @click.command()
@@ -92,9 +123,10 @@ def hf(folder, data, out, overwrite):
 
     config.json, model.safetensors (or pytorch_model.bin, read with
     torch.load(weights_only=True) only) and tokenizer.json (or vocab.json and
-    merges.txt) become gen's gpt model with the hf tokenizer. A config that gpt
-    cannot compute exactly (another activation or layer-norm epsilon, scaled or
-    reordered attention, another MLP width, an untied head) is refused, naming the field.
+    merges.txt) become gen's gpt model with the hf tokenizer, GPT-2's gelu_new as
+    gpt's activation gelu_tanh. A config that gpt cannot compute exactly (another
+    activation or layer-norm epsilon, scaled or reordered attention, another MLP
+    width, an untied head) is refused, naming the field.
     """
     from gen.core.training.hf import import_hf
 
@@ -104,5 +136,6 @@ def hf(folder, data, out, overwrite):
 @hookimpl
 def register_commands(cli):
     cli.add_command(plot)
+    cli.add_command(attention)
     cli.add_command(info)
     cli.add_command(import_group)

@@ -4,7 +4,8 @@
         config.json                  format version, model plugin name and config, tokenizer
                                      {"name", "state"}, training arguments, step, losses,
                                      world_size (the processes that trained it)
-                                     (and "source" for a model made by `gen import`)
+                                     (and "source" for a model made by `gen import`,
+                                     "init_from" for a fine-tune: the checkpoint it started from)
         model.safetensors            the weights (a tied weight is stored once)
         training_state.safetensors   optimizer tensors (AdamW moments, steps) and RNG states
                                      (of every process of a distributed run)
@@ -36,6 +37,7 @@ from typing import Annotated
 
 import msgspec
 
+from gen.core.tracking import METRICS_FILE  # noqa: F401 (metrics.jsonl: plot and info import it from here)
 from gen.core.errors import GenError, first_line
 from gen.core.files import check_utf8_path, recover_interrupted_replace, replace_directory_atomically
 from gen.core.reading import (
@@ -57,7 +59,6 @@ STATE_JSON_FILE = "training_state.json"
 CHECKPOINT_FILES = (CONFIG_FILE, WEIGHTS_FILE, STATE_TENSORS_FILE, STATE_JSON_FILE)
 LATEST = "latest"
 BEST = "best"
-METRICS_FILE = "metrics.jsonl"
 
 
 @dataclass
@@ -136,13 +137,16 @@ def save_checkpoint(
     rng_states: dict | None = None,
     world_size: int = 1,
     source: dict | None = None,
+    init_from: dict | None = None,
 ) -> Path:
     """Write a checkpoint directory at `path` atomically.
 
     `rng_states` maps names to uint8 tensors (torch.get_rng_state(), a Generator's
     get_state()); with `optimizer` they make `--resume` continue bit for bit.
     `world_size` is how many processes trained it (torchrun), which a resume keeps.
-    `source` (JSON) says where an imported model came from (`gen import`).
+    `source` (JSON) says where an imported model came from (`gen import`), `init_from`
+    (JSON: path, step, and that checkpoint's own source or init_from) which checkpoint
+    a fine-tune (`gen train --init-from`) started from.
     """
     import torch
     from safetensors.torch import save_file, save_model
@@ -161,6 +165,8 @@ def save_checkpoint(
     }
     if source is not None:
         config["source"] = source
+    if init_from is not None:
+        config["init_from"] = init_from
 
     with replace_directory_atomically(path) as directory:
         (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
@@ -194,6 +200,7 @@ class _CheckpointConfig(msgspec.Struct):
     val_loss: float | None = None
     world_size: Annotated[int, msgspec.Meta(ge=1)] = 1
     source: dict | None = None  # where `gen import` took the model from
+    init_from: dict | None = None  # the checkpoint a fine-tune started from
 
 
 def read_config(path: str | os.PathLike) -> dict:

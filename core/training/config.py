@@ -35,6 +35,8 @@ class TrainConfig:
     data: str = "shakespeare"
     tokenizer: str = "char"  # NAME[:KEY=VALUE,...], e.g. bpe:vocab_size=512
     verify: bool = False  # read a token folder's shards in full against their sums before training
+    # fine-tuning: a checkpoint whose weights, model and tokenizer the run starts from
+    init_from: str | None = None
     # the model: NAME[:KEY=VALUE,...]; None below means "the model's own default"
     model: str = "gpt"
     block_size: int | None = None
@@ -72,7 +74,10 @@ class TrainConfig:
 # Shortcuts for model options: --n-layer 6 means --model gpt:n_layer=6.
 MODEL_SHORTCUTS = ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bias")
 # What a resumed run cannot change: the model, its data and its tokens.
-FIXED_ON_RESUME = ("data", "tokenizer", "model") + MODEL_SHORTCUTS
+FIXED_ON_RESUME = ("data", "tokenizer", "model", "init_from") + MODEL_SHORTCUTS
+# The model options a fine-tune (--init-from) may change without changing the model's
+# weights; a smaller block_size is allowed too where the model can crop its positions.
+CHANGEABLE_ON_FINE_TUNE = ("dropout",)
 # What saying --resume or --overwrite on the command line does not store in a checkpoint.
 NOT_SAVED = ("resume", "overwrite", "verify")
 DTYPES = ("auto", "float32", "bfloat16")

@@ -13,9 +13,9 @@ The block size is `n_positions`; GPT-2 always has biases, so an import has
 compute the same.
 
 What the `gpt` model cannot compute exactly is refused in one line naming the
-config.json field, never approximated: gen's MLP is the exact GELU, so
-`activation_function` must be "gelu" (GPT-2's own "gelu_new" is the tanh
-approximation, within about 1e-3 of it but not equal); the layer norms are
+config.json field, never approximated: `activation_function` is GPT-2's own
+"gelu_new" (or its other name "gelu_pytorch_tanh"), the tanh approximation, which
+gpt computes as activation "gelu_tanh", or the exact "gelu"; the layer norms are
 torch's default eps 1e-5; attention is scaled by 1/sqrt(head size) and nothing
 else; the MLP is 4 * n_embd wide; the head is the embedding.
 
@@ -45,6 +45,9 @@ CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight",
 LAYER_NORM_EPSILON = 1e-5  # torch.nn.LayerNorm's default, which gpt uses
 HF_FOLDER_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 END_OF_TEXT = "<|endoftext|>"
+# config.json's activation_function -> gpt's activation, and back (GPT-2's name first).
+ACTIVATIONS_FROM_HF = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
+ACTIVATIONS_TO_HF = {"gelu_tanh": "gelu_new", "gelu": "gelu"}
 
 # config.json fields that change what GPT-2 computes, with the value gpt computes (None: absent is fine).
 EXACTLY = {
@@ -77,9 +80,9 @@ def gpt_config_from_hf(hf_config, path) -> dict:
         model_type = hf_config.get("model_type") if isinstance(hf_config, dict) else None
         raise GenError(f"{path}: model_type is {model_type!r}; gen imports the GPT-2 family (model_type \"gpt2\")")
     activation = hf_config.get("activation_function", "gelu_new")  # GPT2Config's default
-    if activation != "gelu":
-        raise GenError(f"{path}: activation_function is {activation!r}; gen's gpt computes the exact GELU "
-                       f"(\"gelu\") and does not approximate another activation")
+    if activation not in ACTIVATIONS_FROM_HF:
+        raise GenError(f"{path}: activation_function is {activation!r}; gen's gpt computes "
+                       f"{', '.join(map(repr, ACTIVATIONS_FROM_HF))} only and does not approximate another")
     for field, computed in EXACTLY.items():
         value = hf_config.get(field, computed)
         if value != computed:
@@ -89,7 +92,7 @@ def gpt_config_from_hf(hf_config, path) -> dict:
               "n_layer": _size(hf_config, "n_layer", path),
               "n_head": _size(hf_config, "n_head", path),
               "n_embd": _size(hf_config, "n_embd", path),
-              "bias": True, "dropout": 0.0}
+              "bias": True, "dropout": 0.0, "activation": ACTIVATIONS_FROM_HF[activation]}
     inner = hf_config.get("n_inner")
     if inner is not None and inner != 4 * config["n_embd"]:
         raise GenError(f"{path}: n_inner is {inner!r}; gen's gpt has an MLP of 4 * n_embd = {4 * config['n_embd']}")
@@ -276,7 +279,9 @@ def hf_config_for(model_config: dict, eos_token_id: int | None) -> dict:
         "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
         "vocab_size": model_config["vocab_size"], "n_positions": model_config["block_size"],
         "n_embd": model_config["n_embd"], "n_layer": model_config["n_layer"], "n_head": model_config["n_head"],
-        "n_inner": None, "activation_function": "gelu", "layer_norm_epsilon": LAYER_NORM_EPSILON,
+        "n_inner": None,
+        "activation_function": ACTIVATIONS_TO_HF[model_config.get("activation", "gelu")],  # older checkpoints: exact
+        "layer_norm_epsilon": LAYER_NORM_EPSILON,
         "resid_pdrop": dropout, "embd_pdrop": dropout, "attn_pdrop": dropout,
         "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
         "tie_word_embeddings": True, "bos_token_id": eos_token_id, "eos_token_id": eos_token_id,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import signal
 import tempfile
@@ -25,7 +24,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -33,12 +32,13 @@ import torch
 from gen.core.training.checkpoint import (
     BEST,
     LATEST,
-    METRICS_FILE,
+    Checkpoint,
     build_model,
     is_checkpoint,
     load_checkpoint,
     load_training_state,
     read_config,
+    resolve_checkpoint,
     save_checkpoint,
 )
 from gen.core.data import Dataset, check_split_lengths, load_dataset
@@ -48,9 +48,11 @@ from gen.core.training.distributed import Distributed, is_collective_failure, pr
 from gen.core.errors import GenError, first_line
 from gen.core.files import check_writable_destination, recover_interrupted_replace
 from gen.core.limits import check_fits
-from gen.core.reading import SIZE_LIMITS, parse_json, read_text
-from gen.core.registry import get_plugins
+from gen.core.registry import get_plugins, get_registry
+from gen.core.specs import parse_spec
+from gen.core.tracking import Tracker, build_trackers
 from gen.core.training.config import (
+    CHANGEABLE_ON_FINE_TUNE,
     FIXED_ON_RESUME,
     MODEL_SHORTCUTS,
     NOT_SAVED,
@@ -331,14 +333,77 @@ def _config_for_resume(config: TrainConfig, given: set[str], latest: Path) -> Tr
     recorded = {**values, **{key: document["model"]["config"].get(key) for key in MODEL_SHORTCUTS}}
     for key in given:
         value = getattr(config, key)
-        if key in FIXED_ON_RESUME and recorded.get(key) is not None and recorded[key] != value:
+        # A value recorded as None is a default (a model shortcut's: the model's own), which
+        # a given value does not contradict; but a run that was no fine-tune cannot become one.
+        unset = recorded.get(key) is None and key != "init_from"
+        if key in FIXED_ON_RESUME and not unset and recorded.get(key) != value:
             raise GenError(
-                f"{option_flag(key)} {value} differs from the run being resumed ({recorded[key]}); "
+                f"{option_flag(key)} {value} differs from the run being resumed ({recorded.get(key)}); "
                 f"a resumed run keeps its model and data; leave the option out, or train anew into another --out"
             )
         values[key] = value
     values.update(resume=True, overwrite=False, out=config.out)
     return train_config_from_dict(values, f"the checkpoint {str(latest)!r}")
+
+
+def _config_for_fine_tune(config: TrainConfig, given: set[str], start: Path) -> tuple[TrainConfig, dict]:
+    """The options of a fine-tune of the checkpoint `start`, and the model options it changes.
+
+    The model and the tokenizer are the checkpoint's. A model option given now must
+    restate the checkpoint's value, except dropout (CHANGEABLE_ON_FINE_TUNE) and a smaller
+    block size where the model can crop its positions (`crop_block_size`); anything that
+    would change the model's shape or its tokens is refused. Training options are free.
+    """
+    document = read_config(start)
+    model_name, model_config = document["model"]["name"], document["model"]["config"]
+    keeps = f"a fine-tune keeps the model and tokenizer of --init-from {str(start)!r}"
+    if "tokenizer" in given:
+        raise GenError(f"--tokenizer {config.tokenizer}: {keeps}; leave the option out, or train anew without --init-from")
+    if "model" in given and parse_spec(config.model, "model")[0] != model_name:
+        raise GenError(f"--model {config.model}: {keeps} ({model_name}); leave the option out, "
+                       f"or train anew without --init-from")
+    config = dataclasses.replace(config, model=config.model if "model" in given else model_name,
+                                 tokenizer=document["tokenizer"]["name"])
+    _, options = model_spec(config)
+    changes = {}
+    for key, value in options.items():
+        recorded = model_config.get(key)
+        if value == recorded:
+            continue
+        can_crop = hasattr(get_registry().get("model", model_name), "crop_block_size")
+        if key in CHANGEABLE_ON_FINE_TUNE or (key == "block_size" and can_crop and value < recorded):
+            changes[key] = value
+            continue
+        shown = f"{option_flag(key)} {value}" if key in MODEL_SHORTCUTS else f"--model {model_name}:{key}={value}"
+        learned = " (the positions it has learned)" if key == "block_size" else ""
+        raise GenError(f"{shown}: the model of --init-from {str(start)!r} has {key} {recorded}{learned}; "
+                       f"a fine-tune keeps the model's shape: leave the option out, or train anew without --init-from")
+    return with_model_defaults(config, given), changes
+
+
+def _model_for_fine_tune(start: Checkpoint, changes: dict) -> torch.nn.Module:
+    """The model of `start` with the changes a fine-tune may make (see _config_for_fine_tune):
+    dropout builds the same model with the new value and the same weights; a smaller block
+    size crops it."""
+    model = start.model
+    rebuilt = {key: value for key, value in changes.items() if key != "block_size"}
+    if rebuilt:
+        model = build_model(start.model_name, {**start.model_config, **rebuilt})
+        model.load_state_dict(start.model.state_dict())
+    if "block_size" in changes:
+        model.crop_block_size(changes["block_size"])
+    return model
+
+
+def _starting_point(start: Checkpoint) -> dict:
+    """What a fine-tune records of where it started: the checkpoint, its step, and where
+    that one came from in turn (an import's source, or its own starting point)."""
+    document = read_config(start.path)
+    point = {"path": str(start.path.resolve()), "step": start.step}
+    for key in ("source", "init_from"):
+        if document.get(key) is not None:
+            point[key] = document[key]
+    return point
 
 
 def _check_out_dir(out: Path, config: TrainConfig) -> None:
@@ -390,17 +455,18 @@ def _probe_writable(out: Path) -> None:
 class Run:
     """One `gen train` run: its trainer, its run directory, and what it has logged.
 
-    Built by `prepare_run`, driven by `train`. The run directory's metrics.jsonl is
-    only touched once this run has written its first checkpoint, so an interrupted
-    `--overwrite` run leaves the earlier run's checkpoints and log consistent.
+    Built by `prepare_run`, driven by `train`. Its metrics go to the trackers
+    (gen.core.tracking): the jsonl tracker's metrics.jsonl, and those --tracker names.
 
     In a run of several processes each has a Run; only process 0's (`is_main`) runs
-    the hooks and writes the run directory.
+    the hooks, the trackers and writes the run directory.
     """
 
     def __init__(self, config: TrainConfig, trainer: Trainer, model_name: str, out: Path,
-                 best_val_loss: float | None, evaluated_at_start: bool = False):
+                 best_val_loss: float | None, evaluated_at_start: bool = False, init_from: dict | None = None,
+                 trackers: list[Tracker] | None = None):
         self.config = config
+        self.init_from = init_from  # a fine-tune's starting checkpoint, recorded in each of its checkpoints
         self.trainer = trainer
         self.distributed = trainer.distributed
         self.is_main = self.distributed.is_main
@@ -410,8 +476,7 @@ class Run:
         self.start_step = trainer.step
         self.train_args = {key: value for key, value in asdict(config).items() if key not in NOT_SAVED}
         self.metrics: list[dict] = []
-        self.metrics_written = 0  # how many of self.metrics are in metrics.jsonl
-        self.checkpoint_written = False
+        self.trackers = trackers if self.is_main and trackers else []
         self.saved_step = self.start_step if config.resume else None  # the last checkpoint's step
         # A resumed checkpoint written at an evaluation recorded it; one that Ctrl-C wrote
         # did not, and its step's evaluation (if one was due there) runs on resume.
@@ -450,12 +515,30 @@ class Run:
     def start(self) -> None:
         if not self.is_main:
             return
-        get_plugins().call_hook("on_train_start", config={
+        config = {
             **self.train_args, "model_config": self.trainer.model.config_dict(),
             "device": str(self.trainer.device), "dtype": self.dtype_name,
             "world_size": self.distributed.world_size,
-        })
+        }
+        get_plugins().call_hook("on_train_start", config=config)
         self.out.mkdir(parents=True, exist_ok=True)
+        # A resumed run measures again what came after its checkpoint's evaluation (or
+        # the checkpoint's own step, when Ctrl-C wrote it without one).
+        first_step = self.start_step + 1 if self.evaluated_at_start else self.start_step
+        run_info = {"out": str(self.out), "config": config, "start_step": self.start_step,
+                    "first_step": first_step if self.config.resume else 0}
+        for tracker in self.trackers:
+            tracker.start(run_info)
+
+    def log(self, metrics: dict) -> None:
+        """Keep a metrics line and hand it to the trackers."""
+        self.metrics.append(metrics)
+        for tracker in self.trackers:
+            tracker.log(metrics["step"], metrics)
+
+    def finish(self) -> None:
+        for tracker in self.trackers:
+            tracker.finish()
 
     def evaluation_due(self) -> bool:
         step = self.trainer.step
@@ -482,15 +565,15 @@ class Run:
             metrics["batch_loss"] = self.trainer.last_loss.item()
         if step == 0:
             metrics["uniform_loss"] = math.log(self.tokenizer.vocab_size)
-        self.metrics.append(metrics)
+        self.log(metrics)
         return metrics
 
     def log_training(self, loss: float, tokens_per_second: float) -> None:
         """A training line of metrics.jsonl: the mean loss of the last --log-interval steps
         (no val_loss: evaluation lines have one)."""
-        self.metrics.append({"step": self.trainer.step, "interval_train_loss": loss,
-                             "elapsed_s": round(time.perf_counter() - self.started, 3),
-                             "tokens_per_s": round(tokens_per_second)})
+        self.log({"step": self.trainer.step, "interval_train_loss": loss,
+                  "elapsed_s": round(time.perf_counter() - self.started, 3),
+                  "tokens_per_s": round(tokens_per_second)})
 
     def stop_requested(self, metrics: dict) -> bool:
         """Whether a plugin's on_eval hook (run by process 0) asks every process to stop."""
@@ -518,10 +601,11 @@ class Run:
                 tokenizer_document=self.trainer.dataset.tokenizer_document, train_args=self.train_args,
                 step=self.trainer.step, best_val_loss=self.best_val_loss, val_loss=val_loss,
                 optimizer=self.trainer.optimizer, rng_states=rng_states,
-                world_size=self.distributed.world_size,
+                world_size=self.distributed.world_size, init_from=self.init_from,
             )
-            self.checkpoint_written = True
             self.saved_step = self.trainer.step
+            for tracker in self.trackers:
+                tracker.checkpoint(self.trainer.step, str(path))
             get_plugins().call_hook("on_checkpoint", step=self.trainer.step, path=str(path))
 
     def check_finite(self, loss: float, what: str) -> None:
@@ -533,36 +617,8 @@ class Run:
         raise GenError(f"the {what} became {loss} at step {self.trainer.step}: training diverged; {kept}; "
                        f"lower --lr (now {self.config.lr}) or --grad-clip, and train again")
 
-    def write_metrics(self) -> None:
-        """Append the new metrics lines (after this run's first checkpoint; see the class)."""
-        if not self.checkpoint_written:  # never true but on process 0
-            return
-        path = self.out / METRICS_FILE
-        if self.metrics_written == 0:
-            # (the start step's line is kept if that evaluation is not run again)
-            kept_up_to = self.start_step - (not self.evaluated_at_start) if self.config.resume else None
-            _rewrite_metrics(path, kept_up_to)
-        with open(path, "a", encoding="utf-8") as file:
-            file.writelines(json.dumps(metrics) + "\n" for metrics in self.metrics[self.metrics_written:])
-        self.metrics_written = len(self.metrics)
-
     def result(self) -> TrainResult:
         return TrainResult(self.trainer.step, self.best_val_loss, self.out, self.metrics)
-
-
-def _rewrite_metrics(path: Path, up_to_step: int | None) -> None:
-    """Start metrics.jsonl afresh, or keep only the lines up to the step a resume starts at."""
-    kept = []
-    if up_to_step is not None and path.exists():
-        for line in read_text(path, "metrics log", SIZE_LIMITS["metrics log"]).splitlines():
-            try:
-                entry = parse_json(line, "a line")
-            except GenError:
-                continue  # a damaged line: the resumed run writes its own
-            step = entry.get("step", 0) if isinstance(entry, dict) else None
-            if isinstance(step, int) and step <= up_to_step:
-                kept.append(line)
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
 def _check_world_size(latest: Path, distributed: Distributed) -> None:
@@ -576,7 +632,8 @@ def _check_world_size(latest: Path, distributed: Distributed) -> None:
         )
 
 
-def prepare_run(config: TrainConfig, given: set[str], distributed: Distributed | None = None) -> Run:
+def prepare_run(config: TrainConfig, given: set[str], distributed: Distributed | None = None,
+                trackers: Sequence[str] = ()) -> Run:
     """Settle the options, load the data and the model, check the run directory, and
     join the other processes of a distributed run.
 
@@ -591,11 +648,15 @@ def prepare_run(config: TrainConfig, given: set[str], distributed: Distributed |
         raise GenError("--resume continues the run in --out and --overwrite starts it over; give one of them")
     for name in (LATEST, BEST):
         recover_interrupted_replace(out / name)
+    model_changes = {}
     if config.resume and is_checkpoint(out / LATEST):
         config = _config_for_resume(config, given, out / LATEST)
+    elif config.init_from is not None:
+        config, model_changes = _config_for_fine_tune(config, given, resolve_checkpoint(config.init_from))
     else:
         config = with_model_defaults(config, given)
     check_config(config)
+    built_trackers = build_trackers(trackers)  # an unknown name or a missing package: before any work
     device = distributed.device(resolve_device(config.device))
     dtype = resolve_dtype(config.dtype, device)
     _check_out_dir(out, config)
@@ -603,11 +664,26 @@ def prepare_run(config: TrainConfig, given: set[str], distributed: Distributed |
         _check_world_size(out / LATEST, distributed)
 
     progress = distributed.is_main  # one process reports downloads and tokenizer training
+    init_from = None
     if config.resume:
         resumed = load_checkpoint(out / LATEST, device="cpu")
         dataset = load_dataset(config.data, tokenizer_document=resumed.tokenizer_document, progress=progress,
                                verify=config.verify)
         model_name, model = resumed.model_name, resumed.model
+        init_from = read_config(out / LATEST).get("init_from")
+    elif config.init_from is not None:
+        # A fine-tune: a checkpoint's model and tokenizer, loaded as a resume loads latest/,
+        # then trained like a new run (fresh optimizer, step 0, the whole schedule).
+        start = load_checkpoint(config.init_from, device="cpu")
+        dataset = load_dataset(config.data, tokenizer_document=start.tokenizer_document, progress=progress,
+                               verify=config.verify,
+                               misfit_advice=f"a fine-tune keeps the tokenizer of --init-from {str(start.path)!r}: "
+                                             f"remove or replace what it cannot encode, or train anew without "
+                                             f"--init-from")
+        model_name, model = start.model_name, _model_for_fine_tune(start, model_changes)
+        init_from = _starting_point(start)
+        torch.manual_seed(config.seed)  # the dropout masks, as a new run's (each process its own)
+        distributed.offset_seed(config.seed)
     else:
         model_name, model_options = model_spec(config)  # a wrong option fails before the data loads
         # A token folder brings its own tokenizer: --tokenizer left at its default defers to it.
@@ -626,8 +702,9 @@ def prepare_run(config: TrainConfig, given: set[str], distributed: Distributed |
     if config.resume:
         trainer.restore(out / LATEST, resumed.step)
     if not config.resume:
-        return Run(config, trainer, model_name, out, None)
-    return Run(config, trainer, model_name, out, resumed.best_val_loss, evaluated_at_start=resumed.val_loss is not None)
+        return Run(config, trainer, model_name, out, None, init_from=init_from, trackers=built_trackers)
+    return Run(config, trainer, model_name, out, resumed.best_val_loss, evaluated_at_start=resumed.val_loss is not None,
+               init_from=init_from, trackers=built_trackers)
 
 
 def _check_training_fits(model, config: TrainConfig, block_size: int, vocab_size: int) -> None:
@@ -672,13 +749,15 @@ def run_training(
     given: set[str] | None = None,
     progress: bool = True,
     say: Callable[[str], None] = print,
+    trackers: Sequence[str] = (),
 ) -> TrainResult:
     """Run `gen train`. `given` names the options the user gave: they win over the model's
     training defaults and, on --resume, over the saved ones. By default, those that
-    differ from TrainConfig's defaults."""
+    differ from TrainConfig's defaults. `trackers` are --tracker specs (metrics.jsonl's
+    tracker is always on)."""
     distributed = Distributed.from_environment()
     try:
-        result = _training_loop(config, given, progress, say, distributed)
+        result = _training_loop(config, given, progress, say, distributed, trackers)
     except Exception as error:
         # The process group is left to the process's exit: leaving it cleanly could
         # wait on the other processes, which may be gone.
@@ -693,10 +772,10 @@ def run_training(
 
 
 def _training_loop(config: TrainConfig, given: set[str] | None, progress: bool, say: Callable[[str], None],
-           distributed: Distributed) -> TrainResult:
+           distributed: Distributed, trackers: Sequence[str]) -> TrainResult:
     from tqdm import tqdm
 
-    run = prepare_run(config, given_options(config) if given is None else set(given), distributed)
+    run = prepare_run(config, given_options(config) if given is None else set(given), distributed, trackers)
     config, trainer = run.config, run.trainer
     if not run.is_main:  # the other processes of a distributed run keep quiet
         say, progress = (lambda line: None), False
@@ -718,7 +797,6 @@ def _training_loop(config: TrainConfig, given: set[str] | None, progress: bool, 
                 stop = run.stop_requested(metrics)
                 if trainer.step > 0:
                     run.save_checkpoints(metrics["val_loss"])
-                run.write_metrics()
                 if stop:
                     write(f"stopped early at step {trainer.step} by a plugin's on_eval hook")
                     break
@@ -748,12 +826,12 @@ def _training_loop(config: TrainConfig, given: set[str] | None, progress: bool, 
                 say(_interrupted_distributed(run))
             else:
                 run.save_checkpoints(None)
-                run.write_metrics()
                 say(f"interrupted at step {trainer.step}; saved {run.out / LATEST}; "
                     f"continue with: gen train --out {run.out} --resume")
         raise
     finally:
         bar.close()
+        run.finish()
     if config.resume and run.start_step >= config.max_iters:
         say(f"the run in {str(run.out)!r} already reached step {run.start_step}; raise --max-iters to train further")
     elif run.best_val_loss is not None:

@@ -1,6 +1,9 @@
 // The gen playground: a prompt, a sampler chain built from GET /v1/samplers, a constraint, and the
 // text streamed from POST /v1/completions with each token coloured by its probability under the
 // model; its alternatives say which the constraint masked out and which a filter removed.
+// Clicking a token opens the inside view: the model's distribution beside the one the token was
+// drawn from (the API's sampled_distribution), and each head's attention over the text before it
+// (POST /attention, for exports made with gen export --attention).
 // Plain browser JavaScript: no build step, no libraries, nothing fetched but this server's API.
 "use strict";
 
@@ -213,6 +216,7 @@ function appendPiece(text, logprobs) {
   const tokens = logprobs ? logprobs.tokens.map((t, i) => ({
     text: t, logprob: logprobs.token_logprobs[i], top: logprobs.top_logprobs[i] || {},
     removed: logprobs.removed_alternatives?.[i] || {},
+    distribution: logprobs.sampled_distribution?.[i] || [], offset: logprobs.text_offset[i],
   })) : [];
   const spelled = tokens.map((token) => token.text).join("") === text;
   const parts = spelled ? tokens.map((token) => [token.text, token]) : [[text, tokens[0]]];
@@ -240,7 +244,7 @@ async function generate() {
   const body = {
     model: window.MODEL, prompt: $("#prompt").value, max_tokens: Number($("#max-tokens").value),
     seed: Number($("#seed").value), sampler: chainSpecs(), logprobs: Number($("#alternatives").value),
-    removed_alternatives: true, stream: true, stream_options: { include_usage: true },
+    removed_alternatives: true, sampled_distribution: true, stream: true, stream_options: { include_usage: true },
   };
   const constraint = chosenConstraint();
   if (constraint) Object.assign(body, constraint.field($("#constraint").value));
@@ -248,6 +252,7 @@ async function generate() {
   $("#prompt-echo").textContent = body.prompt;
   $("#completion").replaceChildren();
   $("#tooltip").hidden = true;
+  $("#inside").hidden = true;
   state.controller = new AbortController();
   $("#generate").disabled = true;
   $("#stop").disabled = false;
@@ -305,6 +310,69 @@ async function generate() {
   }
 }
 
+// --- inside the model: the clicked token's distributions and attention -----------------------
+
+function probabilityBar(probability, className) {
+  const width = Math.max(probability > 0 ? 1 : 0, Math.round(probability * 160));
+  return `<span class="bar ${className}" style="width:${width}px"></span>` +
+    `<span class="p">${(probability * 100).toFixed(1)}%</span>`;
+}
+
+// Before and after the chain, for the model's top tokens: a filter's cut shows as an empty
+// bar marked "removed", a temperature as bars that grow for the likely and shrink for the rest.
+function showDistribution(token) {
+  const rows = token.distribution.map((entry) => {
+    const removed = REMOVED[entry.removed];
+    const kind = [entry.text === token.text ? "is-chosen" : "", removed ? `removed ${removed.className}` : ""].join(" ").trim();
+    return `<tr class="${kind}" data-removed="${entry.removed || ""}" data-probability="${entry.probability}" ` +
+      `data-sampled="${entry.sampled_probability}"><td class="text">${escapeHtml(visible(entry.text))}</td>` +
+      `<td>${probabilityBar(entry.probability, "model")}</td>` +
+      `<td>${probabilityBar(entry.sampled_probability, "sampled")}</td>` +
+      `<td class="why">${removed ? removed.label : ""}</td></tr>`;
+  });
+  $("#distribution").innerHTML = `<h3>What the sampler did for ${escapeHtml(visible(token.text))}</h3>` +
+    `<table><tr><th>token</th><th>the model</th><th>drawn from (after the chain)</th><th></th></tr>${rows.join("")}</table>`;
+}
+
+// Each head's weights over the text up to the token (one row per head, darker is more weight).
+async function showAttention(token) {
+  const box = $("#attention");
+  box.innerHTML = `<h3>Attention of ${escapeHtml(visible(token.text))}</h3><p class="hint">Reading\u2026</p>`;
+  const text = $("#prompt-echo").textContent + $("#completion").textContent;
+  try {
+    const response = await api("/attention", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ prompt: text.slice(0, token.offset + token.text.length), position: -1 }),
+    });
+    const answer = await response.json();
+    if (!response.ok) throw new Error(answer.error.message);
+    state.attention = answer; // for tests and the curious
+    const rows = [];
+    answer.weights.forEach((heads, layer) => heads.forEach((weights, head) => {
+      const strongest = Math.max(...weights);
+      const cells = weights.map((weight, key) => {
+        const shade = strongest > 0 ? weight / strongest : 0;
+        return `<span class="key" data-weight="${weight}" title="${(weight * 100).toFixed(1)}%" ` +
+          `style="background:rgba(37,99,235,${shade.toFixed(3)});color:${shade > 0.55 ? "#fff" : "inherit"}">` +
+          `${escapeHtml(visible(answer.tokens[key]))}</span>`;
+      });
+      rows.push(`<div class="head-row" data-layer="${layer}" data-head="${head}"><span class="head-name">` +
+        `layer ${layer} head ${head}</span><span class="keys">${cells.join("")}</span></div>`);
+    }));
+    box.innerHTML = `<h3>Attention of ${escapeHtml(visible(token.text))} <small>(each head's weights over the ` +
+      `text before it: the tril-masked softmax of queries and keys)</small></h3>${rows.join("")}`;
+  } catch (error) {
+    if (!(error instanceof NeedsKey)) box.innerHTML = `<h3>Attention</h3><p class="hint">${escapeHtml(error.message)}</p>`;
+  }
+}
+
+function showInside(span) {
+  const token = JSON.parse(span.dataset.token);
+  $("#inside").hidden = false;
+  showDistribution(token);
+  return showAttention(token);
+}
+
 // --- wiring -----------------------------------------------------------------------------
 
 async function start() {
@@ -334,7 +402,7 @@ async function start() {
     for (const pinned of document.querySelectorAll(".token.pinned")) if (pinned !== span) pinned.classList.remove("pinned");
     if (!span) { $("#tooltip").hidden = true; return; }
     span.classList.toggle("pinned");
-    if (span.classList.contains("pinned")) showTooltip(span); else $("#tooltip").hidden = true;
+    if (span.classList.contains("pinned")) { showTooltip(span); showInside(span); } else $("#tooltip").hidden = true;
   });
   addLink("top_k", { k: 40 });
   update();
