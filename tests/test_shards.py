@@ -194,10 +194,15 @@ def test_ids_past_the_vocabulary_are_refused(copy_of, tmp_path):
 
 
 def test_an_index_of_another_tokenizer_is_refused(copy_of, corpus, tmp_path):
+    """--resume's and --init-from's tokenizer, and --tokenizer, must be the folder's."""
     train(copy_of, tmp_path / "run", max_iters=2)
+    ok(gen("train", "--data", copy_of, "--init-from", tmp_path / "run", "--out", tmp_path / "tuned", "--max-iters", 2,
+           "--device", "cpu"))  # the folder's own tokenizer: a fine-tune on it trains
     ok(gen("prepare", "--data", corpus, "--tokenizer", "byte", "--out", copy_of, "--overwrite"))
     one_line_error(gen("train", "--out", tmp_path / "run", "--resume", "--max-iters", 4),
                    "prepared with another tokenizer")
+    one_line_error(gen("train", "--data", copy_of, "--init-from", tmp_path / "run", "--out", tmp_path / "retuned",
+                       "--max-iters", 2, "--device", "cpu"), "prepared with another tokenizer")
     one_line_error(gen("train", "--data", copy_of, "--out", tmp_path / "other", "--tokenizer", "char", *TINY),
                    "prepared with --tokenizer byte, not char")
 
