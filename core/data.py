@@ -1,6 +1,9 @@
 """Training data: the corpus, its tokenizer, and the train/validation token arrays (no torch).
 
-`--data` names a UTF-8 text file or a known corpus (`shakespeare`). A known corpus is
+`--data` names a UTF-8 text file, a known corpus (`shakespeare`), or a folder of token
+shards (`gen prepare`'s, or nanoGPT's train.bin/val.bin): such a folder is read where it
+lies, never into memory, with the tokenizer it was made with (gen.core.shards); all that
+follows is about text. A known corpus is
 downloaded once into the user cache, checked against its pinned sha256 and written
 atomically, so an interrupted or wrong download leaves nothing behind.
 
@@ -37,6 +40,7 @@ import numpy as np
 from gen.core.errors import GenError
 from gen.core.files import replace_file_atomically
 from gen.core.limits import check_fits, format_bytes
+from gen.core.shards import ShardedTokens, check_tokens, is_token_folder, open_token_folder, same_tokenizer
 from gen.core.reading import check_npy_header, check_regular_file, decode_utf8, load_json, read_bytes, validate
 from gen.core.specs import call_with_options, convert_options, describe_options, parse_spec
 from gen.core.tokenizer import Tokenizer, tokenizer_from_dict, tokenizer_to_dict
@@ -310,8 +314,9 @@ class Dataset:
     source: str  # what --data said
     tokenizer: Tokenizer
     tokenizer_document: dict | None  # {"name", "state"}; None for a tokenizer handed in ready
-    train_ids: np.ndarray  # (N_train,) token ids
-    val_ids: np.ndarray  # (N_val,) token ids
+    train_ids: np.ndarray | ShardedTokens  # (N_train,) token ids; on disk for a token folder
+    val_ids: np.ndarray | ShardedTokens  # (N_val,) token ids
+    tokenizer_spec: str | None = None  # the --tokenizer a token folder was prepared with
 
     def split(self, name: str) -> np.ndarray:
         return {"train": self.train_ids, "val": self.val_ids}[name]
@@ -337,6 +342,7 @@ def load_dataset(
     tokenizer: Tokenizer | None = None,
     progress: bool = True,
     misfit_advice: str | None = None,
+    verify: bool = False,
 ) -> Dataset:
     """Read `data`, tokenize it and split it.
 
@@ -344,8 +350,12 @@ def load_dataset(
     scoring, resuming and fine-tuning pass the `tokenizer_document` stored in a
     checkpoint, or a ready `tokenizer` (an ONNX file's). Such a tokenizer may not
     encode the text (a character outside a char vocabulary): `misfit_advice` then
-    ends the one-line error, saying what to do.
+    ends the one-line error, saying what to do. A folder of token shards
+    (gen.core.shards) is read where it lies, with its own tokenizer, which a caller's
+    must equal; `verify` checks its shards' sums.
     """
+    if is_token_folder(data):
+        return _token_folder_dataset(data, tokenizer_spec, tokenizer_document, tokenizer, progress, verify)
     text = read_text(corpus_path(data, progress=progress))
     if tokenizer is None and tokenizer_document is not None:
         tokenizer = tokenizer_from_dict(tokenizer_document)
@@ -359,3 +369,60 @@ def load_dataset(
         raise GenError(f"{data!r} does not fit the tokenizer: {error}; {misfit_advice}") from None
     train_ids, val_ids = split_tokens(ids)
     return Dataset(data, tokenizer, tokenizer_document, train_ids, val_ids)
+
+
+def _token_folder_dataset(data: str, tokenizer_spec: str | None, tokenizer_document: dict | None,
+                          tokenizer: Tokenizer | None, progress: bool, verify: bool) -> Dataset:
+    """A folder of token shards as a Dataset, its tokenizer checked against the caller's.
+
+    The folder's own tokenizer is used; a caller's (a checkpoint's, an ONNX file's, a
+    --tokenizer given) must be the same one. nanoGPT's GPT-2 ids (train.bin without
+    meta.pkl) carry no tokenizer: they need one built from a file, GPT-2's own.
+    """
+    folder = open_token_folder(data, verify=verify, progress=progress)
+    recorded = folder.tokenizer_document
+    if recorded is None:  # nanoGPT's GPT-2 ids carry no tokenizer
+        spec = tokenizer_spec
+        if tokenizer is None and tokenizer_document is None:
+            tokenizer, tokenizer_document = _tokenizer_for_gpt2_ids(data, tokenizer_spec)
+    else:
+        spec = folder.tokenizer_spec
+        _check_folder_tokenizer(data, recorded, spec, tokenizer_spec, tokenizer_document, tokenizer)
+        if tokenizer is None and tokenizer_document is None:
+            tokenizer_document = recorded
+    if tokenizer is None:
+        tokenizer = tokenizer_from_dict(tokenizer_document)
+    check_tokens(folder, tokenizer)
+    train_ids, val_ids = folder.splits()
+    return Dataset(data, tokenizer, tokenizer_document, train_ids, val_ids, tokenizer_spec=spec)
+
+
+def _check_folder_tokenizer(data: str, recorded: dict, spec: str, tokenizer_spec: str | None,
+                            tokenizer_document: dict | None, tokenizer: Tokenizer | None) -> None:
+    """Refuse a --tokenizer other than the one the folder was prepared with, and a checkpoint's
+    or an ONNX file's tokenizer other than the folder's."""
+    where = f"the token folder {data!r}"
+    if tokenizer_spec is not None and parse_spec(tokenizer_spec, "tokenizer") != parse_spec(spec, "tokenizer"):
+        raise GenError(f"{where} was prepared with --tokenizer {spec}, not {tokenizer_spec}; "
+                       f"leave --tokenizer out (the folder's own is used), or prepare it again")
+    # (a tokenizer object does not know its registered name: it is compared by its state)
+    callers = tokenizer_document if tokenizer is None else {"name": recorded["name"], "state": tokenizer.to_dict()}
+    if callers is not None and not same_tokenizer(callers, recorded):
+        raise GenError(f"{where} was prepared with another tokenizer than this model's ({recorded['name']} "
+                       f"of its own vocabulary); give the folder prepared for this model, or prepare "
+                       f"the corpus again with its tokenizer")
+
+
+def _tokenizer_for_gpt2_ids(data: str, tokenizer_spec: str | None) -> tuple[Tokenizer, dict]:
+    """The tokenizer for nanoGPT's train.bin without meta.pkl (GPT-2's tiktoken ids): one read
+    from a file (GPT-2's tokenizer.json), never one learned from text the folder does not hold."""
+    from gen.core.registry import get_registry
+
+    advice = (f"{data!r} holds nanoGPT's train.bin without meta.pkl, that is GPT-2's token ids (tiktoken); "
+              f"give GPT-2's tokenizer with --tokenizer hf:path=tokenizer.json")
+    if tokenizer_spec is None:
+        raise GenError(advice)
+    name, _ = parse_spec(tokenizer_spec, "tokenizer")
+    if getattr(get_registry().entry("tokenizer", name).load(), "learns_from_text", True) is not False:
+        raise GenError(f"{advice}, not {tokenizer_spec} (which would learn a vocabulary of its own)")
+    return train_tokenizer("", tokenizer_spec)

@@ -13,6 +13,7 @@ of these refuses, in one GenError line naming the file, what is wrong and the li
   MAX_INTEGER_DIGITS digits;
 - `validate`: the values have the types of a declared schema (a msgspec Struct), or
   the error says which field is wrong (`$.model.config.n_layer`);
+- `load_plain_pickle`: a pickle (nanoGPT's meta.pkl) yields plain data or is refused unrun;
 - `check_npy_header`, `check_zip_members`: the sizes an array or an archive declares
   fit in the file and in memory, checked before anything is built or inflated.
 
@@ -21,8 +22,10 @@ decoded document against a class of typed fields, with errors that name the fiel
 """
 from __future__ import annotations
 
+import io
 import json
 import os
+import pickle
 import re
 import stat
 import zipfile
@@ -48,6 +51,7 @@ SIZE_LIMITS = {
     "metrics log": 256 * MIB,
     "ONNX metadata value": 256 * MIB,
     "pickle": 64 * MIB,
+    "shard index": 256 * MIB,  # gen prepare's index.json: the tokenizer and a line per shard
     "safetensors header": 100 * MIB,  # safetensors' own limit
     "npy header": 64 * KIB,
     "cache digest": 4 * KIB,
@@ -196,6 +200,57 @@ def validate(document, schema: type[Schema], source: str) -> Schema:
         return msgspec.convert(document, schema, strict=True)
     except msgspec.ValidationError as error:
         raise GenError(f"{source} is damaged: {error}") from None
+
+
+# --- pickles: plain data only --------------------------------------------------------
+
+PLAIN_TYPES = (dict, list, tuple, str, int, float, bool, type(None))
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """An unpickler that imports nothing: no class or function can be named, so none is called."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"it names {module}.{name}")
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("it refers to a persistent object")
+
+
+def _check_plain(value, path) -> None:
+    """Refuse anything but plain data, visiting each object once: a pickle's memo lets a
+    1 KB file refer to the same list a billion times over ("billion laughs")."""
+    stack, seen = [value], set()
+    while stack:
+        item = stack.pop()
+        if isinstance(item, (dict, list, tuple)):
+            if id(item) in seen:
+                continue
+            seen.add(id(item))
+        if type(item) not in PLAIN_TYPES:
+            raise GenError(f"{path} holds a {type(item).__name__}; only plain data (dicts, lists, strings, "
+                           f"numbers) is read from a pickle")
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+
+
+def load_plain_pickle(path: str | os.PathLike):
+    """The plain data (dicts, lists, tuples, strings, numbers, booleans, None) in the pickle at
+    `path` (nanoGPT's meta.pkl). Anything else is refused with a GenError before it is built:
+    a pickle runs code by naming a function or a class to call, and that is what is refused."""
+    data = read_bytes(path, "pickle", SIZE_LIMITS["pickle"])
+    try:
+        value = _PlainUnpickler(io.BytesIO(data)).load()
+    except Exception as error:  # UnpicklingError, and what a malformed stream raises
+        raise GenError(
+            f"refused to load {path}: {error}; only plain data (dicts, lists, strings, numbers) is read "
+            f"from a pickle, and nothing in it is run"
+        ) from None
+    _check_plain(value, path)
+    return value
 
 
 # --- binary formats: what they declare, checked before it is built -------------------

@@ -2,7 +2,7 @@
 imports it but its own modules). Commands that train or export import torch only when run.
 
     __init__.py            the `gen` group and `gen plugins`
-    commands.py            gen train, gen sample
+    commands.py            gen train, gen prepare, gen sample
     generation_options.py  the options gen sample and gen run share, and the printing of samples
     runtime_commands.py    gen run, gen serve, gen eval
     export_commands.py     gen export
@@ -12,7 +12,7 @@ imports it but its own modules). Commands that train or export import torch only
     backends.py            a path -> an ONNX model or a torch checkpoint, for gen eval
     reference.py           docs/cli.md from the commands' own help
 
-The group itself holds only `gen plugins`; every other command (train, sample, run,
+The group itself holds only `gen plugins`; every other command (train, prepare, sample, run,
 eval, export, and any a third-party plugin adds) arrives through the
 `register_commands` hook when this module is imported.
 """

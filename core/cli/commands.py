@@ -1,4 +1,4 @@
-"""The built-in commands `gen train` and `gen sample`.
+"""The built-in commands `gen train`, `gen prepare` and `gen sample`.
 
 Each imports its heavy machinery (torch, the training loop) inside the function, so
 that `gen --help` and `gen run` never import torch. A `GenError` raised here becomes
@@ -17,6 +17,7 @@ from gen.core.hookspecs import hookimpl
 from gen.core.reading import load_toml
 from gen.core.specs import format_spec, options_of
 from gen.core.training.config import DTYPES, LIMITS, TrainConfig, option_flag
+from gen.core.training.prepare import SHARD_TOKENS
 
 
 # --- gen train ------------------------------------------------------------------------
@@ -24,8 +25,12 @@ from gen.core.training.config import DTYPES, LIMITS, TrainConfig, option_flag
 
 # (option, help); the defaults come from TrainConfig, the numeric ranges from LIMITS.
 TRAIN_OPTIONS = [
-    ("data", "A UTF-8 text file, or 'shakespeare' (Tiny Shakespeare, downloaded once)."),
-    ("tokenizer", "Tokenizer plugin and options, trained on the corpus: char, byte, bpe:vocab_size=512, ..."),
+    ("data", "A UTF-8 text file, 'shakespeare' (Tiny Shakespeare, downloaded once), or a folder of token "
+             "shards: gen prepare's, or nanoGPT's train.bin/val.bin (with meta.pkl)."),
+    ("tokenizer", "Tokenizer plugin and options, trained on the corpus: char, byte, bpe:vocab_size=512, ... "
+                  "(a token folder brings its own)."),
+    ("verify", "Before training, read every shard of a token folder against the sha256 gen prepare recorded "
+               "(sizes are always checked; this reads the whole corpus)."),
     ("init-from", "Fine-tune: start from this checkpoint's (or run directory's) weights, model and tokenizer, "
                   "with a fresh optimizer, step count and schedule; options that change the model's shape "
                   "are refused (see examples/finetune.toml)."),
@@ -59,7 +64,7 @@ TRAIN_OPTIONS = [
     ("compile/--no-compile", "torch.compile the model (~30 s on 2 CPU cores; then faster steps)."),
     ("seed", "Seed of the initial weights and the batch order."),
 ]
-FLAGS = ("resume", "overwrite")
+FLAGS = ("resume", "overwrite", "verify")
 PLUGIN_OPTIONS = ("tokenizer", "model")  # their values are plugin specs, completed from the registry
 GIVEN_SOURCES = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
 OPTION_TYPES = {name: option.type for name, option in options_of(TrainConfig).items()}
@@ -230,6 +235,37 @@ def _build_train_command() -> click.Command:
 train_command = _build_train_command()
 
 
+# --- gen prepare ----------------------------------------------------------------------
+
+
+@click.command()
+@click.option("--data", required=True,
+              help="A text file, a folder of text files, a glob ('corpus/*.txt'), parquet/arrow/jsonl files of "
+                   "records (Hugging Face datasets), or nanoGPT's folder of train.bin/val.bin (with meta.pkl).")
+@click.option("--tokenizer", default="char", show_default=True, shell_complete=complete_plugin_spec("tokenizer"),
+              help="Tokenizer plugin and options; one that learns (char, bpe) learns from the first 32 MB.")
+@click.option("--out", required=True, help="The folder of token shards and their index.json, for gen train --data.")
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
+              help="Processes that encode the text (the chunks keep their order).")
+@click.option("--text-column", default="text", show_default=True,
+              help="The column of parquet/arrow/jsonl records that holds the text.")
+@click.option("--shard-tokens", type=click.IntRange(1), default=SHARD_TOKENS, show_default=True,
+              help="Token ids per shard file.")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it holds a prepared folder.")
+def prepare(data, tokenizer, out, workers, text_column, shard_tokens, overwrite):
+    """Tokenize a corpus of any size into memory-mapped token shards for gen train --data OUT.
+
+    The text is streamed in chunks and never held whole; the shards (uint16 ids where the
+    vocabulary fits, else uint32) and an index of their sizes and sha256 sums are written
+    into a temporary folder that replaces OUT once complete, so an interrupted prepare
+    leaves OUT as it was (run it again to start over).
+    """
+    from gen.core.training.prepare import prepare as prepare_corpus
+
+    prepare_corpus(data, tokenizer, out, workers=workers, text_column=text_column, shard_tokens=shard_tokens,
+                   overwrite=overwrite, say=click.echo)
+
+
 # --- gen sample -----------------------------------------------------------------------
 
 
@@ -255,4 +291,5 @@ def sample(checkpoint, no_cache, device, **options):
 @hookimpl
 def register_commands(cli):
     cli.add_command(train_command)
+    cli.add_command(prepare)
     cli.add_command(sample)

@@ -7,4 +7,5 @@
     distributed.py    torchrun / torch.distributed
     torch_backend.py  a torch model as a backend of gen.core.generation (`gen sample`)
     nanogpt.py        nanoGPT checkpoints in and out
+    prepare.py        `gen prepare`: a corpus of any size into token shards (no torch)
 """

@@ -34,6 +34,7 @@ class TrainConfig:
     # data
     data: str = "shakespeare"
     tokenizer: str = "char"  # NAME[:KEY=VALUE,...], e.g. bpe:vocab_size=512
+    verify: bool = False  # read a token folder's shards in full against their sums before training
     # fine-tuning: a checkpoint whose weights, model and tokenizer the run starts from
     init_from: str | None = None
     # the model: NAME[:KEY=VALUE,...]; None below means "the model's own default"
@@ -78,7 +79,7 @@ FIXED_ON_RESUME = ("data", "tokenizer", "model", "init_from") + MODEL_SHORTCUTS
 # weights; a smaller block_size is allowed too where the model can crop its positions.
 CHANGEABLE_ON_FINE_TUNE = ("dropout",)
 # What saying --resume or --overwrite on the command line does not store in a checkpoint.
-NOT_SAVED = ("resume", "overwrite")
+NOT_SAVED = ("resume", "overwrite", "verify")
 DTYPES = ("auto", "float32", "bfloat16")
 
 # The range of every numeric training option, (lowest, highest) with None for no

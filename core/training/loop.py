@@ -42,6 +42,7 @@ from gen.core.training.checkpoint import (
     save_checkpoint,
 )
 from gen.core.data import Dataset, check_split_lengths, load_dataset
+from gen.core.shards import ShardedTokens
 from gen.core.training.devices import resolve_device, resolve_dtype, uses_math_attention
 from gen.core.training.distributed import Distributed, is_collective_failure, processes
 from gen.core.errors import GenError, first_line
@@ -109,11 +110,16 @@ class BatchSampler:
     In a run of several processes, each draws the starts of the whole global batch
     (world_size * batch_size) from the same generator and keeps its own rows, so
     together they draw exactly what one process with the global batch would.
+
+    A split kept in token shards (gen.core.shards) is read from disk window by window,
+    through np.memmap as nanoGPT reads train.bin; the starts are drawn alike, so the same
+    tokens give the same batches from shards as from memory.
     """
 
-    def __init__(self, ids: np.ndarray, block_size: int, batch_size: int, device: torch.device,
+    def __init__(self, ids: np.ndarray | ShardedTokens, block_size: int, batch_size: int, device: torch.device,
                  rank: int = 0, world_size: int = 1):
-        self.data = torch.from_numpy(np.asarray(ids, dtype=np.int64))  # (N,)
+        self.shards = ids if isinstance(ids, ShardedTokens) else None
+        self.data = ids if self.shards else torch.from_numpy(np.asarray(ids, dtype=np.int64))  # (N,)
         self.offsets = torch.arange(block_size + 1)  # (T+1,)
         self.block_size = block_size
         self.batch_size = batch_size
@@ -124,7 +130,10 @@ class BatchSampler:
     def sample(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         starts = torch.randint(len(self.data) - self.block_size, (self.global_batch_size,), generator=generator)
         starts = starts[self.rows]  # (B,)
-        windows = self.data[starts[:, None] + self.offsets]  # (B, T+1)
+        if self.shards is not None:
+            windows = torch.from_numpy(self.shards.windows(starts.numpy(), self.block_size + 1))  # (B, T+1)
+        else:
+            windows = self.data[starts[:, None] + self.offsets]  # (B, T+1)
         inputs, targets = windows[:, :-1].contiguous(), windows[:, 1:].contiguous()  # (B, T) each
         if self.device.type == "cuda":
             return (inputs.pin_memory().to(self.device, non_blocking=True),
@@ -658,7 +667,8 @@ def prepare_run(config: TrainConfig, given: set[str], distributed: Distributed |
     init_from = None
     if config.resume:
         resumed = load_checkpoint(out / LATEST, device="cpu")
-        dataset = load_dataset(config.data, tokenizer_document=resumed.tokenizer_document, progress=progress)
+        dataset = load_dataset(config.data, tokenizer_document=resumed.tokenizer_document, progress=progress,
+                               verify=config.verify)
         model_name, model = resumed.model_name, resumed.model
         init_from = read_config(out / LATEST).get("init_from")
     elif config.init_from is not None:
@@ -666,6 +676,7 @@ def prepare_run(config: TrainConfig, given: set[str], distributed: Distributed |
         # then trained like a new run (fresh optimizer, step 0, the whole schedule).
         start = load_checkpoint(config.init_from, device="cpu")
         dataset = load_dataset(config.data, tokenizer_document=start.tokenizer_document, progress=progress,
+                               verify=config.verify,
                                misfit_advice=f"a fine-tune keeps the tokenizer of --init-from {str(start.path)!r}: "
                                              f"remove or replace what it cannot encode, or train anew without "
                                              f"--init-from")
@@ -675,7 +686,11 @@ def prepare_run(config: TrainConfig, given: set[str], distributed: Distributed |
         distributed.offset_seed(config.seed)
     else:
         model_name, model_options = model_spec(config)  # a wrong option fails before the data loads
-        dataset = load_dataset(config.data, tokenizer_spec=config.tokenizer, progress=progress)
+        # A token folder brings its own tokenizer: --tokenizer left at its default defers to it.
+        tokenizer_spec = config.tokenizer if "tokenizer" in given or config.tokenizer != TrainConfig.tokenizer else None
+        dataset = load_dataset(config.data, tokenizer_spec=tokenizer_spec, progress=progress, verify=config.verify)
+        if dataset.tokenizer_spec is not None:  # recorded as the run's --tokenizer
+            config = dataclasses.replace(config, tokenizer=dataset.tokenizer_spec)
         torch.manual_seed(config.seed)  # the initial weights, the same in every process
         model = build_model(model_name, {**model_options, "vocab_size": dataset.tokenizer.vocab_size})
         distributed.offset_seed(config.seed)

@@ -26,71 +26,22 @@ torch is imported when an import runs, not with this module.
 """
 from __future__ import annotations
 
-import io
 import os
 import pickle
 from pathlib import Path
 from typing import Callable
 
 from gen.core.errors import GenError, first_line
-from gen.core.reading import SIZE_LIMITS, check_zip_members, read_bytes
+# (meta.pkl is read by gen.core.reading, and turned into a tokenizer by gen.core.shards, which
+# gen train --data reads a nanoGPT data folder with too; the names stay importable from here)
+from gen.core.reading import check_zip_members, load_plain_pickle
+from gen.core.shards import char_tokenizer_from_meta
 
-PLAIN_TYPES = (dict, list, tuple, str, int, float, bool, type(None))
 # nanoGPT's data/<dataset>/prepare.py downloads the corpus that gen knows by this name,
 # and splits it 90/10 at the same character, so `gen eval` scores nanoGPT's validation split.
 KNOWN_DATASETS = {"shakespeare_char": "shakespeare"}
 MASK_BUFFERS = (".attn.bias", ".attn.masked_bias")  # attention masks, not weights
 COMPILED_PREFIX = "_orig_mod."
-
-
-# --- reading pickles safely ---------------------------------------------------------
-
-
-class _PlainUnpickler(pickle.Unpickler):
-    """An unpickler that imports nothing: no class or function can be named, so none is called."""
-
-    def find_class(self, module, name):
-        raise pickle.UnpicklingError(f"it names {module}.{name}")
-
-    def persistent_load(self, pid):
-        raise pickle.UnpicklingError("it refers to a persistent object")
-
-
-def _check_plain(value, path) -> None:
-    """Refuse anything but plain data, visiting each object once: a pickle's memo lets a
-    1 KB file refer to the same list a billion times over ("billion laughs")."""
-    stack, seen = [value], set()
-    while stack:
-        item = stack.pop()
-        if isinstance(item, (dict, list, tuple)):
-            if id(item) in seen:
-                continue
-            seen.add(id(item))
-        if type(item) not in PLAIN_TYPES:
-            raise GenError(f"{path} holds a {type(item).__name__}; only plain data (dicts, lists, strings, "
-                           f"numbers) is read from a pickle")
-        if isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, (list, tuple)):
-            stack.extend(item)
-
-
-def load_plain_pickle(path: str | os.PathLike):
-    """The plain data (dicts, lists, tuples, strings, numbers, booleans, None) in the pickle at `path`.
-
-    Anything else is refused with a GenError before it is built: no code in the file runs.
-    """
-    data = read_bytes(path, "pickle", SIZE_LIMITS["pickle"])
-    try:
-        value = _PlainUnpickler(io.BytesIO(data)).load()
-    except Exception as error:  # UnpicklingError, and what a malformed stream raises
-        raise GenError(
-            f"refused to load {path}: {error}; only plain data (dicts, lists, strings, numbers) is read "
-            f"from a pickle, and nothing in it is run"
-        ) from None
-    _check_plain(value, path)
-    return value
 
 
 def torch_load_weights_only(path: str | os.PathLike, what: str):
@@ -122,25 +73,6 @@ def load_weights_only(path: str | os.PathLike) -> dict:
 
 
 # --- nanoGPT -> gen --------------------------------------------------------------------
-
-
-def char_tokenizer_from_meta(meta, path) -> object:
-    """gen's char tokenizer with the ids of nanoGPT's meta.pkl (`itos`: id -> character)."""
-    from gen.core.tokenizer import tokenizer_from_dict
-
-    itos = meta.get("itos") if isinstance(meta, dict) else None
-    if not isinstance(itos, dict) or not itos:
-        raise GenError(f"{path} has no 'itos' table (id -> character); is it a character-level nanoGPT meta.pkl?")
-    if sorted(itos) != list(range(len(itos))) or not all(isinstance(c, str) and len(c) == 1 for c in itos.values()):
-        raise GenError(f"{path}: 'itos' must map the ids 0 to {len(itos) - 1} to single characters")
-    characters = "".join(itos[i] for i in range(len(itos)))
-    if len(set(characters)) != len(characters):
-        raise GenError(f"{path}: 'itos' maps two ids to the same character")
-    stoi = meta.get("stoi")
-    if isinstance(stoi, dict) and any(stoi.get(c) != i for i, c in enumerate(characters)):
-        raise GenError(f"{path}: 'stoi' and 'itos' disagree")
-    # Through the registry, as any plugin's tokenizer: the built-in `char` state is its characters.
-    return tokenizer_from_dict({"name": "char", "state": {"characters": characters}})
 
 
 def _model_config(model_args: dict, path) -> dict:
