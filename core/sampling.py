@@ -176,13 +176,23 @@ def draw(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One id per row drawn from the probabilities `probs` (batch, vocab) with `rng`.
 
     One uniform number per row and a search in the cumulative sum: exact,
-    reproducible for a seed, and the same on every backend.
+    reproducible for a seed, and the same on every backend. The search is a binary
+    one (the cumulative sum of non-negative numbers never decreases), so beyond the
+    sum itself a row costs a few comparisons, not another pass over its vocabulary.
     """
     probs = np.asarray(probs, dtype=np.float32)
     cumulative = np.cumsum(probs, axis=-1)
-    uniforms = rng.random(probs.shape[0]) * cumulative[:, -1]
-    ids = (cumulative <= uniforms[:, None]).sum(axis=-1)  # first index whose sum passes u
-    return np.minimum(ids, probs.shape[-1] - 1).astype(np.int64)
+    uniforms = rng.random(probs.shape[0]) * cumulative[:, -1]  # float64, as the stream has always been scaled
+    ids = np.empty(probs.shape[0], dtype=np.int64)
+    for row, uniform in enumerate(uniforms.tolist()):
+        # The first index whose sum passes u: the count of sums <= u. The sums are float32, so
+        # "<= u" is "<= the largest float32 not above u", and the search stays in float32
+        # (a float64 key would convert the whole row).
+        bound = np.float32(uniform)
+        if float(bound) > uniform:  # compared in float64 (a Python float beside a float32 would be rounded)
+            bound = np.nextafter(bound, np.float32(-np.inf))
+        ids[row] = np.searchsorted(cumulative[row], bound, side="right")
+    return np.minimum(ids, probs.shape[-1] - 1)
 
 
 def mask_beyond_mass(logits: np.ndarray, probs: np.ndarray, order: np.ndarray, p: float) -> np.ndarray:
@@ -205,6 +215,63 @@ def mask_beyond_mass(logits: np.ndarray, probs: np.ndarray, order: np.ndarray, p
 def argmax(logits: np.ndarray) -> np.ndarray:
     """The most likely id per row, as int64."""
     return np.asarray(logits).argmax(axis=-1).astype(np.int64)
+
+
+def largest(values: np.ndarray, k: int) -> np.ndarray:
+    """(batch, k) ids of each row's k largest `values`, largest first, equal values in id order:
+    exactly `np.argsort(-values, axis=-1, kind="stable")[:, :k]` (greedy's tie rule), at the cost of
+    a partition of the row and a sort of k entries instead of a sort of the whole vocabulary.
+    -inf entries count as values (they come last)."""
+    values = np.asarray(values)
+    batch, vocab = values.shape
+    k = max(0, min(k, vocab))
+    if k == 0:
+        return np.empty((batch, 0), dtype=np.int64)
+    if k == vocab:
+        return np.argsort(-values, axis=-1, kind="stable").astype(np.int64, copy=False)
+    ids = np.argpartition(values, vocab - k, axis=-1)[:, vocab - k:]  # the k largest, in no order
+    chosen = np.take_along_axis(values, ids, axis=-1)  # (B, k)
+    # Equal values at the boundary: the partition may have taken any of them; the rule takes the
+    # lowest ids. Rows where some value equal to the k-th largest was left out are chosen again.
+    kth = chosen.min(axis=-1, keepdims=True)
+    ambiguous = (values == kth).sum(axis=-1) != (chosen == kth).sum(axis=-1)
+    for row in np.flatnonzero(ambiguous).tolist():
+        above = np.flatnonzero(values[row] > kth[row])
+        ties = np.flatnonzero(values[row] == kth[row])[:k - len(above)]
+        ids[row] = np.concatenate([above, ties])
+    # Largest first; a stable sort of ids in ascending order keeps equal values in id order.
+    ids.sort(axis=-1)
+    chosen = np.take_along_axis(values, ids, axis=-1)
+    order = np.argsort(-chosen, axis=-1, kind="stable")
+    return np.take_along_axis(ids, order, axis=-1).astype(np.int64, copy=False)
+
+
+def keep_only(logits: np.ndarray, ids: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
+    """float32 logits with every entry -inf but those at `ids` (batch, n), or only those of them
+    where `keep` (batch, n) is True: a filter's result built from the few ids it keeps, with no
+    pass over the vocabulary but the fill."""
+    kept = np.take_along_axis(logits, ids, axis=-1)
+    if keep is not None:
+        kept = np.where(keep, kept, np.float32(-np.inf))
+    result = np.full(logits.shape, -np.inf, dtype=np.float32)
+    np.put_along_axis(result, ids, kept, axis=-1)
+    return result
+
+
+def seen_tokens(rows: Sequence[np.ndarray], vocab_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ids in each row (e.g. of `context.tokens`) and how often each occurs, sparse: three
+    1-D arrays (row index, id, count), one entry per distinct id of a row, ids outside the
+    vocabulary left out. What token_counts gives, without a (batch, vocab) array: the cost
+    follows the text, not the vocabulary."""
+    lengths = [len(row) for row in rows]
+    if not sum(lengths):
+        empty = np.empty(0, dtype=np.int64)
+        return empty, empty, empty
+    row_of = np.repeat(np.arange(len(rows), dtype=np.int64), lengths)
+    ids = np.concatenate([np.asarray(row, dtype=np.int64) for row in rows])
+    inside = (ids >= 0) & (ids < vocab_size)
+    flat, counts = np.unique(row_of[inside] * vocab_size + ids[inside], return_counts=True)
+    return flat // vocab_size, flat % vocab_size, counts.astype(np.int64)
 
 
 class LogitsFilter:

@@ -24,10 +24,11 @@ from gen.core import (
     check_logits,
     draw,
     hookimpl,
-    mask_beyond_mass,
+    keep_only,
+    largest,
     mask_logits,
+    seen_tokens,
     softmax,
-    token_counts,
 )
 from gen.core.sampling import Multinomial
 
@@ -91,19 +92,19 @@ class TopK(LogitsFilter):
         self.k = k
 
     def filter(self, logits: np.ndarray) -> np.ndarray:
-        keep = min(self.k, logits.shape[-1])
-        # A stable sort of the negated logits puts equal logits in id order, so the
-        # kept set has exactly k tokens and top_k:k=1 picks what greedy picks.
-        most_likely_first = np.argsort(-logits, axis=-1, kind="stable")
-        remove = np.ones(logits.shape, dtype=bool)
-        np.put_along_axis(remove, most_likely_first[:, :keep], False, axis=-1)
-        return mask_logits(logits, remove)
+        # Equal logits go in id order, so the kept set has exactly k tokens and top_k:k=1
+        # picks what greedy picks; a partition finds them, no sort of the vocabulary.
+        return keep_only(logits, largest(logits, self.k))
 
 
 class TopP(LogitsFilter):
     """Nucleus sampling: keep the fewest most likely tokens whose mass reaches p."""
 
     row_wise = True
+    # The most likely tokens sorted first; the set widens (by this factor) only while their mass
+    # falls short of p, so a peaked distribution never sorts its whole vocabulary.
+    CANDIDATES = 64
+    WIDEN = 8
 
     def __init__(self, p: float = 0.9):
         if not (0 < p <= 1):  # also rejects NaN
@@ -114,8 +115,18 @@ class TopP(LogitsFilter):
         if self.p >= 1:
             return logits  # the whole distribution; rounding in the sums must not drop a token
         probs = softmax(logits)
-        most_likely_first = np.argsort(-probs, axis=-1, kind="stable")
-        return mask_beyond_mass(logits, probs, most_likely_first, self.p)
+        vocab = probs.shape[-1]
+        candidates = min(self.CANDIDATES, vocab)
+        while True:
+            most_likely_first = largest(probs, candidates)  # (B, candidates), as a stable sort orders them
+            cumulative = np.cumsum(np.take_along_axis(probs, most_likely_first, axis=-1), axis=-1)
+            # The tokens past the candidates come after mass cumulative[:, -1]: removed once it reaches p.
+            if candidates == vocab or (cumulative[:, -1] >= self.p).all():
+                break
+            candidates = min(vocab, candidates * self.WIDEN)
+        # A token is kept while the tokens before it fall short of p; the first always is.
+        mass_before = np.concatenate([np.zeros_like(cumulative[:, :1]), cumulative[:, :-1]], axis=-1)
+        return keep_only(logits, most_likely_first, mass_before < self.p)
 
 
 class MinP(LogitsFilter):
@@ -150,10 +161,13 @@ class RepetitionPenalty(LogitsFilter):
 
     def filter(self, logits: np.ndarray, context: SamplingContext) -> np.ndarray:
         rows = [tokens[-self.window:] if self.window else tokens for tokens in context.tokens]  # prompt and output
-        seen = token_counts(rows, logits.shape[-1]) > 0
+        row_of, ids, _ = seen_tokens(rows, logits.shape[-1])  # only the ids in the text are touched
+        seen = logits[row_of, ids]
         with np.errstate(over="ignore"):  # an overflow is the chain's to report, naming this sampler
-            penalised = np.where(logits > 0, logits / self.penalty, logits * self.penalty)
-        return np.where(seen, penalised, logits).astype(np.float32)
+            penalised = np.where(seen > 0, seen / self.penalty, seen * self.penalty)
+        result = logits.astype(np.float32)  # a copy: the logits handed in are not ours to change
+        result[row_of, ids] = penalised
+        return result
 
 
 class Penalties(LogitsFilter):
@@ -171,8 +185,10 @@ class Penalties(LogitsFilter):
 
     def filter(self, logits: np.ndarray, context: SamplingContext) -> np.ndarray:
         generated = [context.generated(row) for row in range(len(context.tokens))]
-        counts = token_counts(generated, logits.shape[-1]).astype(np.float32)
-        return logits - self.frequency * counts - self.presence * (counts > 0)
+        row_of, ids, counts = seen_tokens(generated, logits.shape[-1])  # only the ids generated are touched
+        result = logits.astype(np.float32)  # a copy: the logits handed in are not ours to change
+        result[row_of, ids] = logits[row_of, ids] - self.frequency * counts.astype(np.float32) - self.presence
+        return result
 
 
 class NoRepeatNgram(LogitsFilter):
