@@ -145,9 +145,10 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     a seed gives the same tokens on all of them.
     """
     logits = np.asarray(logits, dtype=np.float32)
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    weights = np.exp(shifted)
-    return weights / weights.sum(axis=-1, keepdims=True)
+    weights = logits - logits.max(axis=-1, keepdims=True)  # a new array, the one the result is made in
+    np.exp(weights, out=weights)
+    weights /= weights.sum(axis=-1, keepdims=True)
+    return weights
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -169,30 +170,20 @@ def token_counts(rows: Sequence[np.ndarray], vocab_size: int) -> np.ndarray:
 
 def mask_logits(logits: np.ndarray, remove: np.ndarray) -> np.ndarray:
     """A copy of `logits` with the entries where `remove` is True set to -inf."""
-    return np.where(remove, np.float32(-np.inf), logits).astype(np.float32)
+    return np.where(remove, np.float32(-np.inf), logits).astype(np.float32, copy=False)
 
 
 def draw(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One id per row drawn from the probabilities `probs` (batch, vocab) with `rng`.
 
     One uniform number per row and a search in the cumulative sum: exact,
-    reproducible for a seed, and the same on every backend. The search is a binary
-    one (the cumulative sum of non-negative numbers never decreases), so beyond the
-    sum itself a row costs a few comparisons, not another pass over its vocabulary.
+    reproducible for a seed, and the same on every backend.
     """
     probs = np.asarray(probs, dtype=np.float32)
     cumulative = np.cumsum(probs, axis=-1)
-    uniforms = rng.random(probs.shape[0]) * cumulative[:, -1]  # float64, as the stream has always been scaled
-    ids = np.empty(probs.shape[0], dtype=np.int64)
-    for row, uniform in enumerate(uniforms.tolist()):
-        # The first index whose sum passes u: the count of sums <= u. The sums are float32, so
-        # "<= u" is "<= the largest float32 not above u", and the search stays in float32
-        # (a float64 key would convert the whole row).
-        bound = np.float32(uniform)
-        if float(bound) > uniform:  # compared in float64 (a Python float beside a float32 would be rounded)
-            bound = np.nextafter(bound, np.float32(-np.inf))
-        ids[row] = np.searchsorted(cumulative[row], bound, side="right")
-    return np.minimum(ids, probs.shape[-1] - 1)
+    uniforms = rng.random(probs.shape[0]) * cumulative[:, -1]
+    ids = (cumulative <= uniforms[:, None]).sum(axis=-1)  # first index whose sum passes u
+    return np.minimum(ids, probs.shape[-1] - 1).astype(np.int64)
 
 
 def mask_beyond_mass(logits: np.ndarray, probs: np.ndarray, order: np.ndarray, p: float) -> np.ndarray:
@@ -217,6 +208,32 @@ def argmax(logits: np.ndarray) -> np.ndarray:
     return np.asarray(logits).argmax(axis=-1).astype(np.int64)
 
 
+# Rows up to this long are sorted rather than partitioned: a sort of a few hundred values costs
+# less than the partition's extra steps (a character vocabulary is 65 tokens, GPT-2's 50,257).
+SORT_UP_TO = 256
+
+
+def largest_unordered(values: np.ndarray, k: int) -> np.ndarray:
+    """(batch, k) ids of each row's k largest `values`, in no particular order: the same set as
+    `largest` (equal values at the boundary go to the lower ids), found with a partition of the
+    row, never a sort of it. k must be between 1 and the vocabulary size."""
+    vocab = values.shape[-1]
+    if vocab <= SORT_UP_TO or 2 * k >= vocab:  # a sort is as cheap, and fewer steps
+        return np.argsort(-values, axis=-1, kind="stable")[:, :k]
+    ids = np.argpartition(values, vocab - k, axis=-1)[:, vocab - k:]  # the k largest, in no order
+    rows = np.arange(len(values))[:, None]
+    chosen = values[rows, ids]  # (B, k)
+    # Equal values at the boundary: the partition may have taken any of them, the rule takes the
+    # lowest ids. A row where a value equal to its k-th largest was left out is chosen again.
+    kth = chosen.min(axis=-1, keepdims=True)
+    ambiguous = (values == kth).sum(axis=-1) != (chosen == kth).sum(axis=-1)
+    for row in np.flatnonzero(ambiguous).tolist():
+        above = np.flatnonzero(values[row] > kth[row])
+        ties = np.flatnonzero(values[row] == kth[row])[:k - len(above)]
+        ids[row] = np.concatenate([above, ties])
+    return ids
+
+
 def largest(values: np.ndarray, k: int) -> np.ndarray:
     """(batch, k) ids of each row's k largest `values`, largest first, equal values in id order:
     exactly `np.argsort(-values, axis=-1, kind="stable")[:, :k]` (greedy's tie rule), at the cost of
@@ -227,34 +244,24 @@ def largest(values: np.ndarray, k: int) -> np.ndarray:
     k = max(0, min(k, vocab))
     if k == 0:
         return np.empty((batch, 0), dtype=np.int64)
-    if k == vocab:
-        return np.argsort(-values, axis=-1, kind="stable").astype(np.int64, copy=False)
-    ids = np.argpartition(values, vocab - k, axis=-1)[:, vocab - k:]  # the k largest, in no order
-    chosen = np.take_along_axis(values, ids, axis=-1)  # (B, k)
-    # Equal values at the boundary: the partition may have taken any of them; the rule takes the
-    # lowest ids. Rows where some value equal to the k-th largest was left out are chosen again.
-    kth = chosen.min(axis=-1, keepdims=True)
-    ambiguous = (values == kth).sum(axis=-1) != (chosen == kth).sum(axis=-1)
-    for row in np.flatnonzero(ambiguous).tolist():
-        above = np.flatnonzero(values[row] > kth[row])
-        ties = np.flatnonzero(values[row] == kth[row])[:k - len(above)]
-        ids[row] = np.concatenate([above, ties])
-    # Largest first; a stable sort of ids in ascending order keeps equal values in id order.
-    ids.sort(axis=-1)
-    chosen = np.take_along_axis(values, ids, axis=-1)
-    order = np.argsort(-chosen, axis=-1, kind="stable")
-    return np.take_along_axis(ids, order, axis=-1).astype(np.int64, copy=False)
+    if vocab <= SORT_UP_TO or 2 * k >= vocab:  # a sort is as cheap, and fewer steps
+        return np.argsort(-values, axis=-1, kind="stable")[:, :k]
+    ids = largest_unordered(values, k)
+    ids.sort(axis=-1)  # in id order, so that the stable sort below keeps equal values so
+    order = np.argsort(-values[np.arange(batch)[:, None], ids], axis=-1, kind="stable")
+    return np.take_along_axis(ids, order, axis=-1)
 
 
 def keep_only(logits: np.ndarray, ids: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
     """float32 logits with every entry -inf but those at `ids` (batch, n), or only those of them
     where `keep` (batch, n) is True: a filter's result built from the few ids it keeps, with no
     pass over the vocabulary but the fill."""
-    kept = np.take_along_axis(logits, ids, axis=-1)
+    rows = np.arange(len(logits))[:, None]
+    kept = logits[rows, ids]
     if keep is not None:
-        kept = np.where(keep, kept, np.float32(-np.inf))
+        kept[~keep] = -np.inf
     result = np.full(logits.shape, -np.inf, dtype=np.float32)
-    np.put_along_axis(result, ids, kept, axis=-1)
+    result[rows, ids] = kept
     return result
 
 
@@ -414,6 +421,9 @@ class SamplerChain:
         if self.filters and not finite_logits(logits):
             raise self._blame(steps)
         self.filtered = logits
+        if self.final.sampler.__class__ is Multinomial:  # the logits are checked already: draw at once
+            self.drawn_from = logits
+            return draw(softmax(logits), rng)
         ids = self.final.draw(logits, rng, context)
         drawn_from = getattr(self.final.sampler, "drawn_from", None)
         self.drawn_from = logits if drawn_from is None else drawn_from

@@ -26,6 +26,7 @@ from gen.core import (
     hookimpl,
     keep_only,
     largest,
+    largest_unordered,
     mask_logits,
     seen_tokens,
     softmax,
@@ -92,17 +93,19 @@ class TopK(LogitsFilter):
         self.k = k
 
     def filter(self, logits: np.ndarray) -> np.ndarray:
+        if self.k >= logits.shape[-1]:
+            return logits
         # Equal logits go in id order, so the kept set has exactly k tokens and top_k:k=1
         # picks what greedy picks; a partition finds them, no sort of the vocabulary.
-        return keep_only(logits, largest(logits, self.k))
+        return keep_only(logits, largest_unordered(logits, self.k))
 
 
 class TopP(LogitsFilter):
     """Nucleus sampling: keep the fewest most likely tokens whose mass reaches p."""
 
     row_wise = True
-    # The most likely tokens sorted first; the set widens (by this factor) only while their mass
-    # falls short of p, so a peaked distribution never sorts its whole vocabulary.
+    # The most likely tokens sorted first; the set widens (by at least this factor) only while
+    # their mass falls short of p, so a peaked distribution never sorts its whole vocabulary.
     CANDIDATES = 64
     WIDEN = 8
 
@@ -117,16 +120,25 @@ class TopP(LogitsFilter):
         probs = softmax(logits)
         vocab = probs.shape[-1]
         candidates = min(self.CANDIDATES, vocab)
+        rows = np.arange(len(probs))[:, None]
         while True:
             most_likely_first = largest(probs, candidates)  # (B, candidates), as a stable sort orders them
-            cumulative = np.cumsum(np.take_along_axis(probs, most_likely_first, axis=-1), axis=-1)
+            sorted_probs = probs[rows, most_likely_first]
+            cumulative = np.cumsum(sorted_probs, axis=-1)
             # The tokens past the candidates come after mass cumulative[:, -1]: removed once it reaches p.
-            if candidates == vocab or (cumulative[:, -1] >= self.p).all():
+            short = cumulative[:, -1] < self.p
+            if candidates == vocab or not short.any():
                 break
-            candidates = min(vocab, candidates * self.WIDEN)
+            # No token left out is more likely than the last candidate, so the mass still missing
+            # needs at least this many more: a flat distribution goes to its whole vocabulary at once.
+            with np.errstate(divide="ignore"):
+                needed = ((self.p - cumulative[short, -1]) / sorted_probs[short, -1]).max()
+            candidates = int(min(vocab, max(candidates * self.WIDEN, candidates + needed + 1)))
         # A token is kept while the tokens before it fall short of p; the first always is.
-        mass_before = np.concatenate([np.zeros_like(cumulative[:, :1]), cumulative[:, :-1]], axis=-1)
-        return keep_only(logits, most_likely_first, mass_before < self.p)
+        keep = np.empty(cumulative.shape, dtype=bool)
+        keep[:, 0] = True
+        np.less(cumulative[:, :-1], self.p, out=keep[:, 1:])
+        return keep_only(logits, most_likely_first, keep)
 
 
 class MinP(LogitsFilter):
