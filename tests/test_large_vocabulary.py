@@ -1,6 +1,10 @@
 """A 50,257-token vocabulary (GPT-2's): the samplers' partition-based paths give exactly what
 the plain sorted implementations they replaced give (written out here as references), on
-random logits with ties and -inf entries, so a seed draws the same tokens as before."""
+random logits with ties and -inf entries, so a seed draws the same tokens as before; and text
+decoded a token at a time equals the whole decode, for every kind of tokenizer."""
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -8,7 +12,9 @@ from gen.core import SamplingContext, log_softmax, mask_beyond_mass, mask_logits
 from gen.core.generation import token_choices
 from gen.core.sampling import build_sampler, build_sampler_chain, largest, largest_unordered
 from gen.core.scoring import token_scores
-from gen.plugins.tokenizers import CharTokenizer
+from gen.core.tokenizer import TextStream
+from gen.plugins.hf_tokenizers import HFTokenizer
+from gen.plugins.tokenizers import BPETokenizer, ByteTokenizer, CharTokenizer
 
 VOCAB = 50_257
 BATCH = 3
@@ -133,3 +139,45 @@ def test_logprob_alternatives_are_the_sorted_most_likely(kind):
                           sequence, block_size=4, top_n=5)
     np.testing.assert_array_equal(scores.top_ids, np.tile(sorted_first(model[:1])[:, :5], (8, 1)))
 
+
+
+# --- text, decoded a token at a time -----------------------------------------------------
+
+
+EXCERPT = Path(__file__).resolve().parent / "data" / "tinyshakespeare-excerpt.txt"
+
+
+def byte_level_hf_tokenizer(text: str) -> HFTokenizer:
+    """GPT-2's kind of tokenizer (byte-level BPE) from the tokenizers package, 400 tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.train_from_iterator([text], trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    return HFTokenizer(json.loads(tokenizer.to_str()))
+
+
+@pytest.fixture(scope="module")
+def tokenizers() -> dict:
+    text = EXCERPT.read_text(encoding="utf-8")
+    return {"char": CharTokenizer.train(text), "byte": ByteTokenizer(), "bpe": BPETokenizer.train(text, vocab_size=400),
+            "hf": byte_level_hf_tokenizer(text)}
+
+
+@pytest.mark.parametrize("name", ["char", "byte", "bpe", "hf"])
+def test_text_decoded_a_token_at_a_time_equals_the_whole_decode(tokenizers, name):
+    tokenizer = tokenizers[name]
+    rng = np.random.default_rng(0)
+    multibyte = tokenizer.encode("héllo 世界 👩‍👩‍👧 ok") if name != "char" else []  # characters split across tokens
+    for ids in [multibyte] + [rng.integers(0, tokenizer.vocab_size, 300).tolist() for _ in range(5)]:
+        stream = TextStream(tokenizer)
+        pieces = [stream.push(token) for token in ids] + [stream.flush()]
+        assert "".join(pieces) == tokenizer.decode(ids)
+    # After a prompt, the stream gives what the prompt's text is followed by in the whole.
+    prompt, generated = tokenizer.encode("ROMEO:"), rng.integers(0, tokenizer.vocab_size, 300).tolist()
+    stream = TextStream(tokenizer, context=prompt)
+    pieces = [stream.push(token) for token in generated] + [stream.flush()]
+    assert tokenizer.decode(prompt) + "".join(pieces) == tokenizer.decode(prompt + generated)
