@@ -10,7 +10,7 @@ import pytest
 
 from gen.core import SamplingContext, log_softmax, mask_beyond_mass, mask_logits, softmax, token_counts
 from gen.core.generation import token_choices
-from gen.core.sampling import build_sampler, build_sampler_chain, largest, largest_unordered
+from gen.core.sampling import build_sampler, build_sampler_chain, draw_from_logits, largest, largest_unordered
 from gen.core.scoring import token_scores
 from gen.core.tokenizer import TextStream
 from gen.plugins.hf_tokenizers import HFTokenizer
@@ -98,6 +98,19 @@ def test_top_k_equals_the_sorted_implementation(kind, k):
 def test_top_p_equals_the_sorted_implementation(kind, p):
     logits = logits_case(kind)
     np.testing.assert_array_equal(build_sampler(f"top_p:p={p}").filter(logits), reference_top_p(logits, p))
+
+
+@pytest.mark.parametrize("kind", KINDS + ["underflowing"])
+def test_drawing_from_the_finite_entries_draws_what_the_dense_draw_did(kind):
+    logits = logits_case("plain" if kind == "underflowing" else kind)
+    for k in (1, 40, 3000, VOCAB):  # the dense draw past VOCAB // 8 finite entries
+        kept = reference_top_k(logits, k)
+        if kind == "underflowing":  # entries whose exponential is 0 in float32, though finite
+            kept[:, :100] = np.where(np.isfinite(kept[:, :100]), np.float32(-300), kept[:, :100])
+        for seed in range(10):
+            expected = reference_draw(softmax(kept), np.random.default_rng(seed))
+            np.testing.assert_array_equal(draw_from_logits(kept, np.random.default_rng(seed)), expected,
+                                          err_msg=f"k={k} seed={seed}")
 
 
 @pytest.mark.parametrize("kind", KINDS)
