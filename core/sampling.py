@@ -200,11 +200,13 @@ def draw_from_logits(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray
     batch, vocab = logits.shape
     if vocab <= SORT_UP_TO:
         return draw(softmax(logits), rng)
-    finite = logits != -np.inf
-    counts = np.count_nonzero(finite, axis=-1)
+    finite = (logits != -np.inf).ravel()  # 1-D: numpy finds the nonzero entries of a flat array far faster
+    if np.count_nonzero(finite) * SPARSE_FRACTION > logits.size:
+        return draw(softmax(logits), rng)
+    rows, ids = np.divmod(np.flatnonzero(finite), vocab)  # row by row, each row's ids ascending
+    counts = np.bincount(rows, minlength=batch)
     if counts.max() * SPARSE_FRACTION > vocab or counts.min() == 0:
         return draw(softmax(logits), rng)
-    rows, ids = np.nonzero(finite)  # row by row, each row's ids ascending
     values = logits[rows, ids]
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     weights = values - np.maximum.reduceat(values, starts)[rows]
@@ -271,7 +273,12 @@ def largest_unordered(values: np.ndarray, k: int) -> np.ndarray:
     # Equal values at the boundary: the partition may have taken any of them, the rule takes the
     # lowest ids. A row where a value equal to its k-th largest was left out is chosen again.
     kth = chosen.min(axis=-1, keepdims=True)
-    ambiguous = (values == kth).sum(axis=-1) != (chosen == kth).sum(axis=-1)
+    at_kth = values == kth
+    # Each row has at least as many values equal to its k-th largest as it chose, so equal totals
+    # (one fast count over the whole batch) mean no row left one out.
+    if np.count_nonzero(at_kth) == np.count_nonzero(chosen == kth):
+        return ids
+    ambiguous = np.count_nonzero(at_kth, axis=-1) != np.count_nonzero(chosen == kth, axis=-1)
     for row in np.flatnonzero(ambiguous).tolist():
         above = np.flatnonzero(values[row] > kth[row])
         ties = np.flatnonzero(values[row] == kth[row])[:k - len(above)]
