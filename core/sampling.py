@@ -261,29 +261,23 @@ def _sorting_is_cheaper(vocab: int, k: int) -> bool:
 
 
 def largest_unordered(values: np.ndarray, k: int) -> np.ndarray:
-    """(batch, k) ids of each row's k largest `values`, in no particular order: the same set as
+    """(batch, k) ids of each row's k largest `values`, not ordered by value: the same set as
     `largest` (equal values at the boundary go to the lower ids), found with a partition of the
     row, never a sort of it. k must be between 1 and the vocabulary size."""
     vocab = values.shape[-1]
     if _sorting_is_cheaper(vocab, k):
         return np.argsort(-values, axis=-1, kind="stable")[:, :k]
-    ids = np.argpartition(values, vocab - k, axis=-1)[:, vocab - k:]  # the k largest, in no order
-    rows = np.arange(len(values))[:, None]
-    chosen = values[rows, ids]  # (B, k)
-    # Equal values at the boundary: the partition may have taken any of them, the rule takes the
-    # lowest ids. A row where a value equal to its k-th largest was left out is chosen again.
-    kth = chosen.min(axis=-1, keepdims=True)
-    at_kth = values == kth
-    # Each row has at least as many values equal to its k-th largest as it chose, so equal totals
-    # (one fast count over the whole batch) mean no row left one out.
-    if np.count_nonzero(at_kth) == np.count_nonzero(chosen == kth):
-        return ids
-    ambiguous = np.count_nonzero(at_kth, axis=-1) != np.count_nonzero(chosen == kth, axis=-1)
-    for row in np.flatnonzero(ambiguous).tolist():
-        above = np.flatnonzero(values[row] > kth[row])
-        ties = np.flatnonzero(values[row] == kth[row])[:k - len(above)]
-        ids[row] = np.concatenate([above, ties])
-    return ids
+    batch = len(values)
+    kth = np.partition(values, vocab - k, axis=-1)[:, vocab - k:vocab - k + 1]  # (B, 1) each row's k-th largest
+    # Every value above it is kept (fewer than k), then as many of the values equal to it as the row
+    # still needs, lowest ids first. Flat arrays: numpy finds nonzero entries of one far faster.
+    above = np.flatnonzero((values > kth).ravel())
+    ties = np.flatnonzero((values == kth).ravel())  # row by row, ids ascending
+    tie_rows = ties // vocab
+    rank = np.arange(len(ties)) - np.searchsorted(tie_rows, tie_rows)  # place among its row's ties
+    needed = k - np.bincount(above // vocab, minlength=batch)
+    kept = np.sort(np.concatenate([above, ties[rank < needed[tie_rows]]]))  # exactly k per row, row by row
+    return (kept % vocab).reshape(batch, k)
 
 
 def largest(values: np.ndarray, k: int) -> np.ndarray:
@@ -298,8 +292,7 @@ def largest(values: np.ndarray, k: int) -> np.ndarray:
         return np.empty((batch, 0), dtype=np.int64)
     if _sorting_is_cheaper(vocab, k):
         return np.argsort(-values, axis=-1, kind="stable")[:, :k]
-    ids = largest_unordered(values, k)
-    ids.sort(axis=-1)  # in id order, so that the stable sort below keeps equal values so
+    ids = largest_unordered(values, k)  # in id order here, so the stable sort below keeps equal values so
     order = np.argsort(-values[np.arange(batch)[:, None], ids], axis=-1, kind="stable")
     return np.take_along_axis(ids, order, axis=-1)
 

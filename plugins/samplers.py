@@ -104,8 +104,9 @@ class TopP(LogitsFilter):
     """Nucleus sampling: keep the fewest most likely tokens whose mass reaches p."""
 
     row_wise = True
-    # The most likely tokens sorted first; the set widens (by at least this factor) only while
-    # their mass falls short of p, so a peaked distribution never sorts its whole vocabulary.
+    # The most likely tokens sorted first; the set widens (by at least this factor, and to as many
+    # as the mass still missing may need) only while their mass falls short of p, so a peaked
+    # distribution never sorts its whole vocabulary.
     CANDIDATES = 64
     WIDEN = 8
 
@@ -129,11 +130,14 @@ class TopP(LogitsFilter):
             short = cumulative[:, -1] < self.p
             if candidates == vocab or not short.any():
                 break
-            # No token left out is more likely than the last candidate, so the mass still missing
-            # needs at least this many more: a flat distribution goes to its whole vocabulary at once.
-            with np.errstate(divide="ignore"):
-                needed = ((self.p - cumulative[short, -1]) / sorted_probs[short, -1]).max()
-            candidates = int(min(vocab, max(candidates * self.WIDEN, candidates + needed + 1)))
+            # The tokens left out come most likely first, so the first j of them hold at least j times
+            # their mean: the mass still missing needs at most (missing / mean) more, and the next
+            # round is the last (a flat distribution goes to a sort of the whole vocabulary at once).
+            mass = cumulative[short, -1].astype(np.float64)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                needed = ((self.p - mass) * (vocab - candidates) / (1 - mass)).max()
+            candidates = vocab if not np.isfinite(needed) else \
+                int(min(vocab, max(candidates * self.WIDEN, candidates + needed + 1)))
         # A token is kept while the tokens before it fall short of p; the first always is.
         keep = np.empty(cumulative.shape, dtype=bool)
         keep[:, 0] = True
