@@ -468,7 +468,8 @@ class SamplerChain:
         self.filtered = logits
         if self.final.sampler.__class__ is Multinomial:  # the logits are checked already: draw at once
             self.drawn_from = logits
-            return draw_from_logits(logits, rng)
+            # Only a filter leaves -inf entries; the model's own logits are finite throughout.
+            return draw_from_logits(logits, rng) if self.filters else draw(softmax(logits), rng)
         ids = self.final.draw(logits, rng, context)
         drawn_from = getattr(self.final.sampler, "drawn_from", None)
         self.drawn_from = logits if drawn_from is None else drawn_from
