@@ -274,7 +274,7 @@ def largest_unordered(values: np.ndarray, k: int) -> np.ndarray:
     above = np.flatnonzero((values > kth).ravel())
     ties = np.flatnonzero((values == kth).ravel())  # row by row, ids ascending
     tie_rows = ties // vocab
-    rank = np.arange(len(ties)) - np.searchsorted(tie_rows, tie_rows)  # place among its row's ties
+    rank = np.arange(len(ties)) - np.searchsorted(tie_rows, np.arange(batch))[tie_rows]  # place among its row's ties
     needed = k - np.bincount(above // vocab, minlength=batch)
     kept = np.sort(np.concatenate([above, ties[rank < needed[tie_rows]]]))  # exactly k per row, row by row
     return (kept % vocab).reshape(batch, k)
