@@ -31,7 +31,7 @@ from gen.core import (
     seen_tokens,
     softmax,
 )
-from gen.core.sampling import Multinomial
+from gen.core.sampling import SORT_UP_TO, Multinomial
 
 
 class Greedy:
@@ -95,11 +95,12 @@ class TopK(LogitsFilter):
     def filter(self, logits: np.ndarray) -> np.ndarray:
         if self.k >= logits.shape[-1]:
             return logits
-        finite = logits != -np.inf
-        # Every row keeps all it has left (a constraint or a filter before removed the rest); the
-        # count over the whole batch is the fast one, the count per row is made only when it may hold.
-        if np.count_nonzero(finite) <= self.k * len(logits) and np.count_nonzero(finite, axis=-1).max() <= self.k:
-            return logits
+        if logits.shape[-1] > SORT_UP_TO:  # a large vocabulary: a row with fewer than k left is cheap to hand on
+            finite = logits != -np.inf
+            # Every row keeps all it has left (a constraint or a filter before removed the rest); the
+            # count over the whole batch is the fast one, the count per row is made only when it may hold.
+            if np.count_nonzero(finite) <= self.k * len(logits) and np.count_nonzero(finite, axis=-1).max() <= self.k:
+                return logits
         # Equal logits go in id order, so the kept set has exactly k tokens and top_k:k=1
         # picks what greedy picks; a partition finds them, no sort of the vocabulary.
         return keep_only(logits, largest_unordered(logits, self.k))
