@@ -129,8 +129,8 @@ def build(work: Path, data: str | None) -> dict[str, Path]:
 # The child is started from this small Python, not from the benchmark itself: a process started
 # from a large one inherits its peak resident memory (Linux records the parent's at exec).
 PEAK_MEMORY_WRAPPER = ("import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); "
-                       "print('peak-rss-kib', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
-                       "sys.exit(code)")
+                       "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss; "
+                       "print('peak-rss-kib', peak, file=sys.stderr); sys.exit(code)")
 
 
 def run_child(command: list[str]) -> tuple[float, int, str]:
