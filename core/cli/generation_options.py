@@ -258,7 +258,7 @@ def echo_samples(
         legend = " ".join(click.style(f">={lowest:.0%}", fg=colour) for lowest, colour in reversed(PROBABILITY_COLOURS))
         click.echo(f"token probability under the model: {legend}", err=True)
     drawn = 0
-    stdout = click.get_text_stream("stdout")
+    stdout = sys.stdout  # read now: click's test runner swaps it for each invocation
     try:
         for sample in range(num_samples):
             if output != "json":
