@@ -18,7 +18,8 @@ Beside them, the ceiling of the fused graph: the same steps (decode steps and th
 policy's re-prefills) with a sampler that costs nothing, which no generator on that graph can
 beat. Then, on onnxruntime: the cost of the samplers that look at the text so far (against
 top_k alone) and mirostat's surprise; the time per token across one full window
-(flat as the context fills?) and the step that slides the window; and `gen run`
+(flat as the context fills?) and the step that slides the window; every familiar sampler
+against greedy at batch 1 (`--only-sampling` runs just that, on the quick shape); and `gen run`
 start to finish. Every generator runs the same shared loop (gen.core.generation:
 prompt "\\n", multinomial sampling, the same context policy past block_size), so the
 numbers compare the model step and what surrounds it. Each figure is the best of
@@ -257,6 +258,68 @@ def sampler_costs(measured: dict, repeats: int) -> tuple[float, float]:
     return penalty[0] / top_k[0], penalty[1] / top_k[1]
 
 
+BATCH_1_SAMPLERS = {  # issue 25: the default `gen run` (multinomial) and each familiar knob within 10% of greedy
+    "greedy": ("greedy",),
+    "multinomial (gen run's default)": ("multinomial",),
+    "temperature:t=0.8": ("temperature:t=0.8",),
+    "top_k:k=40": ("top_k:k=40",),
+    "top_p:p=0.9": ("top_p:p=0.9",),
+    "top_k:k=40 + temperature:t=0.8": ("top_k:k=40", "temperature:t=0.8"),
+}
+SAMPLING_TARGET = 0.9  # of greedy's tokens/s
+
+
+def sampling_at_batch_1(backend, tokenizer, new_tokens: int, rounds: int) -> list[tuple[str, bool, str]]:
+    """tokens/s of each sampler in BATCH_1_SAMPLERS against greedy at batch 1, in interleaved rounds
+    (every sampler once per round, the best round of each), by the wall clock and by this process's
+    CPU time (which other processes on a busy machine disturb less); returns the checks."""
+    def once(specs: tuple[str, ...]) -> tuple[float, float]:
+        sampler, rng = build_sampler_chain(list(specs)), np.random.default_rng(0)
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in generate_text(backend, tokenizer, ["\n"], sampler, rng, new_tokens):
+            pass
+        return time.perf_counter() - wall, time.process_time() - cpu
+
+    for specs in BATCH_1_SAMPLERS.values():
+        once(specs)  # warm-up
+    best = {name: (float("inf"), float("inf")) for name in BATCH_1_SAMPLERS}
+    for _ in range(rounds):
+        for name, specs in BATCH_1_SAMPLERS.items():
+            wall, cpu = once(specs)
+            best[name] = (min(best[name][0], wall), min(best[name][1], cpu))
+    greedy_wall, greedy_cpu = best["greedy"]
+    print(f"\nsamplers at batch 1 on {FUSED}, {new_tokens} tokens, best of {rounds} interleaved rounds "
+          f"(load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}):")
+    print(f"  {'sampler':<34}{'tokens/s':>10}{'vs greedy':>11}{'CPU tokens/s':>14}{'vs greedy':>11}")
+    checks = []
+    for name, (wall, cpu) in best.items():
+        print(f"  {name:<34}{new_tokens / wall:>10,.0f}{greedy_wall / wall:>10.2f}x{new_tokens / cpu:>14,.0f}"
+              f"{greedy_cpu / cpu:>10.2f}x")
+        if name != "greedy":
+            checks.append((f"{name} at batch 1 >= {SAMPLING_TARGET:.0%} of greedy's tokens/s",
+                           greedy_wall / wall >= SAMPLING_TARGET,
+                           f"{greedy_wall / wall:.2f}x by the clock, {greedy_cpu / cpu:.2f}x by CPU time"))
+    return checks
+
+
+def only_sampling(args) -> None:
+    """--only-sampling: the quick shape's fused export, and the samplers against greedy at batch 1."""
+    model, model_name, tokenizer_document = model_and_tokenizer_document("quick", args.checkpoint, args.data)
+    work = Path(tempfile.mkdtemp(prefix="gen-decode-speed-"))
+    try:
+        path = work / "quick.onnx"
+        export_model(model, path, tokenizer_document=tokenizer_document, model_name=model_name,
+                     options=ExportOptions(progress=None, verify=False))
+        backend = OnnxModel(path, threads=args.threads)
+        checks = sampling_at_batch_1(backend, tokenizer_from_dict(tokenizer_document), args.new_tokens or 500,
+                                     max(args.repeats, 5))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print()
+    for description, passed, value in checks:
+        print(f"[{'met ' if passed else 'MISS'}] {description}: {value}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=["quick", "gpu"])
@@ -269,10 +332,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads for torch and onnxruntime")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--run-tokens", type=int, default=200, help="new tokens for the `gen run` timing")
+    parser.add_argument("--only-sampling", action="store_true",
+                        help="only the samplers against greedy at batch 1, on the quick shape (a minute)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}; load average before: "
           + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+    if args.only_sampling:
+        return only_sampling(args)
     work = Path(tempfile.mkdtemp(prefix="gen-decode-speed-"))
     try:
         measured = {shape: measure_shape(shape, args, work) for shape in args.shapes}
@@ -281,6 +348,8 @@ def main() -> None:
             quick = measured["quick"]["results"]
             ceiling = measured["quick"]["ceiling"]
             ratios = sampler_costs(measured["quick"], args.repeats)
+            checks += sampling_at_batch_1(measured["quick"]["backends"][FUSED], measured["quick"]["tokenizer"],
+                                          measured["quick"]["new_tokens"], max(args.repeats, 5))
             checks += [
                 (f"quick: {FUSED} at batch 1 >= {TARGETS['quick ort fp32 batch 1']:,} tokens/s",
                  quick[FUSED][0] >= TARGETS["quick ort fp32 batch 1"],

@@ -22,7 +22,7 @@ import numpy as np
 
 from gen.core.constraints import CompiledConstraint
 from gen.core.errors import GenError
-from gen.core.sampling import Sampler, SamplingContext, log_softmax
+from gen.core.sampling import Sampler, SamplingContext, largest, log_softmax
 from gen.core.tokenizer import TextStream, Tokenizer
 
 
@@ -419,8 +419,7 @@ def token_choices(logits, drawn_from, ids, top_n: int, tokenizer) -> list[TokenC
     `drawn_from` (B, V) what the sampler drew `ids` (B,) from."""
     model = log_softmax(logits)
     sampled = model if drawn_from is logits else log_softmax(drawn_from)  # a chain without filters
-    # Sorting the whole vocabulary every token only pays when alternatives are asked for.
-    top = np.argsort(-model, axis=-1, kind="stable")[:, :top_n] if top_n else np.empty((len(ids), 0), np.int64)
+    top = largest(model, top_n)  # best first, ties to the lower id; a partition, not a sort of the vocabulary
     choices = []
     for row, token in enumerate(ids.tolist()):
         alternatives = [

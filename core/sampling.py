@@ -145,9 +145,10 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     a seed gives the same tokens on all of them.
     """
     logits = np.asarray(logits, dtype=np.float32)
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    weights = np.exp(shifted)
-    return weights / weights.sum(axis=-1, keepdims=True)
+    weights = logits - logits.max(axis=-1, keepdims=True)  # a new array, the one the result is made in
+    np.exp(weights, out=weights)
+    weights /= weights.sum(axis=-1, keepdims=True)
+    return weights
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -169,7 +170,7 @@ def token_counts(rows: Sequence[np.ndarray], vocab_size: int) -> np.ndarray:
 
 def mask_logits(logits: np.ndarray, remove: np.ndarray) -> np.ndarray:
     """A copy of `logits` with the entries where `remove` is True set to -inf."""
-    return np.where(remove, np.float32(-np.inf), logits).astype(np.float32)
+    return np.where(remove, np.float32(-np.inf), logits).astype(np.float32, copy=False)
 
 
 def draw(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -183,6 +184,48 @@ def draw(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     uniforms = rng.random(probs.shape[0]) * cumulative[:, -1]
     ids = (cumulative <= uniforms[:, None]).sum(axis=-1)  # first index whose sum passes u
     return np.minimum(ids, probs.shape[-1] - 1).astype(np.int64)
+
+
+def draw_from_logits(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """`draw(softmax(logits), rng)`, the same ids for the same stream, at the cost of the tokens a
+    filter left in rather than of the vocabulary: after top_k:k=40 of GPT-2's 50,257 tokens, the
+    exponentials, the division and the cumulative sum run over the 40 finite entries of a row.
+
+    Every step is the dense one's, value for value: exp(-inf) is 0 and adding 0 changes no sum, so
+    the cumulative sum over the finite entries in id order holds the dense one's values, and each
+    row's total is summed over the whole row (zeros included) as softmax sums it, since numpy's
+    pairwise summation rounds by position. Logits `check_logits` accepted; NaN is not looked for.
+    """
+    logits = np.asarray(logits, dtype=np.float32)
+    batch, vocab = logits.shape
+    if vocab <= SORT_UP_TO:
+        return draw(softmax(logits), rng)
+    finite = (logits != -np.inf).ravel()  # 1-D: numpy finds the nonzero entries of a flat array far faster
+    if np.count_nonzero(finite) * SPARSE_FRACTION > logits.size:
+        return draw(softmax(logits), rng)
+    rows, ids = np.divmod(np.flatnonzero(finite), vocab)  # row by row, each row's ids ascending
+    counts = np.bincount(rows, minlength=batch)
+    if counts.max() * SPARSE_FRACTION > vocab or counts.min() == 0:
+        return draw(softmax(logits), rng)
+    values = logits[rows, ids]
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    weights = values - np.maximum.reduceat(values, starts)[rows]
+    np.exp(weights, out=weights)
+    whole_rows = np.zeros(logits.shape, dtype=np.float32)
+    whole_rows[rows, ids] = weights
+    probs = weights / whole_rows.sum(axis=-1)[rows]
+    uniforms = rng.random(batch)
+    drawn = np.empty(batch, dtype=np.int64)
+    for row, (start, count) in enumerate(zip(starts.tolist(), counts.tolist())):
+        cumulative = np.cumsum(probs[start:start + count])
+        bound = uniforms[row] * cumulative[-1]  # float64, compared in float64 as draw compares
+        position = int(np.searchsorted(cumulative.astype(np.float64), bound, side="right"))
+        drawn[row] = ids[start + position] if position < count else vocab - 1  # draw's count of sums <= u
+    return drawn
+
+
+# draw_from_logits works on the finite entries alone while at most 1/SPARSE_FRACTION of a row is.
+SPARSE_FRACTION = 8
 
 
 def mask_beyond_mass(logits: np.ndarray, probs: np.ndarray, order: np.ndarray, p: float) -> np.ndarray:
@@ -207,6 +250,82 @@ def argmax(logits: np.ndarray) -> np.ndarray:
     return np.asarray(logits).argmax(axis=-1).astype(np.int64)
 
 
+# Rows up to this long are sorted rather than partitioned: a sort of a few hundred values costs
+# less than the partition's extra steps (a character vocabulary is 65 tokens, GPT-2's 50,257).
+SORT_UP_TO = 256
+
+
+def _sorting_is_cheaper(vocab: int, k: int) -> bool:
+    """Whether the k largest of a row of `vocab` values are found as cheaply by a whole sort."""
+    return vocab <= SORT_UP_TO or 2 * k >= vocab
+
+
+def largest_unordered(values: np.ndarray, k: int) -> np.ndarray:
+    """(batch, k) ids of each row's k largest `values`, not ordered by value: the same set as
+    `largest` (equal values at the boundary go to the lower ids), found with a partition of the
+    row, never a sort of it. k must be between 1 and the vocabulary size."""
+    vocab = values.shape[-1]
+    if _sorting_is_cheaper(vocab, k):
+        return np.argsort(-values, axis=-1, kind="stable")[:, :k]
+    batch = len(values)
+    kth = np.partition(values, vocab - k, axis=-1)[:, vocab - k:vocab - k + 1]  # (B, 1) each row's k-th largest
+    # Every value above it is kept (fewer than k), then as many of the values equal to it as the row
+    # still needs, lowest ids first. Flat arrays: numpy finds nonzero entries of one far faster.
+    above = np.flatnonzero((values > kth).ravel())
+    ties = np.flatnonzero((values == kth).ravel())  # row by row, ids ascending
+    tie_rows = ties // vocab
+    rank = np.arange(len(ties)) - np.searchsorted(tie_rows, np.arange(batch))[tie_rows]  # place among its row's ties
+    needed = k - np.bincount(above // vocab, minlength=batch)
+    kept = np.sort(np.concatenate([above, ties[rank < needed[tie_rows]]]))  # exactly k per row, row by row
+    return (kept % vocab).reshape(batch, k)
+
+
+def largest(values: np.ndarray, k: int) -> np.ndarray:
+    """(batch, k) ids of each row's k largest `values`, largest first, equal values in id order:
+    exactly `np.argsort(-values, axis=-1, kind="stable")[:, :k]` (greedy's tie rule), at the cost of
+    a partition of the row and a sort of k entries instead of a sort of the whole vocabulary.
+    -inf entries count as values (they come last)."""
+    values = np.asarray(values)
+    batch, vocab = values.shape
+    k = max(0, min(k, vocab))
+    if k == 0:
+        return np.empty((batch, 0), dtype=np.int64)
+    if _sorting_is_cheaper(vocab, k):
+        return np.argsort(-values, axis=-1, kind="stable")[:, :k]
+    ids = largest_unordered(values, k)  # in id order here, so the stable sort below keeps equal values so
+    order = np.argsort(-values[np.arange(batch)[:, None], ids], axis=-1, kind="stable")
+    return np.take_along_axis(ids, order, axis=-1)
+
+
+def keep_only(logits: np.ndarray, ids: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
+    """float32 logits with every entry -inf but those at `ids` (batch, n), or only those of them
+    where `keep` (batch, n) is True: a filter's result built from the few ids it keeps, with no
+    pass over the vocabulary but the fill."""
+    rows = np.arange(len(logits))[:, None]
+    kept = logits[rows, ids]
+    if keep is not None:
+        kept[~keep] = -np.inf
+    result = np.full(logits.shape, -np.inf, dtype=np.float32)
+    result[rows, ids] = kept
+    return result
+
+
+def seen_tokens(rows: Sequence[np.ndarray], vocab_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ids in each row (e.g. of `context.tokens`) and how often each occurs, sparse: three
+    1-D arrays (row index, id, count), one entry per distinct id of a row, ids outside the
+    vocabulary left out. What token_counts gives, without a (batch, vocab) array: the cost
+    follows the text, not the vocabulary."""
+    lengths = [len(row) for row in rows]
+    if not sum(lengths):
+        empty = np.empty(0, dtype=np.int64)
+        return empty, empty, empty
+    row_of = np.repeat(np.arange(len(rows), dtype=np.int64), lengths)
+    ids = np.concatenate([np.asarray(row, dtype=np.int64) for row in rows])
+    inside = (ids >= 0) & (ids < vocab_size)
+    flat, counts = np.unique(row_of[inside] * vocab_size + ids[inside], return_counts=True)
+    return flat // vocab_size, flat % vocab_size, counts.astype(np.int64)
+
+
 class LogitsFilter:
     """Base class of samplers that reshape the distribution, then draw from it.
 
@@ -224,7 +343,7 @@ class LogitsFilter:
     def __call__(self, logits: np.ndarray, rng: np.random.Generator, context: SamplingContext | None = None):
         logits = check_logits(logits)
         filtered = self.filter(logits, context) if wants_context(self.filter) else self.filter(logits)
-        return draw(softmax(filtered), rng)
+        return draw_from_logits(filtered, rng)
 
 
 class LogitBias(LogitsFilter):
@@ -347,6 +466,10 @@ class SamplerChain:
         if self.filters and not finite_logits(logits):
             raise self._blame(steps)
         self.filtered = logits
+        if self.final.sampler.__class__ is Multinomial:  # the logits are checked already: draw at once
+            self.drawn_from = logits
+            # Only a filter leaves -inf entries; the model's own logits are finite throughout.
+            return draw_from_logits(logits, rng) if self.filters else draw(softmax(logits), rng)
         ids = self.final.draw(logits, rng, context)
         drawn_from = getattr(self.final.sampler, "drawn_from", None)
         self.drawn_from = logits if drawn_from is None else drawn_from
@@ -369,7 +492,7 @@ class Multinomial:
     row_wise = True
 
     def __call__(self, logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return draw(softmax(check_logits(logits)), rng)
+        return draw_from_logits(check_logits(logits), rng)
 
 
 # --- recipes: `--sampler` specs parsed and checked once ---------------------------------

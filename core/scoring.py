@@ -14,7 +14,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from gen.core.errors import GenError
-from gen.core.sampling import log_softmax
+from gen.core.sampling import largest, log_softmax
 
 LogitsFunction = Callable[[np.ndarray], np.ndarray]  # (B, T) int64 ids -> (B, T, vocab) logits
 
@@ -85,7 +85,7 @@ def token_scores(logits_of: LogitsFunction, ids: Sequence[int], block_size: int,
     for log_probs, targets in _scored_windows(logits_of, ids, block_size, batch_size):
         logprobs.append(np.take_along_axis(log_probs, targets[..., None], axis=-1).reshape(-1))
         flat = log_probs.reshape(-1, log_probs.shape[-1])
-        best = np.argsort(-flat, axis=-1, kind="stable")[:, :top_n]  # ties to the lower id, as greedy
+        best = largest(flat, top_n)  # ties to the lower id, as greedy
         top_ids.append(best)
         top_logprobs.append(np.take_along_axis(flat, best, axis=-1))
     return TokenScores(np.concatenate(logprobs), np.concatenate(top_ids), np.concatenate(top_logprobs))

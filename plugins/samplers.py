@@ -24,12 +24,14 @@ from gen.core import (
     check_logits,
     draw,
     hookimpl,
-    mask_beyond_mass,
+    keep_only,
+    largest,
+    largest_unordered,
     mask_logits,
+    seen_tokens,
     softmax,
-    token_counts,
 )
-from gen.core.sampling import Multinomial
+from gen.core.sampling import SORT_UP_TO, Multinomial
 
 
 class Greedy:
@@ -91,19 +93,28 @@ class TopK(LogitsFilter):
         self.k = k
 
     def filter(self, logits: np.ndarray) -> np.ndarray:
-        keep = min(self.k, logits.shape[-1])
-        # A stable sort of the negated logits puts equal logits in id order, so the
-        # kept set has exactly k tokens and top_k:k=1 picks what greedy picks.
-        most_likely_first = np.argsort(-logits, axis=-1, kind="stable")
-        remove = np.ones(logits.shape, dtype=bool)
-        np.put_along_axis(remove, most_likely_first[:, :keep], False, axis=-1)
-        return mask_logits(logits, remove)
+        if self.k >= logits.shape[-1]:
+            return logits
+        if logits.shape[-1] > SORT_UP_TO:  # a large vocabulary: a row with fewer than k left is cheap to hand on
+            finite = logits != -np.inf
+            # Every row keeps all it has left (a constraint or a filter before removed the rest); the
+            # count over the whole batch is the fast one, the count per row is made only when it may hold.
+            if np.count_nonzero(finite) <= self.k * len(logits) and np.count_nonzero(finite, axis=-1).max() <= self.k:
+                return logits
+        # Equal logits go in id order, so the kept set has exactly k tokens and top_k:k=1
+        # picks what greedy picks; a partition finds them, no sort of the vocabulary.
+        return keep_only(logits, largest_unordered(logits, self.k))
 
 
 class TopP(LogitsFilter):
     """Nucleus sampling: keep the fewest most likely tokens whose mass reaches p."""
 
     row_wise = True
+    # The most likely tokens sorted first; the set widens (by at least this factor, and to as many
+    # as the mass still missing may need) only while their mass falls short of p, so a peaked
+    # distribution never sorts its whole vocabulary.
+    CANDIDATES = 64
+    WIDEN = 8
 
     def __init__(self, p: float = 0.9):
         if not (0 < p <= 1):  # also rejects NaN
@@ -114,8 +125,30 @@ class TopP(LogitsFilter):
         if self.p >= 1:
             return logits  # the whole distribution; rounding in the sums must not drop a token
         probs = softmax(logits)
-        most_likely_first = np.argsort(-probs, axis=-1, kind="stable")
-        return mask_beyond_mass(logits, probs, most_likely_first, self.p)
+        vocab = probs.shape[-1]
+        candidates = min(self.CANDIDATES, vocab)
+        rows = np.arange(len(probs))[:, None]
+        while True:
+            most_likely_first = largest(probs, candidates)  # (B, candidates), as a stable sort orders them
+            sorted_probs = probs[rows, most_likely_first]
+            cumulative = np.cumsum(sorted_probs, axis=-1)
+            # The tokens past the candidates come after mass cumulative[:, -1]: removed once it reaches p.
+            short = cumulative[:, -1] < self.p
+            if candidates == vocab or not short.any():
+                break
+            # The tokens left out come most likely first, so the first j of them hold at least j times
+            # their mean: the mass still missing needs at most (missing / mean) more, and the next
+            # round is the last (a flat distribution goes to a sort of the whole vocabulary at once).
+            mass = cumulative[short, -1].astype(np.float64)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                needed = ((self.p - mass) * (vocab - candidates) / (1 - mass)).max()
+            candidates = vocab if not np.isfinite(needed) else \
+                int(min(vocab, max(candidates * self.WIDEN, candidates + needed + 1)))
+        # A token is kept while the tokens before it fall short of p; the first always is.
+        keep = np.empty(cumulative.shape, dtype=bool)
+        keep[:, 0] = True
+        np.less(cumulative[:, :-1], self.p, out=keep[:, 1:])
+        return keep_only(logits, most_likely_first, keep)
 
 
 class MinP(LogitsFilter):
@@ -150,10 +183,13 @@ class RepetitionPenalty(LogitsFilter):
 
     def filter(self, logits: np.ndarray, context: SamplingContext) -> np.ndarray:
         rows = [tokens[-self.window:] if self.window else tokens for tokens in context.tokens]  # prompt and output
-        seen = token_counts(rows, logits.shape[-1]) > 0
+        row_of, ids, _ = seen_tokens(rows, logits.shape[-1])  # only the ids in the text are touched
+        seen = logits[row_of, ids]
         with np.errstate(over="ignore"):  # an overflow is the chain's to report, naming this sampler
-            penalised = np.where(logits > 0, logits / self.penalty, logits * self.penalty)
-        return np.where(seen, penalised, logits).astype(np.float32)
+            penalised = np.where(seen > 0, seen / self.penalty, seen * self.penalty)
+        result = logits.astype(np.float32)  # a copy: the logits handed in are not ours to change
+        result[row_of, ids] = penalised
+        return result
 
 
 class Penalties(LogitsFilter):
@@ -171,8 +207,10 @@ class Penalties(LogitsFilter):
 
     def filter(self, logits: np.ndarray, context: SamplingContext) -> np.ndarray:
         generated = [context.generated(row) for row in range(len(context.tokens))]
-        counts = token_counts(generated, logits.shape[-1]).astype(np.float32)
-        return logits - self.frequency * counts - self.presence * (counts > 0)
+        row_of, ids, counts = seen_tokens(generated, logits.shape[-1])  # only the ids generated are touched
+        result = logits.astype(np.float32)  # a copy: the logits handed in are not ours to change
+        result[row_of, ids] = logits[row_of, ids] - self.frequency * counts.astype(np.float32) - self.presence
+        return result
 
 
 class NoRepeatNgram(LogitsFilter):
