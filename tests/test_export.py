@@ -5,7 +5,6 @@ Every test runs real onnxruntime sessions on small models exported once per modu
 import json
 import re
 import types
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -22,7 +21,7 @@ from gen.core.registry import get_plugins
 from gen.core.tokenizer import tokenizer_from_dict, tokenizer_to_dict
 from gen.core.cli.export_commands import export
 from gen.export.attention import TRANSLATIONS
-from gen.export.onnx_export import ExportOptions, _quiet_exporter, cache_shape, export_model
+from gen.export.onnx_export import ExportOptions, _quiet_exporter, export_model
 from gen.export.verify import verify_export
 from gen.plugins.bigram import BigramLanguageModel
 from gen.plugins.gpt import GPT

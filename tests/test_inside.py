@@ -12,7 +12,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import onnx
 import pytest
 import torch
 from click.testing import CliRunner
