@@ -13,14 +13,19 @@ TRAIN_MODE = $(if $(FRESH),--overwrite,$(if $(wildcard $(OUT)/latest),--resume))
 
 .PHONY: demo test install docs clean distclean
 
+# setuptools prints a 10-line BuildBackendWarning on every editable install of a package whose
+# folders are mapped (core/ is gen.core), a general caution about same-named folders that says
+# nothing about this project: it is filtered by its first words, other warnings still show.
+EDITABLE = PYTHONWARNINGS="ignore:Editable installation"
+
 install: $(BIN)/.installed
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip 'setuptools>=77'
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e '.[train,test]'
-	$(BIN)/python -m pip install --quiet -e '.[genai]' || echo "onnxruntime-genai does not install here; its test will be skipped"
+	$(EDITABLE) $(BIN)/python -m pip install --quiet -e '.[train,test]'
+	$(EDITABLE) $(BIN)/python -m pip install --quiet -e '.[genai]' || echo "onnxruntime-genai does not install here; its test will be skipped"
 	touch $@
 
 demo: install
