@@ -11,8 +11,9 @@ run it in stays as it was. Later runs reuse both.
 For each shape (quick: 4 layers, 4 heads, 128 wide, block 64; big: 6 layers, 6 heads,
 384 wide, block 256; the character vocabulary of --data), one model, trained for
 --train-steps steps on --data by `gen train` (0: random weights), is written
-- as ONNX by `gen export` (gen's fused graph with the fixed-capacity cache bound once with
-  IO binding, `--static-cache`; in fp32, int8 and int4), and as the plain export (fp32);
+- as ONNX by `gen export` (gen's fused graph as `gen export` writes it by default, in fp32,
+  int8 and int4; and with the fixed-capacity cache bound once with IO binding,
+  `--static-cache`, in fp32 and int4);
 - as GGUF by `gen export --gguf` (f32, f16, q8_0, q4_0).
 Then every system generates, in interleaved rounds (each round runs every system once, so
 a busy machine slows them alike), the greedy continuation of "\\n" to the end of one
@@ -62,9 +63,10 @@ SHAPES = {
 # gen's ONNX designs and the GGUF file each is paired with (the same precision, or the nearest).
 PAIRS = {
     "gen fp32": "llama.cpp f32",
-    "gen fp32, plain cache": "llama.cpp f32",
     "gen int8": "llama.cpp q8_0",
     "gen int4": "llama.cpp q4_0",
+    "gen fp32, static cache": "llama.cpp f32",
+    "gen int4, static cache": "llama.cpp q4_0",
 }
 GGUF_TYPES = {"llama.cpp f32": "f32", "llama.cpp f16": "f16", "llama.cpp q8_0": "q8_0", "llama.cpp q4_0": "q4_0"}
 
@@ -151,8 +153,9 @@ def write_files(model, tokenizer_document: dict, work: Path) -> dict[str, Path]:
     from gen.export.onnx_export import ExportOptions, export_model
 
     files = {}
-    designs = {"gen fp32": dict(static_cache=True), "gen fp32, plain cache": dict(),
-               "gen int8": dict(static_cache=True, quantize="int8"), "gen int4": dict(static_cache=True, quantize="int4")}
+    designs = {"gen fp32": dict(), "gen int8": dict(quantize="int8"), "gen int4": dict(quantize="int4"),
+               "gen fp32, static cache": dict(static_cache=True),
+               "gen int4, static cache": dict(static_cache=True, quantize="int4")}
     for name, options in designs.items():
         path = work / f"{name.replace(' ', '_').replace(',', '')}.onnx"
         export_model(model, path, tokenizer_document=tokenizer_document, model_name="gpt",
@@ -319,7 +322,7 @@ def measure(shape: str, args, llama_cpp, work: Path) -> list[str]:
 
     # Batch 32: fp32 against int4, gen only (interleaved, best of the rounds).
     rows = 32
-    batch_speeds: dict[str, list[float]] = {"gen fp32": [], "gen fp32, plain cache": [], "gen int4": []}
+    batch_speeds: dict[str, list[float]] = {name: [] for name in runners if name.startswith("gen")}
     for _ in range(args.rounds):
         for name in batch_speeds:
             start = time.perf_counter()
