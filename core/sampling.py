@@ -43,6 +43,7 @@ state in its attributes.
 from __future__ import annotations
 
 import inspect
+import math
 import threading
 from dataclasses import dataclass
 from typing import Callable, Mapping, Protocol, Sequence
@@ -122,30 +123,50 @@ def finite_logits(logits: np.ndarray) -> bool:
     return not (np.isnan(top) or top == np.inf)
 
 
+def finite_maxima(row_max: np.ndarray) -> bool:
+    """`finite_logits` read off each row's maximum, (batch, 1), which a NaN in the row makes NaN
+    and a +inf makes +inf: the chain computes the maxima once and hands them to `softmax` too."""
+    if not row_max.size:
+        return True
+    # One row (batch 1) is read as it is: a reduction over one number costs more than the test.
+    worst = row_max.item() if row_max.size == 1 else row_max.max().item()
+    return not (math.isnan(worst) or worst == math.inf)
+
+
+def as_logits(logits: np.ndarray) -> np.ndarray:
+    """`logits` as a float32 (batch, vocab) array (no copy when they are one already)."""
+    logits = np.asarray(logits, dtype=np.float32)
+    if logits.ndim != 2:
+        raise GenError(f"a sampler takes logits of shape (batch, vocab), got shape {logits.shape}")
+    return logits
+
+
+MODEL_NOT_FINITE = ("the model produced NaN or infinite logits; the checkpoint or export is broken "
+                    "(retrain or re-export)")
+
+
 def check_logits(logits: np.ndarray) -> np.ndarray:
     """Return logits as a float32 (batch, vocab) array; reject NaN with a clear error.
 
     A SamplerChain checks the model's logits before its first filter and blames a filter whose
     result is not finite (SamplerOptionsError), so this error in a chain is the model's."""
-    logits = np.asarray(logits, dtype=np.float32)
-    if logits.ndim != 2:
-        raise GenError(f"a sampler takes logits of shape (batch, vocab), got shape {logits.shape}")
+    logits = as_logits(logits)
     if not finite_logits(logits):
-        raise GenError(
-            "the model produced NaN or infinite logits; the checkpoint or export is broken "
-            "(retrain or re-export)"
-        )
+        raise GenError(MODEL_NOT_FINITE)
     return logits
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
+def softmax(logits: np.ndarray, row_max: np.ndarray | None = None) -> np.ndarray:
     """Probabilities over the last axis, computed stably (masked -inf entries get 0).
 
     In float32: exact enough for a draw, and the same numpy code on every backend, so
-    a seed gives the same tokens on all of them.
+    a seed gives the same tokens on all of them. `row_max`, (batch, 1), is each row's
+    maximum where the caller has it already (the chain's finiteness check computed it).
     """
     logits = np.asarray(logits, dtype=np.float32)
-    weights = logits - logits.max(axis=-1, keepdims=True)  # a new array, the one the result is made in
+    if row_max is None:
+        row_max = logits.max(axis=-1, keepdims=True)
+    weights = logits - row_max  # a new array, the one the result is made in
     np.exp(weights, out=weights)
     weights /= weights.sum(axis=-1, keepdims=True)
     return weights
@@ -180,13 +201,14 @@ def draw(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     reproducible for a seed, and the same on every backend.
     """
     probs = np.asarray(probs, dtype=np.float32)
-    cumulative = np.cumsum(probs, axis=-1)
+    # np.cumsum's own values (float32 sums, left to right) without its Python wrapper's cost.
+    cumulative = np.add.accumulate(probs, axis=-1)
     uniforms = rng.random(probs.shape[0]) * cumulative[:, -1]
     ids = (cumulative <= uniforms[:, None]).sum(axis=-1)  # first index whose sum passes u
     return np.minimum(ids, probs.shape[-1] - 1).astype(np.int64)
 
 
-def draw_from_logits(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def draw_from_logits(logits: np.ndarray, rng: np.random.Generator, row_max: np.ndarray | None = None) -> np.ndarray:
     """`draw(softmax(logits), rng)`, the same ids for the same stream, at the cost of the tokens a
     filter left in rather than of the vocabulary: after top_k:k=40 of GPT-2's 50,257 tokens, the
     exponentials, the division and the cumulative sum run over the 40 finite entries of a row.
@@ -195,18 +217,19 @@ def draw_from_logits(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray
     the cumulative sum over the finite entries in id order holds the dense one's values, and each
     row's total is summed over the whole row (zeros included) as softmax sums it, since numpy's
     pairwise summation rounds by position. Logits `check_logits` accepted; NaN is not looked for.
+    `row_max`, (batch, 1), is each row's maximum where the caller has it (see `softmax`).
     """
     logits = np.asarray(logits, dtype=np.float32)
     batch, vocab = logits.shape
     if vocab <= SORT_UP_TO:
-        return draw(softmax(logits), rng)
+        return draw(softmax(logits, row_max), rng)
     finite = (logits != -np.inf).ravel()  # 1-D: numpy finds the nonzero entries of a flat array far faster
     if np.count_nonzero(finite) * SPARSE_FRACTION > logits.size:
-        return draw(softmax(logits), rng)
+        return draw(softmax(logits, row_max), rng)
     rows, ids = np.divmod(np.flatnonzero(finite), vocab)  # row by row, each row's ids ascending
     counts = np.bincount(rows, minlength=batch)
     if counts.max() * SPARSE_FRACTION > vocab or counts.min() == 0:
-        return draw(softmax(logits), rng)
+        return draw(softmax(logits, row_max), rng)
     values = logits[rows, ids]
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     weights = values - np.maximum.reduceat(values, starts)[rows]
@@ -307,6 +330,19 @@ def keep_only(logits: np.ndarray, ids: np.ndarray, keep: np.ndarray | None = Non
         kept[~keep] = -np.inf
     result = np.full(logits.shape, -np.inf, dtype=np.float32)
     result[rows, ids] = kept
+    return result
+
+
+def remove_ids(logits: np.ndarray, ids: np.ndarray, remove: np.ndarray | None = None) -> np.ndarray:
+    """float32 logits with the entries at `ids` (batch, n) set to -inf, or only those of them where
+    `remove` (batch, n) is True: `keep_only`'s complement, for a filter that knows the few ids it
+    drops (a short row sorted whole) rather than those it keeps."""
+    result = logits.astype(np.float32)  # a copy: the logits handed in are not ours to change
+    if remove is None:
+        result[np.arange(len(logits))[:, None], ids] = -np.inf
+    else:
+        rows, columns = np.nonzero(remove)
+        result[rows, ids[rows, columns]] = -np.inf
     return result
 
 
@@ -458,18 +494,25 @@ class SamplerChain:
         self.drawn_from = None
 
     def __call__(self, logits: np.ndarray, rng: np.random.Generator, context: SamplingContext | None = None):
-        logits = check_logits(logits)  # the model's own logits: NaN here is the model's fault
+        # Every row's maximum, once per step, answers both "is any entry NaN or +inf?" (a NaN or
+        # +inf in a row makes its maximum so) and the softmax's shift: one pass, not two.
+        logits = as_logits(logits)
+        row_max = logits.max(axis=-1, keepdims=True)  # (B, 1)
+        if not finite_maxima(row_max):
+            raise GenError(MODEL_NOT_FINITE)  # the model's own logits: NaN here is the model's fault
         steps = [logits]
         for link in self.filters:
             steps.append(link.filter(steps[-1], context))
         logits = steps[-1]
-        if self.filters and not finite_logits(logits):
-            raise self._blame(steps)
+        if self.filters:  # what the filters made is checked the same way, and its maxima kept
+            row_max = logits.max(axis=-1, keepdims=True)
+            if not finite_maxima(row_max):
+                raise self._blame(steps)
         self.filtered = logits
         if self.final.sampler.__class__ is Multinomial:  # the logits are checked already: draw at once
             self.drawn_from = logits
             # Only a filter leaves -inf entries; the model's own logits are finite throughout.
-            return draw_from_logits(logits, rng) if self.filters else draw(softmax(logits), rng)
+            return draw_from_logits(logits, rng, row_max) if self.filters else draw(softmax(logits, row_max), rng)
         ids = self.final.draw(logits, rng, context)
         drawn_from = getattr(self.final.sampler, "drawn_from", None)
         self.drawn_from = logits if drawn_from is None else drawn_from
