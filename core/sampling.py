@@ -123,6 +123,15 @@ def finite_logits(logits: np.ndarray) -> bool:
     return not (np.isnan(top) or top == np.inf)
 
 
+def row_maxima(logits: np.ndarray) -> np.ndarray:
+    """(batch, 1) each row's largest value, as `logits.max(axis=-1, keepdims=True)` gives it.
+
+    The chain's hot path calls numpy's ufunc methods directly (here np.maximum.reduce, elsewhere
+    np.add.reduce and np.add.accumulate for .sum and np.cumsum): the Python wrappers of the array
+    methods cost as much as the work itself on a row of 65 characters, and the values are the same."""
+    return np.maximum.reduce(logits, axis=-1, keepdims=True)
+
+
 def finite_maxima(row_max: np.ndarray) -> bool:
     """`finite_logits` read off each row's maximum, (batch, 1), which a NaN in the row makes NaN
     and a +inf makes +inf: the chain computes the maxima once and hands them to `softmax` too."""
@@ -165,10 +174,10 @@ def softmax(logits: np.ndarray, row_max: np.ndarray | None = None) -> np.ndarray
     """
     logits = np.asarray(logits, dtype=np.float32)
     if row_max is None:
-        row_max = logits.max(axis=-1, keepdims=True)
+        row_max = row_maxima(logits)
     weights = logits - row_max  # a new array, the one the result is made in
     np.exp(weights, out=weights)
-    weights /= weights.sum(axis=-1, keepdims=True)
+    weights /= np.add.reduce(weights, axis=-1, keepdims=True)  # weights.sum(...), see row_maxima
     return weights
 
 
@@ -201,11 +210,15 @@ def draw(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     reproducible for a seed, and the same on every backend.
     """
     probs = np.asarray(probs, dtype=np.float32)
-    # np.cumsum's own values (float32 sums, left to right) without its Python wrapper's cost.
-    cumulative = np.add.accumulate(probs, axis=-1)
-    uniforms = rng.random(probs.shape[0]) * cumulative[:, -1]
-    ids = (cumulative <= uniforms[:, None]).sum(axis=-1)  # first index whose sum passes u
-    return np.minimum(ids, probs.shape[-1] - 1).astype(np.int64)
+    batch, vocab = probs.shape
+    cumulative = np.add.accumulate(probs, axis=-1)  # np.cumsum's float32 sums, left to right (see row_maxima)
+    uniforms = rng.random(batch)  # float64, one per row
+    if batch == 1:  # one row (gen run, one request): the same count, in fewer numpy calls
+        bound = uniforms[0] * cumulative[0, -1]  # a np.float64, so compared in float64 as the rows below are
+        return np.array([min(np.count_nonzero(cumulative[0] <= bound), vocab - 1)], dtype=np.int64)
+    bounds = uniforms[:, None] * cumulative[:, -1:]  # (B, 1) float64
+    ids = np.add.reduce(cumulative <= bounds, axis=-1)  # how many sums are <= u: the first index whose sum passes it
+    return np.minimum(ids, vocab - 1).astype(np.int64, copy=False)
 
 
 def draw_from_logits(logits: np.ndarray, rng: np.random.Generator, row_max: np.ndarray | None = None) -> np.ndarray:
@@ -341,8 +354,7 @@ def remove_ids(logits: np.ndarray, ids: np.ndarray, remove: np.ndarray | None = 
     if remove is None:
         result[np.arange(len(logits))[:, None], ids] = -np.inf
     else:
-        rows, columns = np.nonzero(remove)
-        result[rows, ids[rows, columns]] = -np.inf
+        result[remove.nonzero()[0], ids[remove]] = -np.inf  # row by row, in the order of ids[remove]
     return result
 
 
@@ -497,7 +509,7 @@ class SamplerChain:
         # Every row's maximum, once per step, answers both "is any entry NaN or +inf?" (a NaN or
         # +inf in a row makes its maximum so) and the softmax's shift: one pass, not two.
         logits = as_logits(logits)
-        row_max = logits.max(axis=-1, keepdims=True)  # (B, 1)
+        row_max = row_maxima(logits)  # (B, 1)
         if not finite_maxima(row_max):
             raise GenError(MODEL_NOT_FINITE)  # the model's own logits: NaN here is the model's fault
         steps = [logits]
@@ -505,7 +517,7 @@ class SamplerChain:
             steps.append(link.filter(steps[-1], context))
         logits = steps[-1]
         if self.filters:  # what the filters made is checked the same way, and its maxima kept
-            row_max = logits.max(axis=-1, keepdims=True)
+            row_max = row_maxima(logits)
             if not finite_maxima(row_max):
                 raise self._blame(steps)
         self.filtered = logits

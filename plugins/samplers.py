@@ -97,7 +97,7 @@ class TopK(LogitsFilter):
         if self.k >= logits.shape[-1]:
             return logits
         if logits.shape[-1] <= SORT_UP_TO:  # a short row (65 characters): one sort, the rest dropped
-            most_likely_first = np.argsort(-logits, axis=-1, kind="stable")  # equal logits in id order
+            most_likely_first = (-logits).argsort(axis=-1, kind="stable")  # equal logits in id order
             return remove_ids(logits, most_likely_first[:, self.k:])
         # A large vocabulary: a row with fewer than k left is cheap to hand on. Every row keeps all it
         # has left (a constraint or a filter before removed the rest); the count over the whole batch
@@ -131,7 +131,7 @@ class TopP(LogitsFilter):
         probs = softmax(logits)
         vocab = probs.shape[-1]
         if vocab <= SORT_UP_TO:  # a short row (65 characters): one sort and one sum, no widening rounds
-            most_likely_first = np.argsort(-probs, axis=-1, kind="stable")  # (B, V) equal values in id order
+            most_likely_first = (-probs).argsort(axis=-1, kind="stable")  # (B, V) equal values in id order
             rows = np.arange(len(probs))[:, None]  # indexing by rows and ids costs less than take_along_axis
             cumulative = np.add.accumulate(probs[rows, most_likely_first], axis=-1)
             # A token goes once the tokens before it reach p; the first never does.
