@@ -134,7 +134,11 @@ class TopP(LogitsFilter):
             most_likely_first = (-probs).argsort(axis=-1, kind="stable")  # (B, V) equal values in id order
             rows = np.arange(len(probs))[:, None]  # indexing by rows and ids costs less than take_along_axis
             cumulative = np.add.accumulate(probs[rows, most_likely_first], axis=-1)
-            # A token goes once the tokens before it reach p; the first never does.
+            # A token goes once the tokens before it reach p; the first never does. The sums only grow,
+            # so one row keeps a prefix of its order: its length is counted, and the rest cut by a slice.
+            if len(logits) == 1:
+                kept = np.count_nonzero(cumulative[0, :-1] < self.p) + 1
+                return remove_ids(logits, most_likely_first[:, kept:])
             return remove_ids(logits, most_likely_first[:, 1:], cumulative[:, :-1] >= self.p)
         candidates = min(self.CANDIDATES, vocab)
         rows = np.arange(len(probs))[:, None]
