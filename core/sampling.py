@@ -116,13 +116,6 @@ class SamplerOptionsError(GenError):
     serve answers it 400, not 500)."""
 
 
-def finite_logits(logits: np.ndarray) -> bool:
-    """Whether no entry is NaN or +inf (-inf is a removed token, fine), in one pass: a NaN
-    anywhere makes the max NaN."""
-    top = logits.max() if logits.size else 0.0
-    return not (np.isnan(top) or top == np.inf)
-
-
 def row_maxima(logits: np.ndarray) -> np.ndarray:
     """(batch, 1) each row's largest value, as `logits.max(axis=-1, keepdims=True)` gives it.
 
@@ -133,13 +126,20 @@ def row_maxima(logits: np.ndarray) -> np.ndarray:
 
 
 def finite_maxima(row_max: np.ndarray) -> bool:
-    """`finite_logits` read off each row's maximum, (batch, 1), which a NaN in the row makes NaN
-    and a +inf makes +inf: the chain computes the maxima once and hands them to `softmax` too."""
+    """Whether the rows whose maxima these are, (batch, 1), hold no NaN or +inf (-inf is a removed
+    token, fine): a NaN anywhere in a row makes its maximum NaN, a +inf makes it +inf. The chain
+    computes the maxima once per step and hands them to `softmax` too."""
     if not row_max.size:
         return True
     # One row (batch 1) is read as it is: a reduction over one number costs more than the test.
     worst = row_max.item() if row_max.size == 1 else row_max.max().item()
     return not (math.isnan(worst) or worst == math.inf)
+
+
+def finite_logits(logits: np.ndarray) -> bool:
+    """Whether no entry of the (batch, vocab) logits is NaN or +inf, in one pass over them (the
+    same numpy calls as the chain's own check, so a sampler's check after it finds them warm)."""
+    return not logits.size or finite_maxima(row_maxima(logits))
 
 
 def as_logits(logits: np.ndarray) -> np.ndarray:
