@@ -43,6 +43,7 @@ state in its attributes.
 from __future__ import annotations
 
 import inspect
+import math
 import threading
 from dataclasses import dataclass
 from typing import Callable, Mapping, Protocol, Sequence
@@ -115,11 +116,42 @@ class SamplerOptionsError(GenError):
     serve answers it 400, not 500)."""
 
 
+def row_maxima(logits: np.ndarray) -> np.ndarray:
+    """(batch, 1) each row's largest value, as `logits.max(axis=-1, keepdims=True)` gives it.
+
+    The chain's hot path calls numpy's ufunc methods directly (here np.maximum.reduce, elsewhere
+    np.add.reduce and np.add.accumulate for .sum and np.cumsum): the Python wrappers of the array
+    methods cost as much as the work itself on a row of 65 characters, and the values are the same."""
+    return np.maximum.reduce(logits, axis=-1, keepdims=True)
+
+
+def finite_maxima(row_max: np.ndarray) -> bool:
+    """Whether the rows whose maxima these are, (batch, 1), hold no NaN or +inf (-inf is a removed
+    token, fine): a NaN anywhere in a row makes its maximum NaN, a +inf makes it +inf. The chain
+    computes the maxima once per step and hands them to `softmax` too."""
+    if not row_max.size:
+        return True
+    # One row (batch 1) is read as it is: a reduction over one number costs more than the test.
+    worst = row_max.item() if row_max.size == 1 else row_max.max().item()
+    return not (math.isnan(worst) or worst == math.inf)
+
+
 def finite_logits(logits: np.ndarray) -> bool:
-    """Whether no entry is NaN or +inf (-inf is a removed token, fine), in one pass: a NaN
-    anywhere makes the max NaN."""
-    top = logits.max() if logits.size else 0.0
-    return not (np.isnan(top) or top == np.inf)
+    """Whether no entry of the (batch, vocab) logits is NaN or +inf, in one pass over them (the
+    same numpy calls as the chain's own check, so a sampler's check after it finds them warm)."""
+    return not logits.size or finite_maxima(row_maxima(logits))
+
+
+def as_logits(logits: np.ndarray) -> np.ndarray:
+    """`logits` as a float32 (batch, vocab) array (no copy when they are one already)."""
+    logits = np.asarray(logits, dtype=np.float32)
+    if logits.ndim != 2:
+        raise GenError(f"a sampler takes logits of shape (batch, vocab), got shape {logits.shape}")
+    return logits
+
+
+MODEL_NOT_FINITE = ("the model produced NaN or infinite logits; the checkpoint or export is broken "
+                    "(retrain or re-export)")
 
 
 def check_logits(logits: np.ndarray) -> np.ndarray:
@@ -127,27 +159,25 @@ def check_logits(logits: np.ndarray) -> np.ndarray:
 
     A SamplerChain checks the model's logits before its first filter and blames a filter whose
     result is not finite (SamplerOptionsError), so this error in a chain is the model's."""
-    logits = np.asarray(logits, dtype=np.float32)
-    if logits.ndim != 2:
-        raise GenError(f"a sampler takes logits of shape (batch, vocab), got shape {logits.shape}")
+    logits = as_logits(logits)
     if not finite_logits(logits):
-        raise GenError(
-            "the model produced NaN or infinite logits; the checkpoint or export is broken "
-            "(retrain or re-export)"
-        )
+        raise GenError(MODEL_NOT_FINITE)
     return logits
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
+def softmax(logits: np.ndarray, row_max: np.ndarray | None = None) -> np.ndarray:
     """Probabilities over the last axis, computed stably (masked -inf entries get 0).
 
     In float32: exact enough for a draw, and the same numpy code on every backend, so
-    a seed gives the same tokens on all of them.
+    a seed gives the same tokens on all of them. `row_max`, (batch, 1), is each row's
+    maximum where the caller has it already (the chain's finiteness check computed it).
     """
     logits = np.asarray(logits, dtype=np.float32)
-    weights = logits - logits.max(axis=-1, keepdims=True)  # a new array, the one the result is made in
+    if row_max is None:
+        row_max = row_maxima(logits)
+    weights = logits - row_max  # a new array, the one the result is made in
     np.exp(weights, out=weights)
-    weights /= weights.sum(axis=-1, keepdims=True)
+    weights /= np.add.reduce(weights, axis=-1, keepdims=True)  # weights.sum(...), see row_maxima
     return weights
 
 
@@ -180,13 +210,18 @@ def draw(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     reproducible for a seed, and the same on every backend.
     """
     probs = np.asarray(probs, dtype=np.float32)
-    cumulative = np.cumsum(probs, axis=-1)
-    uniforms = rng.random(probs.shape[0]) * cumulative[:, -1]
-    ids = (cumulative <= uniforms[:, None]).sum(axis=-1)  # first index whose sum passes u
-    return np.minimum(ids, probs.shape[-1] - 1).astype(np.int64)
+    batch, vocab = probs.shape
+    cumulative = np.add.accumulate(probs, axis=-1)  # np.cumsum's float32 sums, left to right (see row_maxima)
+    uniforms = rng.random(batch)  # float64, one per row
+    if batch == 1:  # one row (gen run, one request): the same count, in fewer numpy calls
+        bound = uniforms[0] * cumulative[0, -1]  # a np.float64, so compared in float64 as the rows below are
+        return np.array([min(np.count_nonzero(cumulative[0] <= bound), vocab - 1)], dtype=np.int64)
+    bounds = uniforms[:, None] * cumulative[:, -1:]  # (B, 1) float64
+    ids = np.add.reduce(cumulative <= bounds, axis=-1)  # how many sums are <= u: the first index whose sum passes it
+    return np.minimum(ids, vocab - 1).astype(np.int64, copy=False)
 
 
-def draw_from_logits(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def draw_from_logits(logits: np.ndarray, rng: np.random.Generator, row_max: np.ndarray | None = None) -> np.ndarray:
     """`draw(softmax(logits), rng)`, the same ids for the same stream, at the cost of the tokens a
     filter left in rather than of the vocabulary: after top_k:k=40 of GPT-2's 50,257 tokens, the
     exponentials, the division and the cumulative sum run over the 40 finite entries of a row.
@@ -195,18 +230,19 @@ def draw_from_logits(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray
     the cumulative sum over the finite entries in id order holds the dense one's values, and each
     row's total is summed over the whole row (zeros included) as softmax sums it, since numpy's
     pairwise summation rounds by position. Logits `check_logits` accepted; NaN is not looked for.
+    `row_max`, (batch, 1), is each row's maximum where the caller has it (see `softmax`).
     """
     logits = np.asarray(logits, dtype=np.float32)
     batch, vocab = logits.shape
     if vocab <= SORT_UP_TO:
-        return draw(softmax(logits), rng)
+        return draw(softmax(logits, row_max), rng)
     finite = (logits != -np.inf).ravel()  # 1-D: numpy finds the nonzero entries of a flat array far faster
     if np.count_nonzero(finite) * SPARSE_FRACTION > logits.size:
-        return draw(softmax(logits), rng)
+        return draw(softmax(logits, row_max), rng)
     rows, ids = np.divmod(np.flatnonzero(finite), vocab)  # row by row, each row's ids ascending
     counts = np.bincount(rows, minlength=batch)
     if counts.max() * SPARSE_FRACTION > vocab or counts.min() == 0:
-        return draw(softmax(logits), rng)
+        return draw(softmax(logits, row_max), rng)
     values = logits[rows, ids]
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     weights = values - np.maximum.reduceat(values, starts)[rows]
@@ -307,6 +343,18 @@ def keep_only(logits: np.ndarray, ids: np.ndarray, keep: np.ndarray | None = Non
         kept[~keep] = -np.inf
     result = np.full(logits.shape, -np.inf, dtype=np.float32)
     result[rows, ids] = kept
+    return result
+
+
+def remove_ids(logits: np.ndarray, ids: np.ndarray, remove: np.ndarray | None = None) -> np.ndarray:
+    """float32 logits with the entries at `ids` (batch, n) set to -inf, or only those of them where
+    `remove` (batch, n) is True: `keep_only`'s complement, for a filter that knows the few ids it
+    drops (a short row sorted whole) rather than those it keeps."""
+    result = logits.astype(np.float32)  # a copy: the logits handed in are not ours to change
+    if remove is None:
+        result[np.arange(len(logits))[:, None], ids] = -np.inf
+    else:
+        result[remove.nonzero()[0], ids[remove]] = -np.inf  # row by row, in the order of ids[remove]
     return result
 
 
@@ -458,18 +506,25 @@ class SamplerChain:
         self.drawn_from = None
 
     def __call__(self, logits: np.ndarray, rng: np.random.Generator, context: SamplingContext | None = None):
-        logits = check_logits(logits)  # the model's own logits: NaN here is the model's fault
+        # Every row's maximum, once per step, answers both "is any entry NaN or +inf?" (a NaN or
+        # +inf in a row makes its maximum so) and the softmax's shift: one pass, not two.
+        logits = as_logits(logits)
+        row_max = row_maxima(logits)  # (B, 1)
+        if not finite_maxima(row_max):
+            raise GenError(MODEL_NOT_FINITE)  # the model's own logits: NaN here is the model's fault
         steps = [logits]
         for link in self.filters:
             steps.append(link.filter(steps[-1], context))
         logits = steps[-1]
-        if self.filters and not finite_logits(logits):
-            raise self._blame(steps)
+        if self.filters:  # what the filters made is checked the same way, and its maxima kept
+            row_max = row_maxima(logits)
+            if not finite_maxima(row_max):
+                raise self._blame(steps)
         self.filtered = logits
         if self.final.sampler.__class__ is Multinomial:  # the logits are checked already: draw at once
             self.drawn_from = logits
             # Only a filter leaves -inf entries; the model's own logits are finite throughout.
-            return draw_from_logits(logits, rng) if self.filters else draw(softmax(logits), rng)
+            return draw_from_logits(logits, rng, row_max) if self.filters else draw(softmax(logits, row_max), rng)
         ids = self.final.draw(logits, rng, context)
         drawn_from = getattr(self.final.sampler, "drawn_from", None)
         self.drawn_from = logits if drawn_from is None else drawn_from

@@ -28,6 +28,7 @@ from gen.core import (
     largest,
     largest_unordered,
     mask_logits,
+    remove_ids,
     seen_tokens,
     softmax,
 )
@@ -95,12 +96,15 @@ class TopK(LogitsFilter):
     def filter(self, logits: np.ndarray) -> np.ndarray:
         if self.k >= logits.shape[-1]:
             return logits
-        if logits.shape[-1] > SORT_UP_TO:  # a large vocabulary: a row with fewer than k left is cheap to hand on
-            finite = logits != -np.inf
-            # Every row keeps all it has left (a constraint or a filter before removed the rest); the
-            # count over the whole batch is the fast one, the count per row is made only when it may hold.
-            if np.count_nonzero(finite) <= self.k * len(logits) and np.count_nonzero(finite, axis=-1).max() <= self.k:
-                return logits
+        if logits.shape[-1] <= SORT_UP_TO:  # a short row (65 characters): one sort, the rest dropped
+            most_likely_first = (-logits).argsort(axis=-1, kind="stable")  # equal logits in id order
+            return remove_ids(logits, most_likely_first[:, self.k:])
+        # A large vocabulary: a row with fewer than k left is cheap to hand on. Every row keeps all it
+        # has left (a constraint or a filter before removed the rest); the count over the whole batch
+        # is the fast one, the count per row is made only when it may hold.
+        finite = logits != -np.inf
+        if np.count_nonzero(finite) <= self.k * len(logits) and np.count_nonzero(finite, axis=-1).max() <= self.k:
+            return logits
         # Equal logits go in id order, so the kept set has exactly k tokens and top_k:k=1
         # picks what greedy picks; a partition finds them, no sort of the vocabulary.
         return keep_only(logits, largest_unordered(logits, self.k))
@@ -126,6 +130,16 @@ class TopP(LogitsFilter):
             return logits  # the whole distribution; rounding in the sums must not drop a token
         probs = softmax(logits)
         vocab = probs.shape[-1]
+        if vocab <= SORT_UP_TO:  # a short row (65 characters): one sort and one sum, no widening rounds
+            most_likely_first = (-probs).argsort(axis=-1, kind="stable")  # (B, V) equal values in id order
+            rows = np.arange(len(probs))[:, None]  # indexing by rows and ids costs less than take_along_axis
+            cumulative = np.add.accumulate(probs[rows, most_likely_first], axis=-1)
+            # A token goes once the tokens before it reach p; the first never does. The sums only grow,
+            # so one row keeps a prefix of its order: its length is counted, and the rest cut by a slice.
+            if len(logits) == 1:
+                kept = np.count_nonzero(cumulative[0, :-1] < self.p) + 1
+                return remove_ids(logits, most_likely_first[:, kept:])
+            return remove_ids(logits, most_likely_first[:, 1:], cumulative[:, :-1] >= self.p)
         candidates = min(self.CANDIDATES, vocab)
         rows = np.arange(len(probs))[:, None]
         while True:

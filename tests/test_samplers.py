@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from gen.core import GenError, argmax, softmax
+from gen.core import GenError, RowStreams, argmax, softmax
 from gen.core.sampling import build_sampler, build_sampler_chain
 from gen.core.sampling import draw as draw_from_probs
 
@@ -209,6 +209,26 @@ def test_a_chain_of_filters_applies_each_then_draws_with_multinomial(logits, see
 def test_a_chain_may_end_in_greedy(logits):
     ids = build_sampler_chain(["top_k:k=3", "temperature:t=2", "greedy"])(logits, np.random.default_rng(0))
     np.testing.assert_array_equal(ids, argmax(logits))
+
+
+ROW_WISE_CHAINS = [["multinomial"], ["temperature:t=0.7"], ["top_k:k=5"], ["top_p:p=0.5"], ["top_p:p=0.95"],
+                   ["min_p:p=0.2"], ["top_k:k=40", "temperature:t=0.8"]]
+
+
+@quick
+@given(logits=logits_batches(max_batch=4, max_vocab=70), chain=st.sampled_from(ROW_WISE_CHAINS),
+       seed=st.integers(0, 2**31))
+def test_a_row_alone_draws_and_keeps_what_it_does_among_other_rows(logits, chain, seed):
+    # gen run samples one row, gen serve stacks rows with their own streams: the one-row shortcuts
+    # (draw's, top_p's prefix) must give what the rows' path gives, equal logits included.
+    logits = np.round(logits)
+    streams = [np.random.default_rng(seed + row) for row in range(len(logits))]
+    together = build_sampler_chain(chain)
+    ids = together(logits, RowStreams(streams))
+    for row in range(len(logits)):
+        alone = build_sampler_chain(chain)
+        assert alone(logits[row:row + 1], np.random.default_rng(seed + row)).tolist() == [ids[row]]
+        np.testing.assert_array_equal(alone.filtered[0], together.filtered[row])
 
 
 def test_no_sampler_means_multinomial():
