@@ -45,7 +45,6 @@ test: install
 docs: install
 	$(BIN)/python -m gen.core.cli.reference docs/cli.md
 	OMP_NUM_THREADS=1 nice $(BIN)/python docs/run_docs.py --write docs/tutorial.md --copy out/loss.png:docs/loss.png
-	mkdir -p build/inside
 	OMP_NUM_THREADS=1 nice $(BIN)/python docs/run_docs.py --write docs/inside.md \
 		--copy docs/inside-bigram.png:docs/inside-bigram.png --copy docs/inside-loss.png:docs/inside-loss.png \
 		--copy docs/inside-attention.png:docs/inside-attention.png --copy build/inside/gpt.onnx:build/inside/gpt.onnx

@@ -25,9 +25,9 @@ import sys
 import time
 from pathlib import Path
 
-DOCS = Path(os.path.relpath(Path(__file__).resolve().parent))  # relative to where it runs: shorter lines to quote
+DOCS = Path(os.path.relpath(Path(__file__).resolve().parent))  # relative to where it runs: shorter lines to print
 GEN = [sys.executable, "-c", "from gen.core.cli import cli; cli()"]
-PROMPT = "ROMEO:\nBut soft, what light"
+PROMPT = "ROMEO:\nBut soft, what light"  # the prompt of the chapter's gen run and gen attention
 
 
 def free_port() -> int:
@@ -106,6 +106,7 @@ def main() -> None:
         raise SystemExit(f"no export at {arguments.model}: run `python docs/run_docs.py --write docs/inside.md "
                          "--copy build/inside/gpt.onnx:build/inside/gpt.onnx` first (make docs does)")
     playground_screenshots(arguments.model)
+
 
 if __name__ == "__main__":
     main()
