@@ -38,14 +38,17 @@ test: install
 	$(BIN)/python -m pytest -q
 
 # docs/cli.md from the commands' own help (tests/test_docs.py checks it is up to date);
-# docs/tutorial.md's outputs and docs/loss.png from a full run of its commands; the pictures of
-# docs/inside.md from models trained for it (DATA as for demo). Minutes each: nice'd, and on one
-# torch thread, which on a busy machine is many times faster than two waiting for each other
+# docs/tutorial.md's and docs/inside.md's outputs and pictures from a full run of their commands,
+# then the playground's screenshots from inside.md's export (docs/make_inside.py). Minutes each:
+# nice'd, and on one torch thread, which on a busy machine is many times faster than two waiting for each other
 # (tests/test_doc_blocks.py checks that the pages' outputs have the formats the commands print).
 docs: install
 	$(BIN)/python -m gen.core.cli.reference docs/cli.md
 	OMP_NUM_THREADS=1 nice $(BIN)/python docs/run_docs.py --write docs/tutorial.md --copy out/loss.png:docs/loss.png
-	OMP_NUM_THREADS=1 nice $(BIN)/python docs/make_inside.py --data $(DATA)
+	OMP_NUM_THREADS=1 nice $(BIN)/python docs/run_docs.py --write docs/inside.md \
+		--copy docs/inside-bigram.png:docs/inside-bigram.png --copy docs/inside-loss.png:docs/inside-loss.png \
+		--copy docs/inside-attention.png:docs/inside-attention.png --copy build/inside/gpt.onnx:build/inside/gpt.onnx
+	OMP_NUM_THREADS=1 nice $(BIN)/python docs/make_inside.py build/inside/gpt.onnx
 
 # What the demo and the tests made; .venv stays (distclean removes it too).
 clean:

@@ -1,19 +1,18 @@
-"""Make the pictures of docs/inside.md from models trained here, now (`make docs` runs it).
+"""Photograph the playground for section 4 of docs/inside.md (`make docs` runs it).
 
-    python docs/make_inside.py --data shakespeare            # or --data PATH/TO/input.txt
+    python docs/make_inside.py build/inside/gpt.onnx
 
-Trains the chapter's two models (a bigram, then the default gpt), exports the gpt with its
-attention outputs, and writes into docs/:
+The chapter's commands, and the pictures they draw, are the page's own blocks:
+`python docs/run_docs.py --write docs/inside.md` runs them and writes what they print
+into the page. What a block cannot do is click in a browser, so this serves the
+chapter's export (made with `gen export --attention`; `make docs` copies it out of the
+page's run), generates in the playground with a sampler, clicks a token and writes its
+panels into docs/:
 
-    inside-bigram.png        gen attention of the bigram: its 65 x 65 table
-    inside-loss.png          gen plot of the gpt's run: losses, ln(65), the best checkpoint
-    inside-attention.png     gen attention of the gpt's export: a heatmap per layer and head
     playground-inside-temperature.png, playground-inside-top-k.png
-                             the playground's panels for a clicked token (Playwright and
-                             Chromium; skipped, saying so, where they are missing)
 
-Every command's output is printed as it runs: the chapter quotes it. The work (checkpoints,
-the export) goes to --work, build/inside by default. The same seed gives the same pictures.
+It needs Playwright and Chromium and says so, skipping, where they are missing. The
+same seed gives the same pictures.
 """
 from __future__ import annotations
 
@@ -26,17 +25,9 @@ import sys
 import time
 from pathlib import Path
 
-DOCS = Path(os.path.relpath(Path(__file__).resolve().parent))  # relative to where it runs: shorter lines to quote
+DOCS = Path(os.path.relpath(Path(__file__).resolve().parent))  # relative to where it runs: shorter lines to print
 GEN = [sys.executable, "-c", "from gen.core.cli import cli; cli()"]
-PROMPT = "ROMEO:\nBut soft, what light"
-GPT_SHAPE = ["--n-layer", 2, "--n-head", 4, "--n-embd", 64, "--lr", 3e-3]
-
-
-def gen(*arguments) -> None:
-    """Run one gen command, showing it and what it prints; stop at its first failure."""
-    shown = " ".join(f"'{a}'" if (" " in str(a) or "\n" in str(a)) else str(a) for a in arguments)
-    print(f"$ gen {shown}".replace("\n", "\\n"), flush=True)
-    subprocess.run([*GEN, *map(str, arguments)], check=True)
+PROMPT = "ROMEO:\nBut soft, what light"  # the prompt of the chapter's gen run and gen attention
 
 
 def free_port() -> int:
@@ -109,30 +100,12 @@ def playground_screenshots(model: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="shakespeare", help="what gen train --data takes (default: shakespeare)")
-    parser.add_argument("--work", default="build/inside", help="where the checkpoints and the export go")
-    parser.add_argument("--max-iters", type=int, default=600, help="the gpt's training steps (default 600)")
+    parser.add_argument("model", type=Path, help="the chapter's export, made with gen export --attention")
     arguments = parser.parse_args()
-    work = Path(arguments.work)
-    work.mkdir(parents=True, exist_ok=True)
-
-    # 1. The bigram: one table, trained in a few minutes, drawn as it is.
-    gen("train", "--model", "bigram", "--data", arguments.data, "--out", work / "bigram", "--max-iters", 1500,
-        "--eval-interval", 500, "--eval-iters", 20, "--overwrite")
-    gen("attention", "--checkpoint", work / "bigram", "--out", DOCS / "inside-bigram.png")
-    # 2. A small gpt (2 layers of 4 heads, 64 wide: minutes on a CPU), its curves, its export with the
-    # attention outputs, its heads.
-    gen("train", "--data", arguments.data, "--out", work / "gpt", *GPT_SHAPE, "--max-iters", arguments.max_iters,
-        "--eval-interval", 50, "--eval-iters", 20, "--overwrite")
-    gen("plot", work / "gpt", "--output", DOCS / "inside-loss.png")
-    gen("export", work / "gpt.onnx", "--checkpoint", work / "gpt", "--attention", "--overwrite")
-    gen("info", work / "gpt.onnx")
-    gen("attention", "--model", work / "gpt.onnx", "--prompt", PROMPT, "--out", DOCS / "inside-attention.png")
-    # 3. Sampling: what temperature and top_k do to a token's distribution, in the playground.
-    gen("run", work / "gpt.onnx", "--prompt", PROMPT, "--sampler", "temperature:t=0.5", "--seed", 7,
-        "--max-new-tokens", 60)
-    gen("run", work / "gpt.onnx", "--prompt", PROMPT, "--sampler", "top_k:k=3", "--seed", 7, "--max-new-tokens", 60)
-    playground_screenshots(work / "gpt.onnx")
+    if not arguments.model.is_file():
+        raise SystemExit(f"no export at {arguments.model}: run `python docs/run_docs.py --write docs/inside.md "
+                         "--copy build/inside/gpt.onnx:build/inside/gpt.onnx` first (make docs does)")
+    playground_screenshots(arguments.model)
 
 
 if __name__ == "__main__":

@@ -222,6 +222,7 @@ def main() -> None:
         regenerate(arguments.page.resolve(), folder, environment_for(folder, cache), arguments.timeout)
         for pair in arguments.copy:
             source, destination = pair.split(":", 1)
+            Path(destination).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(folder / source, destination)
             print(f"copied {source} to {destination}")
     print(f"wrote {arguments.page}")

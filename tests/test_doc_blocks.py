@@ -1,4 +1,4 @@
-"""Every code block of the README and the tutorial runs, and prints what the page shows.
+"""Every code block of the README, the tutorial and docs/inside.md runs, and prints what the page shows.
 
 The pages run as a reader types them (docs/run_docs.py says how a page marks its blocks),
 each in a folder of its own, with two differences that keep them small: Tiny Shakespeare
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 REPOSITORY = Path(__file__).resolve().parents[1]
-PAGES = ["README.md", "docs/tutorial.md"]  # pages added here are run the same way
+PAGES = ["README.md", "docs/tutorial.md", "docs/inside.md"]  # pages added here are run the same way
 EXCERPT = REPOSITORY / "tests" / "data" / "tinyshakespeare-excerpt.txt"
 SMALL = {"GEN_TRAIN_MAX_ITERS": "20", "GEN_TRAIN_EVAL_ITERS": "2", "OMP_NUM_THREADS": "1"}
 TIMEOUT_S = 300

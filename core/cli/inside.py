@@ -11,7 +11,7 @@ For a bigram model, whose whole knowledge is one table, the table itself: row a 
 probability of each next token after token a (the softmax of the model's logits for
 the one-token input a), a vocab x vocab heatmap.
 
-`inside_view` returns the numbers (for tests, docs/make_inside.py and anyone curious);
+`inside_view` returns the numbers (for tests and anyone curious);
 `draw_attention` and `draw_table` draw them. matplotlib is imported only when drawing,
 torch only when a checkpoint is read.
 """
