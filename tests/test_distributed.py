@@ -18,10 +18,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from gen.core.cli import cli
+from cli_helpers import gen
 
 BIN = Path(sys.executable).parent
 TORCHRUN = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2"]
@@ -118,10 +117,6 @@ def torchrun(*arguments, cwd, env=None, script=(GEN_SCRIPT,), check=True) -> sub
     if check:
         assert completed.returncode == 0, completed.stdout + completed.stderr
     return completed
-
-
-def gen(*arguments):
-    return CliRunner().invoke(cli, [str(argument) for argument in arguments])
 
 
 def metrics(out: Path) -> list[dict]:

@@ -10,23 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from gen.core.training.checkpoint import save_checkpoint
-from gen.core.cli import cli
 from gen.core.tokenizer import tokenizer_to_dict
 from gen.plugins.bigram import BigramLanguageModel
 from gen.plugins.gpt import GPT
 from gen.runtime.artifact import read_artifact
 from gen.runtime.onnx_model import OnnxModel
+from cli_helpers import gen
 
 NEW_TOKENS = 200
 PROMPT = "ROMEO:"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def gen(*arguments):
-    return CliRunner().invoke(cli, [str(argument) for argument in arguments])
 
 
 @pytest.fixture(scope="module")

@@ -11,21 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 gguf = pytest.importorskip("gguf")
 
-from gen.core.cli import cli  # noqa: E402
 from gen.core.training.checkpoint import load_checkpoint  # noqa: E402
 from gen.core.training.hf import byte_to_unicode  # noqa: E402
 from gen.export.gguf import gguf_tensor_names  # noqa: E402
+from cli_helpers import gen  # noqa: E402
 
 SHAKESPEARE = Path(__file__).resolve().parent / "data" / "tinyshakespeare-excerpt.txt"
 pytestmark = pytest.mark.usefixtures("module_cache", "one_torch_thread")
-
-
-def gen(*arguments):
-    return CliRunner().invoke(cli, [str(argument) for argument in arguments])
 
 
 def train(folder: Path, tokenizer: str, *extra) -> Path:

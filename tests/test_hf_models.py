@@ -16,24 +16,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
 from gen.core import hookimpl  # noqa: E402
-from gen.core.cli import cli  # noqa: E402
 from gen.core.registry import get_plugins  # noqa: E402
 from gen.core.training.checkpoint import load_checkpoint  # noqa: E402
+from cli_helpers import gen  # noqa: E402
 
 SHAKESPEARE = Path(__file__).resolve().parent / "data" / "tinyshakespeare-excerpt.txt"
 FINETUNE_RECIPE = Path(__file__).resolve().parents[1] / "examples" / "finetune.toml"
 PROMPT = "ROMEO: But soft"
 pytestmark = pytest.mark.usefixtures("module_cache", "one_torch_thread")
-
-
-def gen(*arguments):
-    return CliRunner().invoke(cli, [str(argument) for argument in arguments])
 
 
 def gpt2_folder(folder: Path, text: str, **config) -> Path:

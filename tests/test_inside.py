@@ -14,11 +14,9 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from matplotlib.image import imread
 
 from serve_helpers import running_server
-from gen.core.cli import cli
 from gen.core.cli.inside import CELL_INCHES, DPI, TABLE_INCHES, attention_size, inside_view
 from gen.core.errors import GenError
 from gen.core.tokenizer import tokenizer_to_dict
@@ -27,6 +25,7 @@ from gen.export.onnx_export import ExportOptions, export_model
 from gen.runtime.artifact import attention_names
 from gen.runtime.onnx_model import OnnxModel
 from gen.runtime.server import create_app
+from cli_helpers import gen, assert_one_line_error
 
 SHAKESPEARE = Path(__file__).resolve().parent / "data" / "tinyshakespeare-excerpt.txt"
 TINY = ["--block-size", "32", "--batch-size", "8", "--eval-iters", "1", "--eval-interval", "5", "--max-iters", "10",
@@ -34,18 +33,6 @@ TINY = ["--block-size", "32", "--batch-size", "8", "--eval-iters", "1", "--eval-
 TINY_GPT = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32"]
 PROMPT = "ROMEO:\nBut soft, what"
 pytestmark = pytest.mark.usefixtures("module_cache")
-
-
-def gen(*arguments):
-    return CliRunner().invoke(cli, [str(argument) for argument in arguments])
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert lines[-1].startswith("Error: ") and "Traceback" not in result.output, result.output
-    for fragment in fragments:
-        assert fragment in lines[-1], lines[-1]
 
 
 def weights_from_queries_and_keys(model, idx):

@@ -13,13 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 from nanogpt_model import GPT, GPTConfig  # benchmarks/nanogpt_model.py: nanoGPT's model.py (MIT)
 
 from gen.core.training.checkpoint import load_checkpoint
-from gen.core.cli import cli
 from gen.core.errors import GenError
 from gen.core.training.nanogpt import load_plain_pickle
+from cli_helpers import gen
 
 SHAKESPEARE = Path(__file__).resolve().parent / "data" / "tinyshakespeare-excerpt.txt"
 pytestmark = pytest.mark.usefixtures("module_cache", "one_torch_thread")
@@ -89,10 +88,6 @@ def nanogpt_files(tmp_path_factory, text):
         models[name] = nanogpt_model(vocab_size, bias)
         write_checkpoint(folder / f"{name}.pt", models[name], compiled, mask_buffers=not compiled)
     return folder, models
-
-
-def gen(*arguments):
-    return CliRunner().invoke(cli, [str(argument) for argument in arguments])
 
 
 @pytest.mark.parametrize("variant", ["bias", "nobias"])

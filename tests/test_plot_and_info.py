@@ -10,28 +10,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 from matplotlib.image import imread
 
-from gen.core.cli import cli
 from gen.core.cli.plot import COLOURS, DPI, SIZE_INCHES
+from cli_helpers import gen, assert_one_line_error
 
 SHAKESPEARE = Path(__file__).resolve().parent / "data" / "tinyshakespeare-excerpt.txt"
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "8",
         "--eval-iters", "2", "--warmup-iters", "5", "--device", "cpu"]
 pytestmark = pytest.mark.usefixtures("module_cache")
-
-
-def gen(*arguments):
-    return CliRunner().invoke(cli, [str(argument) for argument in arguments])
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert lines[-1].startswith("Error: ") and "Traceback" not in result.output, result.output
-    for fragment in fragments:
-        assert fragment in lines[-1], lines[-1]
 
 
 @pytest.fixture(scope="module")

@@ -19,20 +19,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from gen.core.cli import cli
 from gen.core.data import load_dataset
+from cli_helpers import gen
 
 BIN = Path(sys.executable).parent
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--eval-iters", "2",
         "--warmup-iters", "2", "--lr-decay-iters", "8", "--dtype", "float32", "--device", "cpu"]
 pytestmark = pytest.mark.usefixtures("module_cache")  # before the module-scoped runs below
-
-
-def gen(*arguments):
-    return CliRunner().invoke(cli, [str(argument) for argument in arguments])
 
 
 def ok(result):

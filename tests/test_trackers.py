@@ -6,22 +6,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from gen.core import hookimpl
-from gen.core.cli import cli
 from gen.core.registry import get_plugins
 from gen.core.tracking import Tracker
+from cli_helpers import gen
 
 SHAKESPEARE = Path(__file__).resolve().parent / "data" / "tinyshakespeare-excerpt.txt"
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "8",
         "--eval-iters", "2", "--warmup-iters", "5", "--device", "cpu", "--max-iters", "20",
         "--eval-interval", "10", "--log-interval", "5"]
 pytestmark = pytest.mark.usefixtures("module_cache")
-
-
-def gen(*arguments):
-    return CliRunner().invoke(cli, [str(argument) for argument in arguments])
 
 
 @pytest.fixture(scope="module")

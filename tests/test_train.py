@@ -13,22 +13,17 @@ import click
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from gen.core import hookimpl
-from gen.core.cli import cli
 from gen.core.registry import get_plugins
 from gen.core.training.config import TrainConfig
+from cli_helpers import gen
 
 GEN_SCRIPT = Path(sys.executable).parent / "gen"
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "8",
         "--eval-iters", "4", "--warmup-iters", "5"]
 pytestmark = pytest.mark.usefixtures("module_cache")  # before the module-scoped runs below
-
-
-def gen(*arguments):
-    return CliRunner().invoke(cli, [str(argument) for argument in arguments])
 
 
 def train(corpus, out, *arguments, max_iters=40, eval_interval=20):
