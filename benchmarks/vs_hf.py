@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.metadata
 import os
 import shutil
 import subprocess
@@ -186,8 +187,12 @@ def main() -> None:
     import transformers
 
     transformers.utils.logging.disable_progress_bar()  # its "Loading weights" bar, each time a model loads
+    try:
+        optimum = f"optimum-onnx {importlib.metadata.version('optimum-onnx')}"
+    except importlib.metadata.PackageNotFoundError:
+        optimum = "no optimum-onnx"
     print(f"onnxruntime {onnxruntime.__version__}, torch {torch.__version__}, transformers {transformers.__version__}"
-          f"; {os.cpu_count()} CPUs; {load_average()}", flush=True)
+          f", {optimum}; {os.cpu_count()} CPUs; {load_average()}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="gen-vs-hf-"))
     try:
         lines = [line for shape in args.shapes for line in measure(shape, args, work) + [""]]
