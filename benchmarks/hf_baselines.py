@@ -26,10 +26,13 @@ def _timed_generate(model, prompt: list[int], batch: int, new_tokens: int) -> di
     import torch
 
     ids = torch.tensor([prompt] * batch, dtype=torch.long)  # (B, T)
+    # min_new_tokens: every system makes exactly new_tokens tokens, whatever the end-of-text token does, so
+    # no row finishes early and the pad id is never written; it only has to differ from the prompt's last
+    # id, which transformers would take for right-padding (and warn about at every batched call).
+    pad_token_id = 0 if prompt[-1] != 0 else 1
     started = time.perf_counter()
-    # min_new_tokens: every system makes exactly new_tokens tokens, whatever the end-of-text token does.
     output = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                            min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+                            min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad_token_id)
     seconds = time.perf_counter() - started
     return {"tokens/s": batch * new_tokens / seconds, "ids": output[0, len(prompt):].tolist()}
 
