@@ -42,6 +42,9 @@ import numpy as np
 from gen.core.generation import generate_text
 from gen.core.sampling import build_sampler_chain
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hf_baselines import optimum_generate, transformers_generate  # noqa: E402 (benchmarks/ is not a package)
+
 REPOSITORY = Path(__file__).resolve().parent.parent
 EXCERPT = REPOSITORY / "tests" / "data" / "tinyshakespeare-excerpt.txt"
 GPT2_SMALL = dict(n_layer=12, n_head=12, n_embd=768, n_positions=1024, vocab_size=50_257)
@@ -49,6 +52,7 @@ QUANTIZATIONS = ("fp32", "int8", "int4")
 SAMPLERS = {"greedy": ("greedy",), "top_k:k=40 temperature:t=0.8": ("top_k:k=40", "temperature:t=0.8")}
 GEN_RUN_SAMPLER = SAMPLERS["top_k:k=40 temperature:t=0.8"]
 PROMPT = "ROMEO:"
+HF_PROMPT_IDS = [1, 1]  # transformers and Optimum start from two ids of the BPE tokenizer
 SAMPLING_SHARE_TARGET = 0.10
 
 
@@ -189,45 +193,6 @@ def api_batch(backend, specs: tuple[str, ...], batch: int, new_tokens: int) -> d
     return {"tokens/s": batch * new_tokens / seconds, "sampling share": chain.seconds / seconds}
 
 
-# --- beside gen ------------------------------------------------------------------------------------
-
-
-def transformers_generate(folder: Path, threads: int, batch: int, new_tokens: int, cache: dict) -> dict | str:
-    """tokens/s of transformers' generate (greedy, its KV cache) on the same weights."""
-    try:
-        import torch
-        from transformers import GPT2LMHeadModel
-    except ImportError as error:
-        return f"not installed ({error})"
-    torch.set_num_threads(threads)
-    if "model" not in cache:
-        cache["model"] = GPT2LMHeadModel.from_pretrained(folder).eval()
-    ids = torch.full((batch, 2), 1, dtype=torch.long)
-    with torch.inference_mode():
-        started = time.perf_counter()
-        cache["model"].generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                                min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
-    return {"tokens/s": batch * new_tokens / (time.perf_counter() - started)}
-
-
-def optimum_generate(folder: Path, threads: int, batch: int, new_tokens: int, cache: dict) -> dict | str:
-    try:
-        import onnxruntime
-        import torch
-        from optimum.onnxruntime import ORTModelForCausalLM
-    except ImportError as error:
-        return f"not installed ({error}); pip install optimum[onnxruntime] to compare"
-    if "model" not in cache:
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        cache["model"] = ORTModelForCausalLM.from_pretrained(folder, export=True, session_options=options)
-    ids = torch.full((batch, 2), 1, dtype=torch.long)
-    started = time.perf_counter()
-    cache["model"].generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                            min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
-    return {"tokens/s": batch * new_tokens / (time.perf_counter() - started)}
-
-
 # --- the tables ------------------------------------------------------------------------------------
 
 
@@ -259,7 +224,8 @@ def measure(paths: dict[str, Path], threads: int, rounds: int, new_tokens: int, 
                                 ("Optimum ORTModelForCausalLM", optimum_generate)):
             for size in (1, batch):
                 key = (label, size)
-                outcome = function(paths["folder"], threads, size, new_tokens, caches[label.split()[0].lower()])
+                outcome = function(paths["folder"], threads, HF_PROMPT_IDS, size, new_tokens,
+                                   caches[label.split()[0].lower()])
                 others.setdefault(key, []).append(outcome)
         print(f"  round {round_number + 1} of {rounds} done ({load_average()})", flush=True)
     print(f"\n== {threads} thread(s); {new_tokens} new tokens after {PROMPT!r}; best of {rounds} interleaved "
@@ -283,7 +249,8 @@ def measure(paths: dict[str, Path], threads: int, rounds: int, new_tokens: int, 
         if isinstance(outcomes[0], str):
             print(f"{label} batch {size}: skipped, {outcomes[0]}")
         else:
-            print(f"{label} batch {size} (greedy, fp32): {best(outcomes)['tokens/s']:,.1f} tokens/s")
+            tokens_per_second = max(outcome["tokens/s"] for outcome in outcomes)
+            print(f"{label} batch {size} (greedy, fp32): {tokens_per_second:,.1f} tokens/s")
 
 
 def main() -> None:
