@@ -56,6 +56,7 @@ from gen.core.tokenizer import Tokenizer, tokenizer_from_dict
 INDEX_FILE = "index.json"
 INDEX_FORMAT = 1
 SHARD_NAME = "shard-{:05d}.bin"
+SHARD_TOKENS = 64 * 2**20  # ids per shard file gen prepare writes by default (128 MB of uint16)
 NANOGPT_FILES = ("train.bin", "val.bin")
 NANOGPT_META = "meta.pkl"
 NANOGPT_DTYPE = "uint16"  # nanoGPT's prepare.py writes np.uint16 (GPT-2's 50,257 ids fit)

@@ -20,10 +20,9 @@ import torch
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
-from gen.core import hookimpl  # noqa: E402
 from gen.core.registry import get_plugins  # noqa: E402
 from gen.core.training.checkpoint import load_checkpoint  # noqa: E402
-from cli_helpers import gen  # noqa: E402
+from cli_helpers import StopAtStep, gen  # noqa: E402
 
 SHAKESPEARE = Path(__file__).resolve().parent / "data" / "tinyshakespeare-excerpt.txt"
 FINETUNE_RECIPE = Path(__file__).resolve().parents[1] / "examples" / "finetune.toml"
@@ -324,16 +323,6 @@ def test_a_fine_tune_starts_from_the_checkpoints_weights(imported, new_text, tmp
         expected = tensor[:64] if key == "transformer.wpe.weight" else tensor
         assert torch.equal(tuned[key], expected), key
 
-
-class StopAtStep:
-    """A plugin whose on_eval hook ends training at a given step."""
-
-    def __init__(self, step):
-        self.step = step
-
-    @hookimpl
-    def on_eval(self, step, metrics):
-        return step >= self.step
 
 
 def test_resuming_a_fine_tune_is_bit_identical_to_running_it_straight(imported, new_text, tmp_path):

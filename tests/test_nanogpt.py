@@ -17,7 +17,7 @@ from nanogpt_model import GPT, GPTConfig  # benchmarks/nanogpt_model.py: nanoGPT
 
 from gen.core.training.checkpoint import load_checkpoint
 from gen.core.errors import GenError
-from gen.core.training.nanogpt import load_plain_pickle
+from gen.core.reading import load_plain_pickle
 from cli_helpers import gen
 
 SHAKESPEARE = Path(__file__).resolve().parent / "data" / "tinyshakespeare-excerpt.txt"

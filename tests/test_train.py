@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from gen.core import hookimpl
 from gen.core.registry import get_plugins
 from gen.core.training.config import TrainConfig
-from cli_helpers import gen
+from cli_helpers import StopAtStep, gen
 
 GEN_SCRIPT = Path(sys.executable).parent / "gen"
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "8",
@@ -98,16 +98,6 @@ def test_the_same_seed_gives_bit_identical_weights(corpus, tmp_path):
     assert all(torch.equal(a[key], b[key]) for key in a)
     assert not all(torch.equal(a[key], c[key]) for key in a)  # the seed matters
 
-
-class StopAtStep:
-    """A plugin whose on_eval hook ends training at a given step."""
-
-    def __init__(self, step):
-        self.step = step
-
-    @hookimpl
-    def on_eval(self, step, metrics):
-        return step >= self.step
 
 
 def test_resume_continues_bit_for_bit(corpus, tmp_path):

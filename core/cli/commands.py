@@ -17,7 +17,7 @@ from gen.core.hookspecs import hookimpl
 from gen.core.reading import load_toml
 from gen.core.specs import format_spec, options_of
 from gen.core.training.config import DTYPES, LIMITS, TrainConfig, option_flag
-from gen.core.training.prepare import SHARD_TOKENS
+from gen.core.shards import SHARD_TOKENS
 
 
 # --- gen train ------------------------------------------------------------------------

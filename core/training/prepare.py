@@ -44,6 +44,7 @@ from gen.core.shards import (
     INDEX_FILE,
     INDEX_FORMAT,
     SHARD_NAME,
+    SHARD_TOKENS,
     is_token_folder,
     token_dtype,
 )
@@ -51,7 +52,6 @@ from gen.core.tokenizer import Tokenizer, tokenizer_from_dict
 
 CHUNK_BYTES = 4 * 2**20  # text read, encoded and written at a time
 SAMPLE_BYTES = 32 * 2**20  # what a tokenizer that learns from text learns from
-SHARD_TOKENS = 64 * 2**20  # ids per shard file (128 MB of uint16)
 DATASET_SUFFIXES = {".parquet": "parquet", ".arrow": "arrow", ".jsonl": "json", ".json": "json"}
 
 

@@ -290,7 +290,7 @@ def billion_laughs() -> bytes:
 
 
 def test_a_billion_laughs_meta_pkl_ends_at_once(tmp_path):
-    from gen.core.training.nanogpt import load_plain_pickle
+    from gen.core.reading import load_plain_pickle
 
     (tmp_path / "meta.pkl").write_bytes(billion_laughs())
     with bounded():
