@@ -18,6 +18,10 @@ positions from the mask), so the runtime and other consumers see no difference, 
 (the fused operators are its own); `gen export --portable` writes the operator-by-
 operator graph of torch's exporter instead.
 
+With a fixed-capacity cache (`gen export --static-cache`), the Split and the
+MultiHeadAttention become one GroupQueryAttention that writes the new keys and values
+into preallocated cache buffers in place, eight nodes a layer (see build_gpt_graph).
+
 Two things are computed once per step for every layer: the positions (from the
 mask, as GPT.forward_cached computes them) and the attention bias (0 where a query
 may look, the lowest float32 elsewhere: causal, and not at left padding).
@@ -79,10 +83,16 @@ def _weight(tensor) -> np.ndarray:
 def build_gpt_graph(model, capacity: int | None = None, attention: bool = False) -> onnx.ModelProto:
     """The decode graph of a gen GPT (gen.plugins.gpt), with its weights.
 
-    With `capacity`, the graph has a fixed-capacity cache instead (see the module's
-    docstring): cache tensors of `capacity` positions, an input `cache_position` (the
-    slot the new tokens go to), an attention mask over all `capacity` slots, and
-    present tensors that are the past ones with the new keys and values written in.
+    With `capacity`, the graph has a fixed-capacity cache instead: cache tensors of
+    `capacity` positions, an input `cache_position` (P, the slot the new tokens go to),
+    an attention mask over all `capacity` slots, and present tensors that are the past
+    ones with the new keys and values written in at slots P..P+T-1. Its attention is
+    onnxruntime's GroupQueryAttention (with as many key/value heads as query heads, so
+    plain multi-head attention), which takes the packed query-key-value projection as it
+    is, writes the new keys and values into the cache in place when the runtime binds
+    each present output to its past input's buffer, and attends over the P+T filled
+    slots only. It takes several new tokens after a past for a batch of one row only;
+    gen.runtime.onnx_model.CapacityCache feeds a larger batch's one at a time.
 
     With `attention` (`gen export --attention`; not with a capacity), every layer's
     attention weights are extra outputs `attention.{i}`, (B, n_head, T, P+T): the softmax
@@ -97,6 +107,10 @@ def build_gpt_graph(model, capacity: int | None = None, attention: bool = False)
     config = model.config
     n_layer, n_head, n_embd = config.n_layer, config.n_head, config.n_embd
     head_size = n_embd // n_head
+    if static and head_size % 8:
+        raise GenError(f"a fixed-capacity cache (--static-cache) needs a head size (n_embd / n_head) that is a "
+                       f"multiple of 8 (onnxruntime's GroupQueryAttention); this model's is {head_size}: leave out "
+                       f"--static-cache")
     transformer = model.transformer
     g = GraphBuilder()
     zero_bias = np.zeros(n_embd, dtype=np.float32)  # for LayerNorms without a bias
@@ -140,23 +154,28 @@ def build_gpt_graph(model, capacity: int | None = None, attention: bool = False)
 
     # The attention bias (B, 1, T, keys): a query at absolute index P+t sees keys up to it
     # (causal, aligned bottom-right) that are real tokens, and always itself. The keys are
-    # the P+T of the past and the new tokens, or every slot of a fixed-capacity cache.
-    keys = g.constant("capacity", np.array(capacity, np.int64)) if static else total
-    key_at = g.one("Range", [zero, keys, one])
+    # the P+T of the past and the new tokens (with a fixed capacity: the filled slots).
+    key_at = g.one("Range", [zero, total, one])
     query_at = g.one("Add", [g.one("Range", [zero, length, one]), past_length])  # (T,)
     keys_row = g.one("Unsqueeze", [key_at, axes_zero])  # (1, keys)
     queries_column = g.one("Unsqueeze", [query_at, axis_one])  # (T, 1)
     causal = g.one("LessOrEqual", [keys_row, queries_column])  # (T, keys)
     itself = g.one("Equal", [keys_row, queries_column])  # (T, keys)
-    real = g.one("Cast", [g.one("Unsqueeze", [ATTENTION_MASK, axis_one])], to=TensorProto.BOOL)  # (B, 1, keys)
+    mask = ATTENTION_MASK
+    if static:  # the mask covers every slot; the keys are the filled ones
+        mask = g.one("Slice", [mask, axes_zero, g.one("Unsqueeze", [total, axes_zero]), axis_one])  # [:, 0:P+T]
+    real = g.one("Cast", [g.one("Unsqueeze", [mask, axis_one])], to=TensorProto.BOOL)  # (B, 1, keys)
     allowed = g.one("And", [causal, g.one("Or", [real, itself])])  # (B, T, keys)
     bias = g.one("Where", [allowed, g.constant("no_bias", np.array(0.0, np.float32)),
                            g.constant("lowest", np.array(LOWEST_FLOAT32, np.float32))])
     bias = g.one("Unsqueeze", [bias, axis_one])  # (B, 1, T, keys)
-    # With a fixed capacity, each new key goes to slot P+t: the scatter's indices, per element.
+    # With a fixed capacity, GroupQueryAttention reads how many slots are filled: P+T-1 per row
+    # (the last filled slot), and P+T itself.
     if static:
-        head_shape = g.constant("head_shape", np.array([0, 0, n_head, head_size], np.int64))
-        slots = g.one("Unsqueeze", [query_at, g.constant("axes_slots", np.array([0, 1, 3], np.int64))])
+        batch_size = g.one("Unsqueeze", [g.one("Gather", [g.one("Shape", [INPUT_IDS]), zero], axis=0), axes_zero])
+        last_slot = g.one("Cast", [g.one("Sub", [total, one])], to=TensorProto.INT32)
+        last_slots = g.one("Expand", [last_slot, batch_size])  # (B,)
+        filled = g.one("Cast", [total], to=TensorProto.INT32)
 
     # Embeddings, then the blocks. The first LayerNorm has no residual to add yet.
     tokens = g.one("Gather", [g.constant("wte", _weight(transformer.wte.weight)), INPUT_IDS])
@@ -165,28 +184,24 @@ def build_gpt_graph(model, capacity: int | None = None, attention: bool = False)
     first = transformer.h[0].ln_1
     normed = g.one("LayerNormalization", [residual, *norm_parameters(first, "h.0.ln_1")], axis=-1,
                    epsilon=first.eps)
-    split = g.constant("qkv_split", np.array([n_embd] * 3, np.int64))
+    split = None if static else g.constant("qkv_split", np.array([n_embd] * 3, np.int64))
     attention_inputs = []  # each layer's (query, present key), for the attention outputs
     for i, block in enumerate(transformer.h):
         qkv = linear(normed, block.attn.c_attn, f"h.{i}.attn.c_attn")
-        query, key, value = g.op("Split", [qkv, split], outputs=3, axis=-1)
         past_key, past_value = past_names(n_layer)[2 * i:2 * i + 2]
         present_key, present_value = present_names(n_layer)[2 * i:2 * i + 2]
         attended = g.name("attended")
         if static:
-            # Write the new keys and values into their slots (in place, when the runtime
-            # binds present to past), then attend over every slot, the bias masking the
-            # empty ones.
-            for new, past, present in ((key, past_key, present_key), (value, past_value, present_value)):
-                heads = g.one("Transpose", [g.one("Reshape", [new, head_shape])], perm=[0, 2, 1, 3])  # (B, N, T, H)
-                indices = g.one("Expand", [slots, g.one("Shape", [heads])])
-                g.op("ScatterElements", [past, indices, heads], [present], axis=2)
-            g.op("MultiHeadAttention", [query, present_key, present_value, "", "", bias], [attended],
-                 MICROSOFT, num_heads=n_head)
+            # The packed query, key and value as they come; the new keys and values go to slots
+            # P..P+T-1 of the cache (in place, when the runtime binds present to past), and the
+            # queries attend over the P+T filled slots only, causally, the bias masking padding.
+            g.op("GroupQueryAttention", [qkv, "", "", past_key, past_value, last_slots, filled, "", "", "", bias],
+                 [attended, present_key, present_value], MICROSOFT, num_heads=n_head, kv_num_heads=n_head)
         else:
+            query, key, value = g.op("Split", [qkv, split], outputs=3, axis=-1)
             g.op("MultiHeadAttention", [query, key, value, "", "", bias, past_key, past_value],
                  [attended, present_key, present_value], MICROSOFT, num_heads=n_head)
-        attention_inputs.append((query, present_key))
+            attention_inputs.append((query, present_key))
         projected = linear(attended, block.attn.c_proj, f"h.{i}.attn.c_proj")
         normed, residual = skip_norm(projected, residual, block.ln_2, f"h.{i}.ln_2")
         hidden = g.one("Gelu", [linear(normed, block.mlp.c_fc, f"h.{i}.mlp.c_fc")], **gelu_options)

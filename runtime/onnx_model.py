@@ -383,6 +383,11 @@ class CapacityCache:
             self.next_ids[:] = input_ids
             self.session.run_with_iobinding(self.binding)
             return self.next_logits.copy()
+        if self.position[0] and len(input_ids) > 1:
+            # onnxruntime's GroupQueryAttention takes several new tokens after a past for one row
+            # only; a batch's (verification, a constraint's forced tokens) go one token a step.
+            return np.concatenate([self.step(input_ids[:, t:t + 1], attention_mask[:, :filled - new + t + 1])
+                                   for t in range(new)], axis=1)
         ids = np.ascontiguousarray(input_ids, dtype=np.int64)
         logits = np.empty((*ids.shape, self.next_logits.shape[-1]), dtype=np.float32)
         self.binding.bind_cpu_input(INPUT_IDS, ids)

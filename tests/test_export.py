@@ -13,6 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from conftest import SMALL_GPT
 from gen.core import hookimpl
 from gen.core.training.checkpoint import save_checkpoint
 from gen.core.cli import GenGroup
@@ -445,7 +446,8 @@ def test_the_fixed_capacity_cache_is_declared_and_updated_in_place(variants):
     from gen.runtime.artifact import read_artifact
 
     kinds = node_kinds(variants["static"])
-    assert "cache_position" in kinds["inputs"] and "ScatterElements" in kinds["ops"]
+    assert "cache_position" in kinds["inputs"] and "GroupQueryAttention" in kinds["ops"]
+    assert not {"MultiHeadAttention", "Split", "ScatterElements"} & kinds["ops"]
     assert read_artifact(variants["static"]).cache_capacity == BLOCK_SIZE
     generator = OnnxModel(variants["static"])
     cache = generator.empty_past(1)
@@ -466,10 +468,23 @@ def test_fixed_capacity_steps_equal_the_plain_cache_and_keep_the_logits_they_ret
     for step in range(4):
         logits, cache = static.forward(ids, mask, cache)
         expected, past = plain.forward(ids, mask, past)
-        assert np.abs(logits - expected).max() <= 1e-5, step
+        assert logits.shape == expected.shape and np.abs(logits - expected).max() <= 1e-5, step
         returned.append((logits, logits.copy()))
-        ids, mask = np.array([[6 + step], [9 + step]]), np.concatenate([mask, np.ones((2, 1), dtype=np.int64)], 1)
+        # Step 2 brings three tokens after the past (a batch's go one at a time), the others one.
+        new = 3 if step == 1 else 1
+        ids = np.array([[6 + step] * new, [9 + step] * new])
+        mask = np.concatenate([mask, np.ones((2, new), dtype=np.int64)], 1)
     assert all(np.array_equal(logits, copy) for logits, copy in returned)
+
+
+def test_a_fixed_capacity_cache_needs_a_head_size_that_is_a_multiple_of_8(tokenizer, tmp_path):
+    from gen.plugins.gpt import GPT
+
+    model = GPT.from_config(dict(SMALL_GPT, n_head=8, vocab_size=tokenizer.vocab_size)).eval()  # 32 wide: heads of 4
+    with pytest.raises(GenError, match="head size .* multiple of 8 .* this model's is 4: leave out --static-cache"):
+        export_model(model, tmp_path / "m.onnx", tokenizer_document=tokenizer_to_dict("char", tokenizer),
+                     options=ExportOptions(static_cache=True, progress=None))
+    assert not (tmp_path / "m.onnx").exists()
 
 
 def test_a_fixed_capacity_cache_needs_the_fused_gpt_graph(gpt, tokenizer, tmp_path):
