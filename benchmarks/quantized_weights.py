@@ -8,8 +8,8 @@ fixed-capacity cache (`gen export --static-cache`), then its MatMul weights writ
 - fp32 (as exported);
 - int8 dynamic (onnxruntime's quantize_dynamic: what `gen export --quantize int8` writes);
 - int8 weight-only (MatMulNBits, 8 bits, blocks of 32, int8 activations: accuracy level 4);
-- int4 weight-only (MatMulNBits, 4 bits, accuracy level 4) in blocks of 16, 32 (what
-  `--quantize int4` writes), 64 and 128;
+- int4 weight-only (MatMulNBits, 4 bits, accuracy level 4) in blocks of 16, 32, 64 and
+  128 (what `--quantize int4` writes, gen.export.quantize.INT4_BLOCK_SIZE);
 - fp16 weights, where onnxruntime's CPU kernels take them (otherwise the reason).
 For each, in interleaved rounds on one thread: greedy tokens/s at batch 1 and at batch 32
 inside one window, a prefill of half a window (what `gen run` does each time the window

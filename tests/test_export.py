@@ -13,7 +13,6 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import SMALL_GPT
 from gen.core import hookimpl
 from gen.core.training.checkpoint import save_checkpoint
 from gen.core.cli import GenGroup
@@ -480,7 +479,7 @@ def test_fixed_capacity_steps_equal_the_plain_cache_and_keep_the_logits_they_ret
 def test_a_fixed_capacity_cache_needs_a_head_size_that_is_a_multiple_of_8(tokenizer, tmp_path):
     from gen.plugins.gpt import GPT
 
-    model = GPT.from_config(dict(SMALL_GPT, n_head=8, vocab_size=tokenizer.vocab_size)).eval()  # 32 wide: heads of 4
+    model = GPT.from_config(dict(block_size=16, n_layer=1, n_head=8, n_embd=32, vocab_size=tokenizer.vocab_size)).eval()  # heads of 4
     with pytest.raises(GenError, match="head size .* multiple of 8 .* this model's is 4: leave out --static-cache"):
         export_model(model, tmp_path / "m.onnx", tokenizer_document=tokenizer_to_dict("char", tokenizer),
                      options=ExportOptions(static_cache=True, progress=None))
@@ -546,3 +545,16 @@ def test_gpt2s_tanh_gelu_exports_both_ways_and_matches_torch(make_gpt, tokenizer
         assert json.loads(metadata["gen.model"])["config"]["activation"] == "gelu_tanh"
     gelus = [node for node in onnx.load(str(tmp_path / "fused.onnx")).graph.node if node.op_type == "Gelu"]
     assert len(gelus) == 2 and all(onnx.helper.get_attribute_value(node.attribute[0]) == b"tanh" for node in gelus)
+
+
+def test_int4_blocks_are_128_wide_where_every_weight_divides_into_them(tokenizer):
+    from gen.export.gpt_graph import build_gpt_graph
+    from gen.export.quantize import int4_block_size
+    from gen.plugins.gpt import GPT
+
+    def block_for(n_embd: int) -> int:
+        config = dict(block_size=8, n_layer=1, n_head=1, n_embd=n_embd, vocab_size=tokenizer.vocab_size)
+        return int4_block_size(build_gpt_graph(GPT.from_config(config).eval()))
+
+    # Rows of n_embd (attention, first MLP matrix, head) and 4 x n_embd (second MLP matrix).
+    assert [block_for(n_embd) for n_embd in (256, 128, 96, 32, 48, 40)] == [128, 128, 32, 32, 16, 16]
