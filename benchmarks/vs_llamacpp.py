@@ -13,7 +13,8 @@ For each shape (quick: 4 layers, 4 heads, 128 wide, block 64; big: 6 layers, 6 h
 --train-steps steps on --data by `gen train` (0: random weights), is written
 - as ONNX by `gen export` (gen's fused graph as `gen export` writes it by default, in fp32,
   int8 and int4; and with the fixed-capacity cache bound once with IO binding,
-  `--static-cache`, in fp32 and int4);
+  `--static-cache`: onnxruntime's GroupQueryAttention writing into it in place, in fp32,
+  int8 and int4);
 - as GGUF by `gen export --gguf` (f32, f16, q8_0, q4_0).
 Then every system generates, in interleaved rounds (each round runs every system once, so
 a busy machine slows them alike), the greedy continuation of "\\n" to the end of one
@@ -28,8 +29,10 @@ approximation changes.
 
 Then the split of gen's step: the time inside onnxruntime's session (run /
 run_with_iobinding, timed alone) against everything around it, per token, and the
-ceiling that split implies (the session alone) against llama.cpp's whole step; and batch
-32 rows (fp32 against int4).
+ceiling that split implies (the session alone) against llama.cpp's whole step; under
+that, onnxruntime's kernels alone (its own profiler's per-node times, summed per step:
+the floor of what these CPU kernels can do) against llama.cpp's whole step; and batch
+32 rows (fp32 against int4, in both cache designs, with the matrix products' kernel time).
 
 The machine this runs on is shared: every figure carries the 1-minute load average at the
 time it was measured. Compare rows only within one run.
@@ -66,6 +69,7 @@ PAIRS = {
     "gen int8": "llama.cpp q8_0",
     "gen int4": "llama.cpp q4_0",
     "gen fp32, static cache": "llama.cpp f32",
+    "gen int8, static cache": "llama.cpp q8_0",
     "gen int4, static cache": "llama.cpp q4_0",
 }
 GGUF_TYPES = {"llama.cpp f32": "f32", "llama.cpp f16": "f16", "llama.cpp q8_0": "q8_0", "llama.cpp q4_0": "q4_0"}
@@ -155,6 +159,7 @@ def write_files(model, tokenizer_document: dict, work: Path) -> dict[str, Path]:
     files = {}
     designs = {"gen fp32": dict(), "gen int8": dict(quantize="int8"), "gen int4": dict(quantize="int4"),
                "gen fp32, static cache": dict(static_cache=True),
+               "gen int8, static cache": dict(static_cache=True, quantize="int8"),
                "gen int4, static cache": dict(static_cache=True, quantize="int4")}
     for name, options in designs.items():
         path = work / f"{name.replace(' ', '_').replace(',', '')}.onnx"
@@ -193,6 +198,38 @@ class TimedSession:
 
     def __getattr__(self, name):
         return getattr(self.session, name)
+
+
+def kernel_profile(path: Path, prompt: list[int], count: int, rows: int) -> dict[str, float]:
+    """Microseconds per decode step inside onnxruntime's kernels, by operator type and in all
+    ("kernels"), from onnxruntime's own profiler over one greedy generation of `rows` rows (its
+    timing adds a few microseconds to every node: compare like with like)."""
+    import json
+
+    import onnxruntime
+
+    from gen.runtime.onnx_model import OnnxModel
+
+    model = OnnxModel(path, threads=1)
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.enable_profiling = True
+    options.profile_file_prefix = str(path.with_suffix(""))
+    model.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    for _ in generate_ids(model, [prompt] * rows, build_sampler_chain(["greedy"]), None, count):
+        pass
+    events = json.loads(Path(model.session.end_profiling()).read_text())
+    runs = [event for event in events if event.get("cat") == "Session" and event["name"] == "model_run"]
+    decode_runs = len(runs) - 1  # the first run is the prefill of the prompt
+    first_decode = runs[1]["ts"]
+    per_step: dict[str, float] = {"kernels": 0.0}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] >= first_decode:
+            operator = event["args"]["op_name"]
+            per_step[operator] = per_step.get(operator, 0.0) + event["dur"] / decode_runs
+            per_step["kernels"] += event["dur"] / decode_runs
+    return per_step
 
 
 class GenRunner:
@@ -304,7 +341,7 @@ def measure(shape: str, args, llama_cpp, work: Path) -> list[str]:
 
     # The split of gen's step: inside the session against around it, over one more measurement each.
     print(f"\nwhere gen's step goes (batch 1, {generations} x {count} tokens; {load()}):")
-    for name in ("gen fp32", "gen int8", "gen int4"):
+    for name in [name for name in runners if name.startswith("gen")]:
         runner = runners[name]
         runner.model.session.seconds = 0.0
         start = time.perf_counter()
@@ -319,6 +356,16 @@ def measure(shape: str, args, llama_cpp, work: Path) -> list[str]:
                 f"would make {tokens / inside:,.0f} tokens/s, {tokens / inside / best[pair]:.2f}x {pair}'s whole step")
         print("  " + line)
         lines.append(f"{shape} {line}")
+    # Inside the session: onnxruntime's profiler's time per operator type. It adds its own timing
+    # to every node (a whole step's worth at the quick shape), so its figures are shares of the
+    # session's time by operator, not a floor under it.
+    print(f"\ninside the session, by operator (onnxruntime's profiler, one generation of {count} tokens; {load()}):")
+    for name in [name for name in runners if name.startswith("gen")]:
+        kernels = kernel_profile(files[name], prompt, count, rows=1)
+        shares = sorted(((us / kernels["kernels"], op) for op, us in kernels.items() if op != "kernels"), reverse=True)
+        line = f"{name}: " + ", ".join(f"{op} {share:.0%}" for share, op in shares[:4])
+        print("  " + line)
+        lines.append(f"{shape} {line}")
 
     # Batch 32: fp32 against int4, gen only (interleaved, best of the rounds).
     rows = 32
@@ -329,7 +376,16 @@ def measure(shape: str, args, llama_cpp, work: Path) -> list[str]:
             runners[name].greedy(prompt, count, rows=rows)
             batch_speeds[name].append(rows * count / (time.perf_counter() - start))
     line = f"batch {rows} ({load()}): " + ", ".join(f"{name} {max(values):,.0f}" for name, values in batch_speeds.items())
-    line += f" tokens/s; int4 / fp32 {max(batch_speeds['gen int4']) / max(batch_speeds['gen fp32']):.2f}x"
+    ratio = {suffix: max(batch_speeds[f"gen int4{suffix}"]) / max(batch_speeds[f"gen fp32{suffix}"])
+             for suffix in ("", ", static cache")}
+    line += f" tokens/s; int4 / fp32 {ratio['']:.2f}x, with the static cache {ratio[', static cache']:.2f}x"
+    print(line)
+    lines.append(f"{shape} {line}")
+    # Where int4 and fp32 differ at batch 32: the matrix products' kernels, per step.
+    products = {name: kernel_profile(files[name], prompt, count, rows=rows) for name in ("gen fp32", "gen int4")}
+    line = (f"batch {rows} kernels per step: fp32 MatMul {products['gen fp32'].get('MatMul', 0):.0f} us, int4 MatMulNBits "
+            f"{products['gen int4'].get('MatMulNBits', 0):.0f} us (+ MatMul {products['gen int4'].get('MatMul', 0):.0f}); "
+            f"all kernels fp32 {products['gen fp32']['kernels']:.0f}, int4 {products['gen int4']['kernels']:.0f} us")
     print(line)
     lines.append(f"{shape} {line}")
     for runner in runners.values():  # llama.cpp's model and context, freed while the module is whole
