@@ -32,7 +32,7 @@ from gen.core import (
     seen_tokens,
     softmax,
 )
-from gen.core.sampling import SORT_UP_TO, Multinomial
+from gen.core.sampling import SORT_UP_TO, Multinomial, exponentials, row_maxima
 
 
 class Greedy:
@@ -126,20 +126,23 @@ class TopP(LogitsFilter):
         self.p = p
 
     def filter(self, logits: np.ndarray) -> np.ndarray:
+        return self._filter_for_draw(logits, None)[0]
+
+    def _filter_for_draw(self, logits: np.ndarray, row_max: np.ndarray | None):
+        """The filtered logits, and for one short row also their maxima and the exponentials the
+        chain's draw needs (gen.core.sampling.SamplerChain's private channel)."""
         if self.p >= 1:
-            return logits  # the whole distribution; rounding in the sums must not drop a token
+            return logits, None  # the whole distribution; rounding in the sums must not drop a token
+        if len(logits) == 1 and logits.shape[-1] <= SORT_UP_TO:
+            return self._one_short_row(logits, row_max)
         probs = softmax(logits)
         vocab = probs.shape[-1]
-        if vocab <= SORT_UP_TO:  # a short row (65 characters): one sort and one sum, no widening rounds
+        if vocab <= SORT_UP_TO:  # short rows (65 characters): one sort and one sum, no widening rounds
             most_likely_first = (-probs).argsort(axis=-1, kind="stable")  # (B, V) equal values in id order
             rows = np.arange(len(probs))[:, None]  # indexing by rows and ids costs less than take_along_axis
             cumulative = np.add.accumulate(probs[rows, most_likely_first], axis=-1)
-            # A token goes once the tokens before it reach p; the first never does. The sums only grow,
-            # so one row keeps a prefix of its order: its length is counted, and the rest cut by a slice.
-            if len(logits) == 1:
-                kept = np.count_nonzero(cumulative[0, :-1] < self.p) + 1
-                return remove_ids(logits, most_likely_first[:, kept:])
-            return remove_ids(logits, most_likely_first[:, 1:], cumulative[:, :-1] >= self.p)
+            # A token goes once the tokens before it reach p; the first never does.
+            return remove_ids(logits, most_likely_first[:, 1:], cumulative[:, :-1] >= self.p), None
         candidates = min(self.CANDIDATES, vocab)
         rows = np.arange(len(probs))[:, None]
         while True:
@@ -162,7 +165,35 @@ class TopP(LogitsFilter):
         keep = np.empty(cumulative.shape, dtype=bool)
         keep[:, 0] = True
         np.less(cumulative[:, :-1], self.p, out=keep[:, 1:])
-        return keep_only(logits, most_likely_first, keep)
+        return keep_only(logits, most_likely_first, keep), None
+
+    def _one_short_row(self, logits: np.ndarray, row_max: np.ndarray | None):
+        """One row of a short vocabulary (`gen run` on 65 characters), in as few numpy calls as it
+        takes: right after a model step the caches are cold and every call costs microseconds.
+        The draw after it needs exp(filtered - max): the kept tokens' weights are those computed
+        here and the removed tokens' are 0, so they are handed on rather than computed again, as
+        long as the row's maximum is among the kept (the most likely token always is)."""
+        logits = np.asarray(logits, dtype=np.float32)
+        if row_max is None:
+            row_max = row_maxima(logits)  # (1, 1)
+        top = row_max.item()
+        weights = exponentials(logits, row_max)  # (1, V)
+        probs = weights[0] / np.add.reduce(weights, axis=-1)  # (V,) softmax(logits), the weights kept apart
+        most_likely_first = (-probs).argsort(kind="stable")  # (V,) equal probabilities in id order
+        cumulative = np.add.accumulate(probs[most_likely_first])  # (V,) the mass of each prefix
+        # A token goes once the tokens before it reach p; the first never does. The sums only grow,
+        # so the row keeps a prefix of its order: the sums below p, and one token more. (p is
+        # compared in float32, as numpy compares a float32 array with a Python float.)
+        kept = min(int(cumulative.searchsorted(np.float32(self.p))), len(cumulative) - 1) + 1
+        removed = most_likely_first[kept:]
+        filtered = logits.copy()  # the logits handed in are not ours to change
+        filtered[0, removed] = -np.inf
+        # Rounding can make a token just below the maximum exactly as probable and first in the order;
+        # only when the maximum itself stays are the weights softmax's for the filtered row.
+        if not (math.isfinite(top) and logits.item(most_likely_first.item(0)) == top):
+            return filtered, None
+        weights[0, removed] = 0  # exp(-inf - max)
+        return filtered, (row_max, weights)
 
 
 class MinP(LogitsFilter):
