@@ -229,7 +229,7 @@ def draw(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if batch == 1:  # one row (gen run, one request): the same count, in fewer numpy calls
         # Sums of probabilities (>= 0) only grow, so the count is a binary search, compared in float64
         # as the rows below are; searching all sums but the last caps the id at vocab - 1.
-        bounds = uniforms * cumulative[0, -1]  # (1,) float64
+        bounds = uniforms * cumulative.item(-1)  # (1,) float64: the last sum as a Python float, exactly
         return cumulative[0, :-1].searchsorted(bounds, side="right").astype(np.int64, copy=False)
     bounds = uniforms[:, None] * cumulative[:, -1:]  # (B, 1) float64
     ids = np.add.reduce(cumulative <= bounds, axis=-1)  # how many sums are <= u: the first index whose sum passes it

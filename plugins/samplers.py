@@ -124,13 +124,14 @@ class TopP(LogitsFilter):
         if not (0 < p <= 1):  # also rejects NaN
             raise GenError(f"top_p needs 0 < p <= 1, got p={p}")
         self.p = p
+        self.p_float32 = np.float32(p)  # p as numpy compares float32 sums with it
 
     def filter(self, logits: np.ndarray) -> np.ndarray:
-        return self._filter_for_draw(logits, None)[0]
+        return self._filter_for_draw(np.asarray(logits, dtype=np.float32), None)[0]
 
     def _filter_for_draw(self, logits: np.ndarray, row_max: np.ndarray | None):
-        """The filtered logits, and for one short row also their maxima and the exponentials the
-        chain's draw needs (gen.core.sampling.SamplerChain's private channel)."""
+        """The filtered float32 logits, and for one short row also their maxima and the exponentials
+        the chain's draw needs (gen.core.sampling.SamplerChain's private channel)."""
         if self.p >= 1:
             return logits, None  # the whole distribution; rounding in the sums must not drop a token
         if len(logits) == 1 and logits.shape[-1] <= SORT_UP_TO:
@@ -173,26 +174,28 @@ class TopP(LogitsFilter):
         The draw after it needs exp(filtered - max): the kept tokens' weights are those computed
         here and the removed tokens' are 0, so they are handed on rather than computed again, as
         long as the row's maximum is among the kept (the most likely token always is)."""
-        logits = np.asarray(logits, dtype=np.float32)
         if row_max is None:
             row_max = row_maxima(logits)  # (1, 1)
         top = row_max.item()
         weights = exponentials(logits, row_max)  # (1, V)
-        probs = weights[0] / np.add.reduce(weights, axis=-1)  # (V,) softmax(logits), the weights kept apart
-        most_likely_first = (-probs).argsort(kind="stable")  # (V,) equal probabilities in id order
-        cumulative = np.add.accumulate(probs[most_likely_first])  # (V,) the mass of each prefix
-        # A token goes once the tokens before it reach p; the first never does. The sums only grow,
-        # so the row keeps a prefix of its order: the sums below p, and one token more. (p is
-        # compared in float32, as numpy compares a float32 array with a Python float.)
-        kept = min(int(cumulative.searchsorted(np.float32(self.p))), len(cumulative) - 1) + 1
+        # -softmax(logits), (V,): negated in the division (x / -s is -(x / s) exactly), so that an
+        # ascending stable sort puts the most likely first, equal probabilities in id order.
+        negated = weights[0] / -np.add.reduce(weights, axis=-1).item()
+        most_likely_first = negated.argsort(kind="stable")  # (V,)
+        # The mass of each prefix of that order, negated: it only falls, so read backwards it rises.
+        negated_mass = np.add.accumulate(negated.take(most_likely_first))[::-1]
+        # A token goes once the tokens before it reach p; the first never does. So the row keeps a
+        # prefix of its order: the sums below p (above -p, negated), and one token more.
+        kept = min(len(negated_mass) - int(negated_mass.searchsorted(-self.p_float32, side="right")),
+                   len(negated_mass) - 1) + 1
         removed = most_likely_first[kept:]
         filtered = logits.copy()  # the logits handed in are not ours to change
-        filtered[0, removed] = -np.inf
+        filtered.put(removed, -np.inf)  # one row: its flat indices are the ids (cheaper than [0, removed])
         # Rounding can make a token just below the maximum exactly as probable and first in the order;
         # only when the maximum itself stays are the weights softmax's for the filtered row.
         if not (math.isfinite(top) and logits.item(most_likely_first.item(0)) == top):
             return filtered, None
-        weights[0, removed] = 0  # exp(-inf - max)
+        weights.put(removed, 0)  # exp(-inf - max)
         return filtered, (row_max, weights)
 
 
