@@ -172,17 +172,17 @@ def softmax(logits: np.ndarray, row_max: np.ndarray | None = None) -> np.ndarray
     a seed gives the same tokens on all of them. `row_max`, (batch, 1), is each row's
     maximum where the caller has it already (the chain's finiteness check computed it).
     """
-    return normalized(exponentials(logits, row_max))
-
-
-def exponentials(logits: np.ndarray, row_max: np.ndarray | None = None) -> np.ndarray:
-    """A new float32 array of exp(logits - row_max), each row shifted by its maximum (`row_max`,
-    (batch, 1), where the caller has it): the weights `softmax` divides by their sum (-inf gives 0)."""
     logits = np.asarray(logits, dtype=np.float32)
     if row_max is None:
         row_max = row_maxima(logits)
-    if row_max.size == 1:  # one row: a Python float (float32's value, taken back exactly) broadcasts for less
-        row_max = row_max.item()
+    # One row's maximum as a Python float (float32's value, exactly): it broadcasts for less.
+    return normalized(exponentials(logits, row_max.item() if row_max.size == 1 else row_max))
+
+
+def exponentials(logits: np.ndarray, row_max: np.ndarray | float) -> np.ndarray:
+    """A new array of exp(logits - row_max) for float32 logits (batch, vocab), each row shifted by
+    its maximum, `row_max` (batch, 1) or, for one row, a float: the weights `softmax` divides by
+    their sum (a -inf logit gives 0)."""
     weights = logits - row_max  # a new array, the one the result is made in
     np.exp(weights, out=weights)
     return weights
@@ -508,7 +508,7 @@ class SamplerChain:
     sample rows of different generations in one call (see the module docstring).
 
     A private channel between gen's own filters and the draw: a built-in filter that computes
-    `exponentials(logits)` on the way (top_p does, to find its nucleus) may also define
+    `exponentials(logits, row_max)` on the way (top_p does, to find its nucleus) may also define
     `_filter_for_draw(logits, row_max) -> (filtered, (filtered_max, weights) or None)`. It is
     handed its input's row maxima where the chain knows them (finite, checked), else None. Where it
     returns weights, it vouches that `filtered_max` is `row_maxima(filtered)`, finite, and `weights`

@@ -124,7 +124,7 @@ class TopP(LogitsFilter):
         if not (0 < p <= 1):  # also rejects NaN
             raise GenError(f"top_p needs 0 < p <= 1, got p={p}")
         self.p = p
-        self.p_float32 = np.float32(p)  # p as numpy compares float32 sums with it
+        self.negated_p = -np.float32(p)  # -p as numpy compares float32 sums with it
 
     def filter(self, logits: np.ndarray) -> np.ndarray:
         return self._filter_for_draw(np.asarray(logits, dtype=np.float32), None)[0]
@@ -177,7 +177,7 @@ class TopP(LogitsFilter):
         if row_max is None:
             row_max = row_maxima(logits)  # (1, 1)
         top = row_max.item()
-        weights = exponentials(logits, row_max)  # (1, V)
+        weights = exponentials(logits, top)  # (1, V)
         # -softmax(logits), (V,): negated in the division (x / -s is -(x / s) exactly), so that an
         # ascending stable sort puts the most likely first, equal probabilities in id order.
         negated = weights[0] / -np.add.reduce(weights, axis=-1).item()
@@ -186,7 +186,7 @@ class TopP(LogitsFilter):
         negated_mass = np.add.accumulate(negated.take(most_likely_first))[::-1]
         # A token goes once the tokens before it reach p; the first never does. So the row keeps a
         # prefix of its order: the sums below p (above -p, negated), and one token more.
-        kept = min(len(negated_mass) - int(negated_mass.searchsorted(-self.p_float32, side="right")),
+        kept = min(len(negated_mass) - int(negated_mass.searchsorted(self.negated_p, side="right")),
                    len(negated_mass) - 1) + 1
         removed = most_likely_first[kept:]
         filtered = logits.copy()  # the logits handed in are not ours to change
