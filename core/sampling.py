@@ -190,7 +190,8 @@ def exponentials(logits: np.ndarray, row_max: np.ndarray | float) -> np.ndarray:
 
 def normalized(weights: np.ndarray) -> np.ndarray:
     """`weights` (batch, vocab) divided in place by each row's sum: softmax's last step."""
-    weights /= np.add.reduce(weights, axis=-1, keepdims=True)  # weights.sum(...), see row_maxima
+    totals = np.add.reduce(weights, axis=-1, keepdims=True)  # weights.sum(...), see row_maxima
+    weights /= totals.item() if totals.size == 1 else totals  # one row's as a float, as in softmax
     return weights
 
 
