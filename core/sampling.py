@@ -221,7 +221,9 @@ def draw(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One id per row drawn from the probabilities `probs` (batch, vocab) with `rng`.
 
     One uniform number per row and a search in the cumulative sum: exact,
-    reproducible for a seed, and the same on every backend.
+    reproducible for a seed, and the same on every backend. The entries must be
+    probabilities or other weights >= 0 (each row is drawn in proportion to its own),
+    never NaN: the one-row search relies on the sums only growing.
     """
     probs = np.asarray(probs, dtype=np.float32)
     batch, vocab = probs.shape
