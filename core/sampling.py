@@ -544,13 +544,14 @@ class SamplerChain:
         if not finite_maxima(row_max):
             raise GenError(MODEL_NOT_FINITE)  # the model's own logits: NaN here is the model's fault
         steps = [logits]
+        known_max = row_max  # the maxima of steps[-1], while they are known
         shifted = None  # (the maxima, the exponentials) of the last filter's logits, where it vouches for them
         for link in self.filters:
-            if link.gives_exponentials:  # handed the maxima of its input where they are known
-                filtered, shifted = link.sampler._filter_for_draw(
-                    steps[-1], row_max if len(steps) == 1 else None if shifted is None else shifted[0])
+            if link.gives_exponentials:
+                filtered, shifted = link.sampler._filter_for_draw(steps[-1], known_max)
             else:
                 filtered, shifted = link.filter(steps[-1], context), None
+            known_max = None if shifted is None else shifted[0]
             steps.append(filtered)
         logits = steps[-1]
         if shifted is not None:  # the last filter vouched for its maxima: finite, the shift softmax takes

@@ -127,13 +127,16 @@ class TopP(LogitsFilter):
         self.negated_p = -np.float32(p)  # -p as numpy compares float32 sums with it
 
     def filter(self, logits: np.ndarray) -> np.ndarray:
+        if self.p >= 1:
+            return logits  # the whole distribution; rounding in the sums must not drop a token
         return self._filter_for_draw(np.asarray(logits, dtype=np.float32), None)[0]
 
     def _filter_for_draw(self, logits: np.ndarray, row_max: np.ndarray | None):
-        """The filtered float32 logits, and for one short row also their maxima and the exponentials
-        the chain's draw needs (gen.core.sampling.SamplerChain's private channel)."""
+        """`filter` for float32 logits (the chain's are), and for one short row also the filtered
+        logits' maxima and the exponentials the chain's draw needs (gen.core.sampling.SamplerChain's
+        private channel); `row_max` (batch, 1), the maxima of `logits` where the chain knows them."""
         if self.p >= 1:
-            return logits, None  # the whole distribution; rounding in the sums must not drop a token
+            return logits, None
         if len(logits) == 1 and logits.shape[-1] <= SORT_UP_TO:
             return self._one_short_row(logits, row_max)
         probs = softmax(logits)
