@@ -175,9 +175,23 @@ def softmax(logits: np.ndarray, row_max: np.ndarray | None = None) -> np.ndarray
     logits = np.asarray(logits, dtype=np.float32)
     if row_max is None:
         row_max = row_maxima(logits)
+    # One row's maximum as a Python float (float32's value, exactly): it broadcasts for less.
+    return normalized(exponentials(logits, row_max.item() if row_max.size == 1 else row_max))
+
+
+def exponentials(logits: np.ndarray, row_max: np.ndarray | float) -> np.ndarray:
+    """A new array of exp(logits - row_max) for float32 logits (batch, vocab), each row shifted by
+    its maximum, `row_max` (batch, 1) or, for one row, a float: the weights `softmax` divides by
+    their sum (a -inf logit gives 0)."""
     weights = logits - row_max  # a new array, the one the result is made in
     np.exp(weights, out=weights)
-    weights /= np.add.reduce(weights, axis=-1, keepdims=True)  # weights.sum(...), see row_maxima
+    return weights
+
+
+def normalized(weights: np.ndarray) -> np.ndarray:
+    """`weights` (batch, vocab) divided in place by each row's sum: softmax's last step."""
+    totals = np.add.reduce(weights, axis=-1, keepdims=True)  # weights.sum(...), see row_maxima
+    weights /= totals.item() if totals.size == 1 else totals  # one row's as a float, as in softmax
     return weights
 
 
@@ -207,15 +221,19 @@ def draw(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One id per row drawn from the probabilities `probs` (batch, vocab) with `rng`.
 
     One uniform number per row and a search in the cumulative sum: exact,
-    reproducible for a seed, and the same on every backend.
+    reproducible for a seed, and the same on every backend. The entries must be
+    probabilities or other weights >= 0 (each row is drawn in proportion to its own),
+    never NaN: the one-row search relies on the sums only growing.
     """
     probs = np.asarray(probs, dtype=np.float32)
     batch, vocab = probs.shape
     cumulative = np.add.accumulate(probs, axis=-1)  # np.cumsum's float32 sums, left to right (see row_maxima)
     uniforms = rng.random(batch)  # float64, one per row
     if batch == 1:  # one row (gen run, one request): the same count, in fewer numpy calls
-        bound = uniforms[0] * cumulative[0, -1]  # a np.float64, so compared in float64 as the rows below are
-        return np.array([min(np.count_nonzero(cumulative[0] <= bound), vocab - 1)], dtype=np.int64)
+        # Sums of probabilities (>= 0) only grow, so the count is a binary search, compared in float64
+        # as the rows below are; searching all sums but the last caps the id at vocab - 1.
+        bounds = uniforms * cumulative.item(-1)  # (1,) float64: the last sum as a Python float, exactly
+        return cumulative[0, :-1].searchsorted(bounds, side="right").astype(np.int64, copy=False)
     bounds = uniforms[:, None] * cumulative[:, -1:]  # (B, 1) float64
     ids = np.add.reduce(cumulative <= bounds, axis=-1)  # how many sums are <= u: the first index whose sum passes it
     return np.minimum(ids, vocab - 1).astype(np.int64, copy=False)
@@ -432,6 +450,8 @@ class ChainLink:
         # gen's own samplers are tested to return what they must; checking their every
         # result would cost a few passes over the logits per step for nothing.
         self.checked = provider != BUILTIN_PROVIDER
+        # gen's own filters that compute the draw's exponentials anyway hand them on (see SamplerChain).
+        self.gives_exponentials = not self.checked and hasattr(sampler, "_filter_for_draw")
 
     def _failed(self, problem: str) -> GenError:
         return GenError(f"sampler {self.spec!r} (from {self.provider}) {problem}")
@@ -489,6 +509,17 @@ class SamplerChain:
 
     `row_wise`: every sampler of the chain declares `row_wise = True`, so the chain may
     sample rows of different generations in one call (see the module docstring).
+
+    A private channel between gen's own filters and the draw: a built-in filter that computes
+    `exponentials(logits, row_max)` on the way (top_p does, to find its nucleus) may also define
+    `_filter_for_draw(logits, row_max) -> (filtered, (filtered_max, weights) or None)`. It is
+    handed its input's row maxima where the chain knows them (finite, checked), else None. Where it
+    returns weights, it vouches that `filtered_max` is `row_maxima(filtered)`, finite, and `weights`
+    is `exponentials(filtered, filtered_max)` value for value: the chain then skips its own check
+    of the filtered logits, and when this filter is the last and the chain draws with multinomial,
+    the draw divides those weights by their sums instead of computing them again. The same
+    probabilities, bit for bit, so the same tokens. It is not a plugin API; plugins' filters are
+    called through `filter` as ever.
     """
 
     def __init__(self, links: Sequence[ChainLink]):
@@ -513,16 +544,27 @@ class SamplerChain:
         if not finite_maxima(row_max):
             raise GenError(MODEL_NOT_FINITE)  # the model's own logits: NaN here is the model's fault
         steps = [logits]
+        known_max = row_max  # the maxima of steps[-1], while they are known
+        shifted = None  # (the maxima, the exponentials) of the last filter's logits, where it vouches for them
         for link in self.filters:
-            steps.append(link.filter(steps[-1], context))
+            if link.gives_exponentials:
+                filtered, shifted = link.sampler._filter_for_draw(steps[-1], known_max)
+            else:
+                filtered, shifted = link.filter(steps[-1], context), None
+            known_max = None if shifted is None else shifted[0]
+            steps.append(filtered)
         logits = steps[-1]
-        if self.filters:  # what the filters made is checked the same way, and its maxima kept
+        if shifted is not None:  # the last filter vouched for its maxima: finite, the shift softmax takes
+            row_max = shifted[0]
+        elif self.filters:  # what the filters made is checked the same way, and its maxima kept
             row_max = row_maxima(logits)
             if not finite_maxima(row_max):
                 raise self._blame(steps)
         self.filtered = logits
         if self.final.sampler.__class__ is Multinomial:  # the logits are checked already: draw at once
             self.drawn_from = logits
+            if shifted is not None:  # softmax's own weights, computed by the filter already
+                return draw(normalized(shifted[1]), rng)
             # Only a filter leaves -inf entries; the model's own logits are finite throughout.
             return draw_from_logits(logits, rng, row_max) if self.filters else draw(softmax(logits, row_max), rng)
         ids = self.final.draw(logits, rng, context)

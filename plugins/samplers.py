@@ -32,7 +32,7 @@ from gen.core import (
     seen_tokens,
     softmax,
 )
-from gen.core.sampling import SORT_UP_TO, Multinomial
+from gen.core.sampling import SORT_UP_TO, Multinomial, exponentials, row_maxima
 
 
 class Greedy:
@@ -124,22 +124,29 @@ class TopP(LogitsFilter):
         if not (0 < p <= 1):  # also rejects NaN
             raise GenError(f"top_p needs 0 < p <= 1, got p={p}")
         self.p = p
+        self.negated_p = -np.float32(p)  # -p as numpy compares float32 sums with it
 
     def filter(self, logits: np.ndarray) -> np.ndarray:
         if self.p >= 1:
             return logits  # the whole distribution; rounding in the sums must not drop a token
+        return self._filter_for_draw(np.asarray(logits, dtype=np.float32), None)[0]
+
+    def _filter_for_draw(self, logits: np.ndarray, row_max: np.ndarray | None):
+        """`filter` for float32 logits (the chain's are), and for one short row also the filtered
+        logits' maxima and the exponentials the chain's draw needs (gen.core.sampling.SamplerChain's
+        private channel); `row_max` (batch, 1), the maxima of `logits` where the chain knows them."""
+        if self.p >= 1:
+            return logits, None
+        if len(logits) == 1 and logits.shape[-1] <= SORT_UP_TO:
+            return self._one_short_row(logits, row_max)
         probs = softmax(logits)
         vocab = probs.shape[-1]
-        if vocab <= SORT_UP_TO:  # a short row (65 characters): one sort and one sum, no widening rounds
+        if vocab <= SORT_UP_TO:  # short rows (65 characters): one sort and one sum, no widening rounds
             most_likely_first = (-probs).argsort(axis=-1, kind="stable")  # (B, V) equal values in id order
             rows = np.arange(len(probs))[:, None]  # indexing by rows and ids costs less than take_along_axis
             cumulative = np.add.accumulate(probs[rows, most_likely_first], axis=-1)
-            # A token goes once the tokens before it reach p; the first never does. The sums only grow,
-            # so one row keeps a prefix of its order: its length is counted, and the rest cut by a slice.
-            if len(logits) == 1:
-                kept = np.count_nonzero(cumulative[0, :-1] < self.p) + 1
-                return remove_ids(logits, most_likely_first[:, kept:])
-            return remove_ids(logits, most_likely_first[:, 1:], cumulative[:, :-1] >= self.p)
+            # A token goes once the tokens before it reach p; the first never does.
+            return remove_ids(logits, most_likely_first[:, 1:], cumulative[:, :-1] >= self.p), None
         candidates = min(self.CANDIDATES, vocab)
         rows = np.arange(len(probs))[:, None]
         while True:
@@ -162,7 +169,37 @@ class TopP(LogitsFilter):
         keep = np.empty(cumulative.shape, dtype=bool)
         keep[:, 0] = True
         np.less(cumulative[:, :-1], self.p, out=keep[:, 1:])
-        return keep_only(logits, most_likely_first, keep)
+        return keep_only(logits, most_likely_first, keep), None
+
+    def _one_short_row(self, logits: np.ndarray, row_max: np.ndarray | None):
+        """One row of a short vocabulary (`gen run` on 65 characters), in as few numpy calls as it
+        takes: right after a model step the caches are cold and every call costs microseconds.
+        The draw after it needs exp(filtered - max): the kept tokens' weights are those computed
+        here and the removed tokens' are 0, so they are handed on rather than computed again, as
+        long as the row's maximum is among the kept (the most likely token always is)."""
+        if row_max is None:
+            row_max = row_maxima(logits)  # (1, 1)
+        top = row_max.item()
+        weights = exponentials(logits, top)  # (1, V)
+        # -softmax(logits), (V,): negated in the division (x / -s is -(x / s) exactly), so that an
+        # ascending stable sort puts the most likely first, equal probabilities in id order.
+        negated = weights[0] / -np.add.reduce(weights, axis=-1).item()
+        most_likely_first = negated.argsort(kind="stable")  # (V,)
+        # The mass of each prefix of that order, negated: it only falls, so read backwards it rises.
+        negated_mass = np.add.accumulate(negated.take(most_likely_first))[::-1]
+        # A token goes once the tokens before it reach p; the first never does. So the row keeps a
+        # prefix of its order: the sums below p (above -p, negated), and one token more.
+        kept = min(len(negated_mass) - int(negated_mass.searchsorted(self.negated_p, side="right")),
+                   len(negated_mass) - 1) + 1
+        removed = most_likely_first[kept:]
+        filtered = logits.copy()  # the logits handed in are not ours to change
+        filtered.put(removed, -np.inf)  # one row: its flat indices are the ids (cheaper than [0, removed])
+        # Rounding can make a token just below the maximum exactly as probable and first in the order;
+        # only when the maximum itself stays are the weights softmax's for the filtered row.
+        if not (math.isfinite(top) and logits.item(most_likely_first.item(0)) == top):
+            return filtered, None
+        weights.put(removed, 0)  # exp(-inf - max)
+        return filtered, (row_max, weights)
 
 
 class MinP(LogitsFilter):

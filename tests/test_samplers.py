@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from gen.core import GenError, RowStreams, argmax, softmax
+from gen.core import GenError, RowStreams, argmax, mask_beyond_mass, softmax
 from gen.core.sampling import build_sampler, build_sampler_chain
 from gen.core.sampling import draw as draw_from_probs
 
@@ -209,6 +209,49 @@ def test_a_chain_of_filters_applies_each_then_draws_with_multinomial(logits, see
 def test_a_chain_may_end_in_greedy(logits):
     ids = build_sampler_chain(["top_k:k=3", "temperature:t=2", "greedy"])(logits, np.random.default_rng(0))
     np.testing.assert_array_equal(ids, argmax(logits))
+
+
+def one_row_cases(rng: np.random.Generator, vocab: int = 65) -> dict[str, np.ndarray]:
+    """(1, vocab) logits of the shapes that test top-p's one-row path: peaked, flat, with -inf
+    entries, with equal logits, and with a token a float32 step below the maximum, as probable
+    and of a lower id (the first of top-p's order is then not the maximum)."""
+    normal = rng.normal(size=(1, vocab)).astype(np.float32)
+    masked = np.where(rng.random((1, vocab)) < 0.5, np.float32(-np.inf), normal)
+    masked[0, normal.argmax()] = normal.max()
+    first_not_max = normal - np.float32(3)
+    first_not_max[0, :2] = [np.nextafter(np.float32(1e-3), np.float32(0)), np.float32(1e-3)]
+    return {"peaked": normal * 8, "flat": normal * np.float32(0.01), "masked": masked,
+            "equal": rng.integers(-2, 2, size=(1, vocab)).astype(np.float32), "first not max": first_not_max}
+
+
+def test_top_p_on_one_row_draws_what_its_definition_draws():
+    # The one-row path (gen run) computes its nucleus and hands its exponentials to the draw; the
+    # same seed must give the same ids and filtered logits as the definition computed the slow way:
+    # softmax, a stable sort, the mass before each token, then a draw from the filtered softmax.
+    def by_definition(logits, p, rng):
+        probs = softmax(logits)
+        filtered = mask_beyond_mass(logits, probs, np.argsort(-probs, axis=-1, kind="stable"), p)
+        cumulative = np.cumsum(softmax(filtered), axis=-1)
+        count = np.count_nonzero(cumulative[0] <= rng.random(1)[0] * cumulative[0, -1])
+        return filtered, min(count, logits.shape[-1] - 1)
+
+    rng = np.random.default_rng(0)
+    for name, logits in one_row_cases(rng).items():
+        for p in (0.1, 0.5, 0.9, 0.99):
+            for before, scale in (([], np.float32(1)), (["temperature:t=0.8"], np.float32(0.8))):
+                chain = build_sampler_chain([*before, f"top_p:p={p}"])
+                seed = int(rng.integers(2**31))
+                chain_rng, reference_rng = np.random.default_rng(seed), np.random.default_rng(seed)
+                for _ in range(5):
+                    ids = chain(logits, chain_rng)
+                    filtered, expected = by_definition(logits / scale, p, reference_rng)
+                    assert ids.tolist() == [expected], (name, p, before)
+                    np.testing.assert_array_equal(chain.filtered, filtered)
+    # Both ways out of the one-row path are taken above: with the exponentials, and without them
+    # where the maximum is not the first of the order.
+    cases = one_row_cases(np.random.default_rng(0))
+    assert build_sampler("top_p:p=0.5")._filter_for_draw(cases["peaked"], None)[1] is not None
+    assert build_sampler("top_p:p=0.5")._filter_for_draw(cases["first not max"], None)[1] is None
 
 
 ROW_WISE_CHAINS = [["multinomial"], ["temperature:t=0.7"], ["top_k:k=5"], ["top_p:p=0.5"], ["top_p:p=0.95"],
