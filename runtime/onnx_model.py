@@ -385,7 +385,7 @@ class CapacityCache:
             return self.next_logits.copy()
         if self.position[0] and len(input_ids) > 1:
             # onnxruntime's GroupQueryAttention takes several new tokens after a past for one row
-            # only; a batch's (verification, a constraint's forced tokens) go one token a step.
+            # only; a batch's (gen export's verification feeds them) go one token a step.
             return np.concatenate([self.step(input_ids[:, t:t + 1], attention_mask[:, :filled - new + t + 1])
                                    for t in range(new)], axis=1)
         ids = np.ascontiguousarray(input_ids, dtype=np.int64)
