@@ -40,6 +40,7 @@ each with its own seed, get exactly the texts they would get alone.
 from __future__ import annotations
 
 import os
+from itertools import takewhile
 from typing import Iterator, Mapping, Sequence
 
 import numpy as np
@@ -71,6 +72,17 @@ from gen.runtime.artifact import (
 )
 
 CPU_PROVIDER = "CPUExecutionProvider"
+# The first onnxruntime whose GroupQueryAttention takes an attention bias (input 10), which the
+# fixed-capacity cache's graph uses (1.21 refuses the graph, 1.22 runs it).
+STATIC_CACHE_ONNXRUNTIME = (1, 22)
+
+
+def _release(version: str) -> tuple[int, int]:
+    """(major, minor) of a version string such as "1.32.0" or "1.22.0.dev20250101"."""
+    major, minor = (version.split(".") + ["0"])[:2]
+    return int(major), int("".join(takewhile(str.isdigit, minor)) or 0)
+
+
 # More onnxruntime threads than this only spin: four per core is already far past any gain.
 MAX_THREADS = 4 * (os.cpu_count() or 1)
 
@@ -109,6 +121,11 @@ class OnnxModel(BackendBase):
             check_whole_number("threads", threads, 1, MAX_THREADS)
         self.path = os.fspath(model_path)
         self.artifact = read_artifact(self.path)  # a wrong file fails here, in one line
+        if self.artifact.cache_capacity and _release(onnxruntime.__version__) < STATIC_CACHE_ONNXRUNTIME:
+            raise GenError(f"{self.path} has a fixed-capacity cache (gen export --static-cache), which needs "
+                           f"onnxruntime {'.'.join(map(str, STATIC_CACHE_ONNXRUNTIME))} or newer (its "
+                           f"GroupQueryAttention with an attention bias); this is {onnxruntime.__version__}: upgrade "
+                           f"onnxruntime, or export again without --static-cache")
         self.session = _open_session(self.path, resolve_provider(provider), threads or 1)
         self.tokenizer = tokenizer_from_dict(self.artifact.tokenizer)
         model = self.artifact.model

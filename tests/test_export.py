@@ -558,3 +558,13 @@ def test_int4_blocks_are_128_wide_where_every_weight_divides_into_them(tokenizer
 
     # Rows of n_embd (attention, first MLP matrix, head) and 4 x n_embd (second MLP matrix).
     assert [block_for(n_embd) for n_embd in (256, 128, 96, 32, 48, 40)] == [128, 128, 32, 32, 16, 16]
+
+
+def test_a_fixed_capacity_cache_on_an_onnxruntime_before_1_22_is_refused_in_one_line(variants, monkeypatch):
+    # onnxruntime 1.21 refuses GroupQueryAttention's attention bias with a many-line graph error (checked
+    # with 1.21.1 installed beside the environment); gen says what to do instead, before loading.
+    monkeypatch.setattr(onnxruntime, "__version__", "1.21.1")
+    with pytest.raises(GenError, match=r"needs onnxruntime 1\.22 or newer .* this is 1\.21\.1: upgrade onnxruntime, "
+                                       r"or export again without --static-cache"):
+        OnnxModel(variants["static"])
+    OnnxModel(variants["fused"])  # the plain cache's graph is for any onnxruntime gen supports
