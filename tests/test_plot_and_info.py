@@ -135,6 +135,14 @@ def info(path) -> dict:
     return json.loads(result.output)
 
 
+def test_info_of_a_fixed_capacity_export_says_so(run, tmp_path):
+    path = tmp_path / "static.onnx"
+    assert gen("export", path, "--checkpoint", run, "--no-verify", "--static-cache").exit_code == 0
+    assert info(path)["kv_cache"] == {"n_layer": 1, "n_head": 2, "head_size": 16, "capacity": 32}
+    text = gen("info", path).output
+    assert "x 16, a fixed capacity of 32 positions updated in place (--static-cache)" in text
+
+
 def test_info_of_a_checkpoint_matches_what_torch_loads(run):
     from gen.core.training.checkpoint import load_checkpoint
 

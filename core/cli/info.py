@@ -153,7 +153,8 @@ def describe_export(path: Path) -> dict:
         "chat_template": artifact.chat_template is not None,
         "attention_outputs": artifact.has_attention,  # gen export --attention
         "kv_cache": (
-            {"n_layer": model["n_layer"], "n_head": model["n_head"], "head_size": model["head_size"]}
+            {"n_layer": model["n_layer"], "n_head": model["n_head"], "head_size": model["head_size"],
+             **({"capacity": artifact.cache_capacity} if artifact.cache_capacity else {})}  # --static-cache
             if model["n_layer"] else None
         ),
     }
@@ -252,8 +253,11 @@ def format_info(info: dict) -> list[str]:
                                 for name, shape in info["state"].items())
             rows.append(("cache", f"state of {tensors} per row (fixed size: each step replaces it)"))
         else:
+            capacity = f", a fixed capacity of {cache['capacity']} positions updated in place (--static-cache)" \
+                if cache and "capacity" in cache else ""
             rows.append(("KV cache", f"yes: {_count(cache['n_layer'], 'layer')} x {_count(cache['n_head'], 'head')} x "
-                                     f"{cache['head_size']}" if cache else "no (the model reads its whole window each step)"))
+                                     f"{cache['head_size']}{capacity}" if cache
+                         else "no (the model reads its whole window each step)"))
         if cache:  # only a model with attention layers can have their weights as outputs
             rows.append(("attention", "weights of every layer as outputs (gen attention, the playground's panel)"
                          if info["attention_outputs"] else "not in the outputs (gen export --attention adds them)"))
