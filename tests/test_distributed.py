@@ -98,6 +98,7 @@ if nan_from and rank == 1:
         self.forward = nan_forward
     Trainer.__init__ = init_with_nan
 if ctrl_c_at and rank == 0:
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as at a terminal, even under a background job
     train_step = Trainer.train_step
     def interrupted_step(self):
         if self.step == int(ctrl_c_at):

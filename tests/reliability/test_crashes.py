@@ -22,6 +22,9 @@ from gen.core import hookimpl
 from gen.core.registry import get_plugins
 
 moment, at = sys.argv[1], int(sys.argv[2])
+# Ctrl-C as at a terminal, even when the tests run in a background job, whose children
+# inherit SIGINT ignored (then Python installs no handler and the signal would do nothing).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 kill = lambda: os.kill(os.getpid(), signal.SIGINT if moment == "ctrl-c" else signal.SIGKILL)
 
 
