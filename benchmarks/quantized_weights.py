@@ -36,17 +36,8 @@ import onnx
 from gen.core.generation import generate_ids
 from gen.core.sampling import build_sampler_chain
 from gen.core.scoring import exact_loss
-from gen.export.quantize import VALIDATION_TOKENS, _quantize_weights, validation_ids_of
+from gen.export.quantize import VALIDATION_TOKENS, _quantize_weights, matmul_nbits, validation_ids_of
 from gen.runtime.onnx_model import OnnxModel
-
-
-def matmul_nbits(fp32: Path, out: Path, bits: int, block_size: int) -> None:
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    quantizer = MatMulNBitsQuantizer(onnx.load_model(str(fp32)), bits=bits, block_size=block_size,
-                                     is_symmetric=True, accuracy_level=4)
-    quantizer.process()
-    onnx.save_model(quantizer.model.model, str(out), save_as_external_data=False)
 
 
 def float16_weights(fp32: Path, out: Path) -> None:
@@ -61,8 +52,8 @@ def variants(fp32: Path, work: Path) -> dict[str, Path | str]:
     writers = {
         "fp32": None,
         "int8 dynamic": lambda out: _quantize_weights(fp32, out, "int8"),
-        "int8 weight-only, blocks of 32": lambda out: matmul_nbits(fp32, out, 8, 32),
-        **{f"int4, blocks of {size}": (lambda out, size=size: matmul_nbits(fp32, out, 4, size))
+        "int8 weight-only, blocks of 32": lambda out: matmul_nbits(onnx.load_model(str(fp32)), out, 8, 32),
+        **{f"int4, blocks of {size}": (lambda out, size=size: matmul_nbits(onnx.load_model(str(fp32)), out, 4, size))
            for size in (16, 32, 64, 128)},
         "fp16 weights": lambda out: float16_weights(fp32, out),
     }

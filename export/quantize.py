@@ -9,9 +9,9 @@
   than the CPU's cache reads every weight once, so a weight file 7x smaller is most of
   the speed.
 
-Nothing needs calibration data. The cost is measured, not assumed: both files score the same validation tokens (the checkpoint's own
-validation split when its training data is at hand) with the exact loss that
-`gen eval` uses.
+Nothing needs calibration data. The cost is measured, not assumed: both files score the
+same validation tokens (the checkpoint's own validation split when its training data is
+at hand) with the exact loss that `gen eval` uses.
 """
 from __future__ import annotations
 
@@ -74,13 +74,18 @@ def _quantize_weights(fp32_path: Path, out_path: Path, kind: str,
         quantize_dynamic(str(fp32_path), str(out_path), weight_type=QuantType.QInt8,
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         return
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
     model = onnx.load_model(str(fp32_path))
     block_size = int4_block_size(model)
     say(f"      quantizing to int4 (onnxruntime.quantization: MatMulNBits, 4-bit weights in blocks of {block_size})")
-    quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=True,
-                                     accuracy_level=4)
+    matmul_nbits(model, out_path, bits=4, block_size=block_size)
+
+
+def matmul_nbits(model: onnx.ModelProto, out_path: Path, bits: int, block_size: int) -> None:
+    """Write `model` with its MatMul weights as onnxruntime's MatMulNBits: `bits`-bit integers in
+    blocks of `block_size` with a scale each, symmetric, computed with int8 activations."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=True, accuracy_level=4)
     quantizer.process()
     onnx.save_model(quantizer.model.model, str(out_path), save_as_external_data=False)
 

@@ -40,7 +40,6 @@ each with its own seed, get exactly the texts they would get alone.
 from __future__ import annotations
 
 import os
-from itertools import takewhile
 from typing import Iterator, Mapping, Sequence
 
 import numpy as np
@@ -77,10 +76,14 @@ CPU_PROVIDER = "CPUExecutionProvider"
 STATIC_CACHE_ONNXRUNTIME = (1, 22)
 
 
-def _release(version: str) -> tuple[int, int]:
-    """(major, minor) of a version string such as "1.32.0" or "1.22.0.dev20250101"."""
-    major, minor = (version.split(".") + ["0"])[:2]
-    return int(major), int("".join(takewhile(str.isdigit, minor)) or 0)
+def _check_onnxruntime_for_static_cache(path: str) -> None:
+    from packaging.version import Version  # here: only a fixed-capacity export needs it
+
+    if Version(onnxruntime.__version__).release < STATIC_CACHE_ONNXRUNTIME:
+        raise GenError(f"{path} has a fixed-capacity cache (gen export --static-cache), which needs onnxruntime "
+                       f"{'.'.join(map(str, STATIC_CACHE_ONNXRUNTIME))} or newer (its GroupQueryAttention with an "
+                       f"attention bias); this is {onnxruntime.__version__}: upgrade onnxruntime, or export again "
+                       f"without --static-cache")
 
 
 # More onnxruntime threads than this only spin: four per core is already far past any gain.
@@ -121,11 +124,8 @@ class OnnxModel(BackendBase):
             check_whole_number("threads", threads, 1, MAX_THREADS)
         self.path = os.fspath(model_path)
         self.artifact = read_artifact(self.path)  # a wrong file fails here, in one line
-        if self.artifact.cache_capacity and _release(onnxruntime.__version__) < STATIC_CACHE_ONNXRUNTIME:
-            raise GenError(f"{self.path} has a fixed-capacity cache (gen export --static-cache), which needs "
-                           f"onnxruntime {'.'.join(map(str, STATIC_CACHE_ONNXRUNTIME))} or newer (its "
-                           f"GroupQueryAttention with an attention bias); this is {onnxruntime.__version__}: upgrade "
-                           f"onnxruntime, or export again without --static-cache")
+        if self.artifact.cache_capacity:
+            _check_onnxruntime_for_static_cache(self.path)
         self.session = _open_session(self.path, resolve_provider(provider), threads or 1)
         self.tokenizer = tokenizer_from_dict(self.artifact.tokenizer)
         model = self.artifact.model
